@@ -1,0 +1,50 @@
+# rlbench: `make demo` runs the quickstart suite, `make test` runs the tests.
+# Both create .venv on first use and install what they need. On a machine with no NVIDIA GPU
+# the CPU build of torch is installed first, so pip never pulls the multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: demo test lint bench bench-compare vs-trl memory accuracy clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifneq ($(HAS_GPU),1)
+	$(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
+	  || $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX)
+endif
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/rlbench run suites/quickstart.yaml
+
+test: $(BIN)/.installed lint
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check rlbench tests benchmarks
+
+memory: $(BIN)/.installed
+	$(BIN)/rlbench run suites/memory.yaml
+
+accuracy: $(BIN)/.installed
+	$(BIN)/rlbench run suites/accuracy.yaml
+
+# Micro-benchmarks (not part of `make test`). The first run saves a baseline under .benchmarks/;
+# later runs compare against it and fail when a mean regresses by more than 10%.
+bench: $(BIN)/.installed
+	$(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-autosave \
+	  $$(ls .benchmarks 2>/dev/null | grep -q . && echo --benchmark-compare --benchmark-compare-fail=mean:10%)
+
+# rlbench's GRPO-Zero step against TRL's GRPOTrainer, side by side (installs the `compare` extra).
+vs-trl: $(BIN)/.installed
+	$(BIN)/pip install -q -e ".[compare]"
+	$(BIN)/python benchmarks/vs_trl.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

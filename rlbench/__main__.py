@@ -1,0 +1,3 @@
+from rlbench.cli import main
+
+raise SystemExit(main())

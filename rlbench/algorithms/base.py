@@ -1,0 +1,82 @@
+"""What the shared training loop needs from an algorithm, and the batch it hands over.
+
+The loop (`rlbench/train.py`) is the same for every recipe: sample, score, reference
+log-probs, values, advantages, update. An algorithm says which roles it holds, how many
+completions it samples per prompt, how it turns rewards into advantages, and which losses it
+minimises. The math lives in `advantages.py` and `losses.py`; an algorithm only wires it up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from rlbench.rollout import Rollout
+from rlbench.tasks import Problem
+
+
+@dataclass
+class Batch:
+    """One step's experience. Every per-completion tensor has N = prompts x group_size rows."""
+
+    rollout: Rollout
+    problems: list[Problem]  # one per completion (a prompt's group rows are adjacent)
+    group_size: int
+    rewards: torch.Tensor  # [N] the reward being optimised (rules, reward model, or both)
+    gold: torch.Tensor  # [N] the answer checker's verdict, logged next to the proxy
+    old_logprobs: torch.Tensor  # [N, T] log-probs under the policy that sampled
+    ref_logprobs: torch.Tensor | None = None  # [N, T] under the frozen reference
+    values: torch.Tensor | None = None  # [N, T] value estimates before the update
+    advantages: torch.Tensor | None = None  # [N] or [N, T]
+    returns: torch.Tensor | None = None  # [N, T] value targets
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.rollout.completion_mask
+
+    def __len__(self) -> int:
+        return self.rollout.completion_ids.shape[0]
+
+    def select(self, index: torch.Tensor) -> Batch:
+        """Rows `index` (a minibatch); group structure is not kept."""
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index]
+
+        return Batch(
+            self.rollout.select(index), [self.problems[i] for i in index.tolist()], 1, self.rewards[index],
+            self.gold[index], self.old_logprobs[index], pick(self.ref_logprobs), pick(self.values),
+            pick(self.advantages), pick(self.returns),
+        )
+
+
+class Algorithm(Protocol):
+    """A recipe plugged into the shared loop."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    params: Any
+    reward_source: str  # rules | model | both
+
+    def roles(self) -> tuple[str, ...]:
+        """Model roles held in memory, e.g. ("policy", "reference")."""
+        ...
+
+    def group_size(self, default: int) -> int:
+        """Completions per prompt (the suite's rollout.group_size is the default for group methods)."""
+        ...
+
+    def compute_advantages(self, batch: Batch) -> None:
+        """Fill batch.advantages (and batch.returns where a value model is trained)."""
+        ...
+
+    def policy_loss(self, logprobs: torch.Tensor, minibatch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The policy's loss on a minibatch given its current per-token log-probs."""
+        ...
+
+    def value_loss(self, values: torch.Tensor, minibatch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The value model's loss (algorithms with a value role only)."""
+        ...

@@ -1,0 +1,97 @@
+"""GRPO and GRPO-Zero (Shao et al. 2024, https://arxiv.org/abs/2402.03300; DeepSeek-R1-Zero).
+
+For each prompt, sample a group of G completions, score them, and use the group-relative reward
+as every token's advantage (eq. 3 of the lecture):
+
+    A_i = (r_i - mean(r_1..r_G)) / std(r_1..r_G)
+
+then maximise the clipped surrogate minus beta times the k3 KL estimate to the frozen reference
+(eqs. 1 and 2). No value model: the group mean is the baseline.
+
+How GRPO-Zero differs from GRPO: only in where the reward comes from. GRPO-Zero scores completions
+with rules (regex format checks and the exact answer match, `rlbench/rewards.py`) and holds no
+reward model, so it keeps two models in memory (policy, reference) instead of three. `beta: 0`
+drops the KL term and with it the reference model.
+
+Simplifications, stated plainly: one reference model frozen at the SFT weights (no periodic
+reference reset); `num_iterations` passes over each batch with the rollout's own log-probs as
+the old policy (recomputed only when the engine holds a separate copy of the weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from rlbench.algorithms.advantages import SCALE_MODES, group_advantages
+from rlbench.algorithms.base import Batch
+from rlbench.algorithms.losses import AGG_MODES, aggregate, clipped_policy_loss, kl_k3, policy_loss_stats
+from rlbench.config import f
+from rlbench.registry import ALGORITHMS
+
+
+@dataclass(frozen=True)
+class GRPOParams:
+    lr: float = f(1e-4, "AdamW learning rate of the policy", gt=0, lt=1)
+    beta: float = f(0.04, "weight of the KL penalty to the reference (0: no reference model is loaded)", ge=0)
+    clip_eps: float = f(0.2, "PPO-style ratio clip epsilon", gt=0, lt=1)
+    num_iterations: int = f(1, "optimisation passes over each batch (GRPO's mu)", ge=1)
+    num_minibatches: int = f(1, "optimizer steps per pass", ge=1)
+    agg: str = f("token_mean", "loss aggregation over tokens", choices=AGG_MODES)
+    scale: str = f("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)", choices=SCALE_MODES)
+    group_size: int | None = f(None, "completions per prompt (default: rollout.group_size)", ge=2)
+    max_grad_norm: float = f(1.0, "gradient clipping norm", gt=0)
+    weight_decay: float = f(0.0, "AdamW weight decay", ge=0)
+
+
+class GRPO:
+    """GRPO: group-relative advantages, a neural reward model by default."""
+
+    name: ClassVar[str] = "grpo"
+    Params: ClassVar[type] = GRPOParams
+    default_reward: ClassVar[str] = "model"
+
+    def __init__(self, params: GRPOParams, reward_source: str | None = None) -> None:
+        self.params = params
+        self.reward_source = reward_source or self.default_reward
+
+    def roles(self) -> tuple[str, ...]:
+        roles = ["policy"]
+        if self.params.beta > 0:
+            roles.append("reference")
+        if self.reward_source in ("model", "both"):
+            roles.append("reward")
+        return tuple(roles)
+
+    def group_size(self, default: int) -> int:
+        return self.params.group_size or default
+
+    def compute_advantages(self, batch: Batch) -> None:
+        batch.advantages = group_advantages(batch.rewards, batch.group_size, scale=self.params.scale)
+
+    def policy_loss(self, logprobs: torch.Tensor, mb: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        p = self.params
+        loss = clipped_policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.mask, p.clip_eps, p.agg)
+        stats = policy_loss_stats(logprobs, mb.old_logprobs, mb.advantages, mb.mask, p.clip_eps)
+        stats["loss/policy"] = loss.item()
+        if p.beta > 0:
+            kl = aggregate(kl_k3(logprobs, mb.ref_logprobs), mb.mask, p.agg)
+            loss = loss + p.beta * kl
+            stats["kl/k3"] = kl.item()
+        return loss, stats
+
+    def value_loss(self, values: torch.Tensor, mb: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise AssertionError("GRPO has no value model")
+
+
+class GRPOZero(GRPO):
+    """GRPO-Zero: GRPO with rule rewards only (regex format + exact answer), no reward model."""
+
+    name: ClassVar[str] = "grpo_zero"
+    default_reward: ClassVar[str] = "rules"
+
+
+ALGORITHMS.add("grpo", GRPO, GRPO.__doc__.strip())
+ALGORITHMS.add("grpo_zero", GRPOZero, GRPOZero.__doc__.strip())

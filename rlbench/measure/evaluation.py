@@ -1,0 +1,65 @@
+"""Held-out evaluation: greedy pass@1 (and pass@k / maj@k when k > 1), each with a standard error."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from rlbench.rollout import RolloutEngine, SamplingParams
+from rlbench.tasks import Problem, prompt_text
+from rlbench.tasks.answers import answers_match, extract_answer
+
+
+def standard_error(p: float, n: int) -> float:
+    """Standard error of a proportion p measured on n independent problems."""
+    return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n > 0 else 0.0
+
+
+def evaluate(engine: RolloutEngine, tokenizer, problems: list[Problem], max_new_tokens: int,
+             batch_size: int = 256, k: int = 1, temperature: float = 1.0, seed: int = 0) -> dict[str, float]:
+    """Score `problems`: `eval/accuracy` (greedy pass@1) with `eval/accuracy_stderr`, and with k > 1
+    `eval/pass@k` and `eval/maj@k` from k samples at `temperature`; also format and length figures."""
+    greedy = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
+    correct, formatted, lengths, truncated = [], [], [], []
+    for start in range(0, len(problems), batch_size):
+        batch = problems[start: start + batch_size]
+        prompts = [tokenizer(prompt_text(p))["input_ids"] for p in batch]
+        rollout = engine.generate(prompts, greedy)
+        for text, problem in zip(rollout.texts, batch):
+            correct.append(answers_match(extract_answer(text), problem.answer))
+            formatted.append("<answer>" in text and "</answer>" in text)
+        lengths.extend(rollout.lengths.tolist())
+        truncated.extend(rollout.truncated.tolist())
+    n = len(problems)
+    accuracy = sum(correct) / n
+    metrics = {
+        "eval/accuracy": accuracy,
+        "eval/accuracy_stderr": standard_error(accuracy, n),
+        "eval/format_rate": sum(formatted) / n,
+        "eval/completion_length": sum(lengths) / n,
+        "eval/truncation_rate": sum(truncated) / n,
+        "eval/size": float(n),
+    }
+    if k > 1:
+        metrics.update(_sampled_metrics(engine, tokenizer, problems, max_new_tokens, batch_size, k, temperature, seed))
+    return metrics
+
+
+def _sampled_metrics(engine: RolloutEngine, tokenizer, problems: list[Problem], max_new_tokens: int,
+                     batch_size: int, k: int, temperature: float, seed: int) -> dict[str, float]:
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    per_batch = max(1, batch_size // k)
+    any_correct, majority_correct = 0, 0
+    for start in range(0, len(problems), per_batch):
+        batch = problems[start: start + per_batch]
+        prompts = [tokenizer(prompt_text(p))["input_ids"] for p in batch for _ in range(k)]
+        rollout = engine.generate(prompts, params, seed=seed + start)
+        for i, problem in enumerate(batch):
+            answers = [extract_answer(t) for t in rollout.texts[i * k: (i + 1) * k]]
+            any_correct += any(answers_match(a, problem.answer) for a in answers)
+            votes = Counter(a for a in answers if a is not None)
+            majority_correct += bool(votes) and answers_match(votes.most_common(1)[0][0], problem.answer)
+    n = len(problems)
+    pass_k, maj_k = any_correct / n, majority_correct / n
+    return {f"eval/pass@{k}": pass_k, f"eval/pass@{k}_stderr": standard_error(pass_k, n),
+            f"eval/maj@{k}": maj_k, f"eval/maj@{k}_stderr": standard_error(maj_k, n)}

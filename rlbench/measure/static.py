@@ -1,0 +1,109 @@
+"""Static bytes of a model role: weights, gradients, optimizer state and buffers, from its tensors.
+
+This is the part of a role's memory that can be computed without running anything; the probes in
+memory.py measure the rest (activations, caches, allocator overhead). Every figure counts each
+untyped storage once (keyed by device and data pointer), so tied embeddings, shared tensors and
+views are not double-counted; a view counts the whole storage it keeps alive. Categories are
+counted in the order weights, gradients, optimizer, buffers, and a storage already counted in an
+earlier category is not counted again, so `total` is the sum of the four.
+
+Usage:
+
+    static = role_static_bytes(policy, optimizer)
+    static["weights"], static["gradients"], static["optimizer"], static["total"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The shard this rank holds, for a DTensor (FSDP2); the tensor itself otherwise."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
+def _storage_key(storage: torch.UntypedStorage, device: torch.device) -> tuple[str, int]:
+    # Meta tensors have no data pointer (it is 0 for all of them): key them by their storage object.
+    if device.type == "meta":
+        return ("meta", storage._cdata)
+    return (str(device), storage.data_ptr())
+
+
+def dedupe_bytes(tensors: Iterable[torch.Tensor], seen: set[tuple[str, int]] | None = None) -> int:
+    """Bytes of the distinct storages behind `tensors`, each counted once.
+
+    `seen` (updated in place) carries storages already counted elsewhere, which are skipped.
+    """
+    seen = set() if seen is None else seen
+    total = 0
+    for tensor in tensors:
+        local = _local(tensor)
+        storage = local.untyped_storage()
+        key = _storage_key(storage, local.device)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += storage.nbytes()
+    return total
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
+    """Every tensor in optimizer.state, nested dicts, lists and tuples included.
+
+    For AdamW that is exp_avg and exp_avg_sq (each the size of its parameter) and `step`, a 0-d
+    float32 tensor per parameter (4 bytes each on CPU; on the parameter's device when capturable or
+    fused): tiny, but counted, so the figure is what the optimizer really holds.
+    """
+
+    def walk(value: Any) -> Iterator[torch.Tensor]:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from walk(item)
+
+    for state in optimizer.state.values():
+        yield from walk(state)
+
+
+def role_static_bytes(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, int]:
+    """Static bytes of one role.
+
+    Returns (all ints, bytes):
+        weights: the model's parameters.
+        gradients: the .grad tensors that exist now (0 before the first backward or after
+            zero_grad(set_to_none=True)).
+        gradients_expected: what gradients will take once they exist: the bytes of the trainable
+            (requires_grad) parameters, one .grad per Parameter object (model.parameters() already
+            yields a tied Parameter once). Not part of total.
+        optimizer: every tensor in optimizer.state (0 before the first step: optimizers create
+            their state lazily).
+        buffers: the model's buffers (e.g. rotary inv_freq, norms' running stats).
+        total: weights + gradients + optimizer + buffers.
+    """
+    seen: set[tuple[str, int]] = set()
+    parameters = list(model.parameters())
+    weights = dedupe_bytes(parameters, seen)
+    gradients = dedupe_bytes((p.grad for p in parameters if p.grad is not None), seen)
+    optimizer_bytes = dedupe_bytes(optimizer_state_tensors(optimizer), seen) if optimizer is not None else 0
+    buffers = dedupe_bytes(model.buffers(), seen)
+    return {
+        "weights": weights,
+        "gradients": gradients,
+        "gradients_expected": sum(
+            _local(p).numel() * p.element_size() for p in parameters if p.requires_grad
+        ),
+        "optimizer": optimizer_bytes,
+        "buffers": buffers,
+        "total": weights + gradients + optimizer_bytes + buffers,
+    }

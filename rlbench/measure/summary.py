@@ -1,0 +1,199 @@
+"""Turn a finished (or failed) run into its report entry: roles, memory, throughput, accuracy.
+
+Memory per role, for every probe the run used:
+- `static`: bytes computed from the role's tensors (weights, gradients, optimizer state, buffers).
+- `load_bytes`: how much the probe's reading rose while the role was loaded.
+- `phases`: the peak (absolute) and the rise above the phase's start, for each phase attributed
+  to the role (generate, update -> policy; ref_logprobs -> reference; score -> reward; values,
+  value_update -> value).
+Reconciliation: the process peak is set against what is attributed at the phase that reached it
+(every role's static bytes plus that phase's transient rise); the rest, libraries and allocator
+slack included, is reported as `other`, never dropped.
+"""
+
+from __future__ import annotations
+
+from statistics import fmean
+from typing import Any
+
+from rlbench.measure.flops import flop_params, model_flops_per_token
+from rlbench.measure.hacking import reward_hacking
+from rlbench.report.metrics import metric
+from rlbench.train import PHASE_ROLE, Run
+
+
+def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
+    roles = _roles(run)
+    memory = _memory(run, probe, roles, result.get("baseline_bytes") or {})
+    throughput = _throughput(run)
+    accuracy = _accuracy(result.get("evals") or [])
+    learning = _learning(run.step_metrics)
+    hacking = reward_hacking([m["reward/mean"] for m in run.step_metrics], [m["gold/accuracy"] for m in run.step_metrics])
+    return {
+        "roles": roles,
+        "memory": memory,
+        "budget": run.budget.consumed(),
+        "throughput": throughput,
+        "accuracy": accuracy,
+        "learning": learning,
+        "reward_hacking": hacking,
+        "metrics": _flat_metrics(roles, memory, throughput, accuracy, learning),
+    }
+
+
+def _roles(run: Run) -> dict[str, Any]:
+    roles: dict[str, Any] = {}
+    from rlbench.measure.static import role_static_bytes
+
+    for role, (model, optimizer) in run.role_models().items():
+        roles[role] = {"static": role_static_bytes(model, optimizer)}
+    engine_bytes = run.engine.memory_bytes()
+    if engine_bytes:
+        roles["rollout"] = {"static": dict(engine_bytes, total=sum(engine_bytes.values()))}
+    for role, entry in roles.items():
+        entry["load_bytes"] = run.role_load_bytes.get(role, {})
+        phases = {}
+        for phase, phase_role in PHASE_ROLE.items():
+            if phase_role != role or phase not in run.phases.calls:
+                continue
+            phases[phase] = {
+                "seconds": run.phases.seconds[phase],
+                "calls": run.phases.calls[phase],
+                "peak_bytes": {p: v[phase] for p, v in run.phases.peak_bytes.items() if phase in v},
+                "rise_bytes": {p: v[phase] for p, v in run.phases.rise_bytes.items() if phase in v},
+            }
+        entry["phases"] = phases
+        probes = {p for ph in phases.values() for p in ph["peak_bytes"]}
+        entry["peak_bytes"] = {p: max(ph["peak_bytes"].get(p, 0) for ph in phases.values()) for p in probes}
+    return roles
+
+
+def _memory(run: Run, probe, roles: dict[str, Any], baseline: dict[str, int]) -> dict[str, Any]:
+    described = probe.describe()
+    out: dict[str, Any] = {"probe": probe.name, "primary": probe.primary, "probes": described["probes"],
+                           "baseline_bytes": baseline, "reconciliation": {}, "notes": run.phases.notes}
+    process_peaks = probe.process_peak_bytes()
+    static_total = sum(r["static"]["total"] for r in roles.values())
+    for name, peaks in run.phases.peak_bytes.items():
+        if not peaks:
+            continue
+        peak_phase = max(peaks, key=peaks.get)
+        process_peak = max(peaks[peak_phase], process_peaks.get(name, 0))
+        transient = run.phases.rise_bytes[name].get(peak_phase, 0)
+        base = baseline.get(name, 0)
+        attributed = static_total + transient
+        out["reconciliation"][name] = {
+            "process_peak_bytes": process_peak,
+            "peak_phase": peak_phase,
+            "baseline_bytes": base,
+            "static_bytes": static_total,
+            "peak_phase_transient_bytes": transient,
+            "attributed_bytes": attributed,
+            "other_bytes": process_peak - base - attributed,
+        }
+    return out
+
+
+def _throughput(run: Run) -> dict[str, float]:
+    b, seconds = run.budget, run.phases.seconds
+    rl_seconds = max(b.seconds, 1e-9)
+    out = {f"time/{phase}_s": s for phase, s in seconds.items() if phase != "eval"}
+    out["time/rl_s"] = b.seconds
+    if b.steps:
+        out["time/step_s"] = b.seconds / b.steps
+        out["throughput/completions_per_s"] = b.completions / rl_seconds
+        out["throughput/tokens_per_s"] = b.tokens / rl_seconds
+    if seconds.get("generate"):
+        out["throughput/gen_tokens_per_s"] = b.tokens / seconds["generate"]
+    if seconds.get("update"):
+        out["throughput/trained_tokens_per_s"] = b.trained_tokens / seconds["update"]
+    if "eval" in seconds:
+        out["time/eval_s"] = seconds["eval"]
+    flops = _rl_flops(run)
+    if flops and b.steps:
+        out["throughput/model_flops_per_s"] = flops / rl_seconds
+        peak = _peak_flops(run)
+        if peak:
+            out["throughput/mfu"] = flops / rl_seconds / peak
+    return out
+
+
+def _rl_flops(run: Run) -> float:
+    """Model FLOPs of the RL steps: forward passes over every sequence position (generation,
+    reference, reward, values) and forward+backward for each optimisation pass."""
+    b = run.budget
+    if not b.sequence_tokens:
+        return 0.0
+    config = run.policy.config
+    seq_len = b.sequence_tokens / max(b.completions, 1)
+    n = flop_params(run.policy)
+    fwd = model_flops_per_token(n, config.num_hidden_layers, config.hidden_size, seq_len, training=False)
+    train = model_flops_per_token(n, config.num_hidden_layers, config.hidden_size, seq_len, training=True)
+    forwards = 1 + sum(m is not None for m in (run.reference, run.reward_model, run.value_model))
+    trains = run._passes() * (1 + (run.value_model is not None))
+    return b.sequence_tokens * (forwards * fwd + trains * train)
+
+
+def _peak_flops(run: Run) -> float | None:
+    import torch
+
+    from rlbench.cache import cache_root
+    from rlbench.measure.flops import cpu_peak_flops, gpu_peak_flops
+
+    device = next(run.policy.parameters()).device
+    if device.type == "cuda":
+        return gpu_peak_flops(torch.cuda.get_device_name(device), run.suite.model.dtype)
+    return cpu_peak_flops(cache_root())
+
+
+def _accuracy(evals: list[dict[str, Any]]) -> dict[str, Any]:
+    if not evals:
+        return {}
+    before, after = evals[0], evals[-1]
+    out: dict[str, Any] = {"before": before, "after": after, "curve": evals}
+    if len(evals) > 1:
+        delta = after["eval/accuracy"] - before["eval/accuracy"]
+        noise = after["eval/accuracy_stderr"] + before["eval/accuracy_stderr"]
+        out.update(delta=delta, delta_stderr_sum=noise, significant=abs(delta) > noise)
+    return out
+
+
+def _learning(steps: list[dict[str, Any]]) -> dict[str, float]:
+    """Means over the last quarter of the run's steps (where the run ended up)."""
+    if not steps:
+        return {}
+    tail = steps[-max(1, len(steps) // 4):]
+    keys = [k for k in tail[-1] if k.split("/")[0] in ("reward", "gold", "learning", "kl", "loss")]
+    return {k: fmean(s[k] for s in tail if k in s) for k in keys}
+
+
+def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, Any]:
+    primary = memory["primary"]
+    probe_of = primary
+    out: dict[str, Any] = {}
+    for role, entry in roles.items():
+        static = entry["static"]
+        for kind in ("weights", "gradients", "optimizer", "total"):
+            if kind in static:
+                out[f"memory/{role}/{kind}_bytes"] = metric(f"memory/{role}/{kind}_bytes", static[kind], probe="static")
+        if primary in entry["peak_bytes"]:
+            out[f"memory/{role}/peak_bytes"] = metric(f"memory/{role}/peak_bytes", entry["peak_bytes"][primary],
+                                                      probe=probe_of)
+    recon = memory["reconciliation"].get(primary)
+    if recon:
+        out["memory/process_peak_bytes"] = metric("memory/process_peak_bytes", recon["process_peak_bytes"], probe=primary)
+    for name, value in throughput.items():
+        out[name] = metric(name, value)
+    if accuracy:
+        after, before = accuracy["after"], accuracy["before"]
+        out["eval/accuracy"] = metric("eval/accuracy", after["eval/accuracy"], after["eval/accuracy_stderr"])
+        out["eval/accuracy_before"] = metric("eval/accuracy_before", before["eval/accuracy"],
+                                             before["eval/accuracy_stderr"])
+        if "delta" in accuracy:
+            out["eval/accuracy_delta"] = metric("eval/accuracy_delta", accuracy["delta"], accuracy["delta_stderr_sum"])
+        for key, value in after.items():
+            if key.startswith("eval/") and not key.endswith("_stderr") and key not in out and key != "eval/accuracy":
+                out[key] = metric(key, value, after.get(f"{key}_stderr"))
+    for name, value in learning.items():
+        out[name] = metric(name, value)
+    return out

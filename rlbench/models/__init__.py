@@ -1,0 +1,1 @@
+"""Models: the embedded default (tokenizer, config, cold-start SFT), hub/local loading, roles."""

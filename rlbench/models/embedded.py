@@ -1,0 +1,70 @@
+"""The embedded default model: a ~1M-parameter Llama built from a config, offline.
+
+`build_embedded(seed)` returns a freshly initialised `LlamaForCausalLM` and the character-level
+tokenizer. `save_pretrained_pair` / `load_pretrained_pair` go through the standard
+`AutoTokenizer`/`AutoModelForCausalLM` path, so the embedded model is loaded exactly as a hub
+model would be. The config says `llama` on purpose: a folder whose config says `qwen2` makes
+transformers substitute Qwen2's own tokenizer class and silently change the ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
+
+from rlbench.models.tokenizer import build_char_tokenizer
+
+EMBEDDED_NAME = "embedded"
+
+
+def embedded_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> LlamaConfig:
+    """4 layers, width 128, 4 heads, tied embeddings: 0.87M parameters with the 104-token vocabulary."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+    )
+
+
+def build_embedded(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
+    """A freshly initialised embedded model (deterministic for a seed) and its tokenizer."""
+    tokenizer = build_char_tokenizer()
+    config = embedded_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def save_pretrained_pair(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def load_pretrained_pair(path: str | Path, dtype: torch.dtype = torch.float32):
+    """Load a causal LM and its tokenizer from a local directory through the Auto classes."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model, tokenizer

@@ -1,0 +1,102 @@
+"""Cold start (InstructGPT step 1): supervised fine-tuning on demonstrations, cached on disk.
+
+The policy learns the `<reasoning>...</reasoning><answer>...</answer>` format and some arithmetic
+from gold solutions, so that RL starts from a model that is sometimes right. The loss is
+next-token cross-entropy on completion tokens only (the prompt is context, not a target).
+Cached under `$RLBENCH_CACHE/sft/<hash>` where the hash covers the base model, the task, the SFT
+settings, the seed and `SFT_VERSION`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rlbench.cache import cached_dir, stable_hash
+from rlbench.config import SFTConfig, TaskConfig
+from rlbench.models.optim import adamw
+from rlbench.tasks import Problem, demonstration, load_problems, prompt_text
+
+SFT_VERSION = 1
+
+
+def encode_demonstrations(tokenizer, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids + EOS) per problem, tokenized exactly as in RL."""
+    prompts = tokenizer([prompt_text(p) for p in problems])["input_ids"]
+    completions = tokenizer([demonstration(p) for p in problems], add_special_tokens=False)["input_ids"]
+    return [(p, c + [tokenizer.eos_token_id]) for p, c in zip(prompts, completions)]
+
+
+def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and labels (-100 on prompt and padding)."""
+    width = max(len(p) + len(c) for p, c in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (p, c) in enumerate(pairs):
+        n = len(p) + len(c)
+        ids[i, :n] = torch.tensor(p + c)
+        mask[i, :n] = 1
+        labels[i, len(p):n] = torch.tensor(c)
+    return ids, mask, labels
+
+
+def lr_at(step: int, cfg: SFTConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_sft(model: torch.nn.Module, tokenizer, problems: list[Problem], cfg: SFTConfig, seed: int,
+              on_step=None) -> dict[str, float]:
+    """Run `cfg.steps` of SFT in place. `on_step(step, loss)` is called after each step."""
+    data = encode_demonstrations(tokenizer, problems)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = adamw(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
+    model.train()
+    start, loss_value = time.perf_counter(), float("nan")
+    for step in range(cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        index = torch.randint(len(data), (cfg.batch_size,), generator=generator).tolist()
+        ids, mask, labels = collate([data[i] for i in index], tokenizer.pad_token_id)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        loss_value = loss.item()
+        if on_step is not None:
+            on_step(step + 1, loss_value)
+    return {"sft/steps": float(cfg.steps), "sft/final_loss": loss_value, "sft/seconds": time.perf_counter() - start}
+
+
+def sft_key(base: str, cfg: SFTConfig, task: TaskConfig, seed: int) -> str:
+    return stable_hash({"base": base, "sft": asdict(cfg), "task": asdict(task), "seed": seed, "version": SFT_VERSION})
+
+
+def cold_start(base_dir: Path, base_name: str, cfg: SFTConfig, task: TaskConfig, seed: int,
+               on_step=None) -> tuple[Path, dict, bool]:
+    """The SFT'd model directory for this base/task/settings, training it on a cache miss.
+    Returns (path, stats, cache_hit)."""
+    from rlbench.models.embedded import load_pretrained_pair, save_pretrained_pair
+
+    def build(tmp: Path) -> None:
+        model, tokenizer = load_pretrained_pair(base_dir)
+        torch.manual_seed(seed)
+        problems = load_problems(task, "train", cfg.train_size, seed)
+        stats = train_sft(model, tokenizer, problems, cfg, seed, on_step)
+        save_pretrained_pair(model, tokenizer, tmp)
+        (tmp / "sft.json").write_text(json.dumps(stats, indent=2))
+
+    path, hit = cached_dir("sft", sft_key(base_name, cfg, task, seed), build)
+    return path, json.loads((path / "sft.json").read_text()), hit

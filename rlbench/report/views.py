@@ -1,0 +1,119 @@
+"""Rich tables for people, views of the JSON report (which stays the contract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+ROLE_ORDER = ("policy", "reference", "reward", "value", "rollout")
+
+
+def mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.1f}"
+
+
+def pct(x: float | None, se: float | None = None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.1%}" + (f" ± {se:.1%}" if se is not None else "")
+
+
+def num(x: float | None, fmt: str = "{:,.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _value(run: dict[str, Any], name: str) -> float | None:
+    entry = run.get("metrics", {}).get(name)
+    return None if entry is None else entry.get("value")
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """One row per run: status, budget used, roles, process peak, step time, accuracy before/after."""
+    probe = _primary_probe(report)
+    table = Table(title=f"rlbench: {report['suite']['name']}", title_justify="left")
+    for col, kw in (("run", {}), ("status", {}), ("stopped by", {}), ("roles", {}),
+                    ("completions", {"justify": "right"}), ("prompts", {"justify": "right"}),
+                    (f"peak MiB ({probe})", {"justify": "right"}), ("step s", {"justify": "right"}),
+                    ("gen tok/s", {"justify": "right"}), ("acc before", {"justify": "right"}),
+                    ("acc after", {"justify": "right"}), ("Δ acc", {"justify": "right"}), ("hacking", {})):
+        table.add_column(col, **kw)
+    for run in report["runs"]:
+        status = run.get("status", "?")
+        colour = "green" if status == "ok" else "red"
+        acc = run.get("accuracy") or {}
+        before, after = acc.get("before") or {}, acc.get("after") or {}
+        delta = acc.get("delta")
+        sig = acc.get("significant")
+        delta_text = "-" if delta is None else f"{delta:+.1%}" + (" *" if sig else "")
+        hacking = (run.get("reward_hacking") or {}).get("flag")
+        budget = run.get("budget") or {}
+        table.add_row(
+            run["id"], f"[{colour}]{status}[/]", run.get("stopped_by") or "-",
+            ",".join(r for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-",
+            str(budget.get("completions", "-")), str(budget.get("prompts", "-")),
+            mib(_value(run, "memory/process_peak_bytes")), num(_value(run, "time/step_s"), "{:.2f}"),
+            num(_value(run, "throughput/gen_tokens_per_s"), "{:,.0f}"),
+            pct(before.get("eval/accuracy"), before.get("eval/accuracy_stderr")),
+            pct(after.get("eval/accuracy"), after.get("eval/accuracy_stderr")),
+            delta_text, "[red]FLAG[/]" if hacking else ("no" if hacking is not None else "-"),
+        )
+    table.caption = "Δ acc marked * when larger than the sum of the two standard errors"
+    return table
+
+
+def memory_table(report: dict[str, Any]) -> Table:
+    """Role x (weights, grads, optimizer, static total, phase peak) per run, with the process peak."""
+    probe = _primary_probe(report)
+    table = Table(title=f"memory by role (MiB; static from tensors, peaks measured by {probe})", title_justify="left")
+    for col in ("run", "role", "weights", "grads", "optimizer", "static", "load +", "phase peak", "peak phase"):
+        table.add_column(col, justify="left" if col in ("run", "role", "peak phase") else "right")
+    for run in report["runs"]:
+        roles = run.get("roles") or {}
+        for i, role in enumerate(r for r in ROLE_ORDER if r in roles):
+            entry = roles[role]
+            static = entry.get("static", {})
+            phases = entry.get("phases", {})
+            peak_phase = max(phases, key=lambda p: phases[p]["peak_bytes"].get(probe, 0), default=None)
+            table.add_row(
+                run["id"] if i == 0 else "", role, mib(static.get("weights")), mib(static.get("gradients")),
+                mib(static.get("optimizer")), mib(static.get("total")), mib(entry.get("load_bytes", {}).get(probe)),
+                mib(entry.get("peak_bytes", {}).get(probe)), peak_phase or "-",
+            )
+        recon = ((run.get("memory") or {}).get("reconciliation") or {}).get(probe)
+        if recon:
+            table.add_row("", "[bold]process peak[/]", "", "", "", mib(recon["static_bytes"]), "",
+                          f"[bold]{mib(recon['process_peak_bytes'])}[/]", recon["peak_phase"])
+            table.add_row("", "other", "", "", "", "", "", mib(recon["other_bytes"]),
+                          f"baseline {mib(recon['baseline_bytes'])}")
+        if roles:
+            table.add_section()
+    return table
+
+
+def _primary_probe(report: dict[str, Any]) -> str:
+    for run in report["runs"]:
+        memory = run.get("memory")
+        if memory:
+            return memory["primary"]
+    return "cpu"
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    console.print(memory_table(report))
+    console.print(summary_table(report))
+    for run in report["runs"]:
+        if run.get("status") not in ("ok", None) and run.get("error"):
+            console.print(f"[red]{run['id']}[/]: {run['status']}: {run['error']}")
+
+
+def write_artifacts(report: dict[str, Any], out_dir: Path, console: Console) -> None:
+    """Plots and summary.md next to report.json (plots need matplotlib)."""
+    try:
+        from rlbench.report.plots import write_plots
+    except ImportError:
+        return
+    for path in write_plots(report, out_dir):
+        console.print(f"plot: {path}")

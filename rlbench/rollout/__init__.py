@@ -1,0 +1,85 @@
+"""Rollout engines: how completions are sampled. Algorithms only ever see `RolloutEngine`.
+
+An engine takes prompts (token ids) and returns a `Rollout`: prompt and completion ids in one
+left-padded/right-padded batch, the per-token log-probabilities of the sampled tokens under the
+sampling distribution (logits / temperature, before top-p filtering, as the trainer computes
+them), completion lengths and truncation flags. `sync_weights(policy)` is called after every
+update; the `hf` engine samples from the policy module itself, so it has nothing to copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from rlbench.registry import ENGINES
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor  # [N, P + T]: left-padded prompt then right-padded completion
+    attention_mask: torch.Tensor  # [N, P + T]
+    prompt_width: int  # P: completion token t sits at column P + t
+    completion_ids: torch.Tensor  # [N, T]
+    completion_mask: torch.Tensor  # [N, T] float: 1 up to and including EOS
+    logprobs: torch.Tensor  # [N, T] log-probs of the sampled tokens (0 where masked)
+    texts: list[str]  # decoded completions (special tokens dropped, tags kept)
+    truncated: torch.Tensor  # [N] bool: stopped by max_new_tokens, not EOS
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1).long()
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_mask.sum().item())
+
+    def select(self, index: torch.Tensor) -> Rollout:
+        """The rows `index` of every per-completion field (a minibatch)."""
+        idx = index.tolist()
+        return Rollout(
+            self.input_ids[index], self.attention_mask[index], self.prompt_width, self.completion_ids[index],
+            self.completion_mask[index], self.logprobs[index], [self.texts[i] for i in idx], self.truncated[index],
+        )
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy: bool = False
+
+
+class RolloutEngine(Protocol):
+    name: str
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Rollout:
+        """Sample one completion per prompt (repeat a prompt G times for a group)."""
+        ...
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        """Make the engine sample from the policy's current weights."""
+        ...
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Memory the engine holds of its own (weights, KV cache); empty when it shares the policy's."""
+        ...
+
+
+def _make_hf(policy: torch.nn.Module, tokenizer, **_: object) -> RolloutEngine:
+    from rlbench.rollout.hf import HFEngine
+
+    return HFEngine(policy, tokenizer)
+
+
+def _make_vllm(policy: torch.nn.Module, tokenizer, **options: object) -> RolloutEngine:
+    from rlbench.rollout.vllm import VLLMEngine
+
+    return VLLMEngine(policy, tokenizer, **options)
+
+
+ENGINES.add("hf", _make_hf, "sampling from the policy module with a KV cache (any device; the CPU default)")
+ENGINES.add("vllm", _make_vllm, "a colocated vLLM engine, weights synced after each update (GPU; extra `vllm`)")

@@ -1,0 +1,121 @@
+"""The `hf` engine: batched sampling straight from the policy module, with a KV cache.
+
+A lean decode loop instead of `model.generate`: it returns the sampled tokens' log-probabilities
+as it goes (no second forward pass to get them), stops as soon as every row has emitted EOS,
+and adds no per-token logits processors beyond temperature and top-p.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlbench.rollout import Rollout, SamplingParams
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ids [N, P] and an attention mask [N, P]."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: 0 at each row's first real token."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Mask logits outside the smallest set of tokens whose probability mass reaches top_p."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    params: SamplingParams,
+    eos_id: int,
+    pad_id: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode up to max_new_tokens. Returns (tokens [N,T], logprobs [N,T], mask [N,T], truncated [N])."""
+    n = prompt_ids.shape[0]
+    attention = prompt_mask
+    positions = position_ids_from_mask(prompt_mask)
+    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    next_position = positions[:, -1:] + 1
+    finished = torch.zeros(n, dtype=torch.bool)
+    tokens, logprobs, masks = [], [], []
+    for step in range(params.max_new_tokens):
+        logp_all = F.log_softmax(logits.float() / params.temperature, dim=-1)
+        if params.greedy:
+            token = logp_all.argmax(-1)
+        else:
+            probs = top_p_filter(logp_all, params.top_p).softmax(-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        alive = ~finished
+        token = torch.where(alive, token, torch.full_like(token, pad_id))
+        tokens.append(token)
+        logprobs.append(torch.where(alive, logp_all.gather(-1, token[:, None]).squeeze(-1), 0.0))
+        masks.append(alive.float())
+        finished = finished | (token == eos_id)
+        if bool(finished.all()) or step == params.max_new_tokens - 1:
+            break
+        attention = torch.cat([attention, torch.ones((n, 1), dtype=attention.dtype)], dim=-1)
+        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
+                    past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        next_position = next_position + 1
+    return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(masks, 1), ~finished
+
+
+class HFEngine:
+    """Samples from the policy module in place (shares its weights: no memory of its own)."""
+
+    name = "hf"
+
+    def __init__(self, policy: torch.nn.Module, tokenizer) -> None:
+        self.policy = policy
+        self.tokenizer = tokenizer
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Rollout:
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        ids, mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            tokens, logprobs, comp_mask, truncated = sample(
+                self.policy, ids, mask, params, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, generator
+            )
+        finally:
+            self.policy.train(was_training)
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return Rollout(
+            input_ids=torch.cat([ids, tokens], dim=1),
+            attention_mask=torch.cat([mask, comp_mask.long()], dim=1),
+            prompt_width=ids.shape[1],
+            completion_ids=tokens,
+            completion_mask=comp_mask,
+            logprobs=logprobs,
+            texts=texts,
+            truncated=truncated,
+        )
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        self.policy = policy
+
+    def memory_bytes(self) -> dict[str, int]:
+        return {}

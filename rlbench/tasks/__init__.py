@@ -1,0 +1,71 @@
+"""Tasks: GSM8K-style math word problems, how a policy is prompted with them, and the gold completion.
+
+A task is a function registered in TASKS, `(cfg: TaskConfig, split, size, seed) -> list[Problem]`:
+
+- `synthetic` (rlbench/tasks/synthetic.py): generated offline from a seed, short enough for the
+  embedded 1M-parameter model; train and eval are disjoint by construction.
+- `gsm8k` (rlbench/tasks/gsm8k.py): the real GSM8K, from the hub (`openai/gsm8k`) or a local
+  copy given as `task.path`; its train file is the train split, its test file the eval split.
+
+Every completion is asked to follow the lecture's strict format:
+
+    <reasoning>
+    16-3=13
+    13*2=26
+    </reasoning>
+    <answer>
+    26
+    </answer>
+
+    problems = load_problems(suite.task, "eval", size=512, seed=0)
+    text = prompt_text(problems[0])          # "Q: ...\\n"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlbench.config import TaskConfig
+from rlbench.registry import TASKS
+
+SPLITS = ("train", "eval")
+
+SYSTEM_PROMPT = (
+    "Solve the math problem. Respond in the following format:\n"
+    "<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
+    "The answer is a single number."
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One word problem with its gold answer."""
+
+    id: str
+    """unique within a split, stable for the same task, split and seed"""
+    question: str
+    """the problem statement"""
+    answer: str
+    """gold final answer, a plain number such as "18" """
+    reasoning: str
+    """gold reasoning, e.g. "16-3-4=9\\n9*2=18" ("" when there is none)"""
+
+
+def prompt_text(problem: Problem) -> str:
+    """What the policy is conditioned on: the plain-text prompt (chat models get SYSTEM_PROMPT too)."""
+    return f"Q: {problem.question}\n"
+
+
+def demonstration(problem: Problem) -> str:
+    """The gold completion of a problem in the strict format."""
+    return f"<reasoning>\n{problem.reasoning}\n</reasoning>\n<answer>\n{problem.answer}\n</answer>\n"
+
+
+def load_problems(cfg: TaskConfig, split: str, size: int | None, seed: int) -> list[Problem]:
+    """Problems of a split ("train" or "eval") from the task named by `cfg.name`."""
+    assert split in SPLITS, f"split must be one of {SPLITS}, got {split!r}"
+    return TASKS.get(cfg.name)(cfg, split, size, seed)
+
+
+# The task modules use Problem and register themselves in TASKS, so they are imported last.
+from rlbench.tasks import gsm8k, synthetic  # noqa: E402, F401

@@ -1,0 +1,352 @@
+"""One run: an algorithm x seed trained under the suite's budget, measured phase by phase.
+
+This is the shared loop for every recipe. Each step:
+
+    generate      sample completions_per_step completions (policy)
+    score         rule rewards and/or the reward model, plus the gold answer check (reward)
+    ref_logprobs  log-probs under the frozen reference (reference)
+    values        value estimates (value)
+    advantages    the algorithm's advantage estimator (pure math, no model)
+    update        policy optimisation (policy)
+    value_update  value optimisation (value)
+
+Each phase runs inside the memory probe and a timer; the budget is checked after every step.
+The runner starts this in a fresh process per run (`python -m rlbench.worker`), so memory
+figures belong to this run alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlbench.algorithms.advantages import zero_variance_fraction
+from rlbench.algorithms.base import Algorithm, Batch
+from rlbench.algorithms.losses import entropy_from_logits, masked_mean
+from rlbench.config import AlgorithmConfig, BudgetConfig, Suite, algorithm_params
+from rlbench.models.forward import completion_logits, completion_logprobs, gather_logprobs
+from rlbench.models.optim import adamw
+from rlbench.registry import ALGORITHMS, ENGINES
+from rlbench.rewards import gold_correct, score_rules
+from rlbench.rollout import SamplingParams
+from rlbench.tasks import Problem, load_problems, prompt_text
+
+PHASE_ROLE = {
+    "generate": "policy",
+    "old_logprobs": "policy",
+    "update": "policy",
+    "ref_logprobs": "reference",
+    "score": "reward",
+    "values": "value",
+    "value_update": "value",
+    "eval": "policy",
+}
+
+
+def make_algorithm(cfg: AlgorithmConfig) -> Algorithm:
+    return ALGORITHMS.get(cfg.name)(algorithm_params(cfg), cfg.reward)
+
+
+@dataclass
+class Budget:
+    """Consumption against the suite's limits; `exhausted()` names the first limit reached."""
+
+    limits: BudgetConfig
+    steps: int = 0
+    completions: int = 0
+    prompts: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    sequence_tokens: int = 0  # prompt + completion positions processed (for model FLOPs)
+    seconds: float = 0.0
+
+    def exhausted(self) -> str | None:
+        for name, used in (("steps", self.steps), ("completions", self.completions), ("tokens", self.tokens),
+                           ("wall_seconds", self.seconds)):
+            limit = getattr(self.limits, name)
+            if limit is not None and used >= limit:
+                return name
+        return None
+
+    def fraction(self) -> float:
+        """How much of the tightest limit is used, 0..1."""
+        used = {"steps": self.steps, "completions": self.completions, "tokens": self.tokens,
+                "wall_seconds": self.seconds}
+        fractions = [used[k] / v for k, v in vars(self.limits).items() if v]
+        return min(1.0, max(fractions)) if fractions else 0.0
+
+    def consumed(self) -> dict[str, float]:
+        return {"steps": self.steps, "prompts": self.prompts, "completions": self.completions,
+                "tokens_generated": self.tokens, "tokens_trained": self.trained_tokens,
+                "wall_seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class PhaseStats:
+    """Accumulated time of each phase, and each probe's memory figures for it, over the run."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    peak_bytes: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))  # probe -> phase -> max
+    rise_bytes: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))  # probe -> phase -> max
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def add(self, phase: str, seconds: float, memory: dict | None = None) -> None:
+        self.seconds[phase] += seconds
+        self.calls[phase] += 1
+        for probe, mem in (memory or {}).items():
+            peaks, rises = self.peak_bytes[probe], self.rise_bytes[probe]
+            peaks[phase] = max(peaks.get(phase, 0), mem.peak_bytes)
+            rises[phase] = max(rises.get(phase, 0), mem.peak_bytes - mem.start_bytes)
+            if mem.note:
+                self.notes[f"{probe}/{phase}"] = mem.note
+
+
+class Run:
+    """Everything one run holds: roles, optimizers, engine, probe, data, budget and metrics."""
+
+    def __init__(self, suite: Suite, algo_cfg: AlgorithmConfig, seed: int, policy_dir: Path,
+                 reward_dir: Path | None, probe, emit: Callable[[dict], None] = lambda e: None) -> None:
+        self.suite, self.algo_cfg, self.seed = suite, algo_cfg, seed
+        self.algorithm = make_algorithm(algo_cfg)
+        self.probe, self.emit = probe, emit
+        self.phases = PhaseStats()
+        self.role_load_bytes: dict[str, dict[str, int]] = {}  # role -> probe -> bytes
+        self.step_metrics: list[dict[str, Any]] = []
+        torch.manual_seed(seed)
+        self.roles = self.algorithm.roles()
+        self._load_roles(policy_dir, reward_dir)
+        self.group_size = self.algorithm.group_size(suite.rollout.group_size)
+        assert suite.rollout.completions_per_step % self.group_size == 0, "validated in config"
+        self.prompts_per_step = suite.rollout.completions_per_step // self.group_size
+        self.train_problems = load_problems(suite.task, "train", suite.task.train_size, seed)
+        self.order = torch.randperm(len(self.train_problems), generator=torch.Generator().manual_seed(seed)).tolist()
+        self.cursor = 0
+        self.budget = Budget(suite.budget)
+        self.sampling = SamplingParams(suite.rollout.max_new_tokens, suite.rollout.temperature, suite.rollout.top_p)
+
+    # -- loading --------------------------------------------------------------------------------
+    def _measure_load(self, role: str, load: Callable[[], Any]) -> Any:
+        before = self.probe.snapshot()
+        obj = load()
+        after = self.probe.snapshot()
+        self.role_load_bytes[role] = {probe: after[probe] - before[probe] for probe in before}
+        return obj
+
+    def _load_roles(self, policy_dir: Path, reward_dir: Path | None) -> None:
+        from rlbench.models.embedded import load_pretrained_pair
+        from rlbench.models.heads import ScalarHeadModel
+        from rlbench.models.loading import torch_dtype
+
+        dtype = torch_dtype(self.suite.model.dtype)
+        p = self.algorithm.params
+
+        def load_policy():
+            model, tok = load_pretrained_pair(policy_dir, dtype)
+            _touch(model)
+            return model, tok
+
+        self.policy, self.tokenizer = self._measure_load("policy", load_policy)
+        self.policy.train()
+        self.optimizer = adamw(self.policy.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        self.reference = self.reward_model = self.value_model = self.value_optimizer = None
+        if "reference" in self.roles:
+            self.reference = self._measure_load("reference", lambda: _frozen(load_pretrained_pair(policy_dir, dtype)[0]))
+        if "reward" in self.roles:
+            assert reward_dir is not None, "runner trains or loads the reward model first"
+            self.reward_model = self._measure_load("reward", lambda: _frozen(ScalarHeadModel.from_pretrained(reward_dir, dtype)))
+        if "value" in self.roles:
+            source = reward_dir if (p.value_init == "reward" and reward_dir is not None) else policy_dir
+
+            def load_value():
+                model = ScalarHeadModel.from_pretrained(source, dtype)
+                _touch(model)
+                return model
+
+            self.value_model = self._measure_load("value", load_value)
+            self.value_model.train()
+            self.value_optimizer = adamw(self.value_model.parameters(), lr=p.value_lr, weight_decay=p.weight_decay)
+        engine_factory = ENGINES.get(self.suite.rollout.engine)
+        self.engine = self._measure_load("rollout", lambda: engine_factory(
+            self.policy, self.tokenizer, gpu_memory_utilization=self.suite.rollout.gpu_memory_utilization,
+            sleep_between_phases=self.suite.rollout.sleep_between_phases, dtype=self.suite.model.dtype))
+
+    def role_models(self) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]]:
+        models = {"policy": (self.policy, self.optimizer), "reference": (self.reference, None),
+                  "reward": (self.reward_model, None), "value": (self.value_model, self.value_optimizer)}
+        return {role: pair for role, pair in models.items() if pair[0] is not None}
+
+    # -- measurement ----------------------------------------------------------------------------
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        memory: dict = {}
+        try:
+            with self.probe.phase(name) as memory:
+                yield
+        finally:
+            self.phases.add(name, time.perf_counter() - start, memory)
+
+    # -- one step -------------------------------------------------------------------------------
+    def next_prompts(self) -> list[Problem]:
+        problems = []
+        for _ in range(self.prompts_per_step):
+            if self.cursor == len(self.order):
+                self.cursor = 0
+            problems.append(self.train_problems[self.order[self.cursor]])
+            self.cursor += 1
+        return problems
+
+    def step(self) -> dict[str, Any]:
+        step_start = time.perf_counter()
+        times_before = dict(self.phases.seconds)
+        prompts = self.next_prompts()
+        problems = [p for p in prompts for _ in range(self.group_size)]
+        prompt_ids = [self.tokenizer(prompt_text(p))["input_ids"] for p in problems]
+
+        with self.phase("generate"):
+            rollout = self.engine.generate(prompt_ids, self.sampling, seed=self.seed * 1_000_003 + self.budget.steps)
+        with self.phase("score"):
+            rewards, reward_parts = self._score(rollout, problems)
+            gold = torch.tensor(gold_correct(rollout.texts, problems))
+        old_logprobs = rollout.logprobs
+        if getattr(self.engine, "has_own_weights", False):  # e.g. vLLM: its log-probs are not the policy's
+            with self.phase("old_logprobs"), torch.no_grad():
+                old_logprobs = self._logprobs(self.policy, rollout)
+        batch = Batch(rollout, problems, self.group_size, rewards, gold, old_logprobs)
+        if self.reference is not None:
+            with self.phase("ref_logprobs"), torch.no_grad():
+                batch.ref_logprobs = self._logprobs(self.reference, rollout)
+        if self.value_model is not None:
+            with self.phase("values"), torch.no_grad():
+                batch.values = self.value_model.completion_values(
+                    rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+        advantages_start = time.perf_counter()
+        self.algorithm.compute_advantages(batch)
+        self.phases.add("advantages", time.perf_counter() - advantages_start)
+        with self.phase("update"):
+            update_stats = self._update_policy(batch)
+        if self.value_model is not None:
+            with self.phase("value_update"):
+                update_stats.update(self._update_value(batch))
+        self.engine.sync_weights(self.policy)
+
+        n_tokens = rollout.num_tokens
+        self.budget.steps += 1
+        self.budget.prompts += len(prompts)
+        self.budget.completions += len(problems)
+        self.budget.tokens += n_tokens
+        self.budget.trained_tokens += n_tokens * self._passes()
+        self.budget.sequence_tokens += int(rollout.attention_mask.sum())
+        step_seconds = time.perf_counter() - step_start
+        self.budget.seconds += step_seconds
+        metrics: dict[str, Any] = {
+            "step": self.budget.steps,
+            "completions": self.budget.completions,
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "gold/accuracy": float(gold.mean()),
+            "learning/zero_variance_groups": zero_variance_fraction(rewards, self.group_size)
+            if self.group_size > 1 else 0.0,
+            "learning/completion_length": float(rollout.lengths.float().mean()),
+            "learning/truncation_rate": float(rollout.truncated.float().mean()),
+            "time/step_s": step_seconds,
+            **{f"reward/{k}": sum(v) / len(v) for k, v in reward_parts.items()},
+            **{f"time/{k}_s": self.phases.seconds[k] - times_before.get(k, 0.0) for k in self.phases.seconds},
+            **update_stats,
+            **batch.stats,
+        }
+        self.step_metrics.append(metrics)
+        return metrics
+
+    def _passes(self) -> int:
+        p = self.algorithm.params
+        return getattr(p, "ppo_epochs", None) or getattr(p, "num_iterations", 1)
+
+    def _score(self, rollout, problems: list[Problem]) -> tuple[torch.Tensor, dict[str, list[float]]]:
+        source = self.algorithm.reward_source
+        total = torch.zeros(len(problems))
+        parts: dict[str, list[float]] = {}
+        if source in ("rules", "both"):
+            rule_total, parts = score_rules(rollout.texts, problems, self.algo_cfg.rewards)
+            total += torch.tensor(rule_total)
+        if source in ("model", "both"):
+            with torch.no_grad():
+                model_score = self.reward_model.score(rollout.input_ids, rollout.attention_mask)
+            total += self.algo_cfg.model_reward_weight * model_score
+            parts["model"] = model_score.tolist()
+        return total, parts
+
+    def _logprobs(self, model: torch.nn.Module, rollout) -> torch.Tensor:
+        return completion_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_width,
+                                   rollout.completion_ids, self.suite.rollout.temperature)
+
+    def _minibatches(self, n: int, count: int) -> list[torch.Tensor]:
+        order = torch.randperm(n)
+        return [chunk for chunk in order.chunk(count) if len(chunk)]
+
+    def _update_policy(self, batch: Batch) -> dict[str, float]:
+        p = self.algorithm.params
+        totals: dict[str, list[float]] = defaultdict(list)
+        for _ in range(self._passes()):
+            for index in self._minibatches(len(batch), p.num_minibatches):
+                mb = batch.select(index)
+                r = mb.rollout
+                logits = completion_logits(self.policy, r.input_ids, r.attention_mask, r.prompt_width)
+                logprobs = gather_logprobs(logits, r.completion_ids, self.suite.rollout.temperature)
+                loss, stats = self.algorithm.policy_loss(logprobs, mb)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                stats["learning/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), p.max_grad_norm))
+                self.optimizer.step()
+                with torch.no_grad():
+                    stats["learning/entropy"] = float(masked_mean(entropy_from_logits(logits.detach().float()), r.completion_mask))
+                    if mb.ref_logprobs is not None:
+                        stats["kl/k1"] = float(masked_mean(logprobs.detach() - mb.ref_logprobs, r.completion_mask))
+                for k, v in stats.items():
+                    totals[k].append(v)
+        return {k: sum(v) / len(v) for k, v in totals.items()}
+
+    def _update_value(self, batch: Batch) -> dict[str, float]:
+        p = self.algorithm.params
+        losses = []
+        for _ in range(self._passes()):
+            for index in self._minibatches(len(batch), p.num_minibatches):
+                mb = batch.select(index)
+                r = mb.rollout
+                values = self.value_model.completion_values(r.input_ids, r.attention_mask, r.prompt_width)
+                loss, stats = self.algorithm.value_loss(values, mb)
+                self.value_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), p.max_grad_norm)
+                self.value_optimizer.step()
+                losses.append(stats["loss/value"])
+        return {"loss/value": sum(losses) / len(losses), "loss/value_first": losses[0], "loss/value_last": losses[-1]}
+
+
+def _frozen(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    _touch(model)
+    return model
+
+
+def _touch(model: torch.nn.Module) -> None:
+    """Read every weight once: `from_pretrained` memory-maps safetensors, and pages not yet read
+    would otherwise be counted only when a later phase first touches them."""
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.numel():
+                t.view(-1)[::max(1, 4096 // t.element_size())].sum()
+
+
+def nan_to_none(x: float) -> float | None:
+    return None if isinstance(x, float) and (math.isnan(x) or math.isinf(x)) else x

@@ -1,0 +1,109 @@
+"""One run in its own process: `python -m rlbench.worker SPEC.json`.
+
+The runner starts one worker per algorithm x seed, so each run's memory is measured in a clean
+process and a crash, an out-of-memory error or a kill in one run cannot take the others down.
+The worker prints progress events (`@rlbench {json}` lines) on stdout, appends per-step metrics
+to `steps.jsonl`, and always writes `result.json` (atomically), whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+EVENT_PREFIX = "@rlbench "
+
+
+def emit(event: dict[str, Any]) -> None:
+    print(EVENT_PREFIX + json.dumps(event), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    from rlbench.report.io import read_json, write_json_atomic
+
+    spec = read_json(argv[0])
+    run_dir = Path(spec["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"status": "failed", "error": None, "started": time.time()}
+    run = None
+    probe = None
+    try:
+        import torch
+
+        from rlbench.config import load_suite
+        from rlbench.measure.memory import resolve_probe
+        from rlbench.train import Run
+
+        suite = load_suite(spec["suite_path"])
+        torch.set_num_threads(suite.threads or os.cpu_count() or 1)
+        probe = resolve_probe(suite.probe, suite.probe_period_ms)
+        result["baseline_bytes"] = probe.snapshot()
+        algo_cfg = suite.algorithms[spec["algorithm_index"]]
+        reward_dir = Path(spec["reward_dir"]) if spec.get("reward_dir") else None
+        run = Run(suite, algo_cfg, spec["seed"], Path(spec["policy_dir"]), reward_dir, probe)
+        emit({"event": "loaded", "roles": list(run.roles)})
+        evals = [dict(spec["eval_before"], step=0, completions=0)] if spec.get("eval_before") else []
+        with open(run_dir / "steps.jsonl", "w") as steps_file:
+            while (stopped_by := run.budget.exhausted()) is None:
+                metrics = run.step()
+                steps_file.write(json.dumps(metrics) + "\n")
+                steps_file.flush()
+                emit({"event": "step", "step": metrics["step"], "fraction": run.budget.fraction(),
+                      "completions": run.budget.completions, "reward": metrics["reward/mean"],
+                      "gold": metrics["gold/accuracy"]})
+                if suite.eval.every and metrics["step"] % suite.eval.every == 0:
+                    evals.append(_evaluate(run, suite) | {"step": metrics["step"], "completions": run.budget.completions})
+        result["stopped_by"] = stopped_by
+        emit({"event": "eval"})
+        final = _evaluate(run, suite)
+        evals.append(final | {"step": run.budget.steps, "completions": run.budget.completions})
+        result["evals"] = evals
+        result["status"] = "ok"
+    except KeyboardInterrupt:
+        result.update(status="interrupted", error="interrupted by the user")
+    except BaseException as exc:  # noqa: BLE001 - every failure must still produce a result
+        result.update(status=_status_of(exc), error=_last_line(exc))
+        (run_dir / "error.log").write_text(traceback.format_exc())
+    finally:
+        result["finished"] = time.time()
+        if run is not None:
+            try:
+                from rlbench.measure.summary import summarize_run
+
+                result.update(summarize_run(run, probe, result))
+            except Exception as exc:  # noqa: BLE001
+                result.setdefault("summary_error", _last_line(exc))
+                (run_dir / "summary_error.log").write_text(traceback.format_exc())
+        write_json_atomic(run_dir / "result.json", result)
+    return 0 if result["status"] == "ok" else 1
+
+
+def _evaluate(run, suite) -> dict[str, float]:
+    from rlbench.measure.evaluation import evaluate
+    from rlbench.tasks import load_problems
+
+    problems = load_problems(suite.task, "eval", suite.eval.size, 0)
+    with run.phase("eval"):
+        return evaluate(run.engine, run.tokenizer, problems, suite.rollout.max_new_tokens,
+                        suite.eval.batch_size, suite.eval.k, suite.rollout.temperature, run.seed)
+
+
+def _status_of(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if isinstance(exc, MemoryError) or name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return "oom"
+    return "failed"
+
+
+def _last_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,128 @@
+"""Static bytes of a role, on a tiny real Llama with tied embeddings and AdamW."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rlbench.measure.static import dedupe_bytes, optimizer_state_tensors, role_static_bytes
+
+# Hand count for the config below (hidden 32, intermediate 64, 2 layers, vocab 50, tied head):
+#   embedding 50*32                                  =  1,600
+#   per layer: q,k,v,o 4*32*32 = 4,096; gate,up,down 3*32*64 = 6,144; two norms 2*32 = 64
+#                                                    = 10,304, x2 layers = 20,608
+#   final norm                                       =     32
+#   lm_head: tied to the embedding                   =      0
+#   total 22,240 parameters x 4 bytes (fp32)         = 88,960 bytes, in 20 parameter tensors
+WEIGHT_BYTES = 88_960
+PARAMETER_TENSORS = 20
+
+
+def tiny_llama(tie: bool = True) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=50,
+        tie_word_embeddings=tie,
+    )
+    return LlamaForCausalLM(config)
+
+
+def one_adamw_step(model: LlamaForCausalLM) -> torch.optim.AdamW:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 50, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    return optimizer
+
+
+def test_llama_with_adamw_after_one_step() -> None:
+    model = tiny_llama()
+    optimizer = one_adamw_step(model)
+    static = role_static_bytes(model, optimizer)
+
+    # Tied weights counted once: the head is the embedding's Parameter, and the figure equals
+    # the unique storages summed independently (and the hand count).
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    unique_storages = {
+        p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()
+    }
+    assert static["weights"] == sum(unique_storages.values()) == WEIGHT_BYTES
+
+    assert static["gradients"] == static["gradients_expected"] == WEIGHT_BYTES
+    # AdamW: exp_avg + exp_avg_sq = 2 x weights, plus a 0-d fp32 `step` per parameter tensor:
+    # 2 * 88,960 + 20 * 4 = 178,000.
+    assert len(optimizer.state) == PARAMETER_TENSORS
+    step_bytes = sum(state["step"].untyped_storage().nbytes() for state in optimizer.state.values())
+    assert step_bytes == PARAMETER_TENSORS * 4
+    assert static["optimizer"] == 2 * WEIGHT_BYTES + step_bytes == 178_000
+
+    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())  # rotary frequencies
+    assert static["buffers"] == buffer_bytes > 0
+    assert static["total"] == WEIGHT_BYTES + WEIGHT_BYTES + 178_000 + buffer_bytes
+
+
+def test_untied_head_adds_its_own_weights() -> None:
+    # An untied lm_head adds 50*32 = 1,600 parameters = 6,400 bytes.
+    assert role_static_bytes(tiny_llama(tie=False))["weights"] == WEIGHT_BYTES + 6_400
+
+
+def test_gradients_before_backward_and_after_zero_grad() -> None:
+    model = tiny_llama()
+    fresh = role_static_bytes(model)
+    assert fresh["gradients"] == 0 and fresh["optimizer"] == 0
+    assert fresh["gradients_expected"] == WEIGHT_BYTES
+    optimizer = one_adamw_step(model)
+    optimizer.zero_grad(set_to_none=True)
+    after = role_static_bytes(model, optimizer)
+    assert after["gradients"] == 0 and after["optimizer"] == 178_000
+
+
+def test_frozen_reference_expects_no_gradients() -> None:
+    model = tiny_llama().requires_grad_(False)
+    static = role_static_bytes(model)
+    assert static["weights"] == WEIGHT_BYTES
+    assert static["gradients_expected"] == 0
+    assert static["total"] == WEIGHT_BYTES + static["buffers"]
+
+
+def test_meta_model_counts_like_a_real_one() -> None:
+    # `rlbench estimate` can size a model without allocating it.
+    with torch.device("meta"):
+        model = tiny_llama()
+    assert role_static_bytes(model)["weights"] == WEIGHT_BYTES
+
+
+def test_dedupe_counts_each_storage_once() -> None:
+    base = torch.zeros(100)  # 400 bytes
+    # Views share the storage; a view of part of it still keeps all 400 bytes alive.
+    assert dedupe_bytes([base, base[:10], base.view(10, 10), base[50:]]) == 400
+    # Two Parameters made from slices of one tensor share its storage.
+    halves = [torch.nn.Parameter(base[:50]), torch.nn.Parameter(base[50:])]
+    assert dedupe_bytes(halves) == 400
+    # Distinct tensors of equal size are both counted: 400 + 400.
+    assert dedupe_bytes([torch.zeros(100), torch.zeros(100)]) == 800
+    # Meta tensors have no data pointer; they are still told apart: 4 * 4 + 4 * 4.
+    with torch.device("meta"):
+        a, b = torch.empty(4), torch.empty(4)
+    assert dedupe_bytes([a, b, a]) == 32
+    # `seen` skips storages counted earlier.
+    seen: set[tuple[str, int]] = set()
+    assert dedupe_bytes([base], seen) == 400
+    assert dedupe_bytes([base[:3], torch.zeros(2)], seen) == 8
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_optimizer_state_tensors_walks_nested_state(nested: bool) -> None:
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    momentum = torch.zeros(3)
+    optimizer.state[weight] = {"buffers": [momentum, (torch.zeros(1),)]} if nested else {"momentum": momentum}
+    tensors = list(optimizer_state_tensors(optimizer))
+    assert tensors[0] is momentum
+    assert len(tensors) == (2 if nested else 1)
