@@ -37,7 +37,7 @@ from rlbench.models.optim import adamw
 from rlbench.registry import ALGORITHMS, ENGINES
 from rlbench.rewards import gold_correct, score_rules
 from rlbench.rollout import SamplingParams
-from rlbench.tasks import Problem, load_problems, prompt_text
+from rlbench.tasks import Problem, encode_prompts, load_problems
 
 PHASE_ROLE = {
     "generate": "policy",
@@ -210,7 +210,7 @@ class Run:
         times_before = dict(self.phases.seconds)
         prompts = self.next_prompts()
         problems = [p for p in prompts for _ in range(self.group_size)]
-        prompt_ids = [self.tokenizer(prompt_text(p))["input_ids"] for p in problems]
+        prompt_ids = encode_prompts(self.tokenizer, problems)
 
         with self.phase("generate"):
             rollout = self.engine.generate(prompt_ids, self.sampling, seed=self.seed * 1_000_003 + self.budget.steps)
@@ -222,9 +222,9 @@ class Run:
             with self.phase("old_logprobs"), torch.no_grad():
                 old_logprobs = self._logprobs(self.policy, rollout)
         batch = Batch(rollout, problems, self.group_size, rewards, gold, old_logprobs)
-        if self.reference is not None:
+        if "reference" in self.roles:
             with self.phase("ref_logprobs"), torch.no_grad():
-                batch.ref_logprobs = self._logprobs(self.reference, rollout)
+                batch.ref_logprobs = self.reference_logprobs(rollout)
         if self.value_model is not None:
             with self.phase("values"), torch.no_grad():
                 batch.values = self.value_model.completion_values(
@@ -284,6 +284,10 @@ class Run:
             total += self.algo_cfg.model_reward_weight * model_score
             parts["model"] = model_score.tolist()
         return total, parts
+
+    def reference_logprobs(self, rollout) -> torch.Tensor:
+        """Log-probs under the frozen reference (its own copy of the SFT weights)."""
+        return self._logprobs(self.reference, rollout)
 
     def _logprobs(self, model: torch.nn.Module, rollout) -> torch.Tensor:
         return completion_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_width,

@@ -6,7 +6,7 @@ import math
 from collections import Counter
 
 from rlbench.rollout import RolloutEngine, SamplingParams
-from rlbench.tasks import Problem, prompt_text
+from rlbench.tasks import Problem, encode_prompts
 from rlbench.tasks.answers import answers_match, extract_answer
 
 
@@ -23,7 +23,7 @@ def evaluate(engine: RolloutEngine, tokenizer, problems: list[Problem], max_new_
     correct, formatted, lengths, truncated = [], [], [], []
     for start in range(0, len(problems), batch_size):
         batch = problems[start: start + batch_size]
-        prompts = [tokenizer(prompt_text(p))["input_ids"] for p in batch]
+        prompts = encode_prompts(tokenizer, batch)
         rollout = engine.generate(prompts, greedy)
         for text, problem in zip(rollout.texts, batch):
             correct.append(answers_match(extract_answer(text), problem.answer))
@@ -52,7 +52,7 @@ def _sampled_metrics(engine: RolloutEngine, tokenizer, problems: list[Problem], 
     any_correct, majority_correct = 0, 0
     for start in range(0, len(problems), per_batch):
         batch = problems[start: start + per_batch]
-        prompts = [tokenizer(prompt_text(p))["input_ids"] for p in batch for _ in range(k)]
+        prompts = [ids for ids in encode_prompts(tokenizer, batch) for _ in range(k)]
         rollout = engine.generate(prompts, params, seed=seed + start)
         for i, problem in enumerate(batch):
             answers = [extract_answer(t) for t in rollout.texts[i * k: (i + 1) * k]]

@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from rlbench.cache import cached_dir, stable_hash
 from rlbench.config import SFTConfig, TaskConfig
 from rlbench.models.optim import adamw
-from rlbench.tasks import Problem, demonstration, load_problems, prompt_text
+from rlbench.tasks import Problem, demonstration, encode_prompts, load_problems
 
 SFT_VERSION = 1
 
 
 def encode_demonstrations(tokenizer, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, completion ids + EOS) per problem, tokenized exactly as in RL."""
-    prompts = tokenizer([prompt_text(p) for p in problems])["input_ids"]
+    prompts = encode_prompts(tokenizer, problems)
     completions = tokenizer([demonstration(p) for p in problems], add_special_tokens=False)["input_ids"]
     return [(p, c + [tokenizer.eos_token_id]) for p, c in zip(prompts, completions)]
 

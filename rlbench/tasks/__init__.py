@@ -56,6 +56,23 @@ def prompt_text(problem: Problem) -> str:
     return f"Q: {problem.question}\n"
 
 
+def encode_prompts(tokenizer, problems: list[Problem]) -> list[list[int]]:
+    """Prompt token ids, the one place prompts are built for every stage (SFT, reward model, RL, eval).
+
+    A tokenizer with a chat template (hub instruct models) gets SYSTEM_PROMPT and the question as a
+    system and a user message, with the generation prompt added; the embedded model's tokenizer has
+    no template and gets `prompt_text` with a BOS token.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return [
+            list(tokenizer.apply_chat_template(
+                [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": p.question}],
+                add_generation_prompt=True, tokenize=True, return_dict=False))
+            for p in problems
+        ]
+    return tokenizer([prompt_text(p) for p in problems])["input_ids"]
+
+
 def demonstration(problem: Problem) -> str:
     """The gold completion of a problem in the strict format."""
     return f"<reasoning>\n{problem.reasoning}\n</reasoning>\n<answer>\n{problem.answer}\n</answer>\n"
