@@ -1,7 +1,9 @@
 """What a suite needs from this machine: a GPU, vllm, network access to the hub.
 
-`check_requirements(suite)` raises one UserError listing everything missing, before any work
-starts; `missing_requirements(suite)` returns the same lines for `rlbench validate` to warn with.
+`check_requirements(suite)` raises one UserError, one line listing everything missing, before any
+work starts; `missing_requirements(suite)` returns the same items for `rlbench validate` to warn
+with. Checked: a GPU (vllm, the nvml/torch_cuda probes, 16-bit dtypes, flash attention), the
+optional packages (vllm, peft, flash-attn), and the hub for a model or GSM8K not on disk.
 """
 
 from __future__ import annotations
@@ -20,20 +22,27 @@ def _has_cuda() -> bool:
 
 
 def missing_requirements(suite: Suite) -> list[str]:
+    """What this machine lacks for the suite, one phrase each (empty when it can run it)."""
     missing = []
-    gpu = _has_cuda()
-    if suite.rollout.engine == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            missing.append("rollout.engine: vllm is not installed (pip install 'rlbench[vllm]')")
-        if not gpu:
-            missing.append("rollout.engine: vllm needs an NVIDIA GPU, and this machine has none (use engine: hf)")
-    if suite.probe in ("torch_cuda", "nvml") and not gpu:
-        missing.append(f"probe: {suite.probe} needs an NVIDIA GPU, and this machine has none (use probe: cpu or auto)")
-    if suite.model.dtype in ("bfloat16", "float16") and not gpu:
-        missing.append(f"model.dtype: {suite.model.dtype} is meant for a GPU; on this CPU use float32")
-    if suite.model.lora is not None and importlib.util.find_spec("peft") is None:
-        missing.append("model.lora: peft is not installed (pip install 'rlbench[peft]')")
-    name = suite.model.name
+    model = suite.model
+    flash = model.attn_implementation == "flash_attention_2"
+    gpu_users = [what for what, needed in (
+        ("rollout.engine: vllm", suite.rollout.engine == "vllm"),
+        (f"probe: {suite.probe}", suite.probe in ("torch_cuda", "nvml")),
+        (f"model.dtype: {model.dtype}", model.dtype in ("bfloat16", "float16")),
+        ("model.attn_implementation: flash_attention_2", flash),
+    ) if needed]
+    if gpu_users and not _has_cuda():
+        missing.append(f"no NVIDIA GPU, which {', '.join(gpu_users)} need (on a CPU: engine hf, probe auto, "
+                       "dtype float32)")
+    for needed, package, install, what in (
+        (suite.rollout.engine == "vllm", "vllm", "rlbench's extra 'vllm': pip install vllm", "rollout.engine: vllm"),
+        (model.lora is not None, "peft", "rlbench's extra 'peft': pip install peft", "model.lora"),
+        (flash, "flash_attn", "pip install flash-attn", "model.attn_implementation: flash_attention_2"),
+    ):
+        if needed and importlib.util.find_spec(package) is None:
+            missing.append(f"{what} needs {package}, which is not installed ({install})")
+    name = model.name
     hub_needed = []
     if name != "embedded" and not Path(name).expanduser().is_dir() and not _in_hub_cache(name):
         hub_needed.append(f"model.name: '{name}' is not a local directory or in the Hugging Face cache, and the "
@@ -82,6 +91,7 @@ def _dataset_cached(name: str) -> bool:
 
 
 def check_requirements(suite: Suite) -> None:
+    """Stop before any work, with one line naming everything this machine lacks for the suite."""
     missing = missing_requirements(suite)
     if missing:
-        raise UserError(*[f"cannot run suite '{suite.name}' on this machine: {m}" for m in missing])
+        raise UserError(f"cannot run suite '{suite.name}' on this machine: {'; '.join(missing)}")

@@ -47,7 +47,8 @@ def plan_runs(suite: Suite) -> list[dict[str, Any]]:
 def needs_reward_model(suite: Suite) -> bool:
     from rlbench.train import make_algorithm
 
-    return any("reward" in make_algorithm(a).roles() or (a.name == "ppo" and False) for a in suite.algorithms)
+    algorithms = [make_algorithm(a) for a in suite.algorithms]
+    return any("reward" in a.roles() or getattr(a, "value_source", lambda: None)() == "reward" for a in algorithms)
 
 
 def run_suite(path: str, overrides: list[str], output: str | None, console: Console) -> tuple[Path, int]:

@@ -142,42 +142,62 @@ class Run:
         return obj
 
     def _load_roles(self, policy_dir: Path, reward_dir: Path | None) -> None:
-        from rlbench.models.embedded import load_pretrained_pair
-        from rlbench.models.heads import ScalarHeadModel
-        from rlbench.models.loading import torch_dtype
+        """Every role the algorithm holds, on `self.device`, each load measured by the probe.
 
-        dtype = torch_dtype(self.suite.model.dtype)
+        With `model.lora` the policy carries adapters and the reference is the same module with
+        them disabled (no second copy: its static bytes are 0).
+        """
+        from rlbench.models.loading import (
+            AdapterDisabledReference,
+            default_device,
+            load_causal_lm,
+            load_policy,
+            load_scalar_model,
+        )
+
+        model_cfg = self.suite.model
+        self.device = default_device()
         p = self.algorithm.params
 
-        def load_policy():
-            model, tok = load_pretrained_pair(policy_dir, dtype)
+        def load_policy_role():
+            model, tok = load_policy(policy_dir, model_cfg, self.device)
             _touch(model)
             return model, tok
 
-        self.policy, self.tokenizer = self._measure_load("policy", load_policy)
+        self.policy, self.tokenizer = self._measure_load("policy", load_policy_role)
         self.policy.train()
         self.optimizer = adamw(self.policy.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         self.reference = self.reward_model = self.value_model = self.value_optimizer = None
         if "reference" in self.roles:
-            self.reference = self._measure_load("reference", lambda: _frozen(load_pretrained_pair(policy_dir, dtype)[0]))
+            if model_cfg.lora is not None:
+                self.reference = self._measure_load("reference", lambda: AdapterDisabledReference(self.policy))
+            else:
+                self.reference = self._measure_load(
+                    "reference", lambda: _frozen(load_causal_lm(policy_dir, model_cfg, self.device)))
         if "reward" in self.roles:
             assert reward_dir is not None, "runner trains or loads the reward model first"
-            self.reward_model = self._measure_load("reward", lambda: _frozen(ScalarHeadModel.from_pretrained(reward_dir, dtype)))
+            self.reward_model = self._measure_load(
+                "reward", lambda: _frozen(load_scalar_model(reward_dir, model_cfg, self.device)))
         if "value" in self.roles:
-            source = reward_dir if (p.value_init == "reward" and reward_dir is not None) else policy_dir
+            from_reward = self.algorithm.value_source() == "reward"
+            assert not from_reward or reward_dir is not None, "the runner prepares a reward model for value_init"
+            source = reward_dir if from_reward else policy_dir
 
             def load_value():
-                model = ScalarHeadModel.from_pretrained(source, dtype)
+                model = load_scalar_model(source, model_cfg, self.device, trainable=True)
                 _touch(model)
                 return model
 
             self.value_model = self._measure_load("value", load_value)
             self.value_model.train()
             self.value_optimizer = adamw(self.value_model.parameters(), lr=p.value_lr, weight_decay=p.weight_decay)
-        engine_factory = ENGINES.get(self.suite.rollout.engine)
+        rollout = self.suite.rollout
+        engine_factory = ENGINES.get(rollout.engine)
         self.engine = self._measure_load("rollout", lambda: engine_factory(
-            self.policy, self.tokenizer, gpu_memory_utilization=self.suite.rollout.gpu_memory_utilization,
-            sleep_between_phases=self.suite.rollout.sleep_between_phases, dtype=self.suite.model.dtype))
+            self.policy, self.tokenizer, gpu_memory_utilization=rollout.gpu_memory_utilization,
+            sleep_between_phases=rollout.sleep_between_phases, dtype=model_cfg.dtype, model_path=str(policy_dir),
+            max_model_len=model_cfg.max_prompt_tokens + rollout.max_new_tokens, seed=self.seed,
+            trust_remote_code=model_cfg.trust_remote_code))
 
     def role_models(self) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]]:
         models = {"policy": (self.policy, self.optimizer), "reference": (self.reference, None),
@@ -286,25 +306,28 @@ class Run:
         return total, parts
 
     def reference_logprobs(self, rollout) -> torch.Tensor:
-        """Log-probs under the frozen reference (its own copy of the SFT weights)."""
+        """Log-probs under the frozen reference: its own copy of the SFT weights, or with LoRA the
+        policy's module with its adapters disabled (`AdapterDisabledReference`)."""
         return self._logprobs(self.reference, rollout)
 
     def _logprobs(self, model: torch.nn.Module, rollout) -> torch.Tensor:
         return completion_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_width,
-                                   rollout.completion_ids, self.suite.rollout.temperature)
+                                   rollout.completion_ids, self.suite.rollout.temperature, self.group_size)
 
     def _minibatches(self, n: int, count: int) -> list[torch.Tensor]:
-        order = torch.randperm(n)
-        return [chunk for chunk in order.chunk(count) if len(chunk)]
+        """Shuffled minibatches of whole groups (each group's rows stay adjacent and in order)."""
+        groups = torch.randperm(n // self.group_size)
+        rows = torch.arange(self.group_size)
+        return [(chunk[:, None] * self.group_size + rows).flatten() for chunk in groups.chunk(count) if len(chunk)]
 
     def _update_policy(self, batch: Batch) -> dict[str, float]:
         p = self.algorithm.params
         totals: dict[str, list[float]] = defaultdict(list)
         for _ in range(self._passes()):
             for index in self._minibatches(len(batch), p.num_minibatches):
-                mb = batch.select(index)
+                mb = batch.select(index, self.group_size)
                 r = mb.rollout
-                logits = completion_logits(self.policy, r.input_ids, r.attention_mask, r.prompt_width)
+                logits = completion_logits(self.policy, r.input_ids, r.attention_mask, r.prompt_width, self.group_size)
                 logprobs = gather_logprobs(logits, r.completion_ids, self.suite.rollout.temperature)
                 loss, stats = self.algorithm.policy_loss(logprobs, mb)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -324,7 +347,7 @@ class Run:
         losses = []
         for _ in range(self._passes()):
             for index in self._minibatches(len(batch), p.num_minibatches):
-                mb = batch.select(index)
+                mb = batch.select(index, self.group_size)
                 r = mb.rollout
                 values = self.value_model.completion_values(r.input_ids, r.attention_mask, r.prompt_width)
                 loss, stats = self.algorithm.value_loss(values, mb)

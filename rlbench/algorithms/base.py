@@ -40,14 +40,15 @@ class Batch:
     def __len__(self) -> int:
         return self.rollout.completion_ids.shape[0]
 
-    def select(self, index: torch.Tensor) -> Batch:
-        """Rows `index` (a minibatch); group structure is not kept."""
+    def select(self, index: torch.Tensor, group_size: int = 1) -> Batch:
+        """Rows `index` (a minibatch). Pass group_size when `index` keeps whole groups together
+        in order (rows i*G .. i*G+G-1 one prompt's completions), so prompts can be shared."""
 
         def pick(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[index]
 
         return Batch(
-            self.rollout.select(index), [self.problems[i] for i in index.tolist()], 1, self.rewards[index],
+            self.rollout.select(index), [self.problems[i] for i in index.tolist()], group_size, self.rewards[index],
             self.gold[index], self.old_logprobs[index], pick(self.ref_logprobs), pick(self.values),
             pick(self.advantages), pick(self.returns),
         )

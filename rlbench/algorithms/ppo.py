@@ -50,8 +50,8 @@ class PPOParams:
     clip_eps: float = f(0.2, "policy ratio clip epsilon", gt=0, lt=1)
     vf_clip: float = f(0.2, "value clip range around the old values", gt=0)
     vf_coef: float = f(0.1, "weight of the value loss", gt=0)
-    value_init: str = f("reward", "initialise the value model from the reward model or the SFT policy (fresh head)",
-                        choices=("reward", "policy"))
+    value_init: str = f("auto", "initialise the value model from the reward model (InstructGPT) or the SFT policy "
+                        "with a fresh head; auto: the reward model when the run holds one", choices=("auto", "reward", "policy"))
     whiten_advantages: bool = f(True, "whiten advantages over the batch")
     agg: str = f("token_mean", "policy loss aggregation over tokens", choices=AGG_MODES)
     group_size: int = f(1, "completions per prompt", ge=1)
@@ -79,6 +79,12 @@ class PPO:
     def __init__(self, params: PPOParams, reward_source: str | None = None) -> None:
         self.params = params
         self.reward_source = reward_source or self.default_reward
+
+    def value_source(self) -> str:
+        """Where the value model starts: "reward" or "policy"."""
+        if self.params.value_init == "auto":
+            return "reward" if self.reward_source in ("model", "both") else "policy"
+        return self.params.value_init
 
     def roles(self) -> tuple[str, ...]:
         roles = ["policy", "value"]

@@ -1,4 +1,11 @@
-"""Forward passes shared by every role: per-token log-probs of completions, entropies, values."""
+"""Forward passes shared by every role: per-token log-probs of completions, with prompt sharing.
+
+A group of G completions of one prompt shares that prompt. With `group_size > 1` the prompt is run
+once per group (with gradients, when training), its key/value cache is repeated for the group's
+G rows, and only the completion tokens are run per row. The result equals a full forward of
+every row (the same attention, positions and masks), at a fraction of the FLOPs when prompts are
+longer than completions: prompt positions cost 1/G of what they cost row by row.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,26 @@ from rlbench.rollout.hf import position_ids_from_mask
 
 
 def completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      prompt_width: int) -> torch.Tensor:
-    """Logits that predict each completion token: [N, T, V] (positions P-1 .. P+T-2)."""
+                      prompt_width: int, group_size: int = 1) -> torch.Tensor:
+    """Logits that predict each completion token: [N, T, V] (positions P-1 .. P+T-2).
+
+    With group_size G > 1, rows i*G .. i*G+G-1 must hold the same prompt (as a rollout of groups does).
+    """
     positions = position_ids_from_mask(attention_mask)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
-    return logits[:, prompt_width - 1: -1]
+    if group_size == 1 or input_ids.shape[1] == prompt_width:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+        return logits[:, prompt_width - 1: -1]
+    n, p = input_ids.shape[0], prompt_width
+    assert n % group_size == 0, f"{n} rows do not split into groups of {group_size}"
+    heads = slice(0, n, group_size)
+    prefix = model(input_ids=input_ids[heads, :p], attention_mask=attention_mask[heads, :p],
+                   position_ids=positions[heads, :p], use_cache=True)
+    cache = prefix.past_key_values
+    cache.batch_repeat_interleave(group_size)
+    rest = model(input_ids=input_ids[:, p:-1], attention_mask=attention_mask[:, :-1],
+                 position_ids=positions[:, p:-1], past_key_values=cache, use_cache=True).logits
+    first = prefix.logits[:, -1:].repeat_interleave(group_size, dim=0)
+    return torch.cat([first, rest], dim=1)
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -22,7 +44,8 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: flo
 
 
 def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        prompt_width: int, completion_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+                        prompt_width: int, completion_ids: torch.Tensor, temperature: float = 1.0,
+                        group_size: int = 1) -> torch.Tensor:
     """Per-token log-probs [N, T] of the completion tokens under `model` (same scaling as sampling)."""
-    logits = completion_logits(model, input_ids, attention_mask, prompt_width)
+    logits = completion_logits(model, input_ids, attention_mask, prompt_width, group_size)
     return gather_logprobs(logits, completion_ids, temperature)

@@ -1,19 +1,47 @@
-"""Resolving `model.name` to weights on disk: the embedded default, a local directory or a hub name."""
+"""Loading every model role from a directory: the embedded default, a local directory or a hub name.
+
+`resolve_base(model.name)` gives a directory in Hugging Face format (the embedded model saved in
+the cache, a local directory, or a hub snapshot). From a directory (the base, or the SFT output):
+
+- policy and reference: `AutoModelForCausalLM` with the suite's `dtype`, `attn_implementation`
+  and `trust_remote_code` (off unless the suite sets it), moved to `default_device()`; the
+  policy gets gradient checkpointing when `model.gradient_checkpointing` is set.
+- LoRA (`model.lora`, the `peft` extra): adapters on the policy; the reference is then the same
+  module with its adapters disabled (`AdapterDisabledReference`), so no second copy of the
+  weights exists and the reference role's static bytes are 0.
+- reward and value: `ScalarHeadModel` (a backbone and a linear head), from a causal LM directory
+  (fresh zero head), a directory saved by `ScalarHeadModel.save`, or a hub reward model saved by
+  `AutoModelForSequenceClassification` with one label (its backbone and score layer become the
+  scalar head model, so every role scores sequences the same way).
+
+    policy, tokenizer = load_policy(path, suite.model, default_device())
+    reference = AdapterDisabledReference(policy) if suite.model.lora else load_causal_lm(path, suite.model, device)
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from rlbench.cache import cached_dir, stable_hash
+from rlbench.config import LoraConfig, ModelConfig
+from rlbench.errors import UserError
 from rlbench.models.embedded import EMBEDDED_NAME, build_embedded, save_pretrained_pair
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PEFT_MISSING = "model.lora: LoRA needs the peft package, rlbench's extra 'peft' (pip install peft)"
 
 
 def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
+
+
+def default_device() -> torch.device:
+    """The first CUDA device when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def embedded_base_dir(seed: int = 0) -> Path:
@@ -37,3 +65,148 @@ def resolve_base(name: str) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(name))
+
+
+# ---- causal LMs: policy and reference ---------------------------------------------------------
+
+
+def pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    """Keyword arguments of every `from_pretrained` call for the suite's model."""
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation is not None:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    return kwargs
+
+
+def load_tokenizer(path: str | Path, cfg: ModelConfig):
+    """The directory's tokenizer (its chat template included), with a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | Path, cfg: ModelConfig, device: torch.device | str = "cpu",
+                   trainable: bool = False) -> nn.Module:
+    """`AutoModelForCausalLM` from a directory on `device`; trainable models get gradient
+    checkpointing when the suite asks for it."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, **pretrained_kwargs(cfg)).to(device)
+    if trainable and cfg.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
+    return model
+
+
+def add_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
+    """Wrap `model` with LoRA adapters (peft); only the adapters are left trainable."""
+    try:
+        import peft
+    except ImportError:
+        raise UserError(PEFT_MISSING) from None
+    config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as err:  # e.g. no module matches target_modules
+        raise UserError(f"model.lora.target_modules: {err}") from None
+
+
+def load_policy(path: str | Path, cfg: ModelConfig, device: torch.device | str = "cpu"):
+    """(policy, tokenizer): the trainable causal LM, with LoRA adapters when `cfg.lora` is set."""
+    tokenizer = load_tokenizer(path, cfg)
+    model = load_causal_lm(path, cfg, device, trainable=True)
+    if cfg.lora is not None:
+        model = add_lora(model, cfg.lora)
+    return model, tokenizer
+
+
+class AdapterDisabledReference(nn.Module):
+    """The reference role of a LoRA policy: the policy's own module run with its adapters disabled.
+
+    It holds no parameters or buffers of its own (the policy is kept outside the module tree), so
+    its static bytes are 0: with LoRA the frozen base weights serve both roles.
+    """
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        assert hasattr(policy, "disable_adapter"), "the policy must be a peft model with adapters"
+        self.__dict__["policy"] = policy  # not a submodule: its parameters belong to the policy role
+        self.requires_grad_(False)
+
+    @property
+    def config(self):
+        return self.policy.config
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with self.policy.disable_adapter():
+                return self.policy(*args, **kwargs)
+        finally:
+            self.policy.train(was_training)
+
+
+# ---- scalar-head models: reward and value -----------------------------------------------------
+
+
+def is_sequence_classifier(path: str | Path) -> bool:
+    """Whether a directory holds an `...ForSequenceClassification` model (a hub reward model)."""
+    from transformers import AutoConfig
+
+    from rlbench.models.heads import HEAD_FILE
+
+    if (Path(path) / HEAD_FILE).exists():
+        return False
+    architectures = getattr(AutoConfig.from_pretrained(path), "architectures", None) or []
+    return any(name.endswith("ForSequenceClassification") for name in architectures)
+
+
+def scalar_model_from_classifier(classifier: nn.Module):
+    """A ScalarHeadModel with a one-label sequence classifier's backbone and score layer.
+
+    Hugging Face's classifiers apply their score layer to the last hidden state and read it at the
+    last non-padding token, which is what `ScalarHeadModel.score` does.
+    """
+    from rlbench.models.heads import ScalarHeadModel
+
+    num_labels = classifier.config.num_labels
+    if num_labels != 1:
+        raise UserError(f"a reward model must score with one label, this classifier has {num_labels}")
+    layer = getattr(classifier, "score", None) or getattr(classifier, "classifier", None)
+    if not isinstance(layer, nn.Linear):
+        raise UserError(f"{type(classifier).__name__}: no linear `score` or `classifier` layer to read a "
+                        "reward from")
+    backbone = classifier.base_model
+    model = ScalarHeadModel(backbone, backbone.config.hidden_size)
+    with torch.no_grad():
+        model.head.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            model.head.bias.copy_(layer.bias)
+    return model.to(layer.weight.dtype)
+
+
+def load_scalar_model(path: str | Path, cfg: ModelConfig, device: torch.device | str = "cpu",
+                      trainable: bool = False):
+    """A ScalarHeadModel (reward or value role) from a causal LM, scalar-head or classifier directory."""
+    from rlbench.models.heads import ScalarHeadModel
+
+    if is_sequence_classifier(path):
+        from transformers import AutoModelForSequenceClassification
+
+        model = scalar_model_from_classifier(
+            AutoModelForSequenceClassification.from_pretrained(path, **pretrained_kwargs(cfg)))
+    else:
+        model = ScalarHeadModel.from_pretrained(path, torch_dtype(cfg.dtype))
+    model = model.to(device)
+    if trainable and cfg.gradient_checkpointing:
+        _enable_gradient_checkpointing(model.backbone)
+    return model
+
+
+def _enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass (non-reentrant: frozen inputs need no grad hooks)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

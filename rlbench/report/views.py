@@ -117,3 +117,13 @@ def write_artifacts(report: dict[str, Any], out_dir: Path, console: Console) -> 
         return
     for path in write_plots(report, out_dir):
         console.print(f"plot: {path}")
+
+
+def report_command(path: str, console: Console) -> int:
+    """`rlbench report REPORT.json`: re-print the tables, re-render plots and summary.md next to it."""
+    from rlbench.report.schema import load_report
+
+    report = load_report(path)
+    print_report(report, console)
+    write_artifacts(report, Path(path).parent, console)
+    return 0

@@ -40,6 +40,19 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
+def shared_prefix_size(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> int:
+    """G when the rows come in runs of G identical prompts (a rollout of groups), else 1."""
+    n = prompt_ids.shape[0]
+    for group in range(n, 1, -1):
+        if n % group:
+            continue
+        ids = prompt_ids.view(n // group, group, -1)
+        mask = prompt_mask.view(n // group, group, -1)
+        if bool((ids == ids[:, :1]).all()) and bool((mask == mask[:, :1]).all()):
+            return group
+    return 1
+
+
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
@@ -54,8 +67,14 @@ def sample(
     n = prompt_ids.shape[0]
     attention = prompt_mask
     positions = position_ids_from_mask(prompt_mask)
-    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+    group = shared_prefix_size(prompt_ids, prompt_mask)
+    heads = slice(0, n, group)  # prefill each distinct prompt once, then repeat its cache for the group
+    out = model(input_ids=prompt_ids[heads], attention_mask=attention[heads], position_ids=positions[heads],
+                use_cache=True)
     cache, logits = out.past_key_values, out.logits[:, -1]
+    if group > 1:
+        cache.batch_repeat_interleave(group)
+        logits = logits.repeat_interleave(group, dim=0)
     next_position = positions[:, -1:] + 1
     finished = torch.zeros(n, dtype=torch.bool)
     tokens, logprobs, masks = [], [], []

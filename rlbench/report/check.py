@@ -1,0 +1,281 @@
+"""`rlbench check NEW --baseline BASE`: the regression gate, for CI.
+
+    rlbench check results/ci/<timestamp>/report.json --baseline results/baselines/ci-cpu.json
+    rlbench check new.json --baseline base.json --threshold memory:5% --threshold accuracy:0.02
+
+Runs are matched by label and seed. For every matched run, the gated metrics are compared:
+
+    memory       memory/* (every role's peak and static bytes, the process peak)
+    throughput   throughput/* and time/step_s
+    accuracy     eval/accuracy
+
+A threshold is relative ('5%': of the baseline's value) or absolute ('0.02'). The direction comes
+from each metric's `higher_is_better`: a change in the worse direction larger than the threshold
+is a regression, one in the better direction is an improvement. Metrics without a direction are
+never gated. An accuracy change smaller than the combined standard error of the two measurements,
+sqrt(se_new^2 + se_base^2), is noise and never fails. A run that ended ok in the baseline and not
+ok in the new report is a regression.
+
+Every regression and every improvement is listed (metric and run named), then the exit code:
+0 no regression, 1 at least one, 2 unusable input (missing file, schema mismatch, no common runs,
+bad threshold), raised as UserError.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rlbench.errors import UserError
+
+AREAS = ("memory", "throughput", "accuracy")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Largest allowed change in the worse direction: a fraction of the baseline, or an absolute amount."""
+
+    limit: float
+    relative: bool
+
+    def __str__(self) -> str:
+        return f"{self.limit * 100:g}%" if self.relative else f"{self.limit:g}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One gated change beyond its threshold (or a change of run status)."""
+
+    run: str
+    metric: str
+    base: float | None
+    new: float | None
+    threshold: str
+    unit: str = ""
+    note: str = ""
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.base is None or self.new is None else self.new - self.base
+
+    @property
+    def relative_delta(self) -> float | None:
+        if self.delta is None or not self.base:
+            return None
+        return self.delta / abs(self.base)
+
+    def describe(self) -> str:
+        if self.metric == "status":
+            return f"{self.run}: {self.note}"
+        change = format_change(self.delta, self.relative_delta, self.unit)
+        extra = f"; {self.note}" if self.note else ""
+        return (f"{self.run}: {self.metric} {format_value(self.base, self.unit)} -> "
+                f"{format_value(self.new, self.unit)} ({change}; threshold {self.threshold}{extra})")
+
+
+@dataclass
+class CheckResult:
+    """What `check_reports` found. `ok` when there is no regression."""
+
+    regressions: list[Finding] = field(default_factory=list)
+    improvements: list[Finding] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)  # run ids compared
+    metrics_compared: int = 0
+    notes: list[str] = field(default_factory=list)  # unmatched runs, metrics missing on one side
+
+    @property
+    def ok(self) -> bool:
+        return not self.regressions
+
+
+def gated(name: str) -> str | None:
+    """The threshold area that gates metric `name`, or None when it is not gated."""
+    if name.startswith("memory/"):
+        return "memory"
+    if name.startswith("throughput/") or name == "time/step_s":
+        return "throughput"
+    if name == "eval/accuracy":
+        return "accuracy"
+    return None
+
+
+def thresholds_for(report: dict[str, Any], overrides: list[str]) -> dict[str, Threshold]:
+    """The suite's `check:` block of `report` (CheckConfig defaults where absent), then `AREA:LIMIT` overrides."""
+    from rlbench.config import CheckConfig, parse_threshold
+    from rlbench.registry import did_you_mean
+
+    block = {**vars(CheckConfig()), **((report.get("suite") or {}).get("check") or {})}
+    out = {name: Threshold(*parse_threshold(block[name])) for name in AREAS}
+    for text in overrides:
+        name, sep, limit = text.partition(":")
+        name = name.strip()
+        if not sep or name not in AREAS:
+            raise UserError(f"--threshold {text!r}: expected AREA:LIMIT with AREA one of {', '.join(AREAS)}"
+                            + (did_you_mean(name, AREAS) if sep else "") + ", e.g. memory:5% or accuracy:0.02")
+        try:
+            out[name] = Threshold(*parse_threshold(limit))
+        except UserError as exc:
+            raise UserError(f"--threshold {text!r}: {exc}") from None
+    return out
+
+
+def match_runs(new: dict[str, Any], base: dict[str, Any]) -> tuple[list[tuple[dict, dict]], list[str], list[str]]:
+    """Pairs (new run, base run) with the same label and seed, then ids only in new, only in base."""
+    base_runs = {(r["label"], r["seed"]): r for r in base["runs"]}
+    new_keys = {(r["label"], r["seed"]) for r in new["runs"]}
+    pairs = [(r, base_runs[(r["label"], r["seed"])]) for r in new["runs"] if (r["label"], r["seed"]) in base_runs]
+    only_new = [r["id"] for r in new["runs"] if (r["label"], r["seed"]) not in base_runs]
+    only_base = [r["id"] for r in base["runs"] if (r["label"], r["seed"]) not in new_keys]
+    return pairs, only_new, only_base
+
+
+def worse_by(name: str, base: dict[str, Any], new: dict[str, Any]) -> float:
+    """How far `new` moved in the worse direction (negative: it improved), in the metric's units."""
+    change = new["value"] - base["value"]
+    return -change if base["higher_is_better"] else change
+
+
+def check_reports(new: dict[str, Any], base: dict[str, Any], thresholds: Mapping[str, Threshold]) -> CheckResult:
+    """Compare every gated metric of every run the two reports share; pure (no I/O)."""
+    pairs, only_new, only_base = match_runs(new, base)
+    if not pairs:
+        raise UserError("no runs in common: the new report has "
+                        f"{', '.join(r['id'] for r in new['runs']) or 'no runs'}, the baseline "
+                        f"{', '.join(r['id'] for r in base['runs']) or 'no runs'} (runs are matched by label and seed)")
+    result = CheckResult()
+    result.notes += [f"{rid}: only in the new report, not checked" for rid in only_new]
+    result.notes += [f"{rid}: only in the baseline, not checked" for rid in only_base]
+    for new_run, base_run in pairs:
+        rid = new_run["id"]
+        result.runs.append(rid)
+        new_ok, base_ok = new_run.get("status") == "ok", base_run.get("status") == "ok"
+        if base_ok and not new_ok:
+            error = f" ({new_run['error']})" if new_run.get("error") else ""
+            result.regressions.append(Finding(rid, "status", None, None, "ok", note=(
+                f"status {new_run.get('status')}{error}, was ok in the baseline")))
+            continue
+        if not base_ok:
+            if new_ok:
+                result.improvements.append(Finding(rid, "status", None, None, "ok", note=(
+                    f"status ok, was {base_run.get('status')} in the baseline")))
+            result.notes.append(f"{rid}: not ok in the baseline ({base_run.get('status')}), metrics not checked")
+            continue
+        _check_metrics(rid, new_run.get("metrics") or {}, base_run.get("metrics") or {}, thresholds, result)
+    return result
+
+
+def _check_metrics(rid: str, new: dict[str, Any], base: dict[str, Any], thresholds: Mapping[str, Threshold],
+                   result: CheckResult) -> None:
+    for name, base_metric in base.items():
+        gate = gated(name)
+        if gate is None or base_metric.get("higher_is_better") is None or base_metric.get("value") is None:
+            continue
+        new_metric = new.get(name)
+        if new_metric is None or new_metric.get("value") is None:
+            result.notes.append(f"{rid}: {name} is in the baseline but not in the new report")
+            continue
+        result.metrics_compared += 1
+        threshold = thresholds[gate]
+        worse = worse_by(name, base_metric, new_metric)
+        allowed = threshold.limit * abs(base_metric["value"]) if threshold.relative else threshold.limit
+        noise = _combined_stderr(base_metric, new_metric) if gate == "accuracy" else 0.0
+        if abs(worse) <= max(allowed, noise):
+            continue
+        note = f"combined standard error {noise:.3g}" if gate == "accuracy" else ""
+        finding = Finding(rid, name, base_metric["value"], new_metric["value"], str(threshold),
+                          base_metric.get("unit", ""), note)
+        (result.regressions if worse > 0 else result.improvements).append(finding)
+
+
+def _combined_stderr(base: dict[str, Any], new: dict[str, Any]) -> float:
+    """Standard error of the difference of two independent estimates."""
+    return math.sqrt((base.get("stderr") or 0.0) ** 2 + (new.get("stderr") or 0.0) ** 2)
+
+
+# ---- formatting ------------------------------------------------------------------------------
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """A metric's value for people: bytes in MiB, fractions in percent, seconds with 3 decimals."""
+    if value is None:
+        return "-"
+    if unit == "bytes":
+        return f"{value / 2**20:,.1f} MiB"
+    if unit == "fraction":
+        return f"{value:.1%}"
+    if unit == "s":
+        return f"{value:.3f} s"
+    if unit == "1/s":
+        return f"{value:,.1f}/s"
+    return f"{value:.4g}"
+
+
+def format_change(delta: float | None, relative: float | None, unit: str) -> str:
+    if delta is None:
+        return "-"
+    if unit == "bytes":
+        text = f"{delta / 2**20:+,.1f} MiB"
+    elif unit == "fraction":
+        text = f"{delta * 100:+.1f} pts"
+    else:
+        text = f"{delta:+.4g}"
+    return text + (f", {relative:+.1%}" if relative is not None else "")
+
+
+def check_command(report: str, baseline: str, thresholds: list[str], console: Console) -> int:
+    """Load both reports, check, print every regression and improvement; 0 ok, 1 regression."""
+    from rlbench.report.schema import load_report
+
+    new, base = load_report(report), load_report(baseline)
+    limits = thresholds_for(new, thresholds)
+    result = check_reports(new, base, limits)
+    console.print(f"[bold]rlbench check[/] {report}\n  against {baseline}\n  {len(result.runs)} run(s), "
+                  f"{result.metrics_compared} metric(s) compared; thresholds: "
+                  + ", ".join(f"{a} {limits[a]}" for a in AREAS), highlight=False)
+    for warning in _environment_warnings(new, base):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    for title, findings, colour in (("regressions", result.regressions, "red"),
+                                    ("improvements", result.improvements, "green")):
+        if findings:
+            console.print(_findings_table(title, findings, colour))
+    for note in result.notes:
+        console.print(f"[dim]note: {note}[/]", highlight=False)
+    if result.regressions:
+        console.print(f"[bold red]FAIL[/]: {len(result.regressions)} regression(s), "
+                      f"{len(result.improvements)} improvement(s)")
+        return 1
+    console.print(f"[bold green]ok[/]: no regression ({len(result.improvements)} improvement(s))")
+    return 0
+
+
+def _findings_table(title: str, findings: list[Finding], colour: str) -> Table:
+    table = Table(title=f"[{colour}]{title}[/]", title_justify="left")
+    for col in ("run", "metric", "baseline", "new", "change", "threshold"):
+        table.add_column(col, justify="right" if col in ("baseline", "new", "change") else "left",
+                         overflow="fold")
+    for f in findings:
+        if f.metric == "status":
+            table.add_row(f.run, "status", "ok" if colour == "red" else "-", f.note, "", f.threshold)
+            continue
+        change = format_change(f.delta, f.relative_delta, f.unit) + (f" ({f.note})" if f.note else "")
+        table.add_row(f.run, f.metric, format_value(f.base, f.unit), format_value(f.new, f.unit),
+                      f"[{colour}]{change}[/]", f.threshold)
+    return table
+
+
+def _environment_warnings(new: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """Differences of machine that make memory and speed figures incomparable."""
+    warnings = []
+    ne, be = new.get("environment") or {}, base.get("environment") or {}
+    for key, what in (("cpu", "CPU"), ("cpu_cores", "core count")):
+        if ne.get(key) != be.get(key):
+            warnings.append(f"{what} differs: {ne.get(key)!r} here, {be.get(key)!r} in the baseline")
+    new_gpu, base_gpu = (ne.get("gpu") or {}).get("name"), (be.get("gpu") or {}).get("name")
+    if new_gpu != base_gpu:
+        warnings.append(f"GPU differs: {new_gpu!r} here, {base_gpu!r} in the baseline")
+    return warnings

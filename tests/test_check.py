@@ -1,0 +1,216 @@
+"""`rlbench check`: regressions and improvements between a real report and changed copies of it.
+
+The fixtures are real reports of `rlbench run suites/ci.yaml` (see test_report_schema.py); a
+regression is made by changing one figure of a copy, the way a slower or larger build would.
+The suite's `check:` block gives memory 10%, throughput 60%, accuracy 0.02.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from rlbench.cli import main
+from rlbench.errors import UserError
+from rlbench.measure.evaluation import standard_error
+from rlbench.report.check import Threshold, check_command, check_reports, gated, thresholds_for
+from rlbench.report.schema import load_report
+
+REPORTS = Path(__file__).parent / "fixtures" / "reports"
+
+
+@pytest.fixture
+def base() -> dict:
+    return load_report(REPORTS / "ci_ok.json")
+
+
+@pytest.fixture
+def thresholds(base: dict) -> dict[str, Threshold]:
+    return thresholds_for(base, [])
+
+
+def _metric(report: dict, run_id: str, name: str) -> dict:
+    run = next(r for r in report["runs"] if r["id"] == run_id)
+    return run["metrics"][name]
+
+
+def _set_accuracy(report: dict, run_id: str, accuracy: float, n: int = 64) -> None:
+    metric = _metric(report, run_id, "eval/accuracy")
+    metric["value"], metric["stderr"] = accuracy, standard_error(accuracy, n)
+
+
+def test_thresholds_come_from_the_suite_check_block(thresholds: dict[str, Threshold]) -> None:
+    assert thresholds == {"memory": Threshold(0.10, True), "throughput": Threshold(0.60, True),
+                          "accuracy": Threshold(0.02, False)}
+    assert [str(thresholds[a]) for a in ("memory", "throughput", "accuracy")] == ["10%", "60%", "0.02"]
+
+
+def test_threshold_flags_override_the_suite(base: dict) -> None:
+    limits = thresholds_for(base, ["memory:25%", "accuracy:0.05"])
+    assert limits["memory"] == Threshold(0.25, True)
+    assert limits["accuracy"] == Threshold(0.05, False)
+    assert limits["throughput"] == Threshold(0.60, True)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("memroy:5%", "did you mean 'memory'"),
+    ("memory", "expected AREA:LIMIT"),
+    ("memory:five%", "expected 'N%' \\(relative\\) or a plain number"),
+    ("accuracy:-0.1", "at least 0"),
+])
+def test_bad_thresholds_are_user_errors(base: dict, text: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        thresholds_for(base, [text])
+
+
+def test_which_metrics_are_gated() -> None:
+    assert gated("memory/policy/peak_bytes") == "memory"
+    assert gated("memory/reference/weights_bytes") == "memory"
+    assert gated("memory/process_peak_bytes") == "memory"
+    assert gated("throughput/gen_tokens_per_s") == "throughput"
+    assert gated("time/step_s") == "throughput"
+    assert gated("time/generate_s") is None
+    assert gated("eval/accuracy") == "accuracy"
+    assert gated("eval/format_rate") is None
+    assert gated("learning/entropy") is None
+
+
+def test_unchanged_report_passes(base: dict, thresholds: dict[str, Threshold]) -> None:
+    result = check_reports(copy.deepcopy(base), base, thresholds)
+    assert result.ok
+    assert result.regressions == [] and result.improvements == []
+    assert result.runs == ["grpo_zero/seed0", "ppo_rules/seed0"]
+    # grpo_zero: 2 roles x 5 memory figures + process peak; ppo_rules: 3 roles x 5 + process peak;
+    # each: 6 throughput/* (completions, tokens, generated and trained tokens per s, FLOPs per s,
+    # MFU) + time/step_s, and eval/accuracy.
+    assert result.metrics_compared == (11 + 7 + 1) + (16 + 7 + 1)
+
+
+def test_policy_peak_raised_20_percent_fails_and_names_metric_and_run(base: dict, thresholds) -> None:
+    new = copy.deepcopy(base)
+    peak = _metric(new, "ppo_rules/seed0", "memory/policy/peak_bytes")
+    peak["value"] = int(peak["value"] * 1.2)  # +20% against a 10% threshold
+    result = check_reports(new, base, thresholds)
+    assert not result.ok
+    [finding] = result.regressions
+    assert (finding.run, finding.metric, finding.threshold) == ("ppo_rules/seed0", "memory/policy/peak_bytes", "10%")
+    assert finding.relative_delta == pytest.approx(0.2, abs=1e-6)
+    assert "ppo_rules/seed0: memory/policy/peak_bytes" in finding.describe()
+    assert result.improvements == []
+
+
+def test_memory_rise_within_threshold_passes(base: dict, thresholds) -> None:
+    new = copy.deepcopy(base)
+    peak = _metric(new, "grpo_zero/seed0", "memory/policy/peak_bytes")
+    peak["value"] = int(peak["value"] * 1.09)  # +9% < 10%
+    assert check_reports(new, base, thresholds).ok
+
+
+def test_accuracy_fall_of_5_standard_errors_fails(base: dict, thresholds) -> None:
+    # Baseline 40% on 64 problems: se = sqrt(0.4 * 0.6 / 64) = 0.0612. Five of them lower: 9.4%,
+    # se = sqrt(0.094 * 0.906 / 64) = 0.0365; combined se = sqrt(0.0612^2 + 0.0365^2) = 0.0713.
+    # A fall of 0.306 is beyond both the 0.02 threshold and the combined se: a regression.
+    baseline, new = copy.deepcopy(base), copy.deepcopy(base)
+    _set_accuracy(baseline, "grpo_zero/seed0", 0.40)
+    _set_accuracy(new, "grpo_zero/seed0", 0.40 - 5 * standard_error(0.40, 64))
+    result = check_reports(new, baseline, thresholds)
+    [finding] = result.regressions
+    assert (finding.run, finding.metric) == ("grpo_zero/seed0", "eval/accuracy")
+    assert finding.delta == pytest.approx(-0.306, abs=1e-3)
+    assert "combined standard error 0.0713" in finding.describe()
+
+
+def test_accuracy_fall_within_the_combined_standard_error_passes(base: dict, thresholds) -> None:
+    # 40% -> 35% on 64 problems: a fall of 0.05 is beyond the 0.02 threshold, but the combined se is
+    # sqrt(0.0612^2 + 0.0596^2) = 0.0855: noise, never a failure.
+    baseline, new = copy.deepcopy(base), copy.deepcopy(base)
+    _set_accuracy(baseline, "grpo_zero/seed0", 0.40)
+    _set_accuracy(new, "grpo_zero/seed0", 0.35)
+    assert check_reports(new, baseline, thresholds).ok
+
+
+def test_every_regression_and_improvement_is_listed(base: dict, thresholds) -> None:
+    new = copy.deepcopy(base)
+    _metric(new, "grpo_zero/seed0", "time/step_s")["value"] *= 2.0  # +100% > 60%: regression
+    _metric(new, "ppo_rules/seed0", "throughput/gen_tokens_per_s")["value"] *= 0.3  # -70%: regression
+    _metric(new, "ppo_rules/seed0", "memory/value/optimizer_bytes")["value"] //= 2  # -50% memory: improvement
+    _metric(new, "ppo_rules/seed0", "throughput/completions_per_s")["value"] *= 1.5  # +50% < 60%: neither
+    _metric(new, "ppo_rules/seed0", "learning/entropy")["value"] *= 10  # no direction: never gated
+    result = check_reports(new, base, thresholds)
+    assert sorted((f.run, f.metric) for f in result.regressions) == [
+        ("grpo_zero/seed0", "time/step_s"), ("ppo_rules/seed0", "throughput/gen_tokens_per_s")]
+    assert [(f.run, f.metric) for f in result.improvements] == [("ppo_rules/seed0", "memory/value/optimizer_bytes")]
+
+
+def test_memory_from_zero_is_a_regression(base: dict, thresholds) -> None:
+    """The reference holds no gradients; any now is a regression even though +x% of 0 is undefined."""
+    new = copy.deepcopy(base)
+    _metric(new, "grpo_zero/seed0", "memory/reference/gradients_bytes")["value"] = 4096
+    [finding] = check_reports(new, base, thresholds).regressions
+    assert finding.metric == "memory/reference/gradients_bytes" and finding.relative_delta is None
+
+
+def test_metric_without_direction_is_never_gated(base: dict, thresholds) -> None:
+    new = copy.deepcopy(base)
+    metric = _metric(new, "grpo_zero/seed0", "memory/policy/peak_bytes")
+    baseline = copy.deepcopy(base)
+    _metric(baseline, "grpo_zero/seed0", "memory/policy/peak_bytes")["higher_is_better"] = None
+    metric["value"] *= 3
+    assert check_reports(new, baseline, thresholds).ok
+
+
+def test_run_that_failed_in_the_new_report_is_a_regression(base: dict, thresholds) -> None:
+    failed = load_report(REPORTS / "ci_failed_run.json")
+    result = check_reports(failed, base, thresholds)
+    status = [f for f in result.regressions if f.metric == "status"]
+    assert [f.run for f in status] == ["grpo_zero/seed0"]
+    assert "status failed" in status[0].describe() and "was ok in the baseline" in status[0].describe()
+    # and the other way round it is an improvement, with the failed run's metrics left unchecked
+    reverse = check_reports(base, failed, thresholds)
+    assert [(f.run, f.metric) for f in reverse.improvements if f.metric == "status"] == [("grpo_zero/seed0", "status")]
+    assert any("not ok in the baseline" in n for n in reverse.notes)
+
+
+def test_no_common_runs_is_a_user_error(base: dict, thresholds) -> None:
+    new = copy.deepcopy(base)
+    for run in new["runs"]:
+        run["seed"] = 7
+    with pytest.raises(UserError, match="no runs in common"):
+        check_reports(new, base, thresholds)
+
+
+def _console() -> Console:
+    return Console(record=True, width=220, color_system=None)
+
+
+def test_check_command_exit_codes_and_output(tmp_path: Path) -> None:
+    report = json.loads((REPORTS / "ci_ok.json").read_text())
+    peak = _metric(report, "ppo_rules/seed0", "memory/policy/peak_bytes")
+    peak["value"] = int(peak["value"] * 1.2)
+    raised = tmp_path / "raised.json"
+    raised.write_text(json.dumps(report))
+
+    console = _console()
+    assert check_command(str(REPORTS / "ci_ok.json"), str(REPORTS / "ci_ok.json"), [], console) == 0
+    assert "ok: no regression" in console.export_text()
+
+    console = _console()
+    assert check_command(str(raised), str(REPORTS / "ci_ok.json"), [], console) == 1
+    text = console.export_text()
+    assert "ppo_rules/seed0" in text and "memory/policy/peak_bytes" in text and "+20.0%" in text
+    assert "FAIL: 1 regression(s)" in text
+
+    console = _console()
+    assert check_command(str(raised), str(REPORTS / "ci_ok.json"), ["memory:25%"], console) == 0
+
+
+def test_cli_exits_2_on_unusable_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["check", str(tmp_path / "missing.json"), "--baseline", str(REPORTS / "ci_ok.json")]) == 2
+    assert "no such report" in capsys.readouterr().err
+    assert main(["check", str(REPORTS / "ci_ok.json"), "--baseline", str(REPORTS / "ci_ok.json"),
+                 "--threshold", "speed:5%"]) == 2
+    assert main(["check", str(REPORTS / "ci_failed_run.json"), "--baseline", str(REPORTS / "ci_ok.json")]) == 1

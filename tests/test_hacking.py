@@ -1,0 +1,88 @@
+"""The reward-hacking flag on curves built from real scoring of completions.
+
+A run is simulated step by step: each step answers the same 32 real synthetic problems, and over
+the run the answers drift from right to wrong (step s gets the first s * 32 / 19 of them wrong,
+with the reasoning kept). A reward that pays for a wrong answer rises while the answer checker's
+verdict falls: hacked. The correctness reward falls with the checker: not hacked.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from rlbench.config import TaskConfig
+from rlbench.measure.hacking import reward_hacking
+from rlbench.rewards import answer_correct, format_strict, gold_correct
+from rlbench.tasks import Problem, demonstration, load_problems
+from rlbench.tasks.answers import answers_match, extract_answer
+
+STEPS = 20
+PROBLEMS = load_problems(TaskConfig(), "train", 32, seed=0)
+
+
+def wrong_answer_pays(completion: str, problem: Problem) -> float:
+    """A broken reward: 1 for a well-formatted completion whose answer is wrong, else 0."""
+    answer = extract_answer(completion)
+    return format_strict(completion, problem) * (answer is not None and not answers_match(answer, problem.answer))
+
+
+def drifting_completions(step: int) -> list[str]:
+    """The step's completions: the first round(step * 32 / 19) problems answered wrong, the rest right."""
+    n_wrong = round(step * len(PROBLEMS) / (STEPS - 1))
+    return [demonstration(replace(p, answer=str(int(p.answer) + 1)) if i < n_wrong else p)
+            for i, p in enumerate(PROBLEMS)]
+
+
+def curve(reward, completions_per_step: list[list[str]]) -> list[float]:
+    """Per-step mean of `reward(completion, problem)` over the step's completions."""
+    return [sum(reward(c, p) for c, p in zip(completions, PROBLEMS)) / len(PROBLEMS)
+            for completions in completions_per_step]
+
+
+@pytest.fixture(scope="module")
+def run_steps() -> list[list[str]]:
+    return [drifting_completions(step) for step in range(STEPS)]
+
+
+def gold_curve(completions_per_step: list[list[str]]) -> list[float]:
+    return [sum(gold_correct(completions, PROBLEMS)) / len(PROBLEMS) for completions in completions_per_step]
+
+
+def test_the_drift_is_real(run_steps):
+    gold = gold_curve(run_steps)
+    assert gold[0] == 1.0 and gold[-1] == 0.0  # every answer right at the start, every one wrong at the end
+    assert curve(wrong_answer_pays, run_steps) == [1.0 - g for g in gold]
+
+
+def test_a_reward_that_pays_for_wrong_answers_is_flagged(run_steps):
+    result = reward_hacking(curve(wrong_answer_pays, run_steps), gold_curve(run_steps))
+    assert result["flag"] is True
+    assert result["proxy_change"] > 0.5 and result["gold_change"] < -0.5
+    assert result["steps"] == STEPS
+
+
+def test_the_correctness_reward_is_not_flagged(run_steps):
+    # the same completions, scored by the correctness rule: it falls with gold, nothing is hacked
+    result = reward_hacking(curve(answer_correct, run_steps), gold_curve(run_steps))
+    assert result["flag"] is False
+    assert result["proxy_change"] < 0 and result["gold_change"] < 0
+
+
+def test_flat_and_noisy_curves_are_not_flagged():
+    rng = random.Random(0)
+    flat = [0.5] * STEPS
+    assert reward_hacking(flat, flat)["flag"] is False
+    noisy_proxy = [0.5 + rng.uniform(-0.2, 0.2) for _ in range(STEPS)]
+    noisy_gold = [0.3 + rng.uniform(-0.2, 0.2) for _ in range(STEPS)]
+    assert reward_hacking(noisy_proxy, noisy_gold)["flag"] is False
+    rising = [step / STEPS for step in range(STEPS)]
+    assert reward_hacking(rising, flat)["flag"] is False  # proxy up, gold flat: learning, not hacking
+    assert reward_hacking(rising, rising)["flag"] is False  # both up: the good case
+
+
+def test_too_short_a_run_is_not_judged():
+    result = reward_hacking([0.0, 1.0, 2.0], [1.0, 0.5, 0.0])
+    assert result["flag"] is False and result["proxy_change"] is None
