@@ -122,6 +122,7 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
     """Base model, SFT, reward model and the SFT model's evaluation, shared by every run."""
     import torch
 
+    from rlbench.device import default_device
     from rlbench.measure.evaluation import evaluate
     from rlbench.models.embedded import load_pretrained_pair
     from rlbench.models.loading import resolve_base
@@ -156,6 +157,7 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
         stages["report"]["reward_model"] = dict(rm_stats, cache_hit=hit, path=str(reward_dir))
 
     model, tokenizer = load_pretrained_pair(policy_dir)
+    model.to(default_device())
     problems = load_problems(suite.task, "eval", suite.eval.size, 0)
     with console.status(f"evaluating the starting model on {len(problems)} held-out problems"):
         start = time.perf_counter()

@@ -236,7 +236,7 @@ class Run:
             rollout = self.engine.generate(prompt_ids, self.sampling, seed=self.seed * 1_000_003 + self.budget.steps)
         with self.phase("score"):
             rewards, reward_parts = self._score(rollout, problems)
-            gold = torch.tensor(gold_correct(rollout.texts, problems))
+            gold = torch.tensor(gold_correct(rollout.texts, problems), device=rewards.device)
         old_logprobs = rollout.logprobs
         if getattr(self.engine, "has_own_weights", False):  # e.g. vLLM: its log-probs are not the policy's
             with self.phase("old_logprobs"), torch.no_grad():
@@ -293,11 +293,11 @@ class Run:
 
     def _score(self, rollout, problems: list[Problem]) -> tuple[torch.Tensor, dict[str, list[float]]]:
         source = self.algorithm.reward_source
-        total = torch.zeros(len(problems))
+        total = torch.zeros(len(problems), device=rollout.input_ids.device)
         parts: dict[str, list[float]] = {}
         if source in ("rules", "both"):
             rule_total, parts = score_rules(rollout.texts, problems, self.algo_cfg.rewards)
-            total += torch.tensor(rule_total)
+            total += torch.tensor(rule_total, device=total.device)
         if source in ("model", "both"):
             with torch.no_grad():
                 model_score = self.reward_model.score(rollout.input_ids, rollout.attention_mask)

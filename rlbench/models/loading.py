@@ -208,5 +208,10 @@ def load_scalar_model(path: str | Path, cfg: ModelConfig, device: torch.device |
 
 
 def _enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Recompute activations in the backward pass (non-reentrant: frozen inputs need no grad hooks)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    """Recompute activations in the backward pass (non-reentrant: frozen inputs need no grad hooks).
+    transformers 5 calls it activation checkpointing; earlier versions, gradient checkpointing."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

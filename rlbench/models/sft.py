@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from rlbench.cache import cached_dir, stable_hash
 from rlbench.config import SFTConfig, TaskConfig
+from rlbench.device import default_device, module_device
 from rlbench.models.optim import adamw
 from rlbench.tasks import Problem, demonstration, encode_prompts, load_problems
 
@@ -62,12 +63,13 @@ def train_sft(model: torch.nn.Module, tokenizer, problems: list[Problem], cfg: S
     generator = torch.Generator().manual_seed(seed)
     optimizer = adamw(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
     model.train()
+    device = module_device(model)
     start, loss_value = time.perf_counter(), float("nan")
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         index = torch.randint(len(data), (cfg.batch_size,), generator=generator).tolist()
-        ids, mask, labels = collate([data[i] for i in index], tokenizer.pad_token_id)
+        ids, mask, labels = (t.to(device) for t in collate([data[i] for i in index], tokenizer.pad_token_id))
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
@@ -92,6 +94,7 @@ def cold_start(base_dir: Path, base_name: str, cfg: SFTConfig, task: TaskConfig,
 
     def build(tmp: Path) -> None:
         model, tokenizer = load_pretrained_pair(base_dir)
+        model.to(default_device())
         torch.manual_seed(seed)
         problems = load_problems(task, "train", cfg.train_size, seed)
         stats = train_sft(model, tokenizer, problems, cfg, seed, on_step)

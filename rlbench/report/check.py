@@ -57,7 +57,8 @@ class Finding:
     new: float | None
     threshold: str
     unit: str = ""
-    note: str = ""
+    note: str = ""  # the error of a run no longer ok; the accuracy noise level
+    statuses: tuple[str, str] | None = None  # (baseline, new) run status, for a change of status
 
     @property
     def delta(self) -> float | None:
@@ -70,8 +71,10 @@ class Finding:
         return self.delta / abs(self.base)
 
     def describe(self) -> str:
-        if self.metric == "status":
-            return f"{self.run}: {self.note}"
+        if self.statuses is not None:
+            base_status, new_status = self.statuses
+            return f"{self.run}: status {new_status}, was {base_status} in the baseline" + (
+                f" ({self.note})" if self.note else "")
         change = format_change(self.delta, self.relative_delta, self.unit)
         extra = f"; {self.note}" if self.note else ""
         return (f"{self.run}: {self.metric} {format_value(self.base, self.unit)} -> "
@@ -154,15 +157,14 @@ def check_reports(new: dict[str, Any], base: dict[str, Any], thresholds: Mapping
         rid = new_run["id"]
         result.runs.append(rid)
         new_ok, base_ok = new_run.get("status") == "ok", base_run.get("status") == "ok"
+        statuses = (str(base_run.get("status")), str(new_run.get("status")))
         if base_ok and not new_ok:
-            error = f" ({new_run['error']})" if new_run.get("error") else ""
-            result.regressions.append(Finding(rid, "status", None, None, "ok", note=(
-                f"status {new_run.get('status')}{error}, was ok in the baseline")))
+            result.regressions.append(Finding(rid, "status", None, None, "ok", note=new_run.get("error") or "",
+                                              statuses=statuses))
             continue
         if not base_ok:
             if new_ok:
-                result.improvements.append(Finding(rid, "status", None, None, "ok", note=(
-                    f"status ok, was {base_run.get('status')} in the baseline")))
+                result.improvements.append(Finding(rid, "status", None, None, "ok", statuses=statuses))
             result.notes.append(f"{rid}: not ok in the baseline ({base_run.get('status')}), metrics not checked")
             continue
         _check_metrics(rid, new_run.get("metrics") or {}, base_run.get("metrics") or {}, thresholds, result)
@@ -200,31 +202,31 @@ def _combined_stderr(base: dict[str, Any], new: dict[str, Any]) -> float:
 # ---- formatting ------------------------------------------------------------------------------
 
 
-def format_value(value: float | None, unit: str) -> str:
-    """A metric's value for people: bytes in MiB, fractions in percent, seconds with 3 decimals."""
+def format_value(value: float | None, unit: str, signed: bool = False) -> str:
+    """A metric's value for people: bytes in MiB, fractions in percent (points when `signed`, for a
+    change), seconds with 3 decimals, rates with a k/M/G prefix."""
     if value is None:
         return "-"
+    sign = "+" if signed else ""
     if unit == "bytes":
-        return f"{value / 2**20:,.1f} MiB"
+        return f"{value / 2**20:{sign},.1f} MiB"
     if unit == "fraction":
-        return f"{value:.1%}"
+        return f"{value * 100:{sign}.1f} pts" if signed else f"{value:.1%}"
     if unit == "s":
-        return f"{value:.3f} s"
+        return f"{value:{sign}.3f} s"
     if unit == "1/s":
-        return f"{value:,.1f}/s"
-    return f"{value:.4g}"
+        for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= factor:
+                return f"{value / factor:{sign}.2f} {prefix}/s"
+        return f"{value:{sign}.1f}/s"
+    return f"{value:{sign}.4g}"
 
 
 def format_change(delta: float | None, relative: float | None, unit: str) -> str:
+    """'+2.0 MiB, +20.0%': a change in the metric's unit, then relative to the baseline where defined."""
     if delta is None:
         return "-"
-    if unit == "bytes":
-        text = f"{delta / 2**20:+,.1f} MiB"
-    elif unit == "fraction":
-        text = f"{delta * 100:+.1f} pts"
-    else:
-        text = f"{delta:+.4g}"
-    return text + (f", {relative:+.1%}" if relative is not None else "")
+    return format_value(delta, unit, signed=True) + (f", {relative:+.1%}" if relative is not None else "")
 
 
 def check_command(report: str, baseline: str, thresholds: list[str], console: Console) -> int:
@@ -259,8 +261,8 @@ def _findings_table(title: str, findings: list[Finding], colour: str) -> Table:
         table.add_column(col, justify="right" if col in ("baseline", "new", "change") else "left",
                          overflow="fold")
     for f in findings:
-        if f.metric == "status":
-            table.add_row(f.run, "status", "ok" if colour == "red" else "-", f.note, "", f.threshold)
+        if f.statuses is not None:
+            table.add_row(f.run, "status", f.statuses[0], f"[{colour}]{f.statuses[1]}[/]", f.note, f.threshold)
             continue
         change = format_change(f.delta, f.relative_delta, f.unit) + (f" ({f.note})" if f.note else "")
         table.add_row(f.run, f.metric, format_value(f.base, f.unit), format_value(f.new, f.unit),

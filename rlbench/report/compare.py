@@ -37,9 +37,13 @@ class Cell:
 
 @dataclass(frozen=True)
 class Section:
+    """One table. Rows start with the run id (empty on the run's later rows); when `grouped`, a Rich
+    table prints the run id as a heading row instead of a column, to stay narrow."""
+
     title: str
     columns: list[str]
     rows: list[list[Cell]]
+    grouped: bool = True
 
 
 def change_cells(base: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Cell]:
@@ -47,13 +51,7 @@ def change_cells(base: dict[str, Any] | None, new: dict[str, Any] | None) -> lis
     if base is None or new is None or base.get("value") is None or new.get("value") is None:
         return [Cell("-"), Cell("-"), Cell("")]
     delta = new["value"] - base["value"]
-    unit = base.get("unit", "")
-    if unit == "bytes":
-        absolute = f"{delta / 2**20:+,.1f} MiB"
-    elif unit == "fraction":
-        absolute = f"{delta * 100:+.1f} pts"
-    else:
-        absolute = f"{delta:+.4g}"
+    absolute = format_value(delta, base.get("unit", ""), signed=True)
     relative = f"{delta / abs(base['value']):+.1%}" if base["value"] else "-"
     if delta == 0:
         return [Cell(absolute), Cell(relative), Cell("=")]
@@ -107,7 +105,7 @@ def compare_sections(reports: list[dict[str, Any]], names: list[str]) -> tuple[l
     columns = ["run", "metric", f"{short[0]} base"]
     for s in short[1:]:
         columns += [s, f"Δ {s}", f"Δ% {s}", ""]
-    sections = [Section("runs", ["run", *[f"status {s}" for s in short]], [])]
+    sections = [Section("runs", ["run", *[f"status {s}" for s in short]], [], grouped=False)]
     for run in shared:
         key = (run["label"], run["seed"])
         sections[0].rows.append([Cell(run["id"])] + [
@@ -147,14 +145,20 @@ def _ordered_names(metric_sets: list[dict[str, Any]]) -> list[str]:
 
 def rich_table(section: Section) -> Table:
     table = Table(title=section.title, title_justify="left")
-    for i, col in enumerate(section.columns):
-        table.add_column(col, justify="left" if i < 2 or col == "" else "right")
-    previous_run = None
+    columns = section.columns[1:] if section.grouped else section.columns
+    for i, col in enumerate(columns):
+        numeric = section.grouped and 0 < i < len(columns) - 1
+        table.add_column(col, justify="right" if numeric else "left")
     for row in section.rows:
-        if row[0].text and previous_run is not None:
-            table.add_section()
-        previous_run = row[0].text or previous_run
-        table.add_row(*[f"[{c.style}]{c.text}[/]" if c.style else c.text for c in row])
+        cells = [f"[{c.style}]{c.text}[/]" if c.style else c.text for c in row]
+        if not section.grouped:
+            table.add_row(*cells)
+            continue
+        if row[0].text:
+            if table.row_count:
+                table.add_section()
+            table.add_row(f"[bold]{row[0].text}[/]", *[""] * (len(columns) - 1))
+        table.add_row(f"  {cells[1]}", *cells[2:])
     return table
 
 

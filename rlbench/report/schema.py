@@ -1,4 +1,9 @@
-"""The report's JSON Schema (`schema.json`), checked on every write and every read."""
+"""The report's JSON Schema (`schema.json`), checked on every write and every read.
+
+schema.json is also the reference for what a report holds: every key carries a `description`.
+`schema_version` changes only when a reader of an older report would misread it; adding a key
+does not change it (unknown keys are allowed), renaming or re-meaning one does.
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlbench.device import module_device
 from rlbench.rollout import Rollout, SamplingParams
 
 
@@ -76,7 +77,7 @@ def sample(
         cache.batch_repeat_interleave(group)
         logits = logits.repeat_interleave(group, dim=0)
     next_position = positions[:, -1:] + 1
-    finished = torch.zeros(n, dtype=torch.bool)
+    finished = torch.zeros(n, dtype=torch.bool, device=prompt_ids.device)
     tokens, logprobs, masks = [], [], []
     for step in range(params.max_new_tokens):
         logp_all = F.log_softmax(logits.float() / params.temperature, dim=-1)
@@ -93,7 +94,7 @@ def sample(
         finished = finished | (token == eos_id)
         if bool(finished.all()) or step == params.max_new_tokens - 1:
             break
-        attention = torch.cat([attention, torch.ones((n, 1), dtype=attention.dtype)], dim=-1)
+        attention = torch.cat([attention, attention.new_ones((n, 1))], dim=-1)
         out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
                     past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
@@ -111,8 +112,10 @@ class HFEngine:
         self.tokenizer = tokenizer
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Rollout:
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        device = module_device(self.policy)
+        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
         ids, mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
+        ids, mask = ids.to(device), mask.to(device)
         was_training = self.policy.training
         self.policy.eval()
         try:

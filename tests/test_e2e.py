@@ -1,0 +1,83 @@
+"""`rlbench run` end to end in a subprocess on a seconds-long suite, then the report's contents."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlbench.report.schema import schema_errors
+
+TINY = Path(__file__).parent / "data" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e")
+    env = dict(os.environ, RLBENCH_CACHE=str(out / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "rlbench", "run", str(TINY), "--output", str(out / "results")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [path] = list((out / "results" / "tiny").glob("*/report.json"))
+    return json.loads(path.read_text()), path.parent, proc.stdout
+
+
+def test_report_is_complete_and_valid(tiny_report):
+    report, _, stdout = tiny_report
+    assert schema_errors(report) == []
+    assert report["status"] == "complete"
+    assert report["environment"]["packages"]["torch"]
+    assert "memory by role" in stdout and "grpo_zero/seed0" in stdout
+    [run] = report["runs"]
+    assert run["status"] == "ok" and run["error"] is None
+    assert run["stopped_by"] == "steps"
+    assert run["budget"]["steps"] == 2 and run["budget"]["completions"] == 32 and run["budget"]["prompts"] == 8
+    assert run["budget"]["tokens_generated"] > 0
+
+
+def test_roles_and_exact_static_bytes(tiny_report):
+    report, _, _ = tiny_report
+    [run] = report["runs"]
+    assert set(run["roles"]) == {"policy", "reference"}
+    policy, reference = run["roles"]["policy"]["static"], run["roles"]["reference"]["static"]
+    weights = policy["weights"]
+    n_tensors = 38  # the embedded model's parameter tensors (tied embedding counted once)
+    # fp32 AdamW: gradients = weights, two moments = 2 x weights, plus one 4-byte `step` per tensor.
+    assert policy["gradients"] == weights
+    assert policy["optimizer"] == 2 * weights + 4 * n_tensors
+    assert reference["weights"] == weights and reference["gradients"] == 0 and reference["optimizer"] == 0
+    assert policy["total"] == 4 * weights + 4 * n_tensors + policy["buffers"]
+
+
+def test_memory_phases_and_reconciliation(tiny_report):
+    report, _, _ = tiny_report
+    [run] = report["runs"]
+    memory = run["memory"]
+    assert memory["primary"] == "cpu"
+    phases = run["roles"]["policy"]["phases"]
+    assert {"generate", "update"} <= set(phases)
+    assert "ref_logprobs" in run["roles"]["reference"]["phases"]
+    recon = memory["reconciliation"]["cpu"]
+    assert recon["process_peak_bytes"] >= max(p["peak_bytes"]["cpu"] for p in phases.values()) > 0
+    assert recon["attributed_bytes"] + recon["baseline_bytes"] + recon["other_bytes"] == recon["process_peak_bytes"]
+    assert run["metrics"]["memory/process_peak_bytes"]["probe"] == "cpu"
+    assert run["metrics"]["memory/policy/peak_bytes"]["higher_is_better"] is False
+
+
+def test_throughput_accuracy_and_steps(tiny_report):
+    report, run_root, _ = tiny_report
+    [run] = report["runs"]
+    tp = run["throughput"]
+    assert tp["time/generate_s"] > 0 and tp["time/update_s"] > 0 and tp["throughput/gen_tokens_per_s"] > 0
+    assert 0 < tp["throughput/mfu"] < 1
+    acc = run["accuracy"]
+    assert acc["before"]["eval/size"] == 16 and "eval/accuracy_stderr" in acc["after"]
+    assert acc["delta"] == pytest.approx(acc["after"]["eval/accuracy"] - acc["before"]["eval/accuracy"])
+    assert run["metrics"]["eval/accuracy"]["higher_is_better"] is True
+    steps = [json.loads(line) for line in (run_root / run["run_dir"] / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert {"reward/mean", "gold/accuracy", "reward/answer_correct", "reward/format_strict", "kl/k3",
+            "learning/entropy", "clip_fraction"} <= set(steps[0])
+    assert run["reward_hacking"]["flag"] is False
