@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=False)
+    console = Console(width=None if sys.stdout.isatty() else 150)  # wide tables in logs and CI too
     try:
         return dispatch(args, console)
     except UserError as exc:
