@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from rlbench import __version__
 from rlbench.errors import UserError
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         err = Console(stderr=True)
         for message in exc.messages or [str(exc)]:
-            err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
@@ -142,7 +143,7 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[green]ok[/] {path}: suite '{suite.name}', {runs} run(s): "
                       + ", ".join(a.label or a.name for a in suite.algorithms))
         for warning in missing_requirements(suite):
-            console.print(f"[yellow]warning:[/] this machine cannot run it yet: {warning}", soft_wrap=True)
+            console.print(f"[yellow]warning:[/] this machine cannot run it yet: {escape(warning)}", soft_wrap=True)
     if args.explain:
         for path, type_name, default, help_text in field_help(Suite):
             console.print(f"[cyan]{path}[/] ({type_name}, default {default!r}): {help_text}", highlight=False)

@@ -147,9 +147,9 @@ class Run:
         With `model.lora` the policy carries adapters and the reference is the same module with
         them disabled (no second copy: its static bytes are 0).
         """
+        from rlbench.device import default_device
         from rlbench.models.loading import (
             AdapterDisabledReference,
-            default_device,
             load_causal_lm,
             load_policy,
             load_scalar_model,

@@ -4,7 +4,7 @@
 the cache, a local directory, or a hub snapshot). From a directory (the base, or the SFT output):
 
 - policy and reference: `AutoModelForCausalLM` with the suite's `dtype`, `attn_implementation`
-  and `trust_remote_code` (off unless the suite sets it), moved to `default_device()`; the
+  and `trust_remote_code` (off unless the suite sets it), moved to the run's device; the
   policy gets gradient checkpointing when `model.gradient_checkpointing` is set.
 - LoRA (`model.lora`, the `peft` extra): adapters on the policy; the reference is then the same
   module with its adapters disabled (`AdapterDisabledReference`), so no second copy of the
@@ -14,7 +14,7 @@ the cache, a local directory, or a hub snapshot). From a directory (the base, or
   `AutoModelForSequenceClassification` with one label (its backbone and score layer become the
   scalar head model, so every role scores sequences the same way).
 
-    policy, tokenizer = load_policy(path, suite.model, default_device())
+    policy, tokenizer = load_policy(path, suite.model, rlbench.device.default_device())
     reference = AdapterDisabledReference(policy) if suite.model.lora else load_causal_lm(path, suite.model, device)
 """
 
@@ -37,11 +37,6 @@ PEFT_MISSING = "model.lora: LoRA needs the peft package, rlbench's extra 'peft' 
 
 def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
-
-
-def default_device() -> torch.device:
-    """The first CUDA device when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def embedded_base_dir(seed: int = 0) -> Path:

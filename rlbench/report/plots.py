@@ -68,6 +68,7 @@ def memory_figure(report: dict[str, Any]) -> Figure:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     top = 0.0
+    tallest = max([_axis_guess(report, probe)] + [(process_peak_above_baseline(r, probe) or 0) / MIB for r in runs])
     roles_seen: list[str] = []
     for x, run in enumerate(runs):
         bottom = 0.0
@@ -80,19 +81,23 @@ def memory_figure(report: dict[str, Any]) -> Figure:
             if transient:
                 ax.bar(x, transient / MIB, bottom=bottom, color=colour, alpha=0.35, hatch="//",
                        edgecolor=colour, linewidth=0.5, width=0.6)
-                if transient / MIB > 0.06 * _axis_guess(report, probe):
+                if transient / MIB > 0.09 * tallest:
                     ax.text(x, bottom + transient / MIB / 2, f"{role}\n{phase}", ha="center", va="center", fontsize=7)
                 bottom += transient / MIB
         peak = process_peak_above_baseline(run, probe)
+        label_y = bottom
         if peak is not None:
             ax.hlines(peak / MIB, x - 0.38, x + 0.38, colors="black", linewidth=2.5)
+            ax.text(x + 0.4, peak / MIB, f"{peak / MIB:,.0f}", ha="left", va="center", fontsize=7)
             top = max(top, peak / MIB)
+            if bottom <= peak / MIB <= bottom + 0.12 * tallest:  # keep the bar's label clear of the tick
+                label_y = peak / MIB
         static_total = sum(static for _, static, _, _ in role_segments(run, probe))
         label = (f"{bottom:,.0f} MiB\n(static {static_total / MIB:,.1f})" if run.get("roles")
                  else str(run.get("status", "?")))
         top = max(top, bottom)
-        ax.text(x, max(bottom, peak / MIB if peak is not None else 0.0), label, ha="center", va="bottom",
-                fontsize=8, color="black" if run.get("status") == "ok" else "red")
+        ax.text(x, label_y, label, ha="center", va="bottom", fontsize=8,
+                color="black" if run.get("status") == "ok" else "red")
     ax.set_xticks(range(len(runs)), [_run_tick(r) for r in runs], fontsize=9)
     ax.set_xlim(-0.6, len(runs) - 0.4)
     ax.set_ylim(0, top * 1.2 or 1)

@@ -25,6 +25,9 @@ What it does with vLLM (imported lazily: `import rlbench` works without it):
   weight-transfer system) gets its engine core in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`)
   and the weights through the driver worker's `model.load_weights(...)`.
   After each sync the prefix cache is reset (cached prompt KV came from the old weights).
+  With the weight-transfer API vLLM's engine core runs in a child process (CUDA IPC cannot open a
+  handle in the process that made it), so per-process GPU figures of this process leave vLLM out;
+  `memory_bytes()` reports its share.
 - Sleep (`rollout.sleep_between_phases`): after generating, `llm.sleep(level=1)` frees the KV
   cache and moves the weights to CPU memory while the policy updates; `wake_up(tags=["weights"])`
   before the weights are loaded, and the KV cache wakes before the next generation.
@@ -45,13 +48,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlbench.device import module_device
 from rlbench.errors import UserError
+from rlbench.models.loading import torch_dtype
 from rlbench.rollout import Rollout, SamplingParams
 from rlbench.rollout.hf import left_pad
 
 VLLM_MISSING = ("rollout.engine: vllm is not installed; install rlbench's extra 'vllm' (pip install vllm) "
                 "on a machine with an NVIDIA GPU, or use engine: hf")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---- weight names: the policy module -> Hugging Face checkpoint names ---------------------------
@@ -325,7 +329,7 @@ class VLLMEngine:
                  llm: Any = None, sampling_params: Any = None) -> None:
         """`llm` and `sampling_params` (the `vllm.SamplingParams` class) are built from vllm when not given."""
         self.tokenizer = tokenizer
-        self.device = next(policy.parameters()).device
+        self.device = module_device(policy)
         self.config = policy.config
         self.sleep_between_phases = sleep_between_phases
         self.asleep: set[str] = set()
@@ -343,9 +347,9 @@ class VLLMEngine:
         self.llm, self.sampling_params = llm, sampling_params
         self.trainer_engine = None  # vLLM's IPC sender, or None: load into the in-process model
         if api is None:
-            self.weights = PolicyWeights(policy, DTYPES[dtype])
+            self.weights = PolicyWeights(policy, torch_dtype(dtype))
         else:
-            self.weights = weight_source(api, policy, DTYPES[dtype])
+            self.weights = weight_source(api, policy, torch_dtype(dtype))
             self.trainer_engine = api["factory"].trainer_init(
                 init_info=api["IPCTrainerInitInfo"](rank=0, packed=False), client=LLMWeightSyncClient(llm),
                 source=self.weights)
