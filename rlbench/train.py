@@ -37,7 +37,7 @@ from rlbench.models.optim import adamw
 from rlbench.registry import ALGORITHMS, ENGINES
 from rlbench.rewards import gold_correct, score_rules
 from rlbench.rollout import SamplingParams
-from rlbench.tasks import Problem, encode_prompts, load_problems
+from rlbench.tasks import Problem, encode_prompts, load_problems, truncate_prompts
 
 PHASE_ROLE = {
     "generate": "policy",
@@ -230,7 +230,8 @@ class Run:
         times_before = dict(self.phases.seconds)
         prompts = self.next_prompts()
         problems = [p for p in prompts for _ in range(self.group_size)]
-        prompt_ids = encode_prompts(self.tokenizer, problems)
+        prompt_ids, prompt_truncation = truncate_prompts(encode_prompts(self.tokenizer, problems),
+                                                         self.suite.model.max_prompt_tokens)
 
         with self.phase("generate"):
             rollout = self.engine.generate(prompt_ids, self.sampling, seed=self.seed * 1_000_003 + self.budget.steps)
@@ -278,6 +279,7 @@ class Run:
             if self.group_size > 1 else 0.0,
             "learning/completion_length": float(rollout.lengths.float().mean()),
             "learning/truncation_rate": float(rollout.truncated.float().mean()),
+            "learning/prompt_truncation_rate": prompt_truncation,
             "time/step_s": step_seconds,
             **{f"reward/{k}": sum(v) / len(v) for k, v in reward_parts.items()},
             **{f"time/{k}_s": self.phases.seconds[k] - times_before.get(k, 0.0) for k in self.phases.seconds},

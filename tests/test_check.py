@@ -2,7 +2,7 @@
 
 The fixtures are real reports of `rlbench run suites/ci.yaml` (see test_report_schema.py); a
 regression is made by changing one figure of a copy, the way a slower or larger build would.
-The suite's `check:` block gives memory 10%, throughput 60%, accuracy 0.02.
+The suite's `check:` block gives memory 2%, throughput 100%, accuracy 0.01.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rich.console import Console
 from rlbench.cli import main
 from rlbench.errors import UserError
 from rlbench.measure.evaluation import standard_error
-from rlbench.report.check import Threshold, check_command, check_reports, gated, thresholds_for
+from rlbench.report.check import Threshold, check_command, check_reports, exceeds, gated, thresholds_for
 from rlbench.report.schema import load_report
 
 REPORTS = Path(__file__).parent / "fixtures" / "reports"
@@ -44,16 +44,16 @@ def _set_accuracy(report: dict, run_id: str, accuracy: float, n: int = 64) -> No
 
 
 def test_thresholds_come_from_the_suite_check_block(thresholds: dict[str, Threshold]) -> None:
-    assert thresholds == {"memory": Threshold(0.10, True), "throughput": Threshold(0.60, True),
-                          "accuracy": Threshold(0.02, False)}
-    assert [str(thresholds[a]) for a in ("memory", "throughput", "accuracy")] == ["10%", "60%", "0.02"]
+    assert thresholds == {"memory": Threshold(0.02, True), "throughput": Threshold(1.0, True),
+                          "accuracy": Threshold(0.01, False)}
+    assert [str(thresholds[a]) for a in ("memory", "throughput", "accuracy")] == ["2%", "100%", "0.01"]
 
 
 def test_threshold_flags_override_the_suite(base: dict) -> None:
     limits = thresholds_for(base, ["memory:25%", "accuracy:0.05"])
     assert limits["memory"] == Threshold(0.25, True)
     assert limits["accuracy"] == Threshold(0.05, False)
-    assert limits["throughput"] == Threshold(0.60, True)
+    assert limits["throughput"] == Threshold(1.0, True)
 
 
 @pytest.mark.parametrize("text,message", [
@@ -93,11 +93,11 @@ def test_unchanged_report_passes(base: dict, thresholds: dict[str, Threshold]) -
 def test_policy_peak_raised_20_percent_fails_and_names_metric_and_run(base: dict, thresholds) -> None:
     new = copy.deepcopy(base)
     peak = _metric(new, "ppo_rules/seed0", "memory/policy/peak_bytes")
-    peak["value"] = int(peak["value"] * 1.2)  # +20% against a 10% threshold
+    peak["value"] = int(peak["value"] * 1.2)  # +20% against a 2% threshold
     result = check_reports(new, base, thresholds)
     assert not result.ok
     [finding] = result.regressions
-    assert (finding.run, finding.metric, finding.threshold) == ("ppo_rules/seed0", "memory/policy/peak_bytes", "10%")
+    assert (finding.run, finding.metric, finding.threshold) == ("ppo_rules/seed0", "memory/policy/peak_bytes", "2%")
     assert finding.relative_delta == pytest.approx(0.2, abs=1e-6)
     assert "ppo_rules/seed0: memory/policy/peak_bytes" in finding.describe()
     assert result.improvements == []
@@ -106,14 +106,14 @@ def test_policy_peak_raised_20_percent_fails_and_names_metric_and_run(base: dict
 def test_memory_rise_within_threshold_passes(base: dict, thresholds) -> None:
     new = copy.deepcopy(base)
     peak = _metric(new, "grpo_zero/seed0", "memory/policy/peak_bytes")
-    peak["value"] = int(peak["value"] * 1.09)  # +9% < 10%
+    peak["value"] = int(peak["value"] * 1.019)  # +1.9% < 2%
     assert check_reports(new, base, thresholds).ok
 
 
 def test_accuracy_fall_of_5_standard_errors_fails(base: dict, thresholds) -> None:
     # Baseline 40% on 64 problems: se = sqrt(0.4 * 0.6 / 64) = 0.0612. Five of them lower: 9.4%,
     # se = sqrt(0.094 * 0.906 / 64) = 0.0365; combined se = sqrt(0.0612^2 + 0.0365^2) = 0.0713.
-    # A fall of 0.306 is beyond both the 0.02 threshold and the combined se: a regression.
+    # A fall of 0.306 is beyond both the 0.01 threshold and the combined se: a regression.
     baseline, new = copy.deepcopy(base), copy.deepcopy(base)
     _set_accuracy(baseline, "grpo_zero/seed0", 0.40)
     _set_accuracy(new, "grpo_zero/seed0", 0.40 - 5 * standard_error(0.40, 64))
@@ -125,7 +125,7 @@ def test_accuracy_fall_of_5_standard_errors_fails(base: dict, thresholds) -> Non
 
 
 def test_accuracy_fall_within_the_combined_standard_error_passes(base: dict, thresholds) -> None:
-    # 40% -> 35% on 64 problems: a fall of 0.05 is beyond the 0.02 threshold, but the combined se is
+    # 40% -> 35% on 64 problems: a fall of 0.05 is beyond the 0.01 threshold, but the combined se is
     # sqrt(0.0612^2 + 0.0596^2) = 0.0855: noise, never a failure.
     baseline, new = copy.deepcopy(base), copy.deepcopy(base)
     _set_accuracy(baseline, "grpo_zero/seed0", 0.40)
@@ -135,15 +135,38 @@ def test_accuracy_fall_within_the_combined_standard_error_passes(base: dict, thr
 
 def test_every_regression_and_improvement_is_listed(base: dict, thresholds) -> None:
     new = copy.deepcopy(base)
-    _metric(new, "grpo_zero/seed0", "time/step_s")["value"] *= 2.0  # +100% > 60%: regression
-    _metric(new, "ppo_rules/seed0", "throughput/gen_tokens_per_s")["value"] *= 0.3  # -70%: regression
-    _metric(new, "ppo_rules/seed0", "memory/value/optimizer_bytes")["value"] //= 2  # -50% memory: improvement
-    _metric(new, "ppo_rules/seed0", "throughput/completions_per_s")["value"] *= 1.5  # +50% < 60%: neither
+    # Relative thresholds are ratios of the worse value to the better one (throughput 100%: 2x).
+    _metric(new, "grpo_zero/seed0", "time/step_s")["value"] *= 2.5  # 2.5x as long > 2x: regression
+    _metric(new, "ppo_rules/seed0", "throughput/gen_tokens_per_s")["value"] *= 0.3  # 3.3x lower: regression
+    _metric(new, "ppo_rules/seed0", "memory/value/optimizer_bytes")["value"] //= 2  # 2x smaller > 2%: improvement
+    _metric(new, "ppo_rules/seed0", "throughput/completions_per_s")["value"] *= 1.9  # 1.9x < 2x: neither
+    _metric(new, "ppo_rules/seed0", "time/step_s")["value"] *= 0.55  # 1/0.55 = 1.82x faster < 2x: neither
     _metric(new, "ppo_rules/seed0", "learning/entropy")["value"] *= 10  # no direction: never gated
     result = check_reports(new, base, thresholds)
     assert sorted((f.run, f.metric) for f in result.regressions) == [
         ("grpo_zero/seed0", "time/step_s"), ("ppo_rules/seed0", "throughput/gen_tokens_per_s")]
     assert [(f.run, f.metric) for f in result.improvements] == [("ppo_rules/seed0", "memory/value/optimizer_bytes")]
+
+
+@pytest.mark.parametrize("base_value,new_value,higher,verdict", [
+    (100.0, 200.0, False, 0),    # a time doubled: 200 / 100 - 1 = 1.0, not beyond the limit 1.0
+    (100.0, 201.0, False, 1),    # 1.01 beyond it
+    (100.0, 49.0, True, 1),      # a rate fell to 0.49: 2.04x worse
+    (100.0, 51.0, True, 0),      # 1.96x worse
+    (100.0, 250.0, True, -1),    # a rate 2.5x higher: improvement
+    (0.0, 0.0, False, 0),
+    (10.0, 0.0, False, -1),      # memory gone: infinitely better
+    (10.0, 0.0, True, 1),        # a rate gone: infinitely worse
+])
+def test_relative_thresholds_are_ratios(base_value, new_value, higher, verdict) -> None:
+    assert exceeds(Threshold(1.0, True), base_value, new_value, higher) == verdict
+
+
+def test_absolute_thresholds_are_differences() -> None:
+    # accuracy 0.30 -> 0.28: a fall of 0.02, beyond 0.01; 0.30 -> 0.295 is not
+    assert exceeds(Threshold(0.01, False), 0.30, 0.28, True) == 1
+    assert exceeds(Threshold(0.01, False), 0.30, 0.295, True) == 0
+    assert exceeds(Threshold(0.01, False), 0.30, 0.32, True) == -1
 
 
 def test_memory_from_zero_is_a_regression(base: dict, thresholds) -> None:
@@ -206,6 +229,7 @@ def test_check_command_exit_codes_and_output(tmp_path: Path) -> None:
 
     console = _console()
     assert check_command(str(raised), str(REPORTS / "ci_ok.json"), ["memory:25%"], console) == 0
+    assert "thresholds: memory 25%, throughput 100%, accuracy 0.01" in console.export_text()
 
 
 def test_cli_exits_2_on_unusable_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -390,6 +390,17 @@ def _nvml_device_handle(nvml: Any, device_index: int | None) -> Any:
     return nvml.nvmlDeviceGetHandleByIndex(0)
 
 
+def _process_tree_pids() -> set[int]:
+    """This process and its descendants: an engine such as vLLM may hold GPU memory in a child."""
+    pid = os.getpid()
+    try:
+        import psutil
+
+        return {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
+    except Exception:  # noqa: BLE001 - psutil missing or the process table unreadable: own pid only
+        return {pid}
+
+
 class NvmlProbe:
     """Used GPU memory of this process and of its device, sampled through NVML on a thread.
 
@@ -397,7 +408,8 @@ class NvmlProbe:
     nvmlInit, nvmlDeviceGetHandleByIndex, nvmlDeviceGetHandleByUUID, nvmlDeviceGetName,
     nvmlDeviceGetMemoryInfo, nvmlDeviceGetComputeRunningProcesses and the NVMLError classes.
     peak/start/end are this process's bytes (entries of nvmlDeviceGetComputeRunningProcesses whose
-    pid is os.getpid(); an entry whose usedGpuMemory is None is skipped); the device's used bytes
+    pid is os.getpid() or one of its descendants, such as a vLLM engine process; an entry whose
+    usedGpuMemory is None is skipped); the device's used bytes
     are in extra. In a container with its own PID namespace NVML reports host PIDs, the process
     is never listed, and the note says so: then read extra["device_used_peak_bytes"].
     """
@@ -426,7 +438,7 @@ class NvmlProbe:
         self.period_ms = period_ms
         self.method = (
             f"NVML sampled by a thread every {period_ms:g} ms and at phase start and end: this process's "
-            "used GPU memory (nvmlDeviceGetComputeRunningProcesses, own pid) as peak/start/end, the device's "
+            "used GPU memory (nvmlDeviceGetComputeRunningProcesses, own pid and child processes) as peak/start/end, the device's "
             "used memory (nvmlDeviceGetMemoryInfo.used) in extra; includes the CUDA context and memory "
             "PyTorch does not own; peaks shorter than the period are missed"
         )
@@ -440,11 +452,11 @@ class NvmlProbe:
     def _reading(self) -> dict[str, int]:
         """{"device_used": bytes, "process": bytes}; "process" only when NVML lists this pid with a figure."""
         reading = {"device_used": int(self.nvml.nvmlDeviceGetMemoryInfo(self._handle).used)}
-        pid = os.getpid()
+        pids = _process_tree_pids()
         used = [
             int(p.usedGpuMemory)
             for p in self.nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
-            if p.pid == pid and p.usedGpuMemory is not None
+            if p.pid in pids and p.usedGpuMemory is not None
         ]
         if used:
             reading["process"] = sum(used)

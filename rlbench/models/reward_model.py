@@ -304,7 +304,11 @@ def _check_saved(path: Path, policy_dir: Path) -> Path:
     where = "model.reward_model.path"
     if not path.is_dir():
         raise UserError(f"{where}: {path} is not a directory; give a saved reward model or leave it unset to train one")
+    from rlbench.models.loading import is_sequence_classifier
+
     missing = [name for name in ("config.json", HEAD_FILE) if not (path / name).exists()]
+    if missing == [HEAD_FILE] and is_sequence_classifier(path):
+        missing = []  # a one-label AutoModelForSequenceClassification directory (a hub reward model)
     if missing:
         raise UserError(f"{where}: {path} is not a saved reward model (no {' or '.join(missing)}); "
                         "save one with ScalarHeadModel.save or leave the path unset to train one")

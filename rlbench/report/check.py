@@ -9,10 +9,12 @@ Runs are matched by label and seed. For every matched run, the gated metrics are
     throughput   throughput/* and time/step_s
     accuracy     eval/accuracy
 
-A threshold is relative ('5%': of the baseline's value) or absolute ('0.02'). The direction comes
-from each metric's `higher_is_better`: a change in the worse direction larger than the threshold
-is a regression, one in the better direction is an improvement. Metrics without a direction are
-never gated. An accuracy change smaller than the combined standard error of the two measurements,
+A threshold is relative ('5%') or absolute ('0.02'). The direction comes from each metric's
+`higher_is_better`: a change in the worse direction beyond the threshold is a regression, one in
+the better direction beyond it an improvement. A relative threshold bounds the ratio of the worse
+value to the better one, so a time and the rate it implies agree: 'throughput:60%' fails a step
+that takes 1.6x as long and a tokens-per-second figure 1.6x lower (a fall of 37.5%); for small
+limits this is the familiar 'N% worse'. Metrics without a direction are never gated. An accuracy change smaller than the combined standard error of the two measurements,
 sqrt(se_new^2 + se_base^2), is noise and never fails. A run that ended ok in the baseline and not
 ok in the new report is a regression.
 
@@ -38,7 +40,7 @@ AREAS = ("memory", "throughput", "accuracy")
 
 @dataclass(frozen=True)
 class Threshold:
-    """Largest allowed change in the worse direction: a fraction of the baseline, or an absolute amount."""
+    """Largest allowed change in the worse direction: a ratio over 1 (relative), or an amount (absolute)."""
 
     limit: float
     relative: bool
@@ -137,10 +139,28 @@ def match_runs(new: dict[str, Any], base: dict[str, Any]) -> tuple[list[tuple[di
     return pairs, only_new, only_base
 
 
-def worse_by(name: str, base: dict[str, Any], new: dict[str, Any]) -> float:
-    """How far `new` moved in the worse direction (negative: it improved), in the metric's units."""
-    change = new["value"] - base["value"]
-    return -change if base["higher_is_better"] else change
+def worse_factor(base: float, new: float, higher_is_better: bool) -> float:
+    """How many times worse `new` is than `base`: 1 unchanged, 2 twice as bad (a time or a memory
+    figure doubled, a rate halved), 0.5 twice as good. Infinite when the better value is 0."""
+    bad, good = (base, new) if higher_is_better else (new, base)
+    if good == 0:
+        return 1.0 if bad == 0 else math.inf
+    return bad / good
+
+
+def exceeds(threshold: Threshold, base: float, new: float, higher_is_better: bool) -> int:
+    """+1 when `new` is worse than `base` beyond the threshold, -1 when better beyond it, else 0.
+
+    Relative: a ratio, the same for a time and the rate it implies ('60%': a step 1.6x as long, or
+    completions per second 1.6x fewer). Absolute: a difference in the metric's unit.
+    """
+    if threshold.relative:
+        factor = worse_factor(base, new, higher_is_better)
+        if factor - 1 > threshold.limit:
+            return 1
+        return -1 if factor == 0 or 1 / factor - 1 > threshold.limit else 0
+    worse = (base - new) if higher_is_better else (new - base)
+    return 1 if worse > threshold.limit else (-1 if -worse > threshold.limit else 0)
 
 
 def check_reports(new: dict[str, Any], base: dict[str, Any], thresholds: Mapping[str, Threshold]) -> CheckResult:
@@ -183,15 +203,14 @@ def _check_metrics(rid: str, new: dict[str, Any], base: dict[str, Any], threshol
             continue
         result.metrics_compared += 1
         threshold = thresholds[gate]
-        worse = worse_by(name, base_metric, new_metric)
-        allowed = threshold.limit * abs(base_metric["value"]) if threshold.relative else threshold.limit
+        verdict = exceeds(threshold, base_metric["value"], new_metric["value"], base_metric["higher_is_better"])
         noise = _combined_stderr(base_metric, new_metric) if gate == "accuracy" else 0.0
-        if abs(worse) <= max(allowed, noise):
+        if verdict == 0 or abs(new_metric["value"] - base_metric["value"]) <= noise:
             continue
         note = f"combined standard error {noise:.3g}" if gate == "accuracy" else ""
         finding = Finding(rid, name, base_metric["value"], new_metric["value"], str(threshold),
                           base_metric.get("unit", ""), note)
-        (result.regressions if worse > 0 else result.improvements).append(finding)
+        (result.regressions if verdict > 0 else result.improvements).append(finding)
 
 
 def _combined_stderr(base: dict[str, Any], new: dict[str, Any]) -> float:

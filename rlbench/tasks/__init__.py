@@ -73,6 +73,13 @@ def encode_prompts(tokenizer, problems: list[Problem]) -> list[list[int]]:
     return tokenizer([prompt_text(p) for p in problems])["input_ids"]
 
 
+def truncate_prompts(prompts: list[list[int]], max_tokens: int) -> tuple[list[list[int]], float]:
+    """Keep the last `max_tokens` ids of each prompt (the question and the generation prompt sit at
+    the end); returns the prompts and the fraction that were cut."""
+    cut = sum(len(p) > max_tokens for p in prompts)
+    return [p[-max_tokens:] for p in prompts], cut / max(len(prompts), 1)
+
+
 def demonstration(problem: Problem) -> str:
     """The gold completion of a problem in the strict format."""
     return f"<reasoning>\n{problem.reasoning}\n</reasoning>\n<answer>\n{problem.answer}\n</answer>\n"
