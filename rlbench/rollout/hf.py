@@ -2,7 +2,11 @@
 
 A lean decode loop instead of `model.generate`: it returns the sampled tokens' log-probabilities
 as it goes (no second forward pass to get them), stops as soon as every row has emitted EOS,
-and adds no per-token logits processors beyond temperature and top-p.
+and adds no per-token logits processors beyond temperature and top-p. A group's prompt is
+prefilled once. Each token comes from a decoder: for Llama-architecture models the lean one in
+`fast_llama` (preallocated cache, the group's prompt keys held once, a few tensor operations per
+layer), for anything else the module's own forward with its cache (`ModuleDecoder`). Both
+compute the same distribution; `lean=False` forces the module's forward.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch.nn.functional as F
 
 from rlbench.device import module_device
 from rlbench.rollout import Rollout, SamplingParams
+from rlbench.rollout.fast_llama import LlamaDecoder, llama_parts
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +59,45 @@ def shared_prefix_size(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> i
     return 1
 
 
+class ModuleDecoder:
+    """Sampling through the module's own forward and its cache: any architecture, one call per token."""
+
+    def __init__(self, model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                 prompt_positions: torch.Tensor, group: int) -> None:
+        self.model, self.group = model, group
+        self.prompt_ids, self.attention, self.positions = prompt_ids, prompt_mask, prompt_positions
+        self.next_position = prompt_positions[:, -1:] + 1
+        self.cache = None
+
+    def prefill(self) -> torch.Tensor:
+        heads = slice(0, self.prompt_ids.shape[0], self.group)  # each distinct prompt once
+        out = self.model(input_ids=self.prompt_ids[heads], attention_mask=self.attention[heads],
+                         position_ids=self.positions[heads], use_cache=True)
+        self.cache, logits = out.past_key_values, out.logits[:, -1]
+        if self.group > 1:  # repeat each prompt's cache for its group
+            self.cache.batch_repeat_interleave(self.group)
+            logits = logits.repeat_interleave(self.group, dim=0)
+        return logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.attention = torch.cat([self.attention, self.attention.new_ones((len(tokens), 1))], dim=-1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.attention, position_ids=self.next_position,
+                         past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        self.next_position = self.next_position + 1
+        return out.logits[:, -1]
+
+
+def make_decoder(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group: int,
+                 max_new_tokens: int, lean: bool = True) -> LlamaDecoder | ModuleDecoder:
+    """The lean decoder where it reproduces the model's forward (Llama architectures), else the module's own."""
+    positions = position_ids_from_mask(prompt_mask)
+    parts = llama_parts(model) if lean else None
+    if parts is not None:
+        return LlamaDecoder(parts, prompt_ids, prompt_mask, positions, group, max_new_tokens)
+    return ModuleDecoder(model, prompt_ids, prompt_mask, positions, group)
+
+
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
@@ -63,21 +107,18 @@ def sample(
     eos_id: int,
     pad_id: int,
     generator: torch.Generator | None = None,
+    lean: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode up to max_new_tokens. Returns (tokens [N,T], logprobs [N,T], mask [N,T], truncated [N])."""
+    """Decode up to max_new_tokens. Returns (tokens [N,T], logprobs [N,T], mask [N,T], truncated [N]).
+
+    `lean=False` forces the module's own forward (the lean decoder is used only where it applies).
+    """
     n = prompt_ids.shape[0]
-    attention = prompt_mask
-    positions = position_ids_from_mask(prompt_mask)
-    group = shared_prefix_size(prompt_ids, prompt_mask)
-    heads = slice(0, n, group)  # prefill each distinct prompt once, then repeat its cache for the group
-    out = model(input_ids=prompt_ids[heads], attention_mask=attention[heads], position_ids=positions[heads],
-                use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1]
-    if group > 1:
-        cache.batch_repeat_interleave(group)
-        logits = logits.repeat_interleave(group, dim=0)
-    next_position = positions[:, -1:] + 1
+    decoder = make_decoder(model, prompt_ids, prompt_mask, shared_prefix_size(prompt_ids, prompt_mask),
+                           params.max_new_tokens, lean)
+    logits = decoder.prefill()
     finished = torch.zeros(n, dtype=torch.bool, device=prompt_ids.device)
+    pads = torch.full((n,), pad_id, dtype=torch.long, device=prompt_ids.device)
     tokens, logprobs, masks = [], [], []
     for step in range(params.max_new_tokens):
         logp_all = F.log_softmax(logits.float() / params.temperature, dim=-1)
@@ -87,19 +128,15 @@ def sample(
             probs = top_p_filter(logp_all, params.top_p).softmax(-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         alive = ~finished
-        token = torch.where(alive, token, torch.full_like(token, pad_id))
+        token = torch.where(alive, token, pads)
         tokens.append(token)
         logprobs.append(torch.where(alive, logp_all.gather(-1, token[:, None]).squeeze(-1), 0.0))
-        masks.append(alive.float())
+        masks.append(alive)
         finished = finished | (token == eos_id)
-        if bool(finished.all()) or step == params.max_new_tokens - 1:
+        if step == params.max_new_tokens - 1 or bool(finished.all()):
             break
-        attention = torch.cat([attention, attention.new_ones((n, 1))], dim=-1)
-        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
-                    past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
-        next_position = next_position + 1
-    return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(masks, 1), ~finished
+        logits = decoder.step(token)
+    return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(masks, 1).float(), ~finished
 
 
 class HFEngine:
@@ -107,9 +144,11 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, policy: torch.nn.Module, tokenizer) -> None:
+    def __init__(self, policy: torch.nn.Module, tokenizer, lean: bool = True) -> None:
+        """`lean=False` samples through the module's own forward even where the lean decoder applies."""
         self.policy = policy
         self.tokenizer = tokenizer
+        self.lean = lean
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Rollout:
         device = module_device(self.policy)
@@ -120,7 +159,8 @@ class HFEngine:
         self.policy.eval()
         try:
             tokens, logprobs, comp_mask, truncated = sample(
-                self.policy, ids, mask, params, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, generator
+                self.policy, ids, mask, params, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, generator,
+                self.lean,
             )
         finally:
             self.policy.train(was_training)
