@@ -309,8 +309,6 @@ def compare_length(model_dir: Path, max_new_tokens: int, args: argparse.Namespac
         "trl": summarize(record["trl_s"][skip:], record["trl_mem"][skip:], trl_state, trl_lengths[skip:]),
     }
     result["speedup"] = result["trl"]["step_s_median"] / result["rlbench"]["step_s_median"]
-    del trainer, run
-    gc.collect()
     return result
 
 
@@ -398,7 +396,10 @@ def main(argv: list[str]) -> int:
             print_scaling(document["results"], args.groups, args.scaling_lengths)
         else:
             document["settings"]["lengths"] = args.lengths
-            document["results"] = [compare_length(model_dir, t, args) for t in args.lengths]
+            document["results"] = []
+            for max_new_tokens in args.lengths:
+                document["results"].append(compare_length(model_dir, max_new_tokens, args))
+                gc.collect()  # the finished pair's models go before the next pair loads
             print_comparison(document["results"])
     load_after = os.getloadavg()
     document["load_average"] = {"before": load_before, "after": load_after}

@@ -323,21 +323,27 @@ class Run:
         return [(chunk[:, None] * self.group_size + rows).flatten() for chunk in groups.chunk(count) if len(chunk)]
 
     def _update_policy(self, batch: Batch) -> dict[str, float]:
+        from rlbench.models.forward import packed_logits, scatter_rows
+
         p = self.algorithm.params
         totals: dict[str, list[float]] = defaultdict(list)
         for _ in range(self._passes()):
             for index in self._minibatches(len(batch), p.num_minibatches):
                 mb = batch.select(index, self.group_size)
                 r = mb.rollout
-                logits = completion_logits(self.policy, r.input_ids, r.attention_mask, r.prompt_width, self.group_size)
-                logprobs = gather_logprobs(logits, r.completion_ids, self.suite.rollout.temperature)
+                # Logits of the real completion tokens only (none spent on padding), put back in [N, T].
+                logits, where = packed_logits(self.policy, r.input_ids, r.attention_mask, r.prompt_width,
+                                              self.group_size)
+                tokens = r.completion_ids.flatten()[where]
+                logprobs = scatter_rows(gather_logprobs(logits, tokens, self.suite.rollout.temperature), where,
+                                        tuple(r.completion_ids.shape))
                 loss, stats = self.algorithm.policy_loss(logprobs, mb)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 stats["learning/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), p.max_grad_norm))
                 self.optimizer.step()
                 with torch.no_grad():
-                    stats["learning/entropy"] = float(masked_mean(entropy_from_logits(logits.detach().float()), r.completion_mask))
+                    stats["learning/entropy"] = float(entropy_from_logits(logits.detach().float()).mean())
                     if mb.ref_logprobs is not None:
                         stats["kl/k1"] = float(masked_mean(logprobs.detach() - mb.ref_logprobs, r.completion_mask))
                 for k, v in stats.items():

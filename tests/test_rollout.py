@@ -1,23 +1,70 @@
-"""The hf engine: layout of a rollout, EOS handling, and log-probs that match a full forward pass."""
+"""The hf engine: layout of a rollout, EOS handling, and log-probs that match a full forward pass.
 
+Both decoders are covered: the lean one (`fast_llama`, used for Llama-architecture models) and the
+module's own forward (`lean=False`, used for everything else); the module's forward of every row in
+full is the reference they are held to.
+"""
+
+import pytest
 import torch
+from torch import nn
 from torch.testing import assert_close
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from rlbench.config import TaskConfig
 from rlbench.models.embedded import build_embedded
-from rlbench.models.forward import completion_logprobs
+from rlbench.models.forward import completion_logits, completion_logprobs, packed_logits
 from rlbench.rollout import SamplingParams
-from rlbench.rollout.hf import HFEngine, left_pad, shared_prefix_size, top_p_filter
+from rlbench.rollout.fast_llama import LlamaDecoder, llama_parts
+from rlbench.rollout.hf import (
+    HFEngine,
+    ModuleDecoder,
+    left_pad,
+    make_decoder,
+    sample,
+    shared_prefix_size,
+    top_p_filter,
+)
 from rlbench.tasks import encode_prompts, load_problems
 
 
-def _rollout(group: int = 4, prompts: int = 4, new_tokens: int = 24, seed: int = 0):
+def _rollout(group: int = 4, prompts: int = 4, new_tokens: int = 24, seed: int = 0, lean: bool = True):
     torch.manual_seed(0)
     model, tokenizer = build_embedded(0)
     problems = load_problems(TaskConfig(), "train", prompts, 0)
     ids = [p for p in encode_prompts(tokenizer, problems) for _ in range(group)]
-    engine = HFEngine(model, tokenizer)
+    engine = HFEngine(model, tokenizer, lean=lean)
     return model, tokenizer, ids, engine.generate(ids, SamplingParams(new_tokens), seed=seed)
+
+
+def _qwen2_gqa_with_biases() -> nn.Module:
+    """A tiny Qwen2: grouped-query attention (4 query heads, 2 key/value heads) and q/k/v biases."""
+    config = Qwen2Config(vocab_size=104, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, pad_token_id=0)
+    torch.manual_seed(1)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.normal_(0, 0.5)  # initialised to zero: make them count
+    return model
+
+
+ARCHITECTURES = {"llama": lambda: build_embedded(0)[0], "qwen2_gqa_bias": _qwen2_gqa_with_biases}
+
+
+def _grouped_prompts(group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three prompts of different lengths (so two are left-padded), each repeated `group` times."""
+    prompts = [[1, 40, 41, 42, 43, 44], [1, 50, 51], [1, 60, 61, 62, 63]]
+    return left_pad([p for p in prompts for _ in range(group)], pad_id=0)
 
 
 def test_left_pad_and_prefix_detection():
@@ -45,16 +92,86 @@ def test_rollout_layout_and_masks():
     assert len(r.texts) == n
 
 
-def test_sampled_logprobs_match_a_full_forward_pass():
-    model, _, _, r = _rollout()
+@pytest.mark.parametrize("lean", [True, False])
+def test_sampled_logprobs_match_a_full_forward_pass(lean):
+    model, _, _, r = _rollout(lean=lean)
     model.eval()
-    with torch.no_grad():
-        full = completion_logprobs(model, r.input_ids, r.attention_mask, r.prompt_width, r.completion_ids)
+    with torch.no_grad():  # the reference: the module's own forward over every row in full
+        full = completion_logprobs(model, r.input_ids, r.attention_mask, r.prompt_width, r.completion_ids,
+                                   lean=False)
         shared = completion_logprobs(model, r.input_ids, r.attention_mask, r.prompt_width, r.completion_ids,
                                      group_size=4)
     mask = r.completion_mask
+    assert bool((r.lengths < 24).any()), "some row should end with EOS before max_new_tokens"
     assert_close(full * mask, r.logprobs * mask, atol=1e-4, rtol=0)
     assert_close(shared * mask, full * mask, atol=1e-5, rtol=0)
+    assert (shared[mask == 0] == 0).all()  # documented: 0 where the completion mask is 0
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_lean_decoder_matches_the_module_forward(arch):
+    model = ARCHITECTURES[arch]().eval()
+    ids, mask = _grouped_prompts(group=3)
+    assert isinstance(make_decoder(model, ids, mask, 3, 8), LlamaDecoder)  # the lean path really runs
+    assert isinstance(make_decoder(model, ids, mask, 3, 8, lean=False), ModuleDecoder)
+    params = SamplingParams(16, greedy=True)
+    lean = sample(model, ids, mask, params, eos_id=2, pad_id=0)
+    module = sample(model, ids, mask, params, eos_id=2, pad_id=0, lean=False)
+    assert torch.equal(lean[0], module[0]) and torch.equal(lean[2], module[2])
+    assert_close(lean[1], module[1], atol=1e-5, rtol=0)
+    # Sampled with one seed: the same tokens (the two distributions agree to ~1e-6).
+    sampled = [sample(model, ids, mask, SamplingParams(16), 2, 0, torch.Generator().manual_seed(7), lean=flag)
+               for flag in (True, False)]
+    assert torch.equal(sampled[0][0], sampled[1][0])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_packed_forward_matches_the_module_forward_and_its_gradients(arch):
+    model = ARCHITECTURES[arch]()
+    ids, mask = _grouped_prompts(group=2)
+    # Completions of different lengths (masks 1 up to EOS), so padding after EOS is exercised.
+    completion = torch.tensor([[7, 8, 9, 2], [7, 2, 0, 0], [11, 12, 2, 0], [13, 2, 0, 0], [14, 15, 16, 17],
+                               [18, 19, 2, 0]])
+    completion_mask = (torch.arange(4)[None] < torch.tensor([4, 2, 3, 2, 4, 3])[:, None]).long()
+    input_ids, attention_mask = torch.cat([ids, completion], 1), torch.cat([mask, completion_mask], 1)
+    results = {}
+    for lean in (True, False):
+        for group in (1, 2):
+            model.zero_grad()
+            lp = completion_logprobs(model, input_ids, attention_mask, ids.shape[1], completion, group_size=group,
+                                     lean=lean)
+            (lp * completion_mask * torch.arange(1.0, 5.0)).sum().backward()
+            results[lean, group] = lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+    reference_lp, reference_grad = results[False, 1]
+    for (lean, group), (lp, grad) in results.items():
+        assert_close(lp * completion_mask, reference_lp * completion_mask, atol=1e-5, rtol=0)
+        assert_close(grad, reference_grad, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_logits_are_the_real_completion_tokens_in_row_major_order():
+    model = build_embedded(0)[0].eval()
+    ids, mask = left_pad([[1, 40, 41], [1, 50]], pad_id=0)
+    completion = torch.tensor([[7, 2, 0], [8, 9, 10]])
+    completion_mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    input_ids, attention_mask = torch.cat([ids, completion], 1), torch.cat([mask, completion_mask], 1)
+    with torch.no_grad():
+        logits, index = packed_logits(model, input_ids, attention_mask, prompt_width=3)
+        padded = completion_logits(model, input_ids, attention_mask, 3, lean=False)
+    # Row 0 has tokens 0, 1; row 1 has tokens 0, 1, 2; with T = 3: 0*3+0, 0*3+1, 1*3+0, 1*3+1, 1*3+2.
+    assert index.tolist() == [0, 1, 3, 4, 5]
+    assert_close(logits, padded.reshape(6, -1)[index], atol=1e-5, rtol=0)
+
+
+def test_the_lean_path_is_declined_where_it_would_not_equal_the_module():
+    model = build_embedded(0)[0]
+    assert llama_parts(model) is not None
+    model.gradient_checkpointing_enable()
+    assert llama_parts(model) is None
+    small = {"vocab_size": 104, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "num_key_value_heads": 2}
+    dynamic_rope = LlamaConfig(**small, rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0})
+    assert llama_parts(LlamaForCausalLM(dynamic_rope)) is None  # its frequencies change with the length
+    assert llama_parts(MistralForCausalLM(MistralConfig(**small))) is None  # not a supported architecture
 
 
 def test_prompt_sharing_gives_the_same_gradients():

@@ -26,7 +26,13 @@ EMBEDDED_NAME = "embedded"
 
 
 def embedded_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> LlamaConfig:
-    """4 layers, width 128, 4 heads, tied embeddings: 0.87M parameters with the 104-token vocabulary."""
+    """4 layers, width 128, 4 heads, tied embeddings: 0.87M parameters with the 104-token vocabulary.
+
+    Initialised with std 0.08 (about 1/sqrt(width)) rather than transformers' 0.02: at width 128
+    the smaller scale leaves attention nearly uniform for hundreds of steps, and the model takes
+    far longer to start copying numbers from the question (measured: SFT loss 0.98 vs 0.55 after
+    200 steps of batch 32).
+    """
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=128,
@@ -37,6 +43,7 @@ def embedded_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> L
         max_position_embeddings=512,
         rms_norm_eps=1e-6,
         rope_theta=10000.0,
+        initializer_range=0.08,
         tie_word_embeddings=True,
         pad_token_id=pad_id,
         bos_token_id=bos_id,
