@@ -6,6 +6,7 @@ Run:
     .venv/bin/python benchmarks/vs_trl.py          # max_new_tokens 32 and 128, 20 timed steps each
     .venv/bin/python benchmarks/vs_trl.py --lengths 32 --steps 10 --threads 2
     .venv/bin/python benchmarks/vs_trl.py --scaling   # rlbench alone: G in {4, 8, 16} x max_new_tokens in {32, 64, 128}
+    .venv/bin/python benchmarks/vs_trl.py --ablation  # rlbench alone: what each speed-up buys, step by step
 
 What is compared. Both frameworks load the same exported model and tokenizer (the cached SFT
 checkpoint of the embedded model when one exists, else the freshly initialised embedded model),
@@ -34,7 +35,13 @@ own state (policy weights, optimizer state and reference model, counted from the
 its largest step rise. rlbench's gradients are freed after each of its steps (TRL's trainer frees
 its own), so neither step starts with the other's or its own gradients resident.
 
-Writes one JSON document (default results/vs_trl.json) and prints a table.
+`--ablation` times rlbench's step with its speed-ups added one at a time, the variants taking
+turns step by step: two torch threads (the default on a 2-core machine), the module's own forward
+for sampling and training (as for an architecture the lean path does not cover); then one thread;
+then the lean decoder for sampling; then the lean packed forward for reference log-probs and the
+update (everything on: what `rlbench run` does).
+
+Writes one JSON document (default results/vs_trl.json, scaling.json or ablation.json) and prints a table.
 """
 
 from __future__ import annotations
@@ -70,9 +77,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a saved causal LM directory (default: the cached SFT checkpoint, else the fresh model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON output (default results/vs_trl.json, or results/scaling.json with --scaling)")
+                        help="JSON output (default results/vs_trl.json; scaling.json or ablation.json for those modes)")
     parser.add_argument("--scaling", action="store_true",
                         help="rlbench alone: step time for G in --groups and max_new_tokens in --scaling-lengths")
+    parser.add_argument("--ablation", action="store_true",
+                        help="rlbench alone: step time with its speed-ups added one at a time, at each of --lengths")
     parser.add_argument("--groups", type=int, nargs="+", default=[4, 8, 16], help="G values for --scaling")
     parser.add_argument("--scaling-lengths", type=int, nargs="+", default=[32, 64, 128],
                         help="max_new_tokens values for --scaling")
@@ -362,6 +371,74 @@ def print_scaling(rows: list[dict[str, Any]], groups: list[int], lengths: list[i
             print(f"{f'{a} -> {b}':>18}" + "".join(f"{median[(b, t)] / median[(a, t)]:>8.2f}x" for t in lengths))
 
 
+# ---- ablation (rlbench alone) -----------------------------------------------------------------
+
+ABLATION = (  # (name, torch threads, lean decoder, lean training/scoring forward)
+    ("module forward, 2 threads", 2, False, False),
+    ("module forward, 1 thread", 1, False, False),
+    ("+ lean decoder", 1, True, False),
+    ("+ lean packed forward", 1, True, True),
+)
+PHASES = ("generate", "ref_logprobs", "update")
+
+
+@contextmanager
+def lean_forward(enabled: bool):
+    """With enabled=False, reference log-probs and the update use the module's own forward, as they
+    do for an architecture the lean path does not cover."""
+    import rlbench.models.forward as forward
+
+    original = forward.llama_parts
+    if not enabled:
+        forward.llama_parts = lambda model: None
+    try:
+        yield
+    finally:
+        forward.llama_parts = original
+
+
+def ablation(model_dir: Path, max_new_tokens: int, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    runs = [make_run(model_dir, max_new_tokens, args.group, threads, args.seed)
+            for _, threads, _, _ in ABLATION]
+    for run, (_, _, lean_decoder, _) in zip(runs, ABLATION):
+        run.engine.lean = lean_decoder
+    steps: list[list[dict[str, Any]]] = [[] for _ in ABLATION]
+    for step in range(args.warmup + args.steps):
+        for run, record, (_, threads, _, forward_on) in zip(runs, steps, ABLATION):
+            torch.set_num_threads(threads)
+            with lean_forward(forward_on):
+                start = time.perf_counter()
+                metrics = run.step()
+                seconds = time.perf_counter() - start
+            run.optimizer.zero_grad(set_to_none=True)
+            if step >= args.warmup:
+                record.append({"step": seconds, **{p: metrics.get(f"time/{p}_s", 0.0) for p in PHASES},
+                               "tokens": metrics["learning/completion_length"]})
+        print(f"  T={max_new_tokens} round {step + 1}/{args.warmup + args.steps}", flush=True)
+    torch.set_num_threads(args.threads)
+    variants = []
+    for record, (name, threads, lean_decoder, forward_on) in zip(steps, ABLATION):
+        variants.append({"variant": name, "threads": threads, "lean_decoder": lean_decoder,
+                         "lean_forward": forward_on,
+                         **{f"{key}_s_median": statistics.median(r[key] for r in record) for key in ("step", *PHASES)},
+                         "completion_tokens_mean": statistics.fmean(r["tokens"] for r in record)})
+    return {"max_new_tokens": max_new_tokens, "variants": variants}
+
+
+def print_ablation(results: list[dict[str, Any]]) -> None:
+    for result in results:
+        print(f"\nmax_new_tokens {result['max_new_tokens']}: medians in seconds (speed-up over the row above)")
+        print(f"{'variant':<28}{'step':>8}{'generate':>10}{'ref':>8}{'update':>8}{'gain':>8}")
+        previous = None
+        for v in result["variants"]:
+            gain = f"x{previous / v['step_s_median']:.2f}" if previous else ""
+            print(f"{v['variant']:<28}{v['step_s_median']:>8.3f}{v['generate_s_median']:>10.3f}"
+                  f"{v['ref_logprobs_s_median']:>8.3f}{v['update_s_median']:>8.3f}{gain:>8}")
+            previous = v["step_s_median"]
+
+
 # ---- main -------------------------------------------------------------------------------------
 
 
@@ -378,11 +455,12 @@ def main(argv: list[str]) -> int:
 
     load_before = os.getloadavg()
     started = time.time()
+    mode = "scaling" if args.scaling else "ablation" if args.ablation else "vs_trl"
     with tempfile.TemporaryDirectory(prefix="vs_trl_model_") as tmp:
         model_dir, origin = export_model(args.model, Path(tmp))
         print(f"model: {origin}; threads: {args.threads}; load average: {load_before[0]:.2f}", flush=True)
         document: dict[str, Any] = {
-            "benchmark": "scaling" if args.scaling else "vs_trl",
+            "benchmark": mode,
             "settings": {"completions_per_step": COMPLETIONS_PER_STEP, "group_size": args.group,
                          "temperature": 1.0, "beta": BETA, "clip_eps": CLIP_EPS, "lr": LR, "dtype": "float32",
                          "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
@@ -394,6 +472,10 @@ def main(argv: list[str]) -> int:
             document["settings"].update(groups=args.groups, lengths=args.scaling_lengths)
             document["results"] = scaling(model_dir, args)
             print_scaling(document["results"], args.groups, args.scaling_lengths)
+        elif args.ablation:
+            document["settings"]["lengths"] = args.lengths
+            document["results"] = [ablation(model_dir, max_new_tokens, args) for max_new_tokens in args.lengths]
+            print_ablation(document["results"])
         else:
             document["settings"]["lengths"] = args.lengths
             document["results"] = []
@@ -405,7 +487,7 @@ def main(argv: list[str]) -> int:
     document["load_average"] = {"before": load_before, "after": load_after}
     document["wall_seconds"] = round(time.time() - started, 1)
     print(f"load average (1/5/15 min) before: {_loads(load_before)}, after: {_loads(load_after)}")
-    out = args.out or Path("results") / ("scaling.json" if args.scaling else "vs_trl.json")
+    out = args.out or Path("results") / f"{mode}.json"
     write_json_atomic(out, document)
     print(f"wrote {out}")
     return 0

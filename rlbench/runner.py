@@ -38,6 +38,14 @@ def run_id(label: str, seed: int) -> str:
     return f"{label}/seed{seed}"
 
 
+def quiet_libraries() -> None:
+    """transformers' own progress bars and advice would break up rlbench's progress display."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def plan_runs(suite: Suite) -> list[dict[str, Any]]:
     return [{"id": run_id(a.label or a.name, seed), "algorithm": a.name, "label": a.label or a.name, "seed": seed,
              "algorithm_index": i, "status": "pending"}
@@ -54,6 +62,7 @@ def needs_reward_model(suite: Suite) -> bool:
 def run_suite(path: str, overrides: list[str], output: str | None, console: Console) -> tuple[Path, int]:
     """Run every algorithm x seed of a suite; returns (report path, exit code)."""
     suite = load_suite(path, overrides)
+    quiet_libraries()
     from rlbench.requirements import check_requirements
 
     check_requirements(suite)

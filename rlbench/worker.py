@@ -39,6 +39,9 @@ def main(argv: list[str]) -> int:
         from rlbench.measure.memory import resolve_probe
         from rlbench.train import Run
 
+        from rlbench.runner import quiet_libraries
+
+        quiet_libraries()
         suite = load_suite(spec["suite_path"])
         torch.set_num_threads(suite.threads or os.cpu_count() or 1)
         probe = resolve_probe(suite.probe, suite.probe_period_ms)

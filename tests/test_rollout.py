@@ -28,6 +28,7 @@ from rlbench.rollout.hf import (
     ModuleDecoder,
     left_pad,
     make_decoder,
+    position_ids_from_mask,
     sample,
     shared_prefix_size,
     top_p_filter,
@@ -125,6 +126,22 @@ def test_lean_decoder_matches_the_module_forward(arch):
     assert torch.equal(sampled[0][0], sampled[1][0])
 
 
+def test_decoding_only_the_live_rows_leaves_their_logits_unchanged():
+    model = _qwen2_gqa_with_biases().eval()
+    ids, mask = _grouped_prompts(group=3)
+    every_row, live_rows = (LlamaDecoder(llama_parts(model), ids, mask, position_ids_from_mask(mask), 3, 4)
+                            for _ in range(2))
+    alive = torch.tensor([True, False, False, True, False, True, False, False, True])  # 4 of 9: below 3/4
+    tokens = torch.arange(10, 19)
+    with torch.no_grad():
+        assert_close(live_rows.prefill(), every_row.prefill())
+        for _ in range(3):
+            full, compact = every_row.step(tokens), live_rows.step(tokens, alive)
+            assert_close(compact[alive], full[alive], atol=1e-5, rtol=0)
+            assert (compact[~alive] == 0).all()  # finished rows: zero logits, their samples are discarded
+            tokens = tokens + 1
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_packed_forward_matches_the_module_forward_and_its_gradients(arch):
     model = ARCHITECTURES[arch]()
@@ -143,9 +160,9 @@ def test_packed_forward_matches_the_module_forward_and_its_gradients(arch):
             (lp * completion_mask * torch.arange(1.0, 5.0)).sum().backward()
             results[lean, group] = lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
     reference_lp, reference_grad = results[False, 1]
-    for (lean, group), (lp, grad) in results.items():
-        assert_close(lp * completion_mask, reference_lp * completion_mask, atol=1e-5, rtol=0)
-        assert_close(grad, reference_grad, atol=1e-4, rtol=1e-4)
+    for variant, (lp, grad) in results.items():
+        assert_close(lp * completion_mask, reference_lp * completion_mask, atol=1e-5, rtol=0, msg=f"{variant}")
+        assert_close(grad, reference_grad, atol=1e-4, rtol=1e-4, msg=f"{variant}")
 
 
 def test_packed_logits_are_the_real_completion_tokens_in_row_major_order():

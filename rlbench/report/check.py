@@ -14,9 +14,13 @@ A threshold is relative ('5%') or absolute ('0.02'). The direction comes from ea
 the better direction beyond it an improvement. A relative threshold bounds the ratio of the worse
 value to the better one, so a time and the rate it implies agree: 'throughput:60%' fails a step
 that takes 1.6x as long and a tokens-per-second figure 1.6x lower (a fall of 37.5%); for small
-limits this is the familiar 'N% worse'. Metrics without a direction are never gated. An accuracy change smaller than the combined standard error of the two measurements,
-sqrt(se_new^2 + se_base^2), is noise and never fails. A run that ended ok in the baseline and not
-ok in the new report is a regression.
+limits this is the familiar 'N% worse'. Metrics without a direction are never gated. An accuracy
+change smaller than the combined standard error of the two measurements, sqrt(se_new^2 +
+se_base^2), is noise and never fails. A run that ended ok in the baseline and not ok in the new
+report is a regression.
+
+Thresholds come from the new report's suite (its `check:` block, defaults from CheckConfig),
+and `--threshold AREA:LIMIT` overrides them area by area.
 
 Every regression and every improvement is listed (metric and run named), then the exit code:
 0 no regression, 1 at least one, 2 unusable input (missing file, schema mismatch, no common runs,

@@ -26,17 +26,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-ROLE_ORDER = ("policy", "reference", "reward", "value", "rollout")
+from rlbench.report.views import ROLE_ORDER, mib, num, pct
+from rlbench.report.views import _primary_probe as primary_probe
+
 ROLE_COLOURS = {"policy": "#1f77b4", "reference": "#7f7f7f", "reward": "#d62728", "value": "#2ca02c",
                 "rollout": "#9467bd"}
 MIB = 2**20
-
-
-def primary_probe(report: dict[str, Any]) -> str:
-    for run in report["runs"]:
-        if run.get("memory"):
-            return run["memory"]["primary"]
-    return "cpu"
 
 
 def role_segments(run: dict[str, Any], probe: str) -> list[tuple[str, int, int, str | None]]:
@@ -205,9 +200,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
             run["id"], run.get("status", "?"), run.get("stopped_by") or "-",
             ", ".join(r for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-",
             str(budget.get("completions", "-")),
-            _mib(_value(metrics, "memory/process_peak_bytes")),
-            _fmt(_value(metrics, "time/step_s"), "{:.2f}"),
-            _fmt(_value(metrics, "throughput/gen_tokens_per_s"), "{:,.0f}"),
+            mib(_value(metrics, "memory/process_peak_bytes")),
+            num(_value(metrics, "time/step_s"), "{:.2f}"),
+            num(_value(metrics, "throughput/gen_tokens_per_s"), "{:,.0f}"),
             _acc(acc.get("before") or {}), _acc(acc.get("after") or {}),
             "-" if acc.get("delta") is None else f"{acc['delta']:+.1%}" + (" *" if acc.get("significant") else ""),
             "-" if not run.get("reward_hacking") else ("FLAG" if run["reward_hacking"]["flag"] else "no"),
@@ -221,15 +216,15 @@ def summary_markdown(report: dict[str, Any]) -> str:
         for role, static, transient, phase in role_segments(run, probe):
             entry = run["roles"][role]
             s = entry["static"]
-            rows.append([run["id"], role, _mib(s.get("weights")), _mib(s.get("gradients")),
-                         _mib(s.get("optimizer")), _mib(static), phase or "-", _mib(transient),
-                         _mib((entry.get("peak_bytes") or {}).get(probe))])
+            rows.append([run["id"], role, mib(s.get("weights")), mib(s.get("gradients")),
+                         mib(s.get("optimizer")), mib(static), phase or "-", mib(transient),
+                         mib((entry.get("peak_bytes") or {}).get(probe))])
         recon = ((run.get("memory") or {}).get("reconciliation") or {}).get(probe)
         if recon:
-            rows.append([run["id"], "**process peak**", "", "", "", _mib(recon["static_bytes"]), recon["peak_phase"],
-                         _mib(recon["peak_phase_transient_bytes"]), f"**{_mib(recon['process_peak_bytes'])}**"])
-            rows.append([run["id"], "other (libraries, allocator)", "", "", "", "", "", "", _mib(recon["other_bytes"])])
-            rows.append([run["id"], "baseline (before loading)", "", "", "", "", "", "", _mib(recon["baseline_bytes"])])
+            rows.append([run["id"], "**process peak**", "", "", "", mib(recon["static_bytes"]), recon["peak_phase"],
+                         mib(recon["peak_phase_transient_bytes"]), f"**{mib(recon['process_peak_bytes'])}**"])
+            rows.append([run["id"], "other (libraries, allocator)", "", "", "", "", "", "", mib(recon["other_bytes"])])
+            rows.append([run["id"], "baseline (before loading)", "", "", "", "", "", "", mib(recon["baseline_bytes"])])
     lines.append(markdown_table(["run", "role", "weights", "grads", "optimizer", "static", "peak phase",
                                  "phase transient", "phase peak"], rows))
     failed = [r for r in report["runs"] if r.get("status") != "ok"]
@@ -249,18 +244,8 @@ def _value(metrics: dict[str, Any], name: str) -> float | None:
     return (metrics.get(name) or {}).get("value")
 
 
-def _mib(n: float | None) -> str:
-    return "-" if n is None else f"{n / MIB:,.1f}"
-
-
-def _fmt(x: float | None, fmt: str) -> str:
-    return "-" if x is None else fmt.format(x)
-
-
-def _acc(ev: dict[str, Any]) -> str:
-    if "eval/accuracy" not in ev:
-        return "-"
-    return f"{ev['eval/accuracy']:.1%} ± {ev.get('eval/accuracy_stderr', 0.0):.1%}"
+def _acc(evaluation: dict[str, Any]) -> str:
+    return pct(evaluation.get("eval/accuracy"), evaluation.get("eval/accuracy_stderr"))
 
 
 def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:

@@ -31,6 +31,7 @@ from torch import nn
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inverse frequencies fixed at load time
+COMPACT_BELOW = 0.75  # decode only the live rows once at most this fraction of rows is still generating
 
 
 @dataclass(frozen=True)
@@ -210,9 +211,9 @@ class LlamaDecoder:
         dtype, device = parts.embed.dtype, parts.embed.device
         self.cos, self.sin = rotary_tables(parts, int(self.first_position.max()) + max_new_tokens, dtype, device)
         cache_shape = (len(parts.blocks), n, parts.kv_heads, max_new_tokens, parts.head_dim)
-        self.keys = torch.empty(cache_shape, dtype=dtype, device=device)
-        self.values = torch.empty(cache_shape, dtype=dtype, device=device)
-        self.prompt_keys: list[torch.Tensor] = []  # per layer [B, kv_heads, P, D], once per group
+        self.keys = torch.zeros(cache_shape, dtype=dtype, device=device)  # zeros: finished rows' slots stay finite
+        self.values = torch.zeros(cache_shape, dtype=dtype, device=device)
+        self.prompt_keys: list[torch.Tensor] = []  # per layer [B, kv_heads, D, P] (transposed), once per group
         self.prompt_values: list[torch.Tensor] = []
         bias = torch.zeros(self.prompts, 1, 1, width, dtype=dtype, device=device)
         self.prompt_bias = bias.masked_fill(self.prompt_mask[:, None, None, :] == 0, float("-inf"))
@@ -229,8 +230,8 @@ class LlamaDecoder:
             q = rotate(block.q(h).view(b, width, p.heads, p.head_dim).transpose(1, 2), cos, sin)
             k = rotate(block.k(h).view(b, width, p.kv_heads, p.head_dim).transpose(1, 2), cos, sin)
             v = block.v(h).view(b, width, p.kv_heads, p.head_dim).transpose(1, 2)
-            self.prompt_keys.append(k)
-            self.prompt_values.append(v)
+            self.prompt_keys.append(k.transpose(-1, -2).contiguous())  # [B, kv, D, P]: ready for q @ k^T
+            self.prompt_values.append(v.contiguous())
             out = F.scaled_dot_product_attention(q, repeat_kv(k, p.group_heads), repeat_kv(v, p.group_heads),
                                                  attn_mask=allowed, scale=p.scaling)
             x = x + block.o(out.transpose(1, 2).reshape(b, width, p.heads * p.head_dim))
@@ -238,21 +239,38 @@ class LlamaDecoder:
         logits = p.lm_head(rms_norm(x[:, -1], p.norm, p.eps))
         return logits.repeat_interleave(self.group, dim=0) if self.group > 1 else logits
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row [N]; return the logits of the next one [N, V]."""
+    def step(self, tokens: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed one token per row [N]; return the logits of the next one [N, V].
+
+        `alive` [N] bool marks the rows still generating. Once a quarter of the rows have finished,
+        the per-token work (norms, projections, MLP, LM head) runs on the live rows only; finished
+        rows get zero logits (their samples are discarded) and their cache slots are left as they are.
+        """
         p, t, n = self.parts, self.steps, self.rows
-        position = self.first_position + t
-        cos, sin = self.cos[position][:, None], self.sin[position][:, None]  # [N, 1, D]
+        live = None
+        if alive is not None and int(alive.sum()) <= COMPACT_BELOW * n:
+            live = alive.nonzero().squeeze(1)
+            tokens = tokens[live]
+        m = n if live is None else len(live)
+        position = self.first_position + t if live is None else self.first_position[live] + t
+        cos, sin = self.cos[position][:, None], self.sin[position][:, None]  # [m, 1, D]
         x = F.embedding(tokens, p.embed, p.padding_idx)
         for layer, block in enumerate(p.blocks):
             h = rms_norm(x, block.input_norm, p.eps)
-            q = rotate(block.q(h).view(n, p.heads, p.head_dim), cos, sin)
-            self.keys[layer, :, :, t] = rotate(block.k(h).view(n, p.kv_heads, p.head_dim), cos, sin)
-            self.values[layer, :, :, t] = block.v(h).view(n, p.kv_heads, p.head_dim)
-            x = x + block.o(self._attend(q * p.scaling, layer, t + 1))
+            q = rotate(block.q(h).view(m, p.heads, p.head_dim), cos, sin) * p.scaling
+            k = rotate(block.k(h).view(m, p.kv_heads, p.head_dim), cos, sin)
+            v = block.v(h).view(m, p.kv_heads, p.head_dim)
+            if live is None:
+                self.keys[layer, :, :, t], self.values[layer, :, :, t] = k, v
+                out = self._attend(q, layer, t + 1)
+            else:
+                self.keys[layer][live, :, t], self.values[layer][live, :, t] = k, v
+                out = self._attend(q.new_zeros(n, p.heads, p.head_dim).index_copy_(0, live, q), layer, t + 1)[live]
+            x = x + block.o(out)
             x = x + mlp(block, rms_norm(x, block.post_norm, p.eps))
         self.steps += 1
-        return p.lm_head(rms_norm(x, p.norm, p.eps))
+        logits = p.lm_head(rms_norm(x, p.norm, p.eps))
+        return logits if live is None else logits.new_zeros(n, logits.shape[-1]).index_copy_(0, live, logits)
 
     def _attend(self, q: torch.Tensor, layer: int, seen: int) -> torch.Tensor:
         """Attention of one query per row [N, H, D] (already scaled) over its group's prompt keys
@@ -262,7 +280,7 @@ class LlamaDecoder:
         width = self.prompt_bias.shape[-1]
         # Prompt keys are stored once per group: fold the group's rows into the query axis.
         grouped = q.view(b, g, kv, rep, d).transpose(1, 2).reshape(b, kv, g * rep, d)
-        prompt_scores = torch.matmul(grouped, self.prompt_keys[layer].transpose(-1, -2)) + self.prompt_bias
+        prompt_scores = torch.matmul(grouped, self.prompt_keys[layer]) + self.prompt_bias
         prompt_scores = prompt_scores.view(b, kv, g, rep, width).transpose(1, 2).reshape(n, kv, rep, width)
         keys, values = self.keys[layer, :, :, :seen], self.values[layer, :, :, :seen]
         own_scores = torch.matmul(q.view(n, kv, rep, d), keys.transpose(-1, -2))  # [N, kv, rep, seen]

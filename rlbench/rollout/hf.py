@@ -79,7 +79,8 @@ class ModuleDecoder:
             logits = logits.repeat_interleave(self.group, dim=0)
         return logits
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed one token per row [N] (`alive` is not used: every row is run); the next logits [N, V]."""
         self.attention = torch.cat([self.attention, self.attention.new_ones((len(tokens), 1))], dim=-1)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.attention, position_ids=self.next_position,
                          past_key_values=self.cache, use_cache=True)
@@ -135,7 +136,7 @@ def sample(
         finished = finished | (token == eos_id)
         if step == params.max_new_tokens - 1 or bool(finished.all()):
             break
-        logits = decoder.step(token)
+        logits = decoder.step(token, ~finished)
     return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(masks, 1).float(), ~finished
 
 
