@@ -37,9 +37,8 @@ def main(argv: list[str]) -> int:
 
         from rlbench.config import load_suite
         from rlbench.measure.memory import resolve_probe
-        from rlbench.train import Run
-
         from rlbench.runner import quiet_libraries
+        from rlbench.train import Run
 
         quiet_libraries()
         suite = load_suite(spec["suite_path"])
