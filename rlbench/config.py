@@ -42,9 +42,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 class SFTConfig:
     """Cold start: supervised fine-tuning on demonstrations before RL (cached on disk)."""
 
-    steps: int = f(500, "optimizer steps of supervised fine-tuning (0 skips SFT)", ge=0)
-    batch_size: int = f(64, "demonstrations per SFT step", gt=0)
-    lr: float = f(2e-3, "AdamW learning rate of SFT", gt=0, lt=1)
+    steps: int = f(400, "optimizer steps of supervised fine-tuning (0 skips SFT)", ge=0)
+    batch_size: int = f(32, "demonstrations per SFT step", gt=0)
+    lr: float = f(4e-3, "AdamW learning rate of SFT", gt=0, lt=1)
     warmup_steps: int = f(20, "linear warm-up steps", ge=0)
     train_size: int = f(20000, "synthetic demonstrations generated for SFT", gt=0)
 
@@ -91,7 +91,7 @@ class TaskConfig:
     path: str | None = f(None, "gsm8k only: a local .jsonl/.parquet file or directory instead of the hub")
     min_steps: int = f(1, "synthetic: fewest arithmetic steps per problem", ge=1, le=4)
     max_steps: int = f(2, "synthetic: most arithmetic steps per problem", ge=1, le=4)
-    max_number: int = f(50, "synthetic: largest operand", ge=2)
+    max_number: int = f(12, "synthetic: largest operand (multipliers and divisors stay <= 10)", ge=2)
     train_size: int = f(20000, "problems in the RL training split", gt=0)
 
 

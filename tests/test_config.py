@@ -343,7 +343,7 @@ def test_parse_threshold() -> None:
 def test_field_help_covers_every_field() -> None:
     rows = {path: (type_name, default, help) for path, type_name, default, help in field_help(Suite)}
     assert rows["budget.steps"] == ("int | None", None, "RL steps")
-    assert rows["model.sft.lr"][:2] == ("float", 2e-3)
+    assert rows["model.sft.lr"][:2] == ("float", 4e-3)
     assert rows["model.lora"][:2] == ("LoraConfig | None", None)
     assert rows["model.lora.r"][:2] == ("int", 16)
     assert rows["model.sft"][:2] == ("SFTConfig", "(section)")
@@ -357,7 +357,7 @@ def test_resolved_dict_is_plain_and_complete(tmp_path: Path) -> None:
     suite = load_suite(write(tmp_path, MINIMAL))
     data = resolved_dict(suite)
     assert data["budget"] == {"steps": 5, "completions": None, "tokens": None, "wall_seconds": None}
-    assert data["model"]["sft"]["steps"] == 500
+    assert data["model"]["sft"]["steps"] == 400
     assert data["algorithms"][0]["label"] == "grpo_zero"
     # A suite made in code (not loaded) gets its label filled too.
     assert resolved_dict(Suite(algorithms=[AlgorithmConfig(name="ppo")]))["algorithms"][0]["label"] == "ppo"
