@@ -39,7 +39,7 @@ its own), so neither step starts with the other's or its own gradients resident.
 turns step by step: two torch threads (the default on a 2-core machine), the module's own forward
 for sampling and training (as for an architecture the lean path does not cover); then one thread;
 then the lean decoder for sampling; then the lean packed forward for reference log-probs and the
-update (everything on: what `rlbench run` does).
+update (everything on: what `rlbench run` does with `threads: 1`).
 
 Writes one JSON document (default results/vs_trl.json, scaling.json or ablation.json) and prints a table.
 """
@@ -75,6 +75,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both (1 is fastest for a 1M model)")
     parser.add_argument("--model", type=Path, default=None,
                         help="a saved causal LM directory (default: the cached SFT checkpoint, else the fresh model)")
+    parser.add_argument("--fresh-model", action="store_true",
+                        help="use the freshly initialised embedded model (it rarely emits EOS, so every completion "
+                             "runs to max_new_tokens)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON output (default results/vs_trl.json; scaling.json or ablation.json for those modes)")
@@ -164,17 +167,17 @@ def find_sft_checkpoint() -> Path | None:
     return max(found, key=sft_steps) if found else None
 
 
-def export_model(source: Path | None, into: Path) -> tuple[Path, str]:
+def export_model(source: Path | None, into: Path, fresh: bool = False) -> tuple[Path, str]:
     """Save the model both frameworks load (through save_pretrained_pair) and say where it came from."""
     from rlbench.models.embedded import build_embedded, load_pretrained_pair, save_pretrained_pair
 
-    source = source or find_sft_checkpoint()
+    source = None if fresh else source or find_sft_checkpoint()
     if source is not None:
         model, tokenizer = load_pretrained_pair(source)
         origin = str(source)
     else:
         model, tokenizer = build_embedded(0)
-        origin = "embedded model, freshly initialised (no SFT checkpoint in the cache)"
+        origin = "embedded model, freshly initialised" + ("" if fresh else " (no SFT checkpoint in the cache)")
     return save_pretrained_pair(model, tokenizer, into), origin
 
 
@@ -457,7 +460,7 @@ def main(argv: list[str]) -> int:
     started = time.time()
     mode = "scaling" if args.scaling else "ablation" if args.ablation else "vs_trl"
     with tempfile.TemporaryDirectory(prefix="vs_trl_model_") as tmp:
-        model_dir, origin = export_model(args.model, Path(tmp))
+        model_dir, origin = export_model(args.model, Path(tmp), args.fresh_model)
         print(f"model: {origin}; threads: {args.threads}; load average: {load_before[0]:.2f}", flush=True)
         document: dict[str, Any] = {
             "benchmark": mode,

@@ -240,7 +240,9 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
     if not result or timed_out.is_set() or status == "interrupted":
         tail = _tail(run_dir / "worker.log")
         default_status = "timeout" if timed_out.is_set() else (status or _status_from_code(proc.returncode))
-        result.setdefault("error", f"worker exited with code {proc.returncode}: {tail}")
+        code = proc.returncode
+        how = f"worker killed by signal {-code}" if code is not None and code < 0 else f"worker exited with code {code}"
+        result.setdefault("error", f"{how}: {tail}" if tail else how)
         result["status"] = default_status if not result.get("status") or result["status"] != "ok" else "ok"
         if status == "interrupted":
             result["status"] = "interrupted"

@@ -32,7 +32,7 @@ from rlbench.algorithms.advantages import zero_variance_fraction
 from rlbench.algorithms.base import Algorithm, Batch
 from rlbench.algorithms.losses import entropy_from_logits, masked_mean
 from rlbench.config import AlgorithmConfig, BudgetConfig, Suite, algorithm_params
-from rlbench.models.forward import completion_logits, completion_logprobs, gather_logprobs
+from rlbench.models.forward import completion_logprobs, gather_logprobs
 from rlbench.models.optim import adamw
 from rlbench.registry import ALGORITHMS, ENGINES
 from rlbench.rewards import gold_correct, score_rules

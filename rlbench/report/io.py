@@ -17,6 +17,7 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=False, default=_default)
             fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is for everyone who can read the directory
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -116,7 +116,7 @@ def write_artifacts(report: dict[str, Any], out_dir: Path, console: Console) -> 
     except ImportError:
         return
     for path in write_plots(report, out_dir):
-        console.print(f"plot: {path}")
+        console.print(f"wrote: {path}")
 
 
 def report_command(path: str, console: Console) -> int:
