@@ -30,15 +30,26 @@ def _value(run: dict[str, Any], name: str) -> float | None:
     return None if entry is None else entry.get("value")
 
 
+ROLE_SHORT = {"policy": "pol", "reference": "ref", "reward": "rew", "value": "val", "rollout": "eng"}
+
+
+def pct_pm(x: float | None, se: float | None) -> str:
+    """'21.9±1.8' (percent)."""
+    if x is None:
+        return "-"
+    return f"{x * 100:.1f}" + (f"±{se * 100:.1f}" if se is not None else "")
+
+
 def summary_table(report: dict[str, Any]) -> Table:
     """One row per run: status, budget used, roles, process peak, step time, accuracy before/after."""
     probe = _primary_probe(report)
     table = Table(title=f"rlbench: {report['suite']['name']}", title_justify="left")
-    for col, kw in (("run", {}), ("status", {}), ("stopped by", {}), ("roles", {}),
-                    ("completions", {"justify": "right"}), ("prompts", {"justify": "right"}),
+    for col, kw in (("run", {"no_wrap": True}), ("status", {}), ("stopped by", {}), ("roles", {"no_wrap": True}),
+                    ("compl.", {"justify": "right"}), ("prompts", {"justify": "right"}),
                     (f"peak MiB ({probe})", {"justify": "right"}), ("step s", {"justify": "right"}),
-                    ("gen tok/s", {"justify": "right"}), ("acc before", {"justify": "right"}),
-                    ("acc after", {"justify": "right"}), ("Δ acc", {"justify": "right"}), ("hacking", {})):
+                    ("gen tok/s", {"justify": "right"}), ("acc before %", {"justify": "right", "no_wrap": True}),
+                    ("acc after %", {"justify": "right", "no_wrap": True}), ("Δ acc", {"justify": "right"}),
+                    ("hacking", {})):
         table.add_column(col, **kw)
     for run in report["runs"]:
         status = run.get("status", "?")
@@ -46,21 +57,21 @@ def summary_table(report: dict[str, Any]) -> Table:
         acc = run.get("accuracy") or {}
         before, after = acc.get("before") or {}, acc.get("after") or {}
         delta = acc.get("delta")
-        sig = acc.get("significant")
-        delta_text = "-" if delta is None else f"{delta:+.1%}" + (" *" if sig else "")
+        delta_text = "-" if delta is None else f"{delta * 100:+.1f}" + (" *" if acc.get("significant") else "")
         hacking = (run.get("reward_hacking") or {}).get("flag")
         budget = run.get("budget") or {}
+        roles = "+".join(ROLE_SHORT[r] for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-"
         table.add_row(
-            run["id"], f"[{colour}]{status}[/]", run.get("stopped_by") or "-",
-            ",".join(r for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-",
+            run["id"], f"[{colour}]{status}[/]", run.get("stopped_by") or "-", roles,
             str(budget.get("completions", "-")), str(budget.get("prompts", "-")),
             mib(_value(run, "memory/process_peak_bytes")), num(_value(run, "time/step_s"), "{:.2f}"),
             num(_value(run, "throughput/gen_tokens_per_s"), "{:,.0f}"),
-            pct(before.get("eval/accuracy"), before.get("eval/accuracy_stderr")),
-            pct(after.get("eval/accuracy"), after.get("eval/accuracy_stderr")),
+            pct_pm(before.get("eval/accuracy"), before.get("eval/accuracy_stderr")),
+            pct_pm(after.get("eval/accuracy"), after.get("eval/accuracy_stderr")),
             delta_text, "[red]FLAG[/]" if hacking else ("no" if hacking is not None else "-"),
         )
-    table.caption = "Δ acc marked * when larger than the sum of the two standard errors"
+    table.caption = ("accuracy: greedy pass@1 ± standard error; Δ acc in points, marked * when larger than the "
+                     "sum of the two standard errors; roles: pol(icy), ref(erence), rew(ard), val(ue)")
     return table
 
 
