@@ -38,6 +38,11 @@ def run_id(label: str, seed: int) -> str:
     return f"{label}/seed{seed}"
 
 
+def raise_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM handler: unwind as KeyboardInterrupt, so the report and results are still written."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def quiet_libraries() -> None:
     """transformers' own progress bars and advice would break up rlbench's progress display."""
     from transformers.utils import logging as hf_logging
@@ -63,6 +68,7 @@ def run_suite(path: str, overrides: list[str], output: str | None, console: Cons
     """Run every algorithm x seed of a suite; returns (report path, exit code)."""
     suite = load_suite(path, overrides)
     quiet_libraries()
+    signal.signal(signal.SIGTERM, raise_interrupt)  # `kill` ends the suite like Ctrl-C: report kept
     from rlbench.requirements import check_requirements
 
     check_requirements(suite)

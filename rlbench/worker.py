@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -29,6 +30,9 @@ def main(argv: list[str]) -> int:
     spec = read_json(argv[0])
     run_dir = Path(spec["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    from rlbench.runner import raise_interrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
     result: dict[str, Any] = {"status": "failed", "error": None, "started": time.time()}
     run = None
     probe = None

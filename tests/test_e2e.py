@@ -81,3 +81,31 @@ def test_throughput_accuracy_and_steps(tiny_report):
     assert {"reward/mean", "gold/accuracy", "reward/answer_correct", "reward/format_strict", "kl/k3",
             "learning/entropy", "clip_fraction"} <= set(steps[0])
     assert run["reward_hacking"]["flag"] is False
+
+
+def test_a_killed_suite_leaves_a_valid_report_that_says_so(tmp_path):
+    """SIGTERM (like Ctrl-C) mid-run: the report is still written, valid, and marks the run interrupted."""
+    import signal
+    import time
+
+    env = dict(os.environ, RLBENCH_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "rlbench", "run", str(TINY), "--output", str(tmp_path / "out"),
+                             "--set", "budget.steps=100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "out").glob("tiny/*/runs/*/steps.jsonl")):
+        time.sleep(0.5)
+    steps = list((tmp_path / "out").glob("tiny/*/runs/*/steps.jsonl"))
+    assert steps, "the run never started"
+    while time.time() < deadline and not steps[0].read_text().strip():
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    [path] = list((tmp_path / "out").glob("tiny/*/report.json"))
+    report = json.loads(path.read_text())
+    assert schema_errors(report) == []
+    assert report["status"] == "interrupted"
+    [run] = report["runs"]
+    assert run["status"] == "interrupted" and run["budget"]["steps"] >= 1
+    assert "Traceback" not in stderr
