@@ -126,7 +126,7 @@ def test_training_lowers_the_bradley_terry_loss():
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory, one_thread):
+def stage(tmp_path_factory):
     """Run the stage twice in a fresh cache: (policy_dir, first result, second result, progress calls)."""
     root = tmp_path_factory.mktemp("rm")
     model, tokenizer = build_embedded(0)
