@@ -138,7 +138,7 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
     import torch
 
     from rlbench.device import default_device
-    from rlbench.measure.evaluation import evaluate
+    from rlbench.measure.evaluation import evaluate_suite
     from rlbench.models.embedded import load_pretrained_pair
     from rlbench.models.loading import resolve_base
     from rlbench.models.sft import cold_start
@@ -176,8 +176,7 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
     problems = load_problems(suite.task, "eval", suite.eval.size, 0)
     with console.status(f"evaluating the starting model on {len(problems)} held-out problems"):
         start = time.perf_counter()
-        before = evaluate(HFEngine(model, tokenizer), tokenizer, problems, suite.rollout.max_new_tokens,
-                          suite.eval.batch_size, suite.eval.k, suite.rollout.temperature)
+        before = evaluate_suite(HFEngine(model, tokenizer), tokenizer, problems, suite)
     console.print(f"starting accuracy: {before['eval/accuracy']:.1%} ± {before['eval/accuracy_stderr']:.1%} "
                   f"({time.perf_counter() - start:.0f} s)")
     stages["eval_before"] = before

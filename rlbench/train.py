@@ -17,7 +17,6 @@ figures belong to this run alone.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -381,7 +380,3 @@ def _touch(model: torch.nn.Module) -> None:
         for t in model.state_dict().values():
             if t.numel():
                 t.view(-1)[::max(1, 4096 // t.element_size())].sum()
-
-
-def nan_to_none(x: float) -> float | None:
-    return None if isinstance(x, float) and (math.isnan(x) or math.isinf(x)) else x

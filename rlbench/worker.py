@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
         from rlbench.config import load_suite
         from rlbench.measure.memory import resolve_probe
         from rlbench.runner import quiet_libraries
+        from rlbench.tasks import load_problems
         from rlbench.train import Run
 
         quiet_libraries()
@@ -53,6 +54,7 @@ def main(argv: list[str]) -> int:
         reward_dir = Path(spec["reward_dir"]) if spec.get("reward_dir") else None
         run = Run(suite, algo_cfg, spec["seed"], Path(spec["policy_dir"]), reward_dir, probe)
         emit({"event": "loaded", "roles": list(run.roles)})
+        eval_problems = load_problems(suite.task, "eval", suite.eval.size, 0)  # once, for every evaluation
         evals = [dict(spec["eval_before"], step=0, completions=0)] if spec.get("eval_before") else []
         with open(run_dir / "steps.jsonl", "w") as steps_file:
             while (stopped_by := run.budget.exhausted()) is None:
@@ -63,10 +65,10 @@ def main(argv: list[str]) -> int:
                       "completions": run.budget.completions, "reward": metrics["reward/mean"],
                       "gold": metrics["gold/accuracy"]})
                 if suite.eval.every and metrics["step"] % suite.eval.every == 0:
-                    evals.append(_evaluate(run, suite) | {"step": metrics["step"], "completions": run.budget.completions})
+                    evals.append(_evaluate(run, suite, eval_problems) | {"step": metrics["step"], "completions": run.budget.completions})
         result["stopped_by"] = stopped_by
         emit({"event": "eval"})
-        final = _evaluate(run, suite)
+        final = _evaluate(run, suite, eval_problems)
         evals.append(final | {"step": run.budget.steps, "completions": run.budget.completions})
         result["evals"] = evals
         result["status"] = "ok"
@@ -89,14 +91,11 @@ def main(argv: list[str]) -> int:
     return 0 if result["status"] == "ok" else 1
 
 
-def _evaluate(run, suite) -> dict[str, float]:
-    from rlbench.measure.evaluation import evaluate
-    from rlbench.tasks import load_problems
+def _evaluate(run, suite, problems) -> dict[str, float]:
+    from rlbench.measure.evaluation import evaluate_suite
 
-    problems = load_problems(suite.task, "eval", suite.eval.size, 0)
     with run.phase("eval"):
-        return evaluate(run.engine, run.tokenizer, problems, suite.rollout.max_new_tokens,
-                        suite.eval.batch_size, suite.eval.k, suite.rollout.temperature, run.seed)
+        return evaluate_suite(run.engine, run.tokenizer, problems, suite, run.seed)
 
 
 def _status_of(exc: BaseException) -> str:

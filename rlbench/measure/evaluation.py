@@ -63,3 +63,10 @@ def _sampled_metrics(engine: RolloutEngine, tokenizer, problems: list[Problem], 
     pass_k, maj_k = any_correct / n, majority_correct / n
     return {f"eval/pass@{k}": pass_k, f"eval/pass@{k}_stderr": standard_error(pass_k, n),
             f"eval/maj@{k}": maj_k, f"eval/maj@{k}_stderr": standard_error(maj_k, n)}
+
+
+def evaluate_suite(engine: RolloutEngine, tokenizer, problems: list[Problem], suite, seed: int = 0) -> dict[str, float]:
+    """`evaluate` with the suite's eval and rollout settings: the one call the runner (before RL)
+    and each worker (during and after RL) make, so both score the same way."""
+    return evaluate(engine, tokenizer, problems, suite.rollout.max_new_tokens, suite.eval.batch_size, suite.eval.k,
+                    suite.rollout.temperature, seed)

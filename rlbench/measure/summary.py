@@ -169,7 +169,6 @@ def _learning(steps: list[dict[str, Any]]) -> dict[str, float]:
 
 def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, Any]:
     primary = memory["primary"]
-    probe_of = primary
     out: dict[str, Any] = {}
     for role, entry in roles.items():
         static = entry["static"]
@@ -178,7 +177,7 @@ def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, An
                 out[f"memory/{role}/{kind}_bytes"] = metric(f"memory/{role}/{kind}_bytes", static[kind], probe="static")
         if primary in entry["peak_bytes"]:
             out[f"memory/{role}/peak_bytes"] = metric(f"memory/{role}/peak_bytes", entry["peak_bytes"][primary],
-                                                      probe=probe_of)
+                                                      probe=primary)
     recon = memory["reconciliation"].get(primary)
     if recon:
         out["memory/process_peak_bytes"] = metric("memory/process_peak_bytes", recon["process_peak_bytes"], probe=primary)
