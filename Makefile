@@ -1,23 +1,30 @@
 # rlbench: `make demo` runs the quickstart suite, `make test` runs the tests.
 # Both create .venv on first use and install what they need. On a machine with no NVIDIA GPU
-# the CPU build of torch is installed first, so pip never pulls the multi-GB CUDA build.
+# the CPU build of torch is installed first, so the installer never pulls the multi-GB CUDA build.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+FIND_LINKS_ARGS := $(foreach d,$(FIND_LINKS),--find-links $(d))
+UV_PIP = $(BIN)/uv pip install -q --python $(BIN)/python
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
 .PHONY: demo test lint bench bench-compare vs-trl memory accuracy clean
 
+# uv installs in seconds what pip takes a minute for; pip stays the fallback. uv does not read pip's
+# configuration, so a local wheel folder pip is set up with (find-links) is passed on to it.
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q uv || true
 ifneq ($(HAS_GPU),1)
-	$(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
+	$(UV_PIP) "torch==$(TORCH_VERSION)+cpu" $(FIND_LINKS_ARGS) 2>/dev/null \
+	  || $(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
 	  || $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX)
 endif
-	$(BIN)/pip install -q -e ".[dev]"
+	$(UV_PIP) -e ".[dev]" || $(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
 demo: $(BIN)/.installed

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,12 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from rlbench.cache import cache_root, cached_dir, stable_hash
 from rlbench.config import Suite, load_suite, resolved_dict
 from rlbench.report.io import write_json_atomic
 from rlbench.worker import EVENT_PREFIX
+
+EVAL_VERSION = 1  # bump when evaluation changes what it returns for the same model and problems
 
 SCHEMA_VERSION = 1
 
@@ -171,14 +174,30 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
         stages["reward_dir"] = str(reward_dir)
         stages["report"]["reward_model"] = dict(rm_stats, cache_hit=hit, path=str(reward_dir))
 
-    model, tokenizer = load_pretrained_pair(policy_dir)
-    model.to(default_device())
-    problems = load_problems(suite.task, "eval", suite.eval.size, 0)
-    with console.status(f"evaluating the starting model on {len(problems)} held-out problems"):
-        start = time.perf_counter()
-        before = evaluate_suite(HFEngine(model, tokenizer), tokenizer, problems, suite)
+    def evaluate_start() -> dict[str, float]:
+        model, tokenizer = load_pretrained_pair(policy_dir)
+        model.to(default_device())
+        problems = load_problems(suite.task, "eval", suite.eval.size, 0)
+        with console.status(f"evaluating the starting model on {len(problems)} held-out problems"):
+            start = time.perf_counter()
+            result = evaluate_suite(HFEngine(model, tokenizer), tokenizer, problems, suite)
+        return dict(result, seconds=round(time.perf_counter() - start, 3))
+
+    # The starting model's evaluation is deterministic (greedy, fixed problems), so a cached SFT
+    # model's is cached beside it; a model outside the cache is evaluated every time.
+    hit = False
+    if Path(policy_dir).is_relative_to(cache_root()):
+        key = stable_hash({"policy_dir": str(policy_dir), "eval": asdict(suite.eval), "task": asdict(suite.task),
+                           "max_new_tokens": suite.rollout.max_new_tokens,
+                           "temperature": suite.rollout.temperature, "version": EVAL_VERSION})
+        eval_dir, hit = cached_dir("eval", key, lambda tmp: write_json_atomic(tmp / "eval.json", evaluate_start()))
+        before = json.loads((eval_dir / "eval.json").read_text())
+    else:
+        before = evaluate_start()
+    seconds = before.pop("seconds")
     console.print(f"starting accuracy: {before['eval/accuracy']:.1%} ± {before['eval/accuracy_stderr']:.1%} "
-                  f"({time.perf_counter() - start:.0f} s)")
+                  f"({'cached' if hit else f'{seconds:.0f} s'})")
+    stages["report"]["eval_before_cached"] = hit
     stages["eval_before"] = before
     stages["report"]["eval_before"] = before
     return stages

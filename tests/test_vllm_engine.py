@@ -337,10 +337,11 @@ def test_kv_bytes_per_token_by_hand():
 def test_memory_bytes_are_the_engine_weights_and_its_kv_cache():
     engine, _, _, _ = _engine(dtype="bfloat16")
     # Embedded model: per layer q, k, v, o 4 x 128 x 128 = 65,536, MLP 3 x 128 x 384 = 147,456, two
-    # norms 256: 213,248; x 4 layers = 852,992; tied embedding 104 x 128 = 13,312; final norm 128.
-    # 866,432 parameters x 2 bytes (bf16) = 1,732,864.
+    # norms 256: 213,248; x 4 layers = 852,992; tied embedding 398 x 128 = 50,944 (104 characters,
+    # tags and special tokens, 294 word tokens); final norm 128. 904,064 parameters x 2 bytes (bf16)
+    # = 1,808,128.
     # KV cache: 10 blocks x 16 tokens x (2 x 4 layers x 4 heads x 32 dims x 2 bytes = 2,048) = 327,680.
-    assert engine.memory_bytes() == {"weights": 1_732_864, "kv_cache": 327_680}
+    assert engine.memory_bytes() == {"weights": 1_808_128, "kv_cache": 327_680}
 
 
 # ---- without vllm ----------------------------------------------------------------------------

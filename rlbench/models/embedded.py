@@ -1,8 +1,8 @@
 """The embedded default model: a ~1M-parameter Llama built from a config, offline.
 
-`build_embedded(seed)` returns a freshly initialised `LlamaForCausalLM` and the character-level
-tokenizer. `save_pretrained_pair` / `load_pretrained_pair` go through the standard
-`AutoTokenizer`/`AutoModelForCausalLM` path, so the embedded model is loaded exactly as a hub
+`build_embedded(seed)` returns a freshly initialised `LlamaForCausalLM` and its tokenizer
+(characters, plus the synthetic task's words as whole tokens). `save_pretrained_pair` /
+`load_pretrained_pair` go through the standard `AutoTokenizer`/`AutoModelForCausalLM` path, so the embedded model is loaded exactly as a hub
 model would be. The config says `llama` on purpose: a folder whose config says `qwen2` makes
 transformers substitute Qwen2's own tokenizer class and silently change the ids.
 """
@@ -20,13 +20,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from rlbench.models.tokenizer import build_char_tokenizer
+from rlbench.models.tokenizer import build_tokenizer
+from rlbench.tasks.synthetic import vocabulary
 
 EMBEDDED_NAME = "embedded"
 
 
 def embedded_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> LlamaConfig:
-    """4 layers, width 128, 4 heads, tied embeddings: 0.87M parameters with the 104-token vocabulary.
+    """4 layers, width 128, 4 heads, tied embeddings: 0.90M parameters with the 398-token vocabulary.
 
     Initialised with std 0.08 (about 1/sqrt(width)) rather than transformers' 0.02: at width 128
     the smaller scale leaves attention nearly uniform for hundreds of steps, and the model takes
@@ -53,7 +54,7 @@ def embedded_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> L
 
 def build_embedded(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
     """A freshly initialised embedded model (deterministic for a seed) and its tokenizer."""
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_tokenizer(vocabulary())
     config = embedded_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

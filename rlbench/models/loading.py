@@ -46,7 +46,9 @@ def embedded_base_dir(seed: int = 0) -> Path:
         model, tokenizer = build_embedded(seed)
         save_pretrained_pair(model, tokenizer, tmp)
 
-    key = stable_hash({"embedded": True, "seed": seed, "config": build_embedded(seed)[0].config.to_dict()})
+    model, tokenizer = build_embedded(seed)
+    key = stable_hash({"embedded": True, "seed": seed, "config": model.config.to_dict(),
+                       "vocab": sorted(tokenizer.get_vocab().items())})
     return cached_dir("base", key, build)[0]
 
 

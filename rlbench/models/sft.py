@@ -2,7 +2,8 @@
 
 The policy learns the `<reasoning>...</reasoning><answer>...</answer>` format and some arithmetic
 from gold solutions, so that RL starts from a model that is sometimes right. The loss is
-next-token cross-entropy on completion tokens only (the prompt is context, not a target).
+next-token cross-entropy on completion tokens only (the prompt is context, not a target),
+computed on those tokens' logits alone by the same packed forward RL uses.
 Cached under `$RLBENCH_CACHE/sft/<hash>` where the hash covers the base model, the task, the SFT
 settings, the seed and `SFT_VERSION`.
 """
@@ -21,10 +22,11 @@ import torch.nn.functional as F
 from rlbench.cache import cached_dir, stable_hash
 from rlbench.config import SFTConfig, TaskConfig
 from rlbench.device import default_device, module_device
+from rlbench.models.forward import packed_logits
 from rlbench.models.optim import adamw
 from rlbench.tasks import Problem, demonstration, encode_prompts, load_problems
 
-SFT_VERSION = 1
+SFT_VERSION = 2  # 2: the packed completion-only forward
 
 
 def encode_demonstrations(tokenizer, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:
@@ -34,18 +36,17 @@ def encode_demonstrations(tokenizer, problems: list[Problem]) -> list[tuple[list
     return [(p, c + [tokenizer.eos_token_id]) for p, c in zip(prompts, completions)]
 
 
-def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and labels (-100 on prompt and padding)."""
-    width = max(len(p) + len(c) for p, c in pairs)
-    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(ids, attention mask, prompt width) in a rollout's layout: prompts left-padded to the longest
+    prompt, completions right-padded after them, so SFT runs the same packed forward as RL."""
+    width = max(len(p) for p, _ in pairs)
+    total = width + max(len(c) for _, c in pairs)
+    ids = torch.full((len(pairs), total), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
     for i, (p, c) in enumerate(pairs):
-        n = len(p) + len(c)
-        ids[i, :n] = torch.tensor(p + c)
-        mask[i, :n] = 1
-        labels[i, len(p):n] = torch.tensor(c)
-    return ids, mask, labels
+        ids[i, width - len(p):width + len(c)] = torch.tensor(p + c)
+        mask[i, width - len(p):width + len(c)] = 1
+    return ids, mask, width
 
 
 def lr_at(step: int, cfg: SFTConfig) -> float:
@@ -69,9 +70,11 @@ def train_sft(model: torch.nn.Module, tokenizer, problems: list[Problem], cfg: S
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         index = torch.randint(len(data), (cfg.batch_size,), generator=generator).tolist()
-        ids, mask, labels = (t.to(device) for t in collate([data[i] for i in index], tokenizer.pad_token_id))
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+        ids, mask, width = collate([data[i] for i in index], tokenizer.pad_token_id)
+        ids, mask = ids.to(device), mask.to(device)
+        # Logits of the completion tokens only (the lean packed forward for Llama-architecture models).
+        logits, where = packed_logits(model, ids, mask, width)
+        loss = F.cross_entropy(logits.float(), ids[:, width:].flatten()[where])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -82,8 +85,11 @@ def train_sft(model: torch.nn.Module, tokenizer, problems: list[Problem], cfg: S
     return {"sft/steps": float(cfg.steps), "sft/final_loss": loss_value, "sft/seconds": time.perf_counter() - start}
 
 
-def sft_key(base: str, cfg: SFTConfig, task: TaskConfig, seed: int) -> str:
-    return stable_hash({"base": base, "sft": asdict(cfg), "task": asdict(task), "seed": seed, "version": SFT_VERSION})
+def sft_key(base: str, base_dir: Path, cfg: SFTConfig, task: TaskConfig, seed: int) -> str:
+    """Covers the base model's name and directory (a cached embedded base is named by the hash of
+    its config and tokenizer), the SFT settings, the task, the seed and SFT_VERSION."""
+    return stable_hash({"base": base, "base_dir": base_dir.name, "sft": asdict(cfg), "task": asdict(task),
+                        "seed": seed, "version": SFT_VERSION})
 
 
 def cold_start(base_dir: Path, base_name: str, cfg: SFTConfig, task: TaskConfig, seed: int,
@@ -101,5 +107,5 @@ def cold_start(base_dir: Path, base_name: str, cfg: SFTConfig, task: TaskConfig,
         save_pretrained_pair(model, tokenizer, tmp)
         (tmp / "sft.json").write_text(json.dumps(stats, indent=2))
 
-    path, hit = cached_dir("sft", sft_key(base_name, cfg, task, seed), build)
+    path, hit = cached_dir("sft", sft_key(base_name, base_dir, cfg, task, seed), build)
     return path, json.loads((path / "sft.json").read_text()), hit

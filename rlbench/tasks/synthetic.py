@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass, field
 
 from rlbench.config import TaskConfig
@@ -250,6 +251,16 @@ def generate_problems(split: str, size: int, seed: int, min_steps: int = 1, max_
             f"task.min_steps={min_steps}, task.max_steps={max_steps} ({size} asked for): "
             "raise task.max_number or task.max_steps, or ask for fewer problems")
     return problems
+
+
+def vocabulary() -> list[str]:
+    """Every word the generator can write (templates, names, nouns), sorted: the embedded model's
+    tokenizer gives each its own token, so a question costs about a third of its characters."""
+    texts = [name for name, _ in NAMES] + [p for _, p in NAMES] + [p.capitalize() for _, p in NAMES] + list(THINGS)
+    for scenario in SCENARIOS:
+        texts += [*scenario.openers, *scenario.questions, *(c for cs in scenario.clauses.values() for c in cs)]
+        texts += [value for nouns in scenario.nouns for value in nouns.values()]
+    return sorted({w for text in texts for w in re.findall(r"[A-Za-z]+", re.sub(r"\{[^}]*\}", " ", text))})
 
 
 @TASKS.register("synthetic", help="generated GSM8K-style word problems (1-4 steps of + - * /), offline")
