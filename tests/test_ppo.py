@@ -131,3 +131,16 @@ def test_value_updates_lower_the_value_loss(ppo_setup):
     with torch.no_grad():
         after = value_loss().item()
     assert after < 0.9 * before, (before, after)
+
+
+def test_packed_values_equal_the_module_forward_on_real_tokens(ppo_setup):
+    rollout, _ = ppo_setup
+    value_model = fresh_value_model()
+    torch.nn.init.normal_(value_model.head.weight, std=0.5)  # a non-zero head, so values differ by position
+    r, mask = rollout, rollout.completion_mask.bool()
+    packed = value_model.completion_values(r.input_ids, r.attention_mask, r.prompt_width)
+    module = value_model(r.input_ids, r.attention_mask)[:, r.prompt_width - 1: -1]
+    assert packed.shape == module.shape
+    assert_close(packed[mask], module[mask], atol=1e-5, rtol=1e-5)
+    assert (packed[~mask] == 0).all()
+    assert packed[mask].std() > 0.01  # not trivially equal

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
+from rlbench.rollout.fast_llama import llama_parts, packed_completion_hidden
 from rlbench.rollout.hf import position_ids_from_mask
 
 HEAD_FILE = "scalar_head.pt"
@@ -57,5 +58,14 @@ class ScalarHeadModel(nn.Module):
         return scalars.gather(1, last[:, None]).squeeze(-1)
 
     def completion_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
-        """[N, T] value of the state before each completion token."""
-        return self(input_ids, attention_mask)[:, prompt_width - 1: -1]
+        """[N, T] value of the state before each completion token (0 where the completion's mask
+        is 0 on the lean path). Llama-architecture backbones run the packed forward of
+        `rlbench.rollout.fast_llama` (real tokens only), others the module's own."""
+        parts = llama_parts(self.backbone) if input_ids.shape[1] > prompt_width else None
+        if parts is None:
+            return self(input_ids, attention_mask)[:, prompt_width - 1: -1]
+        hidden, index = packed_completion_hidden(parts, input_ids, attention_mask,
+                                                 position_ids_from_mask(attention_mask), prompt_width)
+        values = self.head(hidden).squeeze(-1).float()
+        n, t = input_ids.shape[0], input_ids.shape[1] - prompt_width
+        return values.new_zeros(n * t).index_copy(0, index, values).view(n, t)

@@ -66,7 +66,7 @@ class LlamaParts:
     padding_idx: int | None
     blocks: tuple[Block, ...]
     norm: torch.Tensor
-    lm_head: Linear
+    lm_head: Linear | None  # None for a bare backbone (LlamaModel), as the scalar-head models hold
     inv_freq: torch.Tensor
     rope_scaling: float
     eps: float
@@ -86,13 +86,14 @@ def _linear(module: nn.Module) -> Linear | None:
 
 
 def llama_parts(model: nn.Module) -> LlamaParts | None:
-    """The weights of a stock Llama/Qwen2 causal LM, or None when the lean forward would not equal
-    the module's own forward (then use the module)."""
+    """The weights of a stock Llama/Qwen2 causal LM (or of its bare backbone, with no LM head), or
+    None when the lean forward would not equal the module's own forward (then use the module)."""
     config = getattr(model, "config", None)
-    inner = getattr(model, "model", None)
+    backbone = type(model).__name__ in ("LlamaModel", "Qwen2Model")
+    inner = model if backbone else getattr(model, "model", None)
     if config is None or inner is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return None
-    if type(model).__name__ not in ("LlamaForCausalLM", "Qwen2ForCausalLM"):
+    if not backbone and type(model).__name__ not in ("LlamaForCausalLM", "Qwen2ForCausalLM"):
         return None  # e.g. a peft wrapper
     if getattr(config, "hidden_act", None) != "silu" or getattr(config, "pretraining_tp", 1) != 1:
         return None
@@ -105,8 +106,8 @@ def llama_parts(model: nn.Module) -> LlamaParts | None:
     rotary = getattr(inner, "rotary_emb", None)
     if rotary is None or getattr(rotary, "rope_type", None) not in STATIC_ROPE_TYPES:
         return None
-    embed, lm_head = inner.embed_tokens, _linear(model.lm_head)
-    if type(embed) is not nn.Embedding or lm_head is None:
+    embed, lm_head = inner.embed_tokens, None if backbone else _linear(model.lm_head)
+    if type(embed) is not nn.Embedding or (lm_head is None and not backbone):
         return None
     blocks = []
     for layer in inner.layers:
@@ -297,7 +298,19 @@ class LlamaDecoder:
 def packed_completion_logits(parts: LlamaParts, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                              positions: torch.Tensor, prompt_width: int,
                              group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of every real completion token, packed: ([n, V], flat index [n] into N x T).
+    """Logits of every real completion token, packed: ([n, V], flat index [n] into N x T); see
+    `packed_completion_hidden` for the layout."""
+    assert parts.lm_head is not None, "a bare backbone has no LM head"
+    hidden, index = packed_completion_hidden(parts, input_ids, attention_mask, positions, prompt_width, group_size)
+    return parts.lm_head(hidden), index
+
+
+def packed_completion_hidden(parts: LlamaParts, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             positions: torch.Tensor, prompt_width: int,
+                             group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final (normed) hidden states of the positions that predict each real completion token,
+    packed: ([n, H], flat index [n] into N x T). The LM head of these gives the logits; a scalar
+    head gives the value of the state before each token.
 
     input_ids, attention_mask, positions: [N, P + T], prompts left-padded in the first P columns,
     completions right-padded after them (attention_mask 0 after EOS). With group_size G > 1, rows
@@ -362,5 +375,4 @@ def packed_completion_logits(parts: LlamaParts, input_ids: torch.Tensor, attenti
     fed_index[fed_at] = torch.arange(len(fed_at), device=ids.device) + n_prompt
     source = torch.where(cols == 0, last_prompt[rows // g],
                          fed_index[(rows * span + cols - 1).clamp(min=0)] if span else last_prompt[rows // g])
-    logits = p.lm_head(rms_norm(x.index_select(0, source), p.norm, p.eps))
-    return logits, rows * t_max + cols
+    return rms_norm(x.index_select(0, source), p.norm, p.eps), rows * t_max + cols
