@@ -47,7 +47,14 @@ def raise_interrupt(signum: int, frame: object) -> None:
 
 
 def quiet_libraries() -> None:
-    """transformers' own progress bars and advice would break up rlbench's progress display."""
+    """transformers' own progress bars and advice would break up rlbench's progress display.
+
+    Where transformers is not imported yet this only sets the environment it reads at import (the
+    user's own settings win), so a run whose stages are all cached never pays for importing it."""
+    if "transformers" not in sys.modules:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -140,13 +147,8 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
     """Base model, SFT, reward model and the SFT model's evaluation, shared by every run."""
     import torch
 
-    from rlbench.device import default_device
-    from rlbench.measure.evaluation import evaluate_suite
-    from rlbench.models.embedded import load_pretrained_pair
     from rlbench.models.loading import resolve_base
     from rlbench.models.sft import cold_start
-    from rlbench.rollout.hf import HFEngine
-    from rlbench.tasks import load_problems
 
     torch.set_num_threads(suite.threads or os.cpu_count() or 1)
     base_dir = resolve_base(suite.model.name)
@@ -175,6 +177,12 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
         stages["report"]["reward_model"] = dict(rm_stats, cache_hit=hit, path=str(reward_dir))
 
     def evaluate_start() -> dict[str, float]:
+        from rlbench.device import default_device
+        from rlbench.measure.evaluation import evaluate_suite
+        from rlbench.models.embedded import load_pretrained_pair
+        from rlbench.rollout.hf import HFEngine
+        from rlbench.tasks import load_problems
+
         model, tokenizer = load_pretrained_pair(policy_dir)
         model.to(default_device())
         problems = load_problems(suite.task, "eval", suite.eval.size, 0)

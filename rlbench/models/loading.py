@@ -29,7 +29,7 @@ from torch import nn
 from rlbench.cache import cached_dir, stable_hash
 from rlbench.config import LoraConfig, ModelConfig
 from rlbench.errors import UserError
-from rlbench.models.embedded import EMBEDDED_NAME, build_embedded, save_pretrained_pair
+from rlbench.models.embedded import EMBEDDED_NAME, build_embedded, embedded_spec, save_pretrained_pair
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PEFT_MISSING = "model.lora: LoRA needs the peft package, rlbench's extra 'peft' (pip install peft)"
@@ -46,9 +46,7 @@ def embedded_base_dir(seed: int = 0) -> Path:
         model, tokenizer = build_embedded(seed)
         save_pretrained_pair(model, tokenizer, tmp)
 
-    model, tokenizer = build_embedded(seed)
-    key = stable_hash({"embedded": True, "seed": seed, "config": model.config.to_dict(),
-                       "vocab": sorted(tokenizer.get_vocab().items())})
+    key = stable_hash(embedded_spec(seed))
     return cached_dir("base", key, build)[0]
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, processors
-from transformers import PreTrainedTokenizerFast
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -30,6 +31,9 @@ CHARACTERS = "\n" + "".join(c for c in string.printable if 32 <= ord(c) <= 126)
 
 def build_tokenizer(words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """One id per character, tag, special token and word (with and without a leading space)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
     symbols = [*SPECIAL_TOKENS, *TAGS, *CHARACTERS]
     word_tokens = sorted({form for w in words for form in (w, " " + w) if len(form) > 1})
     vocab = {s: i for i, s in enumerate(symbols)}
