@@ -149,12 +149,14 @@ class Run:
         from rlbench.device import default_device
         from rlbench.models.loading import (
             AdapterDisabledReference,
+            import_model_code,
             load_causal_lm,
             load_policy,
             load_scalar_model,
         )
 
         model_cfg = self.suite.model
+        import_model_code(policy_dir, model_cfg)  # library code is no role's memory
         self.device = default_device()
         p = self.algorithm.params
 

@@ -28,7 +28,9 @@ def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
     throughput = _throughput(run)
     accuracy = _accuracy(result.get("evals") or [])
     learning = _learning(run.step_metrics)
-    hacking = reward_hacking([m["reward/mean"] for m in run.step_metrics], [m["gold/accuracy"] for m in run.step_metrics])
+    heldout = (accuracy["delta"], accuracy["delta_stderr_sum"]) if "delta" in accuracy else None
+    hacking = reward_hacking([m["reward/mean"] for m in run.step_metrics], [m["gold/accuracy"] for m in run.step_metrics],
+                             heldout=heldout)
     return {
         "roles": roles,
         "memory": memory,

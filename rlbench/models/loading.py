@@ -50,6 +50,19 @@ def embedded_base_dir(seed: int = 0) -> Path:
     return cached_dir("base", key, build)[0]
 
 
+def import_model_code(path: str | Path, cfg: ModelConfig) -> None:
+    """Import the library code that loading the model at `path` needs (its transformers modeling
+    and tokenizer modules), so that a measured load counts the model's memory, not the library's."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedTokenizerFast  # noqa: F401
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    for auto in (AutoModelForCausalLM, AutoModel):
+        try:
+            auto._model_mapping[type(config)]  # resolving the class imports its module
+        except (KeyError, AttributeError):
+            pass
+
+
 def resolve_base(name: str) -> Path:
     """A directory holding the base model for `model.name`."""
     if name == EMBEDDED_NAME:
