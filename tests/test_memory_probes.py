@@ -60,10 +60,10 @@ ALLOCATE_THEN_IDLE = """
     from rlbench.measure.memory import CpuProbe
     import sys
     probe = CpuProbe(release_heap=sys.argv[1] == "release")
-    torch.ones(262_144)  # freeing a 1 MiB mmap raises glibc's dynamic mmap threshold above 1 MiB
     with probe.phase("allocate") as first:
-        blocks = [torch.ones(262_144) for _ in range(210)]  # 1 MiB each, touched: 210 MiB = 220.2 MB
-        kept = blocks[9::10]  # 21 MiB stay alive between the freed blocks, so a heap could not shrink
+        # 512 KiB each, below the worker's fixed 1 MiB mmap threshold: glibc's heap, not mmaps.
+        blocks = [torch.ones(131_072) for _ in range(420)]  # touched: 210 MiB = 220.2 MB
+        kept = blocks[9::10]  # 21 MiB stay alive between the freed blocks, so the heap cannot shrink
         del blocks  # frees 189 MiB = 198.2 MB
     with probe.phase("idle") as second:
         pass
@@ -78,9 +78,10 @@ def test_cpu_probe_sees_a_200_mib_peak_and_a_lower_one_after_freeing() -> None:
     assert out["clear_refs"]
     assert "clear_refs" in first["method"] and "malloc_trim" in first["method"]
     assert "MALLOC_MMAP_THRESHOLD_=1048576" in first["method"]
-    # 210 x 1 MiB = 220.2 MB allocated inside the phase.
+    # 420 x 512 KiB = 220.2 MB allocated inside the phase.
     assert first["peak_bytes"] >= first["start_bytes"] + 190 * MB
-    # The 198.2 MB freed went back to the kernel, so the idle phase starts and peaks that much lower.
+    # malloc_trim at the idle phase's start gave the 198.2 MB freed between the kept blocks back to
+    # the kernel, so the idle phase starts and peaks that much lower.
     assert second["peak_bytes"] < first["peak_bytes"] - 150 * MB
     assert second["peak_bytes"] - second["start_bytes"] < 5 * MB
 
@@ -88,8 +89,9 @@ def test_cpu_probe_sees_a_200_mib_peak_and_a_lower_one_after_freeing() -> None:
 @needs_clear_refs
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the retained-heap behaviour is glibc's")
 def test_without_malloc_trim_glibc_keeps_freed_memory() -> None:
-    # Why the worker env and malloc_trim: without them the freed 198.2 MB stay in glibc's heap, resident.
-    out = run_python(ALLOCATE_THEN_IDLE, {}, "keep")
+    # Why the probe calls malloc_trim: without it the 198.2 MB freed between kept heap blocks stay
+    # resident (glibc only ever shrinks the heap from its top).
+    out = run_python(ALLOCATE_THEN_IDLE, CPU_WORKER_ENV, "keep")
     first, second = out["first"], out["second"]
     assert "not released" in first["method"]
     assert first["peak_bytes"] >= first["start_bytes"] + 190 * MB
