@@ -286,7 +286,9 @@ class CpuProbe:
         return _measured_phase(self, name)
 
     def _rss_reading(self) -> dict[str, int]:
-        return {"rss": self.snapshot()}
+        """The sampler thread's reading: RSS as it is (trimming the heap every period would be work
+        on the measured phase's own time)."""
+        return {"rss": self._rss()}
 
     def _begin(self, mem: PhaseMemory) -> None:
         if self.release_heap:
@@ -325,6 +327,9 @@ class CpuProbe:
         """Current RSS, after handing the free heap back (so it counts live memory)."""
         if self.release_heap:
             release_free_heap()
+        return self._rss()
+
+    def _rss(self) -> int:
         if self._has_status:
             return read_proc_status()["VmRSS"]
         import psutil

@@ -2,8 +2,8 @@
 
 `build_embedded(seed)` returns a freshly initialised `LlamaForCausalLM` and its tokenizer
 (characters, plus the synthetic task's words as whole tokens). `save_pretrained_pair` /
-`load_pretrained_pair` go through the standard `AutoTokenizer`/`AutoModelForCausalLM` path, so the embedded model is loaded exactly as a hub
-model would be. The config says `llama` on purpose: a folder whose config says `qwen2` makes
+`load_pretrained_pair` go through the standard `AutoTokenizer`/`AutoModelForCausalLM` path, so
+the embedded model is loaded exactly as a hub model would be. The config says `llama` on purpose: a folder whose config says `qwen2` makes
 transformers substitute Qwen2's own tokenizer class and silently change the ids.
 """
 

@@ -66,9 +66,8 @@ def completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention
     Where the completion's attention mask is 0 the values are unspecified (zeros on the lean path).
     """
     if lean and llama_parts(model) is not None:
-        n, t = input_ids.shape[0], input_ids.shape[1] - prompt_width
         logits, index = packed_logits(model, input_ids, attention_mask, prompt_width, group_size)
-        return logits.new_zeros(n * t, logits.shape[-1]).index_copy(0, index, logits).view(n, t, -1)
+        return scatter_rows(logits, index, (input_ids.shape[0], input_ids.shape[1] - prompt_width))
     return _module_completion_logits(model, input_ids, attention_mask, prompt_width, group_size)
 
 
@@ -79,8 +78,11 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: flo
 
 
 def scatter_rows(values: torch.Tensor, index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Packed per-token values [n] placed at flat `index` of a zero tensor of `shape` (N, T)."""
-    return values.new_zeros(shape[0] * shape[1]).index_copy(0, index, values).view(shape)
+    """Packed per-token values [n, ...] placed at flat `index` of a zero tensor [N, T, ...] (`shape`
+    is (N, T); trailing dimensions, such as the vocabulary of logits, are kept)."""
+    n, t = shape
+    rest = values.shape[1:]
+    return values.new_zeros(n * t, *rest).index_copy(0, index, values).view(n, t, *rest)
 
 
 def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
+from rlbench.models.forward import scatter_rows
 from rlbench.rollout.fast_llama import llama_parts, packed_completion_hidden
 from rlbench.rollout.hf import position_ids_from_mask
 
@@ -67,5 +68,4 @@ class ScalarHeadModel(nn.Module):
         hidden, index = packed_completion_hidden(parts, input_ids, attention_mask,
                                                  position_ids_from_mask(attention_mask), prompt_width)
         values = self.head(hidden).squeeze(-1).float()
-        n, t = input_ids.shape[0], input_ids.shape[1] - prompt_width
-        return values.new_zeros(n * t).index_copy(0, index, values).view(n, t)
+        return scatter_rows(values, index, (input_ids.shape[0], input_ids.shape[1] - prompt_width))

@@ -8,7 +8,8 @@ from the module (no copy, so every optimizer step is seen at once):
 - `LlamaDecoder`: sampling. The prompts of a group are prefilled once; their keys and values are
   kept once per group (not repeated G times), and each decoded token attends to them and to its
   own row's keys in a cache preallocated for `max_new_tokens`. Rotary tables are computed once.
-- `packed_completion_logits`: the training and scoring forward. Per-token work (norms,
+- `packed_completion_logits` (and `packed_completion_hidden`, the same without the LM head, for
+  scalar heads): the training and scoring forward. Per-token work (norms,
   projections, MLP, LM head) runs on the real tokens only, packed, so padding after EOS and left
   padding of prompts cost nothing there; attention runs on the padded layout. Prompts are run once
   per group, as in `rlbench.models.forward`.
