@@ -71,11 +71,12 @@ def test_gather_logprobs(benchmark, rows: int, tokens: int, vocab: int) -> None:
 
 def test_hf_generate_64_prompts_16_tokens(benchmark, embedded_dir) -> None:
     """One generation call of the hf engine on the embedded model: 64 prompts x 16 new tokens."""
+    from rlbench.catalog import load_problems
     from rlbench.config import TaskConfig
     from rlbench.models.embedded import load_pretrained_pair
     from rlbench.rollout import SamplingParams
     from rlbench.rollout.hf import HFEngine
-    from rlbench.tasks import encode_prompts, load_problems
+    from rlbench.tasks import encode_prompts
 
     benchmark.group = "generate"
     model, tokenizer = load_pretrained_pair(embedded_dir)

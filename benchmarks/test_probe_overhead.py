@@ -15,7 +15,7 @@ import pytest
 
 @pytest.mark.parametrize("probe_name", ["cpu", "none"])
 def test_rl_step_probe_overhead(benchmark, make_run, no_probe, overhead_means, probe_name: str) -> None:
-    from rlbench.measure.memory import resolve_probe
+    from rlbench.catalog import resolve_probe
 
     run = make_run(resolve_probe("cpu", 10.0) if probe_name == "cpu" else no_probe)
     benchmark.group = "probe_overhead"

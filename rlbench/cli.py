@@ -155,11 +155,10 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
 def cmd_ls(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
 
+    from rlbench.catalog import ALGORITHMS, REGISTRIES
     from rlbench.config import field_help
-    from rlbench.registry import ALGORITHMS, ENGINES, PROBES, REWARDS, TASKS, load_all
 
-    load_all()
-    for registry in (ALGORITHMS, TASKS, REWARDS, ENGINES, PROBES):
+    for registry in REGISTRIES:
         table = Table(title=f"{registry.kind}s", title_justify="left", show_header=False)
         table.add_column("name", style="cyan")
         table.add_column("what it is")
@@ -171,7 +170,7 @@ def cmd_ls(args: argparse.Namespace, console: Console) -> int:
             table = Table(title=f"{entry.name} params", title_justify="left")
             for col in ("param", "type", "default", "help"):
                 table.add_column(col)
-            for path, type_name, default, help_text in field_help(entry.obj.Params):
+            for path, type_name, default, help_text in field_help(entry.obj.params_cls):
                 table.add_row(path, type_name, repr(default), help_text)
             console.print(table)
     return 0

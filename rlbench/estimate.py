@@ -70,9 +70,8 @@ def estimate(model: str, algos: list[str], dtype: str) -> dict[str, dict[str, di
 
 
 def estimate_command(model: str, algos: list[str], dtype: str, gpu_gib: float | None, console: Console) -> int:
-    from rlbench.registry import ALGORITHMS, load_all
+    from rlbench.catalog import ALGORITHMS
 
-    load_all()
     algos = [a.strip() for a in algos if a.strip()]
     unknown = [a for a in algos if a not in ALGORITHMS]
     if unknown:

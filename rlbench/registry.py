@@ -1,13 +1,16 @@
-"""Name -> factory registries for algorithms, tasks, rewards, engines and probes.
+"""Name -> component registries, with lazy entries and "did you mean".
 
-Suites choose components by registry name only (never by import path), so a suite file
-cannot run arbitrary code. An unknown name gets "did you mean ..." and the list of known names.
+A registry maps a name to an object or to a lazy `"module:attr"` string that is imported on first
+use, plus a one-line help. Registries are filled in one place, `rlbench/catalog.py`; no module
+registers itself on import. Suites choose components by registry name only (never by import
+path), so a suite file cannot run arbitrary code.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -22,36 +25,45 @@ def did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def resolve(target: Any) -> Any:
+    """The object named by a `"package.module:attr"` string; any other value as it is."""
+    if not isinstance(target, str):
+        return target
+    module, _, attr = target.partition(":")
+    assert module and attr, f"lazy registry targets are 'module:attr', got {target!r}"
+    return getattr(importlib.import_module(module), attr)
+
+
 @dataclass(frozen=True)
 class Entry(Generic[T]):
     name: str
-    obj: T
+    target: T | str  # the object, or "module:attr" imported on first use
     help: str
+
+    @property
+    def obj(self) -> T:
+        return resolve(self.target)
 
 
 class Registry(Generic[T]):
-    """A small registry: `@REG.register("name", help=...)` on a function or class."""
+    """A small registry of named components; `add` fills it, `get` resolves a name."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, help: str = "") -> Callable[[T], T]:
-        def deco(obj: T) -> T:
-            assert name not in self._entries, f"{self.kind} '{name}' registered twice"
-            doc = help or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
-            self._entries[name] = Entry(name, obj, doc)
-            return obj
-
-        return deco
-
-    def add(self, name: str, obj: T, help: str = "") -> None:
-        self.register(name, help)(obj)
+    def add(self, name: str, target: T | str, help: str) -> None:
+        assert name not in self._entries, f"{self.kind} '{name}' added twice"
+        assert help and "\n" not in help, f"{self.kind} '{name}' needs a one-line help"
+        self._entries[name] = Entry(name, target, help)
 
     def get(self, name: str) -> T:
+        return self.entry(name).obj
+
+    def entry(self, name: str) -> Entry[T]:
         if name not in self._entries:
             raise UserError(self.unknown_message(name))
-        return self._entries[name].obj
+        return self._entries[name]
 
     def unknown_message(self, name: str) -> str:
         return f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())}; known: {', '.join(self.names())}"
@@ -64,19 +76,3 @@ class Registry(Generic[T]):
 
     def entries(self) -> Iterator[Entry[T]]:
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
-
-
-ALGORITHMS: Registry[Any] = Registry("algorithm")
-TASKS: Registry[Any] = Registry("task")
-REWARDS: Registry[Any] = Registry("reward")
-ENGINES: Registry[Any] = Registry("engine")
-PROBES: Registry[Any] = Registry("probe")
-
-
-def load_all() -> None:
-    """Import the modules that register components (cheap: no torch-heavy work at import)."""
-    import rlbench.algorithms  # noqa: F401
-    import rlbench.measure.memory  # noqa: F401
-    import rlbench.rewards  # noqa: F401
-    import rlbench.rollout  # noqa: F401
-    import rlbench.tasks  # noqa: F401

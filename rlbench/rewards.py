@@ -1,6 +1,6 @@
 """Rule rewards (DeepSeek-R1-Zero style): regex format checks and exact answer match, no reward model.
 
-Each rule is a plain function `(completion, problem) -> float` registered in REWARDS by name; it
+Each rule is a plain function `(completion, problem) -> float`, listed by name in the catalog; it
 returns its raw value (1.0/0.0 for checks) and a suite gives the weights:
 
     rewards: {answer_correct: 1.0, format_strict: 0.1}
@@ -12,11 +12,9 @@ the gold reward every algorithm is judged by, whatever reward it trained on.
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Any
+from collections.abc import Callable, Mapping
 
-from rlbench.registry import REWARDS
 from rlbench.tasks import Problem
 from rlbench.tasks.answers import answers_match, canonical_number, extract_answer
 
@@ -28,32 +26,27 @@ PLACED_TAGS = ("<reasoning>\n", "\n</reasoning>\n", "\n<answer>\n", "\n</answer>
 TRAILING_TEXT_PENALTY = 0.001  # per character after </answer>, at most one tag's worth
 
 
-@REWARDS.register("format_strict")
 def format_strict(completion: str, problem: Problem) -> float:
     """1 if the completion is exactly <reasoning>\\n...\\n</reasoning>\\n<answer>\\n...\\n</answer>\\n, else 0."""
     return 1.0 if STRICT_FORMAT_RE.match(completion) else 0.0
 
 
-@REWARDS.register("format_soft")
 def format_soft(completion: str, problem: Problem) -> float:
     """1 if <reasoning>...</reasoning> then <answer>...</answer> appear anywhere, else 0."""
     return 1.0 if SOFT_FORMAT_RE.search(completion) else 0.0
 
 
-@REWARDS.register("answer_correct")
 def answer_correct(completion: str, problem: Problem) -> float:
     """1 if the extracted final answer equals the gold answer, else 0."""
     return 1.0 if answers_match(extract_answer(completion), problem.answer) else 0.0
 
 
-@REWARDS.register("answer_is_number")
 def answer_is_number(completion: str, problem: Problem) -> float:
     """1 if the first <answer>...</answer> holds a number, else 0."""
     match = ANSWER_TAG_RE.search(completion)
     return 1.0 if match and canonical_number(match[1]) is not None else 0.0
 
 
-@REWARDS.register("tag_count")
 def tag_count(completion: str, problem: Problem) -> float:
     """0.25 per format tag placed once on its own line, less 0.001 per character after </answer>."""
     score = 0.25 * sum(1 for tag in PLACED_TAGS if completion.count(tag) == 1)
@@ -63,27 +56,15 @@ def tag_count(completion: str, problem: Problem) -> float:
     return score
 
 
-def validate_weights(weights: Any) -> list[str]:
-    """Every problem with a {reward name: weight} mapping, one message each ([] when it is fine)."""
-    if not isinstance(weights, dict):
-        return [f"rewards must map reward names to weights, got {type(weights).__name__}"]
-    errors = []
-    for name, weight in weights.items():
-        if name not in REWARDS:
-            errors.append(REWARDS.unknown_message(str(name)))
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            errors.append(f"weight of reward '{name}' must be a finite number, got {weight!r}")
-    return errors
-
-
-def score_rules(completions: list[str], problems: list[Problem],
-                weights: dict[str, float]) -> tuple[list[float], dict[str, list[float]]]:
+def score_rules(completions: list[str], problems: list[Problem], weights: dict[str, float],
+                rules: Mapping[str, Callable[[str, Problem], float]]) -> tuple[list[float], dict[str, list[float]]]:
     """(weighted total per completion, {reward name: raw value per completion}).
 
-    `problems[i]` is the problem `completions[i]` answers (repeat a problem for each of its samples).
+    `problems[i]` is the problem `completions[i]` answers (repeat a problem for each of its samples);
+    `rules` maps each name in `weights` to its function (`rlbench.catalog.rule_functions(weights)`).
     """
     assert len(completions) == len(problems), f"{len(completions)} completions for {len(problems)} problems"
-    per_reward = {name: [REWARDS.get(name)(c, p) for c, p in zip(completions, problems)] for name in weights}
+    per_reward = {name: [rules[name](c, p) for c, p in zip(completions, problems)] for name in weights}
     totals = [sum(weights[name] * values[i] for name, values in per_reward.items())
               for i in range(len(completions))]
     return totals, per_reward

@@ -29,8 +29,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlbench.cache import cache_root, cached_dir, stable_hash
 from rlbench.config import Suite, load_suite, resolved_dict
+from rlbench.process import EVENT_PREFIX, quiet_libraries, raise_interrupt
 from rlbench.report.io import write_json_atomic
-from rlbench.worker import EVENT_PREFIX
 
 EVAL_VERSION = 1  # bump when evaluation changes what it returns for the same model and problems
 
@@ -39,26 +39,6 @@ SCHEMA_VERSION = 1
 
 def run_id(label: str, seed: int) -> str:
     return f"{label}/seed{seed}"
-
-
-def raise_interrupt(signum: int, frame: object) -> None:
-    """SIGTERM handler: unwind as KeyboardInterrupt, so the report and results are still written."""
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def quiet_libraries() -> None:
-    """transformers' own progress bars and advice would break up rlbench's progress display.
-
-    Where transformers is not imported yet this only sets the environment it reads at import (the
-    user's own settings win), so a run whose stages are all cached never pays for importing it."""
-    if "transformers" not in sys.modules:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        return
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def plan_runs(suite: Suite) -> list[dict[str, Any]]:
@@ -177,11 +157,11 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
         stages["report"]["reward_model"] = dict(rm_stats, cache_hit=hit, path=str(reward_dir))
 
     def evaluate_start() -> dict[str, float]:
+        from rlbench.catalog import load_problems
         from rlbench.device import default_device
         from rlbench.measure.evaluation import evaluate_suite
         from rlbench.models.embedded import load_pretrained_pair
         from rlbench.rollout.hf import HFEngine
-        from rlbench.tasks import load_problems
 
         model, tokenizer = load_pretrained_pair(policy_dir)
         model.to(default_device())

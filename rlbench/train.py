@@ -30,13 +30,13 @@ import torch
 from rlbench.algorithms.advantages import zero_variance_fraction
 from rlbench.algorithms.base import Algorithm, Batch
 from rlbench.algorithms.losses import entropy_from_logits, masked_mean
+from rlbench.catalog import ALGORITHMS, ENGINES, load_problems, rule_functions
 from rlbench.config import AlgorithmConfig, BudgetConfig, Suite, algorithm_params
 from rlbench.models.forward import completion_logprobs, gather_logprobs
 from rlbench.models.optim import adamw
-from rlbench.registry import ALGORITHMS, ENGINES
 from rlbench.rewards import gold_correct, score_rules
 from rlbench.rollout import SamplingParams
-from rlbench.tasks import Problem, encode_prompts, load_problems, truncate_prompts
+from rlbench.tasks import Problem, encode_prompts, truncate_prompts
 
 PHASE_ROLE = {
     "generate": "policy",
@@ -51,7 +51,7 @@ PHASE_ROLE = {
 
 
 def make_algorithm(cfg: AlgorithmConfig) -> Algorithm:
-    return ALGORITHMS.get(cfg.name)(algorithm_params(cfg), cfg.reward)
+    return ALGORITHMS.get(cfg.name).cls(algorithm_params(cfg), cfg.reward)
 
 
 @dataclass
@@ -299,7 +299,8 @@ class Run:
         total = torch.zeros(len(problems), device=rollout.input_ids.device)
         parts: dict[str, list[float]] = {}
         if source in ("rules", "both"):
-            rule_total, parts = score_rules(rollout.texts, problems, self.algo_cfg.rewards)
+            rule_total, parts = score_rules(rollout.texts, problems, self.algo_cfg.rewards,
+                                            rule_functions(self.algo_cfg.rewards))
             total += torch.tensor(rule_total, device=total.device)
         if source in ("model", "both"):
             with torch.no_grad():

@@ -17,11 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-EVENT_PREFIX = "@rlbench "
-
-
-def emit(event: dict[str, Any]) -> None:
-    print(EVENT_PREFIX + json.dumps(event), flush=True)
+from rlbench.process import emit, quiet_libraries, raise_interrupt
 
 
 def main(argv: list[str]) -> int:
@@ -30,7 +26,6 @@ def main(argv: list[str]) -> int:
     spec = read_json(argv[0])
     run_dir = Path(spec["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    from rlbench.runner import raise_interrupt
 
     signal.signal(signal.SIGTERM, raise_interrupt)
     result: dict[str, Any] = {"status": "failed", "error": None, "started": time.time()}
@@ -39,10 +34,8 @@ def main(argv: list[str]) -> int:
     try:
         import torch
 
+        from rlbench.catalog import load_problems, resolve_probe
         from rlbench.config import load_suite
-        from rlbench.measure.memory import resolve_probe
-        from rlbench.runner import quiet_libraries
-        from rlbench.tasks import load_problems
         from rlbench.train import Run
 
         quiet_libraries()

@@ -11,14 +11,15 @@ from torch.testing import assert_close
 
 from rlbench.algorithms.base import Batch
 from rlbench.algorithms.grpo import GRPO, GRPOParams, GRPOZero
+from rlbench.catalog import load_problems
 from rlbench.config import TaskConfig
+from rlbench.models.batching import left_pad
 from rlbench.models.embedded import build_embedded
 from rlbench.models.forward import completion_logprobs
 from rlbench.models.optim import adamw
 from rlbench.rewards import gold_correct
 from rlbench.rollout import Rollout
-from rlbench.rollout.hf import left_pad
-from rlbench.tasks import demonstration, encode_prompts, load_problems
+from rlbench.tasks import demonstration, encode_prompts
 
 # ---- roles and group size -------------------------------------------------------------------------
 

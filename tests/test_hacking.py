@@ -13,10 +13,11 @@ from dataclasses import replace
 
 import pytest
 
+from rlbench.catalog import load_problems
 from rlbench.config import TaskConfig
 from rlbench.measure.hacking import reward_hacking
 from rlbench.rewards import answer_correct, format_strict, gold_correct
-from rlbench.tasks import Problem, demonstration, load_problems
+from rlbench.tasks import Problem, demonstration
 from rlbench.tasks.answers import answers_match, extract_answer
 
 STEPS = 20

@@ -19,10 +19,11 @@ import torch
 import yaml
 from torch.testing import assert_close
 
+from rlbench.catalog import load_problems
 from rlbench.config import ModelConfig, TaskConfig, load_suite
 from rlbench.models.embedded import build_embedded, embedded_config, save_pretrained_pair
 from rlbench.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
-from rlbench.tasks import SYSTEM_PROMPT, encode_prompts, load_problems
+from rlbench.tasks import SYSTEM_PROMPT, encode_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k"

@@ -15,9 +15,9 @@ import torch
 import yaml
 from torch.testing import assert_close
 
+from rlbench.catalog import resolve_probe
 from rlbench.config import load_suite
 from rlbench.errors import UserError
-from rlbench.measure.memory import resolve_probe
 from rlbench.measure.static import role_static_bytes
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
 from rlbench.models.loading import add_lora, load_causal_lm

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rlbench.catalog import PROBES, resolve_probe
 from rlbench.errors import UserError
 from rlbench.measure.memory import (
     CPU_WORKER_ENV,
@@ -28,9 +29,7 @@ from rlbench.measure.memory import (
     TorchCudaProbe,
     available_probe_names,
     reset_peak_rss,
-    resolve_probe,
 )
-from rlbench.registry import PROBES
 
 MB = 1_000_000
 MIB = 1024 * 1024

@@ -12,6 +12,7 @@ from rlbench.algorithms.advantages import gae
 from rlbench.algorithms.base import Batch
 from rlbench.algorithms.losses import masked_mean
 from rlbench.algorithms.ppo import PPO, PPOParams, token_rewards
+from rlbench.catalog import load_problems
 from rlbench.config import TaskConfig
 from rlbench.models.embedded import build_embedded
 from rlbench.models.heads import ScalarHeadModel
@@ -19,7 +20,7 @@ from rlbench.models.optim import adamw
 from rlbench.rewards import gold_correct
 from rlbench.rollout import SamplingParams
 from rlbench.rollout.hf import HFEngine
-from rlbench.tasks import encode_prompts, load_problems
+from rlbench.tasks import encode_prompts
 
 # ---- per-token rewards, by hand -----------------------------------------------------------------
 

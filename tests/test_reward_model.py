@@ -17,6 +17,7 @@ import torch
 from torch.testing import assert_close
 
 from rlbench.algorithms.losses import bradley_terry_loss
+from rlbench.catalog import load_problems
 from rlbench.config import ModelConfig, RewardModelConfig, RolloutConfig, Suite, TaskConfig
 from rlbench.errors import UserError
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
@@ -33,7 +34,7 @@ from rlbench.models.reward_model import (
     train_reward_model,
 )
 from rlbench.rewards import answer_correct
-from rlbench.tasks import demonstration, encode_prompts, load_problems
+from rlbench.tasks import demonstration, encode_prompts
 
 EASY_TASK = TaskConfig(min_steps=1, max_steps=1, max_number=2, train_size=500)
 TINY_RM = RewardModelConfig(prompts=48, samples_per_prompt=4, steps=6, batch_size=4, lr=1e-3, heldout_fraction=0.25)

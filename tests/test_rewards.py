@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from rlbench.catalog import REWARDS, rule_functions
 from rlbench.errors import UserError
-from rlbench.registry import REWARDS
 from rlbench.rewards import (
     answer_correct,
     answer_is_number,
@@ -14,7 +14,6 @@ from rlbench.rewards import (
     gold_correct,
     score_rules,
     tag_count,
-    validate_weights,
 )
 from rlbench.tasks import Problem, demonstration
 
@@ -95,34 +94,26 @@ def test_every_reward_is_registered_with_help() -> None:
         assert entry.obj(STRICT, PROBLEM) == 1.0  # the gold completion earns every reward in full
 
 
+WEIGHTS = {"answer_correct": 1.0, "format_strict": 0.1}
+
+
 def test_score_rules_weights_raw_values() -> None:
     other = Problem(id="p1", question="?", answer="7", reasoning="3+4=7")
     completions = [STRICT, ONE_LINE, "<reasoning>\n3+4=7\n</reasoning>\n<answer>\n8\n</answer>\n"]
     problems = [PROBLEM, PROBLEM, other]
-    totals, per_reward = score_rules(completions, problems, {"answer_correct": 1.0, "format_strict": 0.1})
+    totals, per_reward = score_rules(completions, problems, WEIGHTS, rule_functions(WEIGHTS))
     assert per_reward == {"answer_correct": [1.0, 1.0, 0.0], "format_strict": [1.0, 0.0, 1.0]}
     # 1*1 + 0.1*1 = 1.1; 1*1 + 0.1*0 = 1.0; 1*0 + 0.1*1 = 0.1
     assert totals == pytest.approx([1.1, 1.0, 0.1])
-    negative, _ = score_rules(completions, problems, {"format_soft": -0.5})
+    negative, _ = score_rules(completions, problems, {"format_soft": -0.5}, rule_functions(["format_soft"]))
     assert negative == [-0.5, -0.5, -0.5]
-    assert score_rules([], [], {"answer_correct": 1.0}) == ([], {"answer_correct": []})
+    assert score_rules([], [], {"answer_correct": 1.0}, rule_functions(["answer_correct"])) == (
+        [], {"answer_correct": []})
     with pytest.raises(UserError, match="did you mean 'answer_correct'"):
-        score_rules(completions, problems, {"answer_corect": 1.0})
+        rule_functions({"answer_corect": 1.0})
 
 
 def test_gold_correct_is_the_answer_checker() -> None:
     assert gold_correct([STRICT, WRONG, NO_TAGS, ""], [PROBLEM] * 4) == [1.0, 0.0, 1.0, 0.0]
 
 
-def test_validate_weights_lists_every_error() -> None:
-    assert validate_weights({"answer_correct": 1.0, "format_strict": 0.1, "tag_count": -1}) == []
-    errors = validate_weights({"answer_corect": 1.0, "format_strikt": "high", "nonsense": float("nan")})
-    assert len(errors) == 5
-    assert errors[0].startswith("unknown reward 'answer_corect' (did you mean 'answer_correct'?); known: ")
-    assert "did you mean 'format_strict'" in errors[1]
-    assert errors[2] == "weight of reward 'format_strikt' must be a finite number, got 'high'"
-    assert "unknown reward 'nonsense'" in errors[3] and "did you mean" not in errors[3]
-    assert errors[4] == "weight of reward 'nonsense' must be a finite number, got nan"
-    assert validate_weights({"answer_correct": True}) == [
-        "weight of reward 'answer_correct' must be a finite number, got True"]
-    assert validate_weights(["answer_correct"]) == ["rewards must map reward names to weights, got list"]

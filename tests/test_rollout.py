@@ -18,22 +18,22 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from rlbench.catalog import load_problems
 from rlbench.config import TaskConfig
+from rlbench.models.batching import left_pad, position_ids_from_mask
 from rlbench.models.embedded import build_embedded
 from rlbench.models.forward import completion_logits, completion_logprobs, packed_logits
+from rlbench.models.lean_llama import LlamaDecoder, llama_parts
 from rlbench.rollout import SamplingParams
-from rlbench.rollout.fast_llama import LlamaDecoder, llama_parts
 from rlbench.rollout.hf import (
     HFEngine,
     ModuleDecoder,
-    left_pad,
     make_decoder,
-    position_ids_from_mask,
     sample,
     shared_prefix_size,
     top_p_filter,
 )
-from rlbench.tasks import encode_prompts, load_problems
+from rlbench.tasks import encode_prompts
 
 
 def _rollout(group: int = 4, prompts: int = 4, new_tokens: int = 24, seed: int = 0, lean: bool = True):

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from rlbench.catalog import load_problems
 from rlbench.config import TaskConfig
 from rlbench.errors import UserError
 from rlbench.rewards import answer_correct, format_strict
-from rlbench.tasks import Problem, demonstration, load_problems, prompt_text
+from rlbench.tasks import Problem, demonstration, prompt_text
 from rlbench.tasks.gsm8k import parse_solution
 from rlbench.tasks.synthetic import generate_problems, split_of
 
@@ -239,7 +240,7 @@ def test_unreachable_hub_is_a_user_error(tmp_path: Path) -> None:
     # offline mode makes datasets fail at once instead of retrying the network for half a minute
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path)}
     code = ("from rlbench.config import TaskConfig\nfrom rlbench.errors import UserError\n"
-            "from rlbench.tasks import load_problems\n"
+            "from rlbench.catalog import load_problems\n"
             "try:\n    load_problems(TaskConfig(name='gsm8k'), 'eval', 5, 0)\n"
             "except UserError as err:\n    print(err)\n")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)

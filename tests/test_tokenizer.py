@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlbench.catalog import load_problems
 from rlbench.config import TaskConfig
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
 from rlbench.models.tokenizer import TAGS, build_tokenizer
-from rlbench.tasks import demonstration, load_problems, prompt_text
+from rlbench.tasks import demonstration, prompt_text
 from rlbench.tasks.synthetic import vocabulary
 
 TASK = TaskConfig(name="synthetic", min_steps=1, max_steps=3, max_number=50)

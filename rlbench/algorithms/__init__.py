@@ -1,3 +1,5 @@
-"""Algorithms: the math (advantages.py, losses.py) and the recipes that wire it (grpo.py, ppo.py)."""
+"""Algorithms: the math (advantages.py, losses.py), the recipes that wire it (grpo.py, ppo.py), their
+hyper-parameters as data (params.py) and the protocol the training loop reads (base.py).
 
-from rlbench.algorithms import grpo, ppo  # noqa: F401  (register grpo, grpo_zero, ppo)
+Recipes are listed in `rlbench/catalog.py`; importing this package registers nothing.
+"""

@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from rlbench.algorithms.losses import masked_mean
-
-SCALE_MODES = ("group", "batch", "none")
+from rlbench.algorithms.params import SCALE_MODES
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> Tensor:

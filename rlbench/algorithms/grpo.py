@@ -20,30 +20,14 @@ the old policy (recomputed only when the engine holds a separate copy of the wei
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from rlbench.algorithms.advantages import SCALE_MODES, group_advantages
+from rlbench.algorithms.advantages import group_advantages
 from rlbench.algorithms.base import Batch
-from rlbench.algorithms.losses import AGG_MODES, aggregate, clipped_policy_loss, kl_k3, policy_loss_stats
-from rlbench.config import f
-from rlbench.registry import ALGORITHMS
-
-
-@dataclass(frozen=True)
-class GRPOParams:
-    lr: float = f(1e-4, "AdamW learning rate of the policy", gt=0, lt=1)
-    beta: float = f(0.04, "weight of the KL penalty to the reference (0: no reference model is loaded)", ge=0)
-    clip_eps: float = f(0.2, "PPO-style ratio clip epsilon", gt=0, lt=1)
-    num_iterations: int = f(1, "optimisation passes over each batch (GRPO's mu)", ge=1)
-    num_minibatches: int = f(1, "optimizer steps per pass", ge=1)
-    agg: str = f("token_mean", "loss aggregation over tokens", choices=AGG_MODES)
-    scale: str = f("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)", choices=SCALE_MODES)
-    group_size: int | None = f(None, "completions per prompt (default: rollout.group_size)", ge=2)
-    max_grad_norm: float = f(1.0, "gradient clipping norm", gt=0)
-    weight_decay: float = f(0.0, "AdamW weight decay", ge=0)
+from rlbench.algorithms.losses import aggregate, clipped_policy_loss, kl_k3, policy_loss_stats
+from rlbench.algorithms.params import GRPOParams
 
 
 class GRPO:
@@ -91,7 +75,3 @@ class GRPOZero(GRPO):
 
     name: ClassVar[str] = "grpo_zero"
     default_reward: ClassVar[str] = "rules"
-
-
-ALGORITHMS.add("grpo", GRPO, GRPO.__doc__.strip())
-ALGORITHMS.add("grpo_zero", GRPOZero, GRPOZero.__doc__.strip())

@@ -20,7 +20,6 @@ so the policy's and the value's updates are independent and run as two phases.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -28,35 +27,12 @@ import torch
 from rlbench.algorithms.advantages import gae, whiten
 from rlbench.algorithms.base import Batch
 from rlbench.algorithms.losses import (
-    AGG_MODES,
     clipped_policy_loss,
     clipped_value_loss,
     kl_k1,
     policy_loss_stats,
 )
-from rlbench.config import f
-from rlbench.registry import ALGORITHMS
-
-
-@dataclass(frozen=True)
-class PPOParams:
-    lr: float = f(3e-5, "AdamW learning rate of the policy", gt=0, lt=1)
-    value_lr: float = f(1e-4, "AdamW learning rate of the value model", gt=0, lt=1)
-    kl_coef: float = f(0.05, "weight of the per-token KL penalty folded into the reward", ge=0)
-    gamma: float = f(1.0, "discount over completion tokens", ge=0, le=1)
-    lam: float = f(0.95, "GAE lambda", ge=0, le=1)
-    ppo_epochs: int = f(4, "passes over each batch", ge=1)
-    num_minibatches: int = f(2, "minibatches per pass (one optimizer step each)", ge=1)
-    clip_eps: float = f(0.2, "policy ratio clip epsilon", gt=0, lt=1)
-    vf_clip: float = f(0.2, "value clip range around the old values", gt=0)
-    vf_coef: float = f(0.1, "weight of the value loss", gt=0)
-    value_init: str = f("auto", "initialise the value model from the reward model (InstructGPT) or the SFT policy "
-                        "with a fresh head; auto: the reward model when the run holds one", choices=("auto", "reward", "policy"))
-    whiten_advantages: bool = f(True, "whiten advantages over the batch")
-    agg: str = f("token_mean", "policy loss aggregation over tokens", choices=AGG_MODES)
-    group_size: int = f(1, "completions per prompt", ge=1)
-    max_grad_norm: float = f(1.0, "gradient clipping norm", gt=0)
-    weight_decay: float = f(0.0, "AdamW weight decay", ge=0)
+from rlbench.algorithms.params import PPOParams
 
 
 def token_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
@@ -115,6 +91,3 @@ class PPO:
     def value_loss(self, values: torch.Tensor, mb: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         loss = self.params.vf_coef * clipped_value_loss(values, mb.values, mb.returns, mb.mask, self.params.vf_clip)
         return loss, {"loss/value": loss.item()}
-
-
-ALGORITHMS.add("ppo", PPO, PPO.__doc__.strip())

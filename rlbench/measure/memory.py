@@ -2,7 +2,7 @@
 
 Usage (the runner's view):
 
-    probe = resolve_probe("auto", period_ms=5)      # always a CompositeProbe
+    probe = catalog.resolve_probe("auto", period_ms=5)   # always a CompositeProbe
     with probe.phase("update") as by_probe:         # {probe name: PhaseMemory}
         train_step()
     by_probe["cpu"].peak_bytes, by_probe["cpu"].method
@@ -11,7 +11,7 @@ Every PhaseMemory is filled in a `finally` when its phase exits, so a phase that
 out-of-memory error included) still reports what it reached. Bytes are absolute figures for the
 process or device, not relative to the phase start (`peak_rise_bytes` gives the rise).
 
-Probes (registered in rlbench.registry.PROBES; each entry is a factory `(period_ms) -> probe`):
+Probes (listed in rlbench/catalog.py; each entry is a factory `(period_ms) -> probe`):
 
 - `cpu`: resident memory (RSS) of this process. At phase start it writes "5" to
   /proc/self/clear_refs, which resets the kernel's peak-RSS counter VmHWM to the current RSS; at
@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rlbench.errors import UserError
-from rlbench.registry import PROBES
 
 PROC_CLEAR_REFS = "/proc/self/clear_refs"
 PROC_STATUS = "/proc/self/status"
@@ -582,29 +581,21 @@ class CompositeProbe:
         return {"probe": self.name, "primary": self.primary, "probes": [p.describe() for p in self.probes]}
 
 
-# ------------------------------------------------------------------------------------- registry
+# ------------------------------------------------------------------------- factories (see the catalog)
 
 
-@PROBES.register(
-    "cpu", help="process RSS: exact phase peak from /proc clear_refs + VmHWM (psutil sampling fallback)"
-)
 def cpu_probe(period_ms: float) -> CpuProbe:
     return CpuProbe(period_ms)
 
 
-@PROBES.register("torch_cuda", help="PyTorch CUDA allocator: max_memory_allocated/reserved per phase")
 def torch_cuda_probe(period_ms: float) -> TorchCudaProbe:
     return TorchCudaProbe(period_ms)
 
 
-@PROBES.register(
-    "nvml", help="NVML: process and device GPU memory sampled on a thread (sees vLLM, CUDA context)"
-)
 def nvml_probe(period_ms: float) -> NvmlProbe:
     return NvmlProbe(period_ms)
 
 
-@PROBES.register("auto", help="nvml + torch_cuda on a CUDA machine, cpu otherwise")
 def auto_probe(period_ms: float) -> CompositeProbe:
     import torch
 
@@ -617,12 +608,6 @@ def auto_probe(period_ms: float) -> CompositeProbe:
         pass  # no nvidia-ml-py or no driver visible to NVML: torch_cuda still measures
     probes.append(TorchCudaProbe(period_ms))
     return CompositeProbe("auto", probes)
-
-
-def resolve_probe(name: str, period_ms: float) -> CompositeProbe:
-    """The registered probe `name` built with `period_ms`, wrapped in a CompositeProbe if it is single."""
-    probe = PROBES.get(name)(period_ms)
-    return probe if isinstance(probe, CompositeProbe) else CompositeProbe(name, [probe])
 
 
 def available_probe_names() -> list[str]:

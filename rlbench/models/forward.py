@@ -6,7 +6,7 @@ G rows, and only the completion tokens are run per row. The result equals a full
 every row (the same attention, positions and masks), at a fraction of the FLOPs when prompts are
 longer than completions: prompt positions cost 1/G of what they cost row by row.
 
-For Llama-architecture models the forward is `rlbench.rollout.fast_llama`'s: the same math on the
+For Llama-architecture models the forward is `rlbench.models.lean_llama`'s: the same math on the
 module's weights, with per-token work done on real tokens only (no compute on padding after EOS
 or on left padding). `packed_logits` returns the logits of real completion tokens only, which is
 what training needs; `completion_logits` and `completion_logprobs` give the padded [N, T] layout.
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from rlbench.rollout.fast_llama import llama_parts, packed_completion_logits
-from rlbench.rollout.hf import position_ids_from_mask
+from rlbench.models.batching import position_ids_from_mask
+from rlbench.models.lean_llama import llama_parts, packed_completion_logits
 
 
 def _module_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
+from rlbench.models.batching import position_ids_from_mask
 from rlbench.models.forward import scatter_rows
-from rlbench.rollout.fast_llama import llama_parts, packed_completion_hidden
-from rlbench.rollout.hf import position_ids_from_mask
+from rlbench.models.lean_llama import llama_parts, packed_completion_hidden
 
 HEAD_FILE = "scalar_head.pt"
 
@@ -61,7 +61,7 @@ class ScalarHeadModel(nn.Module):
     def completion_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
         """[N, T] value of the state before each completion token (0 where the completion's mask
         is 0 on the lean path). Llama-architecture backbones run the packed forward of
-        `rlbench.rollout.fast_llama` (real tokens only), others the module's own."""
+        `rlbench.models.lean_llama` (real tokens only), others the module's own."""
         parts = llama_parts(self.backbone) if input_ids.shape[1] > prompt_width else None
         if parts is None:
             return self(input_ids, attention_mask)[:, prompt_width - 1: -1]

@@ -40,14 +40,15 @@ import torch
 
 from rlbench.algorithms.losses import bradley_terry_loss
 from rlbench.cache import cached_dir, stable_hash
+from rlbench.catalog import load_problems
 from rlbench.config import RewardModelConfig, Suite
 from rlbench.errors import UserError
+from rlbench.models.batching import left_pad
 from rlbench.models.heads import HEAD_FILE, ScalarHeadModel
 from rlbench.models.optim import adamw
 from rlbench.rewards import gold_correct
 from rlbench.rollout import SamplingParams
-from rlbench.rollout.hf import left_pad
-from rlbench.tasks import Problem, encode_prompts, load_problems
+from rlbench.tasks import Problem, encode_prompts
 
 RM_VERSION = 1
 PROMPT_SEED = 12345  # which training problems are sampled: not the RL runs' order (their seeds are small)

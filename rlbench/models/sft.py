@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from rlbench.cache import cached_dir, stable_hash
+from rlbench.catalog import load_problems
 from rlbench.config import SFTConfig, TaskConfig
 from rlbench.device import default_device, module_device
 from rlbench.models.forward import packed_logits
 from rlbench.models.optim import adamw
-from rlbench.tasks import Problem, demonstration, encode_prompts, load_problems
+from rlbench.tasks import Problem, demonstration, encode_prompts
 
 SFT_VERSION = 2  # 2: the packed completion-only forward
 

@@ -26,8 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from rlbench.report.views import ROLE_ORDER, mib, num, pct
-from rlbench.report.views import _primary_probe as primary_probe
+from rlbench.report.format import ROLE_ORDER, mib, num, pct, primary_probe
 
 ROLE_COLOURS = {"policy": "#1f77b4", "reference": "#7f7f7f", "reward": "#d62728", "value": "#2ca02c",
                 "rollout": "#9467bd"}

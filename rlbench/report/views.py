@@ -8,41 +8,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-ROLE_ORDER = ("policy", "reference", "reward", "value", "rollout")
-
-
-def mib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**20:,.1f}"
-
-
-def pct(x: float | None, se: float | None = None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.1%}" + (f" ± {se:.1%}" if se is not None else "")
-
-
-def num(x: float | None, fmt: str = "{:,.2f}") -> str:
-    return "-" if x is None else fmt.format(x)
-
-
-def _value(run: dict[str, Any], name: str) -> float | None:
-    entry = run.get("metrics", {}).get(name)
-    return None if entry is None else entry.get("value")
-
-
-ROLE_SHORT = {"policy": "pol", "reference": "ref", "reward": "rew", "value": "val", "rollout": "eng"}
-
-
-def pct_pm(x: float | None, se: float | None) -> str:
-    """'21.9±1.8' (percent)."""
-    if x is None:
-        return "-"
-    return f"{x * 100:.1f}" + (f"±{se * 100:.1f}" if se is not None else "")
+from rlbench.report.format import ROLE_ORDER, ROLE_SHORT, _value, mib, num, pct_pm, primary_probe
 
 
 def summary_table(report: dict[str, Any]) -> Table:
     """One row per run: status, budget used, roles, process peak, step time, accuracy before/after."""
-    probe = _primary_probe(report)
+    probe = primary_probe(report)
     table = Table(title=f"rlbench: {report['suite']['name']}", title_justify="left")
     for col, kw in (("run", {"no_wrap": True}), ("status", {}), ("stopped by", {}), ("roles", {"no_wrap": True}),
                     ("compl.", {"justify": "right"}), ("prompts", {"justify": "right"}),
@@ -77,7 +48,7 @@ def summary_table(report: dict[str, Any]) -> Table:
 
 def memory_table(report: dict[str, Any]) -> Table:
     """Role x (weights, grads, optimizer, static total, phase peak) per run, with the process peak."""
-    probe = _primary_probe(report)
+    probe = primary_probe(report)
     table = Table(title=f"memory by role (MiB; static from tensors, peaks measured by {probe})", title_justify="left")
     for col in ("run", "role", "weights", "grads", "optimizer", "static", "load +", "phase peak", "peak phase"):
         table.add_column(col, justify="left" if col in ("run", "role", "peak phase") else "right")
@@ -102,14 +73,6 @@ def memory_table(report: dict[str, Any]) -> Table:
         if roles:
             table.add_section()
     return table
-
-
-def _primary_probe(report: dict[str, Any]) -> str:
-    for run in report["runs"]:
-        memory = run.get("memory")
-        if memory:
-            return memory["primary"]
-    return "cpu"
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:

@@ -14,8 +14,6 @@ from typing import Protocol
 
 import torch
 
-from rlbench.registry import ENGINES
-
 
 @dataclass
 class Rollout:
@@ -67,19 +65,3 @@ class RolloutEngine(Protocol):
     def memory_bytes(self) -> dict[str, int]:
         """Memory the engine holds of its own (weights, KV cache); empty when it shares the policy's."""
         ...
-
-
-def _make_hf(policy: torch.nn.Module, tokenizer, **_: object) -> RolloutEngine:
-    from rlbench.rollout.hf import HFEngine
-
-    return HFEngine(policy, tokenizer)
-
-
-def _make_vllm(policy: torch.nn.Module, tokenizer, **options: object) -> RolloutEngine:
-    from rlbench.rollout.vllm import VLLMEngine
-
-    return VLLMEngine(policy, tokenizer, **options)
-
-
-ENGINES.add("hf", _make_hf, "sampling from the policy module with a KV cache (any device; the CPU default)")
-ENGINES.add("vllm", _make_vllm, "a colocated vLLM engine, weights synced after each update (GPU; extra `vllm`)")

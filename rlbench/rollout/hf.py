@@ -4,7 +4,7 @@ A lean decode loop instead of `model.generate`: it returns the sampled tokens' l
 as it goes (no second forward pass to get them), stops as soon as every row has emitted EOS,
 and adds no per-token logits processors beyond temperature and top-p. A group's prompt is
 prefilled once. Each token comes from a decoder: for Llama-architecture models the lean one in
-`fast_llama` (preallocated cache, the group's prompt keys held once, a few tensor operations per
+`rlbench.models.lean_llama` (preallocated cache, the group's prompt keys held once, a few tensor operations per
 layer), for anything else the module's own forward with its cache (`ModuleDecoder`). Both
 compute the same distribution; `lean=False` forces the module's forward.
 """
@@ -15,24 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from rlbench.device import module_device
+from rlbench.models.batching import left_pad, position_ids_from_mask
+from rlbench.models.lean_llama import LlamaDecoder, llama_parts
 from rlbench.rollout import Rollout, SamplingParams
-from rlbench.rollout.fast_llama import LlamaDecoder, llama_parts
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into ids [N, P] and an attention mask [N, P]."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids, mask
-
-
-def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: 0 at each row's first real token."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -182,3 +167,8 @@ class HFEngine:
 
     def memory_bytes(self) -> dict[str, int]:
         return {}
+
+
+def make_hf_engine(policy: torch.nn.Module, tokenizer, **_: object) -> HFEngine:
+    """The catalog's `hf` entry: engine options meant for other engines are ignored."""
+    return HFEngine(policy, tokenizer)

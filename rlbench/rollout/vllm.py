@@ -50,9 +50,9 @@ from torch import nn
 
 from rlbench.device import module_device
 from rlbench.errors import UserError
+from rlbench.models.batching import left_pad
 from rlbench.models.loading import torch_dtype
 from rlbench.rollout import Rollout, SamplingParams
-from rlbench.rollout.hf import left_pad
 
 VLLM_MISSING = ("rollout.engine: vllm is not installed; install rlbench's extra 'vllm' (pip install vllm) "
                 "on a machine with an NVIDIA GPU, or use engine: hf")
@@ -407,3 +407,8 @@ class VLLMEngine:
         if self.prefix_cache_stale:
             self.llm.reset_prefix_cache()
             self.prefix_cache_stale = False
+
+
+def make_vllm_engine(policy: nn.Module, tokenizer: Any, **options: Any) -> VLLMEngine:
+    """The catalog's `vllm` entry."""
+    return VLLMEngine(policy, tokenizer, **options)

@@ -1,6 +1,6 @@
 """Tasks: GSM8K-style math word problems, how a policy is prompted with them, and the gold completion.
 
-A task is a function registered in TASKS, `(cfg: TaskConfig, split, size, seed) -> list[Problem]`:
+A task is a function listed in the catalog (rlbench/catalog.py), `(cfg: TaskConfig, split, size, seed) -> list[Problem]`:
 
 - `synthetic` (rlbench/tasks/synthetic.py): generated offline from a seed, short enough for the
   embedded 1M-parameter model; train and eval are disjoint by construction.
@@ -17,16 +17,13 @@ Every completion is asked to follow the lecture's strict format:
     26
     </answer>
 
-    problems = load_problems(suite.task, "eval", size=512, seed=0)
+    problems = catalog.load_problems(suite.task, "eval", size=512, seed=0)
     text = prompt_text(problems[0])          # "Q: ...\\n"
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from rlbench.config import TaskConfig
-from rlbench.registry import TASKS
 
 SPLITS = ("train", "eval")
 
@@ -83,13 +80,3 @@ def truncate_prompts(prompts: list[list[int]], max_tokens: int) -> tuple[list[li
 def demonstration(problem: Problem) -> str:
     """The gold completion of a problem in the strict format."""
     return f"<reasoning>\n{problem.reasoning}\n</reasoning>\n<answer>\n{problem.answer}\n</answer>\n"
-
-
-def load_problems(cfg: TaskConfig, split: str, size: int | None, seed: int) -> list[Problem]:
-    """Problems of a split ("train" or "eval") from the task named by `cfg.name`."""
-    assert split in SPLITS, f"split must be one of {SPLITS}, got {split!r}"
-    return TASKS.get(cfg.name)(cfg, split, size, seed)
-
-
-# The task modules use Problem and register themselves in TASKS, so they are imported last.
-from rlbench.tasks import gsm8k, synthetic  # noqa: E402, F401

@@ -21,12 +21,13 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rlbench.config import TaskConfig
 from rlbench.errors import UserError
-from rlbench.registry import TASKS
 from rlbench.tasks import Problem
+
+if TYPE_CHECKING:
+    from rlbench.config import TaskConfig
 
 HUB_NAME = "openai/gsm8k"
 HUB_CONFIG = "main"
@@ -111,7 +112,6 @@ def hub_rows(split: str) -> list[dict[str, Any]]:
     return list(dataset)
 
 
-@TASKS.register("gsm8k", help="GSM8K grade-school math (openai/gsm8k from the hub, or task.path)")
 def load_gsm8k(cfg: TaskConfig, split: str, size: int | None, seed: int) -> list[Problem]:
     """GSM8K problems of a split: all of them in file order (size None), else `size` after a seeded shuffle."""
     if cfg.path is None:

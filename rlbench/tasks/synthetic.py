@@ -22,11 +22,13 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from rlbench.config import TaskConfig
 from rlbench.errors import UserError
-from rlbench.registry import TASKS
 from rlbench.tasks import Problem
+
+if TYPE_CHECKING:
+    from rlbench.config import TaskConfig
 
 MAX_FACTOR = 10  # largest multiplier or divisor, whatever max_number is
 VALUE_CAP_PER_MAX_NUMBER = 10  # every value stays within 10 x max_number
@@ -263,7 +265,6 @@ def vocabulary() -> list[str]:
     return sorted({w for text in texts for w in re.findall(r"[A-Za-z]+", re.sub(r"\{[^}]*\}", " ", text))})
 
 
-@TASKS.register("synthetic", help="generated GSM8K-style word problems (1-4 steps of + - * /), offline")
 def load_synthetic(cfg: TaskConfig, split: str, size: int | None, seed: int) -> list[Problem]:
     """Synthetic problems for a TaskConfig; size None means task.train_size (a tenth of it for eval)."""
     if size is None:

@@ -7,8 +7,9 @@ import time
 import pytest
 import torch
 
+from rlbench.catalog import resolve_probe
 from rlbench.measure.flops import gpu_peak_flops
-from rlbench.measure.memory import NvmlProbe, TorchCudaProbe, resolve_probe
+from rlbench.measure.memory import NvmlProbe, TorchCudaProbe
 
 pytestmark = [
     pytest.mark.gpu,

@@ -19,7 +19,7 @@ SiLU MLP, the embedding's padding_idx); `llama_parts(model)` returns None for an
 not reproduce exactly (other architectures, LoRA-wrapped or quantized layers, dynamic rotary
 scaling, sliding windows, gradient checkpointing, attention dropout while training), and callers
 then use the module's own forward. Positions are passed in by the caller (positions skip left
-padding, as `rlbench.rollout.hf.position_ids_from_mask` computes them).
+padding, as `rlbench.models.batching.position_ids_from_mask` computes them).
 """
 
 from __future__ import annotations

@@ -1,0 +1,113 @@
+"""The one table of rlbench's components: algorithms, tasks, rewards, rollout engines, probes.
+
+Every entry is a name, a lazy `"module:attr"` target and a one-line help. This is the only module
+that names implementations; they import neither the catalog nor `rlbench.config`'s checks, and
+nothing registers itself on import. Loading a suite reads the catalog (names, an algorithm's
+parameter dataclass, its default reward) without importing torch: targets are imported only when
+a run asks for them.
+
+To add a component: write it, then add one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rlbench.registry import Registry, resolve
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the catalog knows of an algorithm without importing it (or torch)."""
+
+    impl: str  # "module:Class", the class implementing rlbench.algorithms.base.Algorithm
+    params: str  # "module:Dataclass", its hyper-parameters; a torch-free module
+    default_reward: str  # the reward source when a suite sets none: "rules" means rules only
+
+    @property
+    def params_cls(self) -> type:
+        return resolve(self.params)
+
+    @property
+    def cls(self) -> Any:
+        return resolve(self.impl)
+
+
+ALGORITHMS: Registry[Recipe] = Registry("algorithm")
+TASKS: Registry[Callable[..., Any]] = Registry("task")
+REWARDS: Registry[Callable[..., float]] = Registry("reward")
+ENGINES: Registry[Callable[..., Any]] = Registry("engine")
+PROBES: Registry[Callable[..., Any]] = Registry("probe")
+
+ALGORITHMS.add("ppo", Recipe("rlbench.algorithms.ppo:PPO", "rlbench.algorithms.params:PPOParams", "model"),
+               "PPO (InstructGPT step 3): value model + GAE, KL to the reference in the reward")
+ALGORITHMS.add("grpo", Recipe("rlbench.algorithms.grpo:GRPO", "rlbench.algorithms.params:GRPOParams", "model"),
+               "GRPO: group-relative advantages, a neural reward model by default")
+ALGORITHMS.add("grpo_zero",
+               Recipe("rlbench.algorithms.grpo:GRPOZero", "rlbench.algorithms.params:GRPOParams", "rules"),
+               "GRPO-Zero: GRPO with rule rewards only (regex format + exact answer), no reward model")
+
+TASKS.add("synthetic", "rlbench.tasks.synthetic:load_synthetic",
+          "generated GSM8K-style word problems (1-4 steps of + - * /), offline")
+TASKS.add("gsm8k", "rlbench.tasks.gsm8k:load_gsm8k", "GSM8K grade-school math (openai/gsm8k from the hub, or task.path)")
+
+REWARDS.add("format_strict", "rlbench.rewards:format_strict",
+            "1 if the completion is exactly <reasoning>\\n...\\n</reasoning>\\n<answer>\\n...\\n</answer>\\n, else 0.")
+REWARDS.add("format_soft", "rlbench.rewards:format_soft",
+            "1 if <reasoning>...</reasoning> then <answer>...</answer> appear anywhere, else 0.")
+REWARDS.add("answer_correct", "rlbench.rewards:answer_correct",
+            "1 if the extracted final answer equals the gold answer, else 0.")
+REWARDS.add("answer_is_number", "rlbench.rewards:answer_is_number",
+            "1 if the first <answer>...</answer> holds a number, else 0.")
+REWARDS.add("tag_count", "rlbench.rewards:tag_count",
+            "0.25 per format tag placed once on its own line, less 0.001 per character after </answer>.")
+
+ENGINES.add("hf", "rlbench.rollout.hf:make_hf_engine",
+            "sampling from the policy module with a KV cache (any device; the CPU default)")
+ENGINES.add("vllm", "rlbench.rollout.vllm:make_vllm_engine",
+            "a colocated vLLM engine, weights synced after each update (GPU; extra `vllm`)")
+
+PROBES.add("cpu", "rlbench.measure.memory:cpu_probe",
+           "process RSS: exact phase peak from /proc clear_refs + VmHWM (psutil sampling fallback)")
+PROBES.add("torch_cuda", "rlbench.measure.memory:torch_cuda_probe",
+           "PyTorch CUDA allocator: max_memory_allocated/reserved per phase")
+PROBES.add("nvml", "rlbench.measure.memory:nvml_probe",
+           "NVML: process and device GPU memory sampled on a thread (sees vLLM, CUDA context)")
+PROBES.add("auto", "rlbench.measure.memory:auto_probe", "nvml + torch_cuda on a CUDA machine, cpu otherwise")
+
+REGISTRIES = (ALGORITHMS, TASKS, REWARDS, ENGINES, PROBES)
+
+
+def registry(kind: str) -> Registry[Any]:
+    """The registry of `kind`: 'algorithm', 'task', 'reward', 'engine' or 'probe'."""
+    return {r.kind: r for r in REGISTRIES}[kind]
+
+
+def group_size(params: Any, default: int) -> int:
+    """Completions per prompt of an algorithm with these params: its own `group_size` when set,
+    else the suite's `rollout.group_size`."""
+    own = getattr(params, "group_size", None)
+    return own if own is not None else default
+
+
+def load_problems(cfg: Any, split: str, size: int | None, seed: int) -> list[Any]:
+    """Problems of a split ("train" or "eval") from the task named by `cfg.name`."""
+    from rlbench.tasks import SPLITS
+
+    assert split in SPLITS, f"split must be one of {SPLITS}, got {split!r}"
+    return TASKS.get(cfg.name)(cfg, split, size, seed)
+
+
+def rule_functions(names: Any) -> dict[str, Callable[..., float]]:
+    """{name: rule reward function} for the names of a suite's `rewards` mapping."""
+    return {name: REWARDS.get(name) for name in names}
+
+
+def resolve_probe(name: str, period_ms: float) -> Any:
+    """The probe `name` built with `period_ms`, wrapped in a CompositeProbe if it is single."""
+    from rlbench.measure.memory import CompositeProbe
+
+    probe = PROBES.get(name)(period_ms)
+    return probe if isinstance(probe, CompositeProbe) else CompositeProbe(name, [probe])

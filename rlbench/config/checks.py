@@ -1,0 +1,179 @@
+"""Checks that span fields or need the catalog: known names, labels, group sizes, budgets.
+
+What the checks use of an algorithm (from `rlbench.catalog`, never by constructing it):
+  params_cls       its hyper-parameters, a dataclass with the same `f(...)` metadata
+  default_reward   the reward source when `reward` is not set; an algorithm whose default is
+                   "rules" holds no reward model (GRPO-Zero): rules only
+  group_size(params, default)   completions per prompt
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+from rlbench.config.schema import AlgorithmConfig, BudgetConfig, CheckConfig, Suite
+from rlbench.config.typed import _INVALID, Errors, _build, _constraint_problem, parse_threshold
+from rlbench.errors import UserError
+
+REWARD_SOURCES = ("model", "rules", "both")
+
+
+def check_suite(suite: Suite, errors: Errors) -> Suite:
+    """Checks that span fields or need the registries. Fields that already failed are skipped, so
+    one mistake gives one message. Returns the suite with labels, rewards and params resolved."""
+
+    def ok(path: str) -> bool:
+        return not any(w == path or w.startswith((path + ".", path + "[")) for w, _ in errors)
+
+    algorithms = [resolve_defaults(_check_algorithm(i, alg, ok, errors)) for i, alg in enumerate(suite.algorithms)]
+    if ok("algorithms") and not suite.algorithms:
+        known = ", ".join(registered("algorithm"))
+        errors.append(("algorithms", "list at least one algorithm" + (f" (known: {known})" if known else "")))
+    _check_labels(algorithms, errors)
+    _check_groups(suite, algorithms, ok, errors)
+
+    limits = [fld.name for fld in dataclasses.fields(BudgetConfig)]
+    if ok("budget") and all(getattr(suite.budget, name) is None for name in limits):
+        errors.append(("budget", f"set at least one of {', '.join(limits)}"))
+    for kind, path, name in (("task", "task.name", suite.task.name),
+                             ("engine", "rollout.engine", suite.rollout.engine),
+                             ("probe", "probe", suite.probe)):
+        if ok(path):
+            _check_name(kind, name, path, errors)
+    if ok("task.min_steps") and ok("task.max_steps") and suite.task.min_steps > suite.task.max_steps:
+        errors.append(("task.min_steps", f"must be <= task.max_steps ({suite.task.max_steps}), "
+                                         f"got {suite.task.min_steps}"))
+    if ok("seeds"):
+        if not suite.seeds:
+            errors.append(("seeds", "list at least one seed"))
+        for seed in sorted({s for s in suite.seeds if suite.seeds.count(s) > 1}):
+            errors.append(("seeds", f"{seed} is listed more than once; seeds must be unique"))
+    for fld in dataclasses.fields(CheckConfig):
+        path = f"check.{fld.name}"
+        if ok(path):
+            try:
+                parse_threshold(getattr(suite.check, fld.name))
+            except UserError as err:
+                errors.append((path, str(err)))
+    return dataclasses.replace(suite, algorithms=algorithms)
+
+
+def _check_algorithm(i: int, alg: AlgorithmConfig, ok: Callable[[str], bool], errors: Errors) -> AlgorithmConfig:
+    path = f"algorithms[{i}]"
+    known = registered("algorithm")
+    if not ok(f"{path}.name") or not known:
+        return alg
+    if alg.name not in known:
+        errors.append((f"{path}.name", _registry("algorithm").unknown_message(alg.name)))
+        return alg
+    entry = _registry("algorithm").get(alg.name)
+    if ok(f"{path}.params"):
+        params = _build(entry.params_cls, alg.params, f"{path}.params", errors)
+        if params is not _INVALID:  # keep the keys the user gave, with their converted values
+            alg = dataclasses.replace(alg, params={k: getattr(params, k) for k in alg.params if hasattr(params, k)})
+    sources = _reward_sources(entry)
+    if ok(f"{path}.reward") and alg.reward is not None and alg.reward not in sources:
+        errors.append((f"{path}.reward", f"must be {' or '.join(sources)} for {alg.name}, got {alg.reward!r}"))
+        return alg
+    alg = resolve_defaults(alg)
+    if ok(f"{path}.rewards") and alg.reward in ("rules", "both"):
+        if not alg.rewards:
+            errors.append((f"{path}.rewards", f"name at least one rule reward when reward is {alg.reward}"))
+        for name in alg.rewards:
+            _check_name("reward", name, f"{path}.rewards.{name}", errors)
+    return alg
+
+
+def _check_labels(algorithms: list[AlgorithmConfig], errors: Errors) -> None:
+    first_use: dict[str, int] = {}
+    for i, alg in enumerate(algorithms):
+        label = alg.label or alg.name
+        if label in first_use:
+            errors.append((f"algorithms[{i}].label", f"'{label}' is already used by algorithms[{first_use[label]}]; "
+                                                     "give each entry its own label"))
+        first_use.setdefault(label, i)
+
+
+def _check_groups(suite: Suite, algorithms: list[AlgorithmConfig], ok: Callable[[str], bool],
+                  errors: Errors) -> None:
+    """Each step's completions split into whole groups of every algorithm's group size."""
+    if not ok("rollout.group_size"):
+        return
+    users: dict[tuple[str, int], list[str]] = {}  # (where the size is set, size) -> labels
+    for i, alg in enumerate(algorithms):
+        path = f"algorithms[{i}]"
+        if alg.name not in registered("algorithm") or not ok(path):
+            continue
+        params = algorithm_params(alg)
+        size = _group_size(params, suite.rollout.group_size)
+        if "group_size" in alg.params:
+            source = f"{path}.params.group_size"
+        else:
+            source = "rollout.group_size"
+            hint = {fld.name: fld for fld in dataclasses.fields(params)}.get("group_size")
+            problem = hint and _constraint_problem(hint.metadata, size)
+            if problem:  # the algorithm's own bound on its group size, applied to the suite's default
+                errors.append((source, f"{problem} ({alg.label} uses it as its group size)"))
+                continue
+        if size > 1:
+            users.setdefault((source, size), []).append(alg.label or alg.name)
+    per_step = suite.rollout.completions_per_step
+    step = math.lcm(*(size for _, size in users)) if users else 1
+    if not ok("rollout.completions_per_step") or per_step % step == 0:
+        return
+    below, above = per_step // step * step, (per_step // step + 1) * step
+    works = f"{below} or {above}" if below else f"{above}"
+    for (source, size), labels in users.items():
+        if per_step % size:
+            errors.append(("rollout.completions_per_step",
+                           f"must be a multiple of {source} ({size}) for {', '.join(labels)}; "
+                           f"got {per_step} (try {works})"))
+
+
+def _check_name(kind: str, name: str, path: str, errors: Errors) -> None:
+    known = registered(kind)
+    if known and name not in known:
+        errors.append((path, _registry(kind).unknown_message(name)))
+
+
+def resolve_defaults(alg: AlgorithmConfig) -> AlgorithmConfig:
+    """Fill `label` (the name) and `reward` (the algorithm's first reward source)."""
+    reward = alg.reward
+    if reward is None and alg.name in registered("algorithm"):
+        reward = _registry("algorithm").get(alg.name).default_reward
+    return dataclasses.replace(alg, label=alg.label or alg.name, reward=reward)
+
+
+def _reward_sources(cls: Any) -> tuple[str, ...]:
+    """The `reward` values an algorithm accepts: rules only for one whose default is rules."""
+    return ("rules",) if cls.default_reward == "rules" else REWARD_SOURCES
+
+
+def algorithm_params(alg: AlgorithmConfig) -> Any:
+    """The algorithm's `Params` dataclass with the suite's values applied over its defaults."""
+    params_cls = _registry("algorithm").get(alg.name).params_cls
+    errors: Errors = []
+    params = _build(params_cls, alg.params, f"{alg.label or alg.name}.params", errors)
+    if errors:
+        raise UserError(*(f"{where}: {message}" for where, message in errors))
+    return params
+
+
+def _registry(kind: str) -> Any:
+    """The catalog's registry of `kind` ('algorithm', 'task', 'reward', 'engine', 'probe')."""
+    from rlbench import catalog
+
+    return catalog.registry(kind)
+
+
+def registered(kind: str) -> list[str]:
+    return _registry(kind).names()
+
+
+def _group_size(params: Any, default: int) -> int:
+    from rlbench.catalog import group_size
+
+    return group_size(params, default)

@@ -1,0 +1,151 @@
+"""The suite schema: frozen dataclasses, each field with a one-line help and its constraints.
+
+Every field carries a help string in its metadata (`help`), which `rlbench validate --explain`
+prints, and optional constraints: `gt`/`ge`/`lt`/`le` for numbers, `choices` for strings. An
+algorithm's own `Params` (rlbench/algorithms/params.py) use the same `f(...)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def f(default: Any = None, help: str = "", **constraints: Any) -> Any:
+    """A dataclass field with a help string and constraints in its metadata."""
+    meta = {"help": help, **constraints}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    if isinstance(default, type):  # a nested dataclass: build its defaults
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Cold start: supervised fine-tuning on demonstrations before RL (cached on disk)."""
+
+    steps: int = f(400, "optimizer steps of supervised fine-tuning (0 skips SFT)", ge=0)
+    batch_size: int = f(32, "demonstrations per SFT step", gt=0)
+    lr: float = f(4e-3, "AdamW learning rate of SFT", gt=0, lt=1)
+    warmup_steps: int = f(20, "linear warm-up steps", ge=0)
+    train_size: int = f(20000, "synthetic demonstrations generated for SFT", gt=0)
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """Reward model stage (InstructGPT step 2), for algorithms that hold a neural reward model."""
+
+    path: str | None = f(None, "load a saved reward model directory instead of training one")
+    prompts: int = f(2000, "prompts sampled from the SFT model to build comparison pairs", gt=0)
+    samples_per_prompt: int = f(4, "completions per prompt; correct/incorrect pairs become comparisons", ge=2)
+    steps: int = f(400, "Bradley-Terry training steps", ge=0)
+    batch_size: int = f(32, "comparison pairs per step", gt=0)
+    lr: float = f(3e-4, "AdamW learning rate of the reward model", gt=0, lt=1)
+    heldout_fraction: float = f(0.1, "fraction of pairs held out to report pairwise accuracy", gt=0, lt=1)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters on the policy (needs the `peft` extra)."""
+
+    r: int = f(16, "adapter rank", gt=0)
+    alpha: int = f(32, "adapter scaling alpha", gt=0)
+    dropout: float = f(0.0, "adapter dropout", ge=0, lt=1)
+    target_modules: list[str] = f(["q_proj", "k_proj", "v_proj", "o_proj"], "module names that get adapters")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = f("embedded", "'embedded' (the built-in 1M-parameter model), a hub name or a local directory")
+    dtype: str = f("float32", "parameter dtype", choices=DTYPES)
+    attn_implementation: str | None = f(None, "transformers attention implementation (eager, sdpa, flash_attention_2)")
+    gradient_checkpointing: bool = f(False, "recompute activations in the backward pass to save memory")
+    trust_remote_code: bool = f(False, "allow code shipped with a hub model to run")
+    max_prompt_tokens: int = f(512, "prompts longer than this are truncated from the left", gt=0)
+    sft: SFTConfig = f(SFTConfig, "cold-start supervised fine-tuning")
+    reward_model: RewardModelConfig = f(RewardModelConfig, "reward model stage")
+    lora: LoraConfig | None = f(None, "LoRA adapters on the policy; null trains all weights")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = f("synthetic", "registered task: synthetic (generated GSM8K-style problems) or gsm8k")
+    path: str | None = f(None, "gsm8k only: a local .jsonl/.parquet file or directory instead of the hub")
+    min_steps: int = f(1, "synthetic: fewest arithmetic steps per problem", ge=1, le=4)
+    max_steps: int = f(2, "synthetic: most arithmetic steps per problem", ge=1, le=4)
+    max_number: int = f(12, "synthetic: largest operand (multipliers and divisors stay <= 10)", ge=2)
+    train_size: int = f(20000, "problems in the RL training split", gt=0)
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: str = f("grpo_zero", "registered algorithm: ppo, grpo or grpo_zero")
+    label: str | None = f(None, "display name in reports (default: the algorithm name); must be unique")
+    reward: str | None = f(None, "reward source: rules, model or both (default: rules for grpo_zero, model otherwise)",
+                           choices=("rules", "model", "both"))
+    rewards: dict[str, float] = f({"answer_correct": 1.0, "format_strict": 0.1},
+                                  "rule rewards and their weights (see `rlbench ls`)")
+    model_reward_weight: float = f(1.0, "weight of the reward model's score when reward is model or both", ge=0)
+    params: dict[str, Any] = f({}, "the algorithm's own hyper-parameters (see `rlbench ls --params`)")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """One budget shared by every run; a run stops at the first limit reached."""
+
+    steps: int | None = f(None, "RL steps", gt=0)
+    completions: int | None = f(None, "generated sequences (the default fairness unit)", gt=0)
+    tokens: int | None = f(None, "generated tokens", gt=0)
+    wall_seconds: float | None = f(None, "wall-clock seconds of RL (evaluation excluded)", gt=0)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: str = f("hf", "rollout engine: hf (transformers-style generation) or vllm")
+    completions_per_step: int = f(64, "completions generated per RL step, for every algorithm", gt=0)
+    group_size: int = f(4, "completions per prompt for group-based algorithms (GRPO, GRPO-Zero)", gt=0)
+    max_new_tokens: int = f(48, "most tokens generated per completion", gt=0)
+    temperature: float = f(1.0, "sampling temperature", gt=0)
+    top_p: float = f(1.0, "nucleus sampling threshold", gt=0, le=1)
+    gpu_memory_utilization: float = f(0.3, "vllm: fraction of GPU memory the engine may take", gt=0, le=1)
+    sleep_between_phases: bool = f(False, "vllm: free the KV cache while the policy updates")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    size: int = f(512, "held-out problems scored before and after RL", gt=0)
+    every: int = f(0, "also evaluate every N steps (0: only before and after)", ge=0)
+    k: int = f(1, "samples per problem for pass@k and maj@k (1: greedy pass@1 only)", ge=1)
+    batch_size: int = f(256, "problems per generation batch", gt=0)
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """Default regression thresholds for `rlbench check`: 'N%' relative or a plain number absolute."""
+
+    memory: str = f("5%", "largest allowed rise of a memory figure")
+    throughput: str = f("10%", "largest allowed fall of a throughput figure")
+    accuracy: str = f("0.02", "largest allowed fall of accuracy beyond its standard error")
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str = f("suite", "suite name; reports go to <output>/<name>/<timestamp>/")
+    description: str = f("", "one line on what the suite is for")
+    model: ModelConfig = f(ModelConfig, "the model every run starts from")
+    task: TaskConfig = f(TaskConfig, "the problems")
+    algorithms: list[AlgorithmConfig] = f([], "the algorithms to compare (at least one)")
+    budget: BudgetConfig = f(BudgetConfig, "shared budget (at least one limit)")
+    rollout: RolloutConfig = f(RolloutConfig, "how completions are generated")
+    eval: EvalConfig = f(EvalConfig, "held-out evaluation")
+    seeds: list[int] = f([0], "one run per algorithm per seed")
+    probe: str = f("auto", "memory probe: auto, cpu, torch_cuda or nvml")
+    probe_period_ms: float = f(10.0, "sampling period of sampling probes (nvml, psutil fallback)", gt=0)
+    threads: int | None = f(None, "torch threads per run (default: all cores)", gt=0)
+    output: str = f("results", "directory that reports are written under")
+    check: CheckConfig = f(CheckConfig, "regression thresholds for `rlbench check`")
+
