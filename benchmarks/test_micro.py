@@ -96,8 +96,9 @@ def test_grpo_zero_update_step(benchmark, make_run, no_probe) -> None:
 
     benchmark.group = "update"
     run = make_run(no_probe)
-    problems = [p for p in run.next_prompts() for _ in range(run.group_size)]
-    rollout = run.engine.generate(encode_prompts(run.tokenizer, problems), run.sampling, seed=0)
+    prompts = run.next_prompts()
+    problems = [p for p in prompts for _ in range(run.group_size)]
+    rollout = run.engine.generate(encode_prompts(run.tokenizer, prompts), run.group_size, run.sampling, seed=0)
     rewards, _ = run._score(rollout, problems)
     batch = Batch(rollout, problems, run.group_size, rewards, torch.tensor(gold_correct(rollout.texts, problems)),
                   rollout.logprobs)

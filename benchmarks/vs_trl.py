@@ -453,7 +453,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from rlbench.report.environment import environment
+    from rlbench.environment import environment
     from rlbench.report.io import write_json_atomic
 
     load_before = os.getloadavg()

@@ -106,8 +106,5 @@ def rule_functions(names: Any) -> dict[str, Callable[..., float]]:
 
 
 def resolve_probe(name: str, period_ms: float) -> Any:
-    """The probe `name` built with `period_ms`, wrapped in a CompositeProbe if it is single."""
-    from rlbench.measure.memory import CompositeProbe
-
-    probe = PROBES.get(name)(period_ms)
-    return probe if isinstance(probe, CompositeProbe) else CompositeProbe(name, [probe])
+    """The probe `name` built with `period_ms`: always a CompositeProbe."""
+    return PROBES.get(name)(period_ms)

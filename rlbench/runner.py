@@ -51,7 +51,7 @@ def needs_reward_model(suite: Suite) -> bool:
     from rlbench.train import make_algorithm
 
     algorithms = [make_algorithm(a) for a in suite.algorithms]
-    return any("reward" in a.roles() or getattr(a, "value_source", lambda: None)() == "reward" for a in algorithms)
+    return any("reward" in a.roles() or a.value_init() == "reward" for a in algorithms)
 
 
 def run_suite(path: str, overrides: list[str], output: str | None, console: Console) -> tuple[Path, int]:
@@ -70,7 +70,7 @@ def run_suite(path: str, overrides: list[str], output: str | None, console: Cons
     suite_file = out_dir / "suite.resolved.yaml"
     suite_file.write_text(yaml.safe_dump(resolved_dict(suite), sort_keys=False))
 
-    from rlbench.report.environment import environment
+    from rlbench.environment import environment
 
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,

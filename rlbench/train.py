@@ -38,17 +38,6 @@ from rlbench.rewards import gold_correct, score_rules
 from rlbench.rollout import SamplingParams
 from rlbench.tasks import Problem, encode_prompts, truncate_prompts
 
-PHASE_ROLE = {
-    "generate": "policy",
-    "old_logprobs": "policy",
-    "update": "policy",
-    "ref_logprobs": "reference",
-    "score": "reward",
-    "values": "value",
-    "value_update": "value",
-    "eval": "policy",
-}
-
 
 def make_algorithm(cfg: AlgorithmConfig) -> Algorithm:
     return ALGORITHMS.get(cfg.name).cls(algorithm_params(cfg), cfg.reward)
@@ -113,9 +102,14 @@ class Run:
     """Everything one run holds: roles, optimizers, engine, probe, data, budget and metrics."""
 
     def __init__(self, suite: Suite, algo_cfg: AlgorithmConfig, seed: int, policy_dir: Path,
-                 reward_dir: Path | None, probe, emit: Callable[[dict], None] = lambda e: None) -> None:
+                 reward_dir: Path | None, probe, emit: Callable[[dict], None] = lambda e: None,
+                 algorithm: Algorithm | None = None) -> None:
+        """`algorithm` defaults to the catalog's recipe for `algo_cfg`; any object implementing the
+        `Algorithm` protocol runs the same loop."""
         self.suite, self.algo_cfg, self.seed = suite, algo_cfg, seed
-        self.algorithm = make_algorithm(algo_cfg)
+        self.algorithm = algorithm if algorithm is not None else make_algorithm(algo_cfg)
+        self.schedule = self.algorithm.schedule()
+        self.passes = self.schedule.passes  # optimisation passes over each batch (read by measure/)
         self.probe, self.emit = probe, emit
         self.phases = PhaseStats()
         self.role_load_bytes: dict[str, dict[str, int]] = {}  # role -> probe -> bytes
@@ -158,7 +152,7 @@ class Run:
         model_cfg = self.suite.model
         import_model_code(policy_dir, model_cfg)  # library code is no role's memory
         self.device = default_device()
-        p = self.algorithm.params
+        schedule = self.schedule
 
         def load_policy_role():
             model, tok = load_policy(policy_dir, model_cfg, self.device)
@@ -167,7 +161,7 @@ class Run:
 
         self.policy, self.tokenizer = self._measure_load("policy", load_policy_role)
         self.policy.train()
-        self.optimizer = adamw(self.policy.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        self.optimizer = adamw(self.policy.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
         self.reference = self.reward_model = self.value_model = self.value_optimizer = None
         if "reference" in self.roles:
             if model_cfg.lora is not None:
@@ -180,7 +174,7 @@ class Run:
             self.reward_model = self._measure_load(
                 "reward", lambda: _frozen(load_scalar_model(reward_dir, model_cfg, self.device)))
         if "value" in self.roles:
-            from_reward = self.algorithm.value_source() == "reward"
+            from_reward = self.algorithm.value_init() == "reward"
             assert not from_reward or reward_dir is not None, "the runner prepares a reward model for value_init"
             source = reward_dir if from_reward else policy_dir
 
@@ -191,7 +185,9 @@ class Run:
 
             self.value_model = self._measure_load("value", load_value)
             self.value_model.train()
-            self.value_optimizer = adamw(self.value_model.parameters(), lr=p.value_lr, weight_decay=p.weight_decay)
+            assert schedule.value_lr is not None, "a recipe with a value role sets schedule().value_lr"
+            self.value_optimizer = adamw(self.value_model.parameters(), lr=schedule.value_lr,
+                                         weight_decay=schedule.weight_decay)
         rollout = self.suite.rollout
         engine_factory = ENGINES.get(rollout.engine)
         self.engine = self._measure_load("rollout", lambda: engine_factory(
@@ -230,17 +226,18 @@ class Run:
         step_start = time.perf_counter()
         times_before = dict(self.phases.seconds)
         prompts = self.next_prompts()
-        problems = [p for p in prompts for _ in range(self.group_size)]
-        prompt_ids, prompt_truncation = truncate_prompts(encode_prompts(self.tokenizer, problems),
+        problems = [p for p in prompts for _ in range(self.group_size)]  # one per completion
+        prompt_ids, prompt_truncation = truncate_prompts(encode_prompts(self.tokenizer, prompts),
                                                          self.suite.model.max_prompt_tokens)
 
         with self.phase("generate"):
-            rollout = self.engine.generate(prompt_ids, self.sampling, seed=self.seed * 1_000_003 + self.budget.steps)
+            rollout = self.engine.generate(prompt_ids, self.group_size, self.sampling,
+                                           seed=self.seed * 1_000_003 + self.budget.steps)
         with self.phase("score"):
             rewards, reward_parts = self._score(rollout, problems)
             gold = torch.tensor(gold_correct(rollout.texts, problems), device=rewards.device)
         old_logprobs = rollout.logprobs
-        if getattr(self.engine, "has_own_weights", False):  # e.g. vLLM: its log-probs are not the policy's
+        if self.engine.has_own_weights:  # e.g. vLLM: its log-probs are not the policy's
             with self.phase("old_logprobs"), torch.no_grad():
                 old_logprobs = self._logprobs(self.policy, rollout)
         batch = Batch(rollout, problems, self.group_size, rewards, gold, old_logprobs)
@@ -266,7 +263,7 @@ class Run:
         self.budget.prompts += len(prompts)
         self.budget.completions += len(problems)
         self.budget.tokens += n_tokens
-        self.budget.trained_tokens += n_tokens * self._passes()
+        self.budget.trained_tokens += n_tokens * self.passes
         self.budget.sequence_tokens += int(rollout.attention_mask.sum())
         step_seconds = time.perf_counter() - step_start
         self.budget.seconds += step_seconds
@@ -289,10 +286,6 @@ class Run:
         }
         self.step_metrics.append(metrics)
         return metrics
-
-    def _passes(self) -> int:
-        p = self.algorithm.params
-        return getattr(p, "ppo_epochs", None) or getattr(p, "num_iterations", 1)
 
     def _score(self, rollout, problems: list[Problem]) -> tuple[torch.Tensor, dict[str, list[float]]]:
         source = self.algorithm.reward_source
@@ -327,10 +320,10 @@ class Run:
     def _update_policy(self, batch: Batch) -> dict[str, float]:
         from rlbench.models.forward import packed_logits, scatter_rows
 
-        p = self.algorithm.params
+        schedule = self.schedule
         totals: dict[str, list[float]] = defaultdict(list)
-        for _ in range(self._passes()):
-            for index in self._minibatches(len(batch), p.num_minibatches):
+        for _ in range(schedule.passes):
+            for index in self._minibatches(len(batch), schedule.num_minibatches):
                 mb = batch.select(index, self.group_size)
                 r = mb.rollout
                 # Logits of the real completion tokens only (none spent on padding), put back in [N, T].
@@ -342,7 +335,7 @@ class Run:
                 loss, stats = self.algorithm.policy_loss(logprobs, mb)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                stats["learning/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), p.max_grad_norm))
+                stats["learning/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), schedule.max_grad_norm))
                 self.optimizer.step()
                 with torch.no_grad():
                     stats["learning/entropy"] = float(entropy_from_logits(logits.detach().float()).mean())
@@ -353,17 +346,17 @@ class Run:
         return {k: sum(v) / len(v) for k, v in totals.items()}
 
     def _update_value(self, batch: Batch) -> dict[str, float]:
-        p = self.algorithm.params
+        schedule = self.schedule
         losses = []
-        for _ in range(self._passes()):
-            for index in self._minibatches(len(batch), p.num_minibatches):
+        for _ in range(schedule.passes):
+            for index in self._minibatches(len(batch), schedule.num_minibatches):
                 mb = batch.select(index, self.group_size)
                 r = mb.rollout
                 values = self.value_model.completion_values(r.input_ids, r.attention_mask, r.prompt_width)
                 loss, stats = self.algorithm.value_loss(values, mb)
                 self.value_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), p.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), schedule.max_grad_norm)
                 self.value_optimizer.step()
                 losses.append(stats["loss/value"])
         return {"loss/value": sum(losses) / len(losses), "loss/value_first": losses[0], "loss/value_last": losses[-1]}

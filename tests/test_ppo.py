@@ -69,7 +69,7 @@ def ppo_setup():
     torch.manual_seed(0)
     policy, tokenizer = build_embedded(0)
     problems = load_problems(TaskConfig(), "train", 8, seed=0)
-    rollout = HFEngine(policy, tokenizer).generate(encode_prompts(tokenizer, problems), SamplingParams(12), seed=0)
+    rollout = HFEngine(policy, tokenizer).generate(encode_prompts(tokenizer, problems), 1, SamplingParams(12), seed=0)
     return rollout, problems
 
 

@@ -30,7 +30,6 @@ from rlbench.rollout.hf import (
     ModuleDecoder,
     make_decoder,
     sample,
-    shared_prefix_size,
     top_p_filter,
 )
 from rlbench.tasks import encode_prompts
@@ -40,9 +39,10 @@ def _rollout(group: int = 4, prompts: int = 4, new_tokens: int = 24, seed: int =
     torch.manual_seed(0)
     model, tokenizer = build_embedded(0)
     problems = load_problems(TaskConfig(), "train", prompts, 0)
-    ids = [p for p in encode_prompts(tokenizer, problems) for _ in range(group)]
+    prompts = encode_prompts(tokenizer, problems)
+    ids = [p for p in prompts for _ in range(group)]  # one per completion
     engine = HFEngine(model, tokenizer, lean=lean)
-    return model, tokenizer, ids, engine.generate(ids, SamplingParams(new_tokens), seed=seed)
+    return model, tokenizer, ids, engine.generate(prompts, group, SamplingParams(new_tokens), seed=seed)
 
 
 def _qwen2_gqa_with_biases() -> nn.Module:
@@ -68,13 +68,10 @@ def _grouped_prompts(group: int) -> tuple[torch.Tensor, torch.Tensor]:
     return left_pad([p for p in prompts for _ in range(group)], pad_id=0)
 
 
-def test_left_pad_and_prefix_detection():
+def test_left_pad():
     ids, mask = left_pad([[5, 6, 7], [8, 9]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 8, 9]]
     assert mask.tolist() == [[1, 1, 1], [0, 1, 1]]
-    grouped, grouped_mask = left_pad([[5, 6], [5, 6], [7], [7]], pad_id=0)
-    assert shared_prefix_size(grouped, grouped_mask) == 2
-    assert shared_prefix_size(ids, mask) == 1
 
 
 def test_rollout_layout_and_masks():
@@ -116,12 +113,12 @@ def test_lean_decoder_matches_the_module_forward(arch):
     assert isinstance(make_decoder(model, ids, mask, 3, 8), LlamaDecoder)  # the lean path really runs
     assert isinstance(make_decoder(model, ids, mask, 3, 8, lean=False), ModuleDecoder)
     params = SamplingParams(16, greedy=True)
-    lean = sample(model, ids, mask, params, eos_id=2, pad_id=0)
-    module = sample(model, ids, mask, params, eos_id=2, pad_id=0, lean=False)
+    lean = sample(model, ids, mask, params, eos_id=2, pad_id=0, group=3)
+    module = sample(model, ids, mask, params, eos_id=2, pad_id=0, lean=False, group=3)
     assert torch.equal(lean[0], module[0]) and torch.equal(lean[2], module[2])
     assert_close(lean[1], module[1], atol=1e-5, rtol=0)
     # Sampled with one seed: the same tokens (the two distributions agree to ~1e-6).
-    sampled = [sample(model, ids, mask, SamplingParams(16), 2, 0, torch.Generator().manual_seed(7), lean=flag)
+    sampled = [sample(model, ids, mask, SamplingParams(16), 2, 0, torch.Generator().manual_seed(7), lean=flag, group=3)
                for flag in (True, False)]
     assert torch.equal(sampled[0][0], sampled[1][0])
 
@@ -212,8 +209,8 @@ def test_same_seed_same_rollout_and_greedy_is_deterministic():
     model, tokenizer = build_embedded(0)
     engine = HFEngine(model, tokenizer)
     prompts = encode_prompts(tokenizer, load_problems(TaskConfig(), "eval", 3, 0))
-    g1 = engine.generate(prompts, SamplingParams(10, greedy=True))
-    g2 = engine.generate(prompts, SamplingParams(10, greedy=True))
+    g1 = engine.generate(prompts, 1, SamplingParams(10, greedy=True))
+    g2 = engine.generate(prompts, 1, SamplingParams(10, greedy=True))
     assert torch.equal(g1.completion_ids, g2.completion_ids)
 
 

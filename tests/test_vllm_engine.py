@@ -30,7 +30,6 @@ from rlbench.rollout.vllm import (
     VLLMEngine,
     engine_weights,
     kv_bytes_per_token,
-    request_groups,
     sampling_kwargs,
 )
 
@@ -162,12 +161,6 @@ def _engine(**options):
 # ---- requests --------------------------------------------------------------------------------
 
 
-def test_request_groups_merge_runs_of_one_prompt():
-    a, b = [1, 5, 6], [1, 7]
-    assert request_groups([a, a, b, b, b, a]) == [(a, 2), (b, 3), (a, 1)]
-    assert request_groups([]) == []
-
-
 def test_sampling_kwargs():
     sampled = sampling_kwargs(SamplingParams(32, temperature=0.7, top_p=0.9), n=4, seed=11, eos_id=2)
     assert sampled == {"n": 4, "temperature": 0.7, "top_p": 0.9, "max_tokens": 32, "logprobs": 0, "seed": 11,
@@ -180,7 +173,7 @@ def test_sampling_kwargs():
 def test_generate_builds_one_request_per_group_and_unpacks_in_order():
     engine, llm, _, tokenizer = _engine()
     a, b = [1, 40, 41, 42], [1, 50]
-    rollout = engine.generate([a, a, b, b], SamplingParams(max_new_tokens=4), seed=7)
+    rollout = engine.generate([a, b], 2, SamplingParams(max_new_tokens=4), seed=7)
 
     _, requests, params = llm.calls[0]
     assert requests == [{"prompt_token_ids": a}, {"prompt_token_ids": b}]
@@ -212,7 +205,7 @@ def test_rollout_layout_is_what_the_trainer_scores():
     """Per-token log-probs of the padded batch equal those of each sequence scored on its own."""
     engine, _, policy, _ = _engine()
     a, b = [1, 40, 41, 42], [1, 50]
-    rollout = engine.generate([a, a, b, b], SamplingParams(max_new_tokens=4))
+    rollout = engine.generate([a, b], 2, SamplingParams(max_new_tokens=4))
     policy.eval()
     with torch.no_grad():
         batched = completion_logprobs(policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_width,
@@ -257,15 +250,15 @@ def test_sync_loads_every_weight_into_the_engine_model_and_resets_the_prefix_cac
     assert set(llm.model.loaded) == {name for name, _ in policy.named_parameters()}
     assert_close(llm.model.loaded["model.layers.0.mlp.down_proj.weight"],
                  policy.model.layers[0].mlp.down_proj.weight.detach())
-    engine.generate([[1, 5]], SamplingParams(4))
+    engine.generate([[1, 5]], 1, SamplingParams(4))
     assert [c[0] for c in llm.calls] == ["reset_prefix_cache", "generate"]  # stale prompt KV dropped first
 
 
 def test_sleep_between_phases_frees_the_engine_and_wakes_weights_before_loading():
     engine, llm, policy, _ = _engine(sleep_between_phases=True)
-    engine.generate([[1, 5]], SamplingParams(4))
+    engine.generate([[1, 5]], 1, SamplingParams(4))
     engine.sync_weights(policy)
-    engine.generate([[1, 5]], SamplingParams(4))
+    engine.generate([[1, 5]], 1, SamplingParams(4))
     assert [c[0] for c in llm.calls] == ["generate", "sleep", "wake_up", "wake_up", "reset_prefix_cache",
                                          "generate", "sleep"]
     assert llm.calls[1] == ("sleep", 1)

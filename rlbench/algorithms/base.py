@@ -54,20 +54,41 @@ class Batch:
         )
 
 
+@dataclass(frozen=True)
+class UpdateSchedule:
+    """How the loop optimises on each batch, as a recipe sets it (from its params)."""
+
+    lr: float  # AdamW learning rate of the policy
+    weight_decay: float  # AdamW weight decay (policy and value)
+    max_grad_norm: float  # gradient clipping norm (policy and value)
+    passes: int = 1  # optimisation passes over each batch (PPO's epochs, GRPO's mu)
+    num_minibatches: int = 1  # optimizer steps per pass, each on whole groups
+    value_lr: float | None = None  # AdamW learning rate of the value model; None when there is none
+
+
 class Algorithm(Protocol):
-    """A recipe plugged into the shared loop."""
+    """A recipe plugged into the shared loop. The loop reads nothing else of it: a recipe that
+    implements these methods runs (tests/test_protocol.py builds one from this protocol alone)."""
 
     name: ClassVar[str]
-    Params: ClassVar[type]
-    params: Any
+    params: Any  # its hyper-parameters (reported; the loop reads them only through schedule())
     reward_source: str  # rules | model | both
 
     def roles(self) -> tuple[str, ...]:
-        """Model roles held in memory, e.g. ("policy", "reference")."""
+        """Model roles held in memory, e.g. ("policy", "reference"); "value" means a trained value model."""
         ...
 
     def group_size(self, default: int) -> int:
         """Completions per prompt (the suite's rollout.group_size is the default for group methods)."""
+        ...
+
+    def schedule(self) -> UpdateSchedule:
+        """Optimiser settings, passes and minibatches of the update phases."""
+        ...
+
+    def value_init(self) -> str | None:
+        """Where the value model starts: "reward" (the reward model's weights) or "policy" (the SFT
+        model with a fresh head); None for recipes without a value role."""
         ...
 
     def compute_advantages(self, batch: Batch) -> None:

@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 
 from rlbench.algorithms.advantages import group_advantages
-from rlbench.algorithms.base import Batch
+from rlbench.algorithms.base import Batch, UpdateSchedule
 from rlbench.algorithms.losses import aggregate, clipped_policy_loss, kl_k3, policy_loss_stats
 from rlbench.algorithms.params import GRPOParams
 
@@ -51,6 +51,14 @@ class GRPO:
 
     def group_size(self, default: int) -> int:
         return self.params.group_size or default
+
+    def schedule(self) -> UpdateSchedule:
+        p = self.params
+        return UpdateSchedule(lr=p.lr, weight_decay=p.weight_decay, max_grad_norm=p.max_grad_norm,
+                              passes=p.num_iterations, num_minibatches=p.num_minibatches)
+
+    def value_init(self) -> None:
+        return None
 
     def compute_advantages(self, batch: Batch) -> None:
         batch.advantages = group_advantages(batch.rewards, batch.group_size, scale=self.params.scale)

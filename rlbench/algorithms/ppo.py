@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 
 from rlbench.algorithms.advantages import gae, whiten
-from rlbench.algorithms.base import Batch
+from rlbench.algorithms.base import Batch, UpdateSchedule
 from rlbench.algorithms.losses import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -56,7 +56,7 @@ class PPO:
         self.params = params
         self.reward_source = reward_source or self.default_reward
 
-    def value_source(self) -> str:
+    def value_init(self) -> str:
         """Where the value model starts: "reward" or "policy"."""
         if self.params.value_init == "auto":
             return "reward" if self.reward_source in ("model", "both") else "policy"
@@ -72,6 +72,11 @@ class PPO:
 
     def group_size(self, default: int) -> int:
         return self.params.group_size
+
+    def schedule(self) -> UpdateSchedule:
+        p = self.params
+        return UpdateSchedule(lr=p.lr, weight_decay=p.weight_decay, max_grad_norm=p.max_grad_norm,
+                              passes=p.ppo_epochs, num_minibatches=p.num_minibatches, value_lr=p.value_lr)
 
     def compute_advantages(self, batch: Batch) -> None:
         p, mask = self.params, batch.mask

@@ -24,7 +24,7 @@ def evaluate(engine: RolloutEngine, tokenizer, problems: list[Problem], max_new_
     for start in range(0, len(problems), batch_size):
         batch = problems[start: start + batch_size]
         prompts = encode_prompts(tokenizer, batch)
-        rollout = engine.generate(prompts, greedy)
+        rollout = engine.generate(prompts, 1, greedy)
         for text, problem in zip(rollout.texts, batch):
             correct.append(answers_match(extract_answer(text), problem.answer))
             formatted.append("<answer>" in text and "</answer>" in text)
@@ -52,8 +52,7 @@ def _sampled_metrics(engine: RolloutEngine, tokenizer, problems: list[Problem], 
     any_correct, majority_correct = 0, 0
     for start in range(0, len(problems), per_batch):
         batch = problems[start: start + per_batch]
-        prompts = [ids for ids in encode_prompts(tokenizer, batch) for _ in range(k)]
-        rollout = engine.generate(prompts, params, seed=seed + start)
+        rollout = engine.generate(encode_prompts(tokenizer, batch), k, params, seed=seed + start)
         for i, problem in enumerate(batch):
             answers = [extract_answer(t) for t in rollout.texts[i * k: (i + 1) * k]]
             any_correct += any(answers_match(a, problem.answer) for a in answers)

@@ -584,16 +584,19 @@ class CompositeProbe:
 # ------------------------------------------------------------------------- factories (see the catalog)
 
 
-def cpu_probe(period_ms: float) -> CpuProbe:
-    return CpuProbe(period_ms)
+# Every factory returns a CompositeProbe (one probe or several behind one interface).
 
 
-def torch_cuda_probe(period_ms: float) -> TorchCudaProbe:
-    return TorchCudaProbe(period_ms)
+def cpu_probe(period_ms: float) -> CompositeProbe:
+    return CompositeProbe("cpu", [CpuProbe(period_ms)])
 
 
-def nvml_probe(period_ms: float) -> NvmlProbe:
-    return NvmlProbe(period_ms)
+def torch_cuda_probe(period_ms: float) -> CompositeProbe:
+    return CompositeProbe("torch_cuda", [TorchCudaProbe(period_ms)])
+
+
+def nvml_probe(period_ms: float) -> CompositeProbe:
+    return CompositeProbe("nvml", [NvmlProbe(period_ms)])
 
 
 def auto_probe(period_ms: float) -> CompositeProbe:

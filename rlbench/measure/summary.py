@@ -14,12 +14,41 @@ slack included, is reported as `other`, never dropped.
 from __future__ import annotations
 
 from statistics import fmean
-from typing import Any
+from typing import Any, Protocol
 
 from rlbench.measure.flops import flop_params, model_flops_per_token
 from rlbench.measure.hacking import reward_hacking
 from rlbench.report.metrics import metric
-from rlbench.train import PHASE_ROLE, Run
+
+# Which role a phase's memory and time are attributed to.
+PHASE_ROLE = {
+    "generate": "policy",
+    "old_logprobs": "policy",
+    "update": "policy",
+    "ref_logprobs": "reference",
+    "score": "reward",
+    "values": "value",
+    "value_update": "value",
+    "eval": "policy",
+}
+
+
+class Run(Protocol):
+    """What a summary reads of a finished run (rlbench.train.Run provides it; measure/ knows no recipe)."""
+
+    suite: Any
+    budget: Any  # .consumed(), .steps, .completions, .tokens, .trained_tokens, .sequence_tokens
+    phases: Any  # PhaseStats: seconds, calls, peak_bytes, rise_bytes, notes
+    step_metrics: list[dict[str, Any]]
+    role_load_bytes: dict[str, dict[str, int]]
+    engine: Any  # .memory_bytes()
+    policy: Any
+    reference: Any
+    reward_model: Any
+    value_model: Any
+    passes: int  # optimisation passes over each batch
+
+    def role_models(self) -> dict[str, tuple[Any, Any]]: ...
 
 
 def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +161,7 @@ def _rl_flops(run: Run) -> float:
     fwd = model_flops_per_token(n, config.num_hidden_layers, config.hidden_size, seq_len, training=False)
     train = model_flops_per_token(n, config.num_hidden_layers, config.hidden_size, seq_len, training=True)
     forwards = 1 + sum(m is not None for m in (run.reference, run.reward_model, run.value_model))
-    trains = run._passes() * (1 + (run.value_model is not None))
+    trains = run.passes * (1 + (run.value_model is not None))
     return b.sequence_tokens * (forwards * fwd + trains * train)
 
 

@@ -91,9 +91,9 @@ def sample_completions(policy: torch.nn.Module, tokenizer, problems: list[Proble
     starts = range(0, len(problems), prompts_per_batch)
     samples: list[LabelledSample] = []
     for batch_index, start in enumerate(starts):
-        indices = [i for i in range(start, min(start + prompts_per_batch, len(problems)))
-                   for _ in range(samples_per_prompt)]
-        rollout = engine.generate([prompt_ids[i] for i in indices], sampling, seed=seed + batch_index)
+        batch = range(start, min(start + prompts_per_batch, len(problems)))
+        indices = [i for i in batch for _ in range(samples_per_prompt)]
+        rollout = engine.generate([prompt_ids[i] for i in batch], samples_per_prompt, sampling, seed=seed + batch_index)
         verdicts = gold_correct(rollout.texts, [problems[i] for i in indices])
         for row, i in enumerate(indices):
             length = int(rollout.lengths[row])

@@ -53,9 +53,11 @@ class SamplingParams:
 
 class RolloutEngine(Protocol):
     name: str
+    has_own_weights: bool  # True: it samples from its own copy (vLLM), so the loop recomputes old log-probs
 
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Rollout:
-        """Sample one completion per prompt (repeat a prompt G times for a group)."""
+    def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams,
+                 seed: int | None = None) -> Rollout:
+        """Sample `n` completions of each prompt: len(prompt_ids) * n rows, a prompt's n rows adjacent."""
         ...
 
     def sync_weights(self, policy: torch.nn.Module) -> None:

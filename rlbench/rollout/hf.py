@@ -31,19 +31,6 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
-def shared_prefix_size(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> int:
-    """G when the rows come in runs of G identical prompts (a rollout of groups), else 1."""
-    n = prompt_ids.shape[0]
-    for group in range(n, 1, -1):
-        if n % group:
-            continue
-        ids = prompt_ids.view(n // group, group, -1)
-        mask = prompt_mask.view(n // group, group, -1)
-        if bool((ids == ids[:, :1]).all()) and bool((mask == mask[:, :1]).all()):
-            return group
-    return 1
-
-
 class ModuleDecoder:
     """Sampling through the module's own forward and its cache: any architecture, one call per token."""
 
@@ -94,14 +81,16 @@ def sample(
     pad_id: int,
     generator: torch.Generator | None = None,
     lean: bool = True,
+    group: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode up to max_new_tokens. Returns (tokens [N,T], logprobs [N,T], mask [N,T], truncated [N]).
 
+    Rows come in runs of `group` copies of one prompt, whose prompt is prefilled once.
     `lean=False` forces the module's own forward (the lean decoder is used only where it applies).
     """
     n = prompt_ids.shape[0]
-    decoder = make_decoder(model, prompt_ids, prompt_mask, shared_prefix_size(prompt_ids, prompt_mask),
-                           params.max_new_tokens, lean)
+    assert n % group == 0, f"{n} rows are not whole groups of {group}"
+    decoder = make_decoder(model, prompt_ids, prompt_mask, group, params.max_new_tokens, lean)
     logits = decoder.prefill()
     finished = torch.zeros(n, dtype=torch.bool, device=prompt_ids.device)
     pads = torch.full((n,), pad_id, dtype=torch.long, device=prompt_ids.device)
@@ -136,17 +125,20 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.lean = lean
 
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Rollout:
+    has_own_weights = False
+
+    def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams,
+                 seed: int | None = None) -> Rollout:
         device = module_device(self.policy)
         generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
-        ids, mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
+        ids, mask = left_pad([p for p in prompt_ids for _ in range(n)], self.tokenizer.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
         was_training = self.policy.training
         self.policy.eval()
         try:
             tokens, logprobs, comp_mask, truncated = sample(
                 self.policy, ids, mask, params, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, generator,
-                self.lean,
+                self.lean, group=n,
             )
         finally:
             self.policy.train(was_training)

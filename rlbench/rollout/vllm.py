@@ -1,7 +1,7 @@
 """The `vllm` engine: rollouts from a colocated `vllm.LLM`, the policy's weights loaded in after each update.
 
     engine = VLLMEngine(policy, tokenizer, model_path=policy_dir, dtype="bfloat16", gpu_memory_utilization=0.3)
-    rollout = engine.generate(prompt_ids, SamplingParams(max_new_tokens=256), seed=0)
+    rollout = engine.generate(prompt_ids, 4, SamplingParams(max_new_tokens=256), seed=0)  # 4 per prompt
     engine.sync_weights(policy)          # after every optimizer step
 
 What it does with vLLM (imported lazily: `import rlbench` works without it):
@@ -190,18 +190,6 @@ class Completion:
     truncated: bool  # stopped by max_tokens, not by EOS
 
 
-def request_groups(prompt_ids: Sequence[Sequence[int]]) -> list[tuple[list[int], int]]:
-    """Runs of identical consecutive prompts as (prompt, n): [a, a, b, a] -> [(a, 2), (b, 1), (a, 1)]."""
-    groups: list[tuple[list[int], int]] = []
-    for prompt in prompt_ids:
-        prompt = list(prompt)
-        if groups and groups[-1][0] == prompt:
-            groups[-1] = (prompt, groups[-1][1] + 1)
-        else:
-            groups.append((prompt, 1))
-    return groups
-
-
 def sampling_kwargs(params: SamplingParams, n: int, seed: int | None, eos_id: int) -> dict[str, Any]:
     """Keyword arguments of `vllm.SamplingParams` for one request of `n` samples."""
     return {
@@ -354,21 +342,22 @@ class VLLMEngine:
                 init_info=api["IPCTrainerInitInfo"](rank=0, packed=False), client=LLMWeightSyncClient(llm),
                 source=self.weights)
 
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Rollout:
+    def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams,
+                 seed: int | None = None) -> Rollout:
         self._wake()
-        groups = request_groups(prompt_ids)
-        requests = [{"prompt_token_ids": prompt} for prompt, _ in groups]
+        requests = [{"prompt_token_ids": list(prompt)} for prompt in prompt_ids]
         request_params = [
             self.sampling_params(**sampling_kwargs(params, n, None if seed is None else seed + i,
                                                    self.tokenizer.eos_token_id))
-            for i, (_, n) in enumerate(groups)
+            for i in range(len(prompt_ids))
         ]
         outputs = self.llm.generate(requests, request_params, use_tqdm=False)
-        completions = unpack_completions(outputs, [n for _, n in groups])
+        completions = unpack_completions(outputs, [n] * len(prompt_ids))
         if self.sleep_between_phases:
             self.llm.sleep(level=1)
             self.asleep = {"weights", "kv_cache"}
-        return build_rollout(prompt_ids, completions, self.tokenizer.pad_token_id, self.tokenizer, self.device)
+        rows = [list(p) for p in prompt_ids for _ in range(n)]
+        return build_rollout(rows, completions, self.tokenizer.pad_token_id, self.tokenizer, self.device)
 
     def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
         """The engine's log-probs (temperature 1) of each given completion token after its prompt."""
