@@ -1,0 +1,181 @@
+"""The `cpu` probe: exact phase peaks of this process's resident memory from /proc (Linux).
+
+See rlbench/measure/memory.py for how it reads memory and why workers start with CPU_WORKER_ENV.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from typing import Any
+
+from rlbench.measure.probing import PhaseMemory, _join_notes, _measured_phase, _Sampler
+
+PROC_CLEAR_REFS = "/proc/self/clear_refs"
+PROC_STATUS = "/proc/self/status"
+
+
+def read_proc_status() -> dict[str, int]:
+    """The kB fields of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile, RssShmem, ...) in bytes."""
+    fields = {}
+    with open(PROC_STATUS) as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                fields[key] = int(parts[0]) * 1024
+    return fields
+
+
+def _proc_status_readable() -> bool:
+    try:
+        return "VmHWM" in read_proc_status()
+    except OSError:
+        return False
+
+
+CPU_WORKER_ENV: dict[str, str] = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+"""Environment for worker processes whose RSS the cpu probe can trust (see the module docstring)."""
+
+
+def release_free_heap() -> bool:
+    """glibc's malloc_trim(0): free heap pages of every arena go back to the kernel. False where the
+    C library is not glibc (nothing to call)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+        import platform
+
+        if platform.libc_ver()[0] != "glibc":
+            _malloc_trim = False
+        else:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    if _malloc_trim is False:
+        return False
+    _malloc_trim(0)
+    return True
+
+
+_malloc_trim = None  # the C function once looked up, False where there is none
+
+
+def reset_peak_rss() -> bool:
+    """Writes "5" to /proc/self/clear_refs (VmHWM := current RSS); False where that is not allowed."""
+    try:
+        with open(PROC_CLEAR_REFS, "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class CpuProbe:
+    """Resident memory of this process: exact peak via clear_refs + VmHWM, or psutil sampling."""
+
+    name = "cpu"
+
+    def __init__(self, period_ms: float = 5.0, use_clear_refs: bool | None = None,
+                 release_heap: bool = True) -> None:
+        """`use_clear_refs=None` tries clear_refs and falls back to sampling; False forces sampling.
+        `release_heap=False` skips malloc_trim at phase start (to show what it is for)."""
+        assert period_ms > 0, f"period_ms must be > 0, got {period_ms}"
+        self.period_ms = period_ms
+        self.release_heap = release_heap and release_free_heap()
+        self._open_phase: str | None = None
+        self._sampler: _Sampler | None = None
+        self._has_status = _proc_status_readable()
+        # VmHWM so far is the process peak until now; read it before any reset loses it.
+        self._process_peak = read_proc_status()["VmHWM"] if self._has_status else 0
+        if use_clear_refs is None:
+            use_clear_refs = self._has_status and reset_peak_rss()
+        self.uses_clear_refs = use_clear_refs
+        if use_clear_refs:
+            method = (
+                "VmHWM from /proc/self/status after writing 5 to /proc/self/clear_refs at phase start "
+                "(exact peak of resident pages: anonymous + file-backed + shared)"
+            )
+        else:
+            method = (
+                f"max of RSS sampled by a psutil thread every {period_ms:g} ms and at phase start and end "
+                "(clear_refs not writable; peaks shorter than the period are missed)"
+            )
+        threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+        if threshold == CPU_WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]:
+            method += f"; process started with MALLOC_MMAP_THRESHOLD_={threshold}"
+        else:
+            method += (f"; MALLOC_MMAP_THRESHOLD_ is {'unset' if threshold is None else repr(threshold)} "
+                       f"(not {CPU_WORKER_ENV['MALLOC_MMAP_THRESHOLD_']}): freed large tensors may stay resident "
+                       "within a phase, so peaks can read high")
+        if self.release_heap:
+            method += "; free heap handed back to the kernel (glibc malloc_trim) at phase start"
+        else:
+            method += "; free heap not released at phase start (freed memory may stay resident and read high)"
+        self.method = method
+
+    def phase(self, name: str) -> AbstractContextManager[PhaseMemory]:
+        return _measured_phase(self, name)
+
+    def _rss_reading(self) -> dict[str, int]:
+        """The sampler thread's reading: RSS as it is (trimming the heap every period would be work
+        on the measured phase's own time)."""
+        return {"rss": self._rss()}
+
+    def _begin(self, mem: PhaseMemory) -> None:
+        if self.release_heap:
+            release_free_heap()
+        if self.uses_clear_refs:
+            self._process_peak = max(self._process_peak, read_proc_status()["VmHWM"])
+            assert reset_peak_rss(), f"cannot write {PROC_CLEAR_REFS}; build CpuProbe(use_clear_refs=False)"
+            mem.start_bytes = read_proc_status()["VmRSS"]
+        else:
+            self._sampler = _Sampler(self._rss_reading, self.period_ms / 1000, "rlbench-cpu-rss-sampler")
+            mem.start_bytes = self._sampler.start()["rss"]
+
+    def _end(self, mem: PhaseMemory) -> None:
+        if self.uses_clear_refs:
+            status = read_proc_status()
+            mem.peak_bytes, mem.end_bytes = status["VmHWM"], status["VmRSS"]
+        else:
+            assert self._sampler is not None
+            last = self._sampler.stop()
+            mem.peak_bytes = self._sampler.peaks["rss"]
+            mem.end_bytes = last.get("rss", 0)
+            mem.extra["samples"] = self._sampler.samples
+            mem.note = _join_notes(mem.note, self._sampler.error)
+            self._sampler = None
+            status = read_proc_status() if self._has_status else {}
+        for key, extra_key in (
+            ("RssAnon", "rss_anon_end_bytes"),
+            ("RssFile", "rss_file_end_bytes"),
+            ("RssShmem", "rss_shmem_end_bytes"),
+        ):
+            if key in status:
+                mem.extra[extra_key] = status[key]
+        self._process_peak = max(self._process_peak, mem.peak_bytes)
+
+    def snapshot(self) -> int:
+        """Current RSS, after handing the free heap back (so it counts live memory)."""
+        if self.release_heap:
+            release_free_heap()
+        return self._rss()
+
+    def _rss(self) -> int:
+        if self._has_status:
+            return read_proc_status()["VmRSS"]
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+    def process_peak_bytes(self) -> int:
+        # Without clear_refs VmHWM is never reset, so it alone is the process peak.
+        now = read_proc_status()["VmHWM"] if self._has_status else 0
+        return max(self._process_peak, now)
+
+    def describe(self) -> dict[str, Any]:
+        from rlbench.measure.flops import cpu_model_name
+
+        return {"probe": self.name, "method": self.method, "device": f"cpu: {cpu_model_name()}"}
+
+
+# ----------------------------------------------------------------------------------- torch_cuda
