@@ -1,53 +1,108 @@
 """`rlbench compare A.json B.json [...]`: reports side by side, runs matched by label and seed.
 
-    rlbench compare results/ci/A/report.json results/ci/B/report.json
-    rlbench compare base.json new.json --format md > comparison.md
+    rlbench compare base.json new.json                     headline metrics of every run (one screen)
+    rlbench compare base.json new.json --changed           only what changed beyond noise or threshold
+    rlbench compare base.json new.json --metrics 'memory/*' --metrics eval/accuracy
+    rlbench compare base.json new.json --all --format md > comparison.md
 
 The first report is the base. For every run the base shares with a later report (same label and
-same seed), one table per area (memory by role, throughput, accuracy) lists each metric's value
-in every report, and for each later report the absolute and relative change with an arrow:
-green when the change is an improvement, red when it is worse (direction from the metric's
-`higher_is_better`), plain when the metric has no better direction. `--format md` prints the same
-tables in Markdown.
+same seed), each selected metric's value in every report, and for each later report the absolute
+and relative change with an arrow: green when the change is an improvement, red when it is worse
+(direction from the metric's `higher_is_better`), plain when the metric has no better direction,
+dim and marked "noise" when it is within noise or threshold.
+Each run's heading carries its status in every report.
+
+What is shown:
+- by default, the headline metrics (process peak, step time, generated tokens/s, MFU, held-out
+  accuracy) in one table, and a count of the metrics that changed;
+- `--all`: every metric, one table per area (memory by role, throughput, accuracy, learning);
+- `--metrics GLOB` (repeatable, or comma-separated): the metrics whose name matches, by area;
+- `--changed`: of those (of every metric when no `--metrics` is given), only the ones whose change
+  exceeds the noise and the base suite's `check:` threshold (see `beyond_noise`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import fnmatch
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from rlbench.errors import UserError
-from rlbench.report.check import format_value
+from rlbench.report.check import Threshold, format_value, thresholds_for
+from rlbench.report.format import Markdown, markdown_table, md_text
 from rlbench.report.metrics import area
 
-AREA_TITLES = {"memory": "memory by role", "throughput": "throughput", "accuracy": "accuracy"}
+__all__ = ["markdown_table"]  # re-exported: Markdown tables of literal text, shared with summary.md
+
+AREA_TITLES = {"memory": "memory by role", "throughput": "throughput", "accuracy": "accuracy",
+               "learning": "learning"}
+HEADLINE = ("memory/process_peak_bytes", "time/step_s", "throughput/gen_tokens_per_s", "throughput/mfu",
+            "eval/accuracy")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """A table cell: its text and, for Rich, a style ('' for none)."""
+    """A table cell: its text (literal, never markup) and, for Rich, a style ('' for none)."""
 
     text: str
     style: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass
+class RunBlock:
+    """One run's rows in a table: its status in every report, then one row per metric:
+    [metric, base value, then (value, Δ, Δ%, arrow) per later report]."""
+
+    run: str
+    statuses: list[Cell]
+    rows: list[list[Cell]] = field(default_factory=list)
+
+
+@dataclass
 class Section:
-    """One table. Rows start with the run id (empty on the run's later rows); when `grouped`, a Rich
-    table prints the run id as a heading row instead of a column, to stay narrow."""
+    """One table: a title, the value columns (after the run and metric columns) and a block per run."""
 
     title: str
-    columns: list[str]
-    rows: list[list[Cell]]
-    grouped: bool = True
+    value_columns: list[str]
+    blocks: list[RunBlock] = field(default_factory=list)
 
 
-def change_cells(base: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Cell]:
-    """[absolute change, relative change, arrow] of one metric between two reports."""
+@dataclass(frozen=True)
+class Selection:
+    """Which metric rows to show: every one (`all`), those matching `metrics` globs, or the headline
+    metrics; then, with `changed`, only the rows that changed beyond noise or threshold."""
+
+    all: bool = False
+    metrics: tuple[str, ...] = ()
+    changed: bool = False
+
+    def wants(self, name: str) -> bool:
+        if self.metrics:
+            return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.metrics)
+        return self.all or self.changed or name in HEADLINE
+
+    @property
+    def headline(self) -> bool:
+        return not (self.all or self.metrics or self.changed)
+
+
+@dataclass
+class Comparison:
+    sections: list[Section]
+    notes: list[str]
+    rows_total: int = 0  # metric rows of the shared runs, before selection
+    rows_changed: int = 0  # of those, rows whose change exceeds noise or threshold
+
+
+def change_cells(base: dict[str, Any] | None, new: dict[str, Any] | None, noise: bool = False) -> list[Cell]:
+    """[absolute change, relative change, arrow] of one metric between two reports; `noise`: the
+    change is within noise or threshold (`beyond_noise`), so it is shown dim, neither better nor worse."""
     if base is None or new is None or base.get("value") is None or new.get("value") is None:
         return [Cell("-"), Cell("-"), Cell("")]
     delta = new["value"] - base["value"]
@@ -56,12 +111,45 @@ def change_cells(base: dict[str, Any] | None, new: dict[str, Any] | None) -> lis
     if delta == 0:
         return [Cell(absolute), Cell(relative), Cell("=")]
     arrow = "↑" if delta > 0 else "↓"
+    if noise:
+        return [Cell(absolute, "dim"), Cell(relative, "dim"), Cell(f"{arrow} noise", "dim")]
     higher = base.get("higher_is_better")
     if higher is None:
         return [Cell(absolute), Cell(relative), Cell(arrow)]
     better = (delta > 0) == higher
     return [Cell(absolute), Cell(relative), Cell(f"{arrow} {'better' if better else 'worse'}",
                                                  "green" if better else "red")]
+
+
+def beyond_noise(name: str, base: dict[str, Any] | None, new: dict[str, Any] | None,
+                 thresholds: dict[str, Threshold]) -> bool:
+    """Whether a metric changed beyond noise: present on one side only, or a change larger than
+    the combined standard error and larger than the area's threshold (memory, throughput and
+    fraction-valued accuracy metrics; relative thresholds as ratios both ways, as `check` reads
+    them). Metrics of other areas (learning, losses, KL) have no threshold: seeded runs repeat
+    them exactly, so any change counts."""
+    base_value = None if base is None else base.get("value")
+    new_value = None if new is None else new.get("value")
+    if base_value is None or new_value is None:
+        return (base_value is None) != (new_value is None)
+    if math.isnan(base_value) or math.isnan(new_value):
+        return math.isnan(base_value) != math.isnan(new_value)
+    delta = new_value - base_value
+    if delta == 0:
+        return False
+    noise = math.hypot(base.get("stderr") or 0.0, new.get("stderr") or 0.0)
+    if abs(delta) <= noise:
+        return False
+    gate = area(name)
+    if gate == "accuracy" and base.get("unit") != "fraction":
+        gate = "learning"
+    threshold = thresholds.get(gate)
+    if threshold is None:
+        return True
+    if not threshold.relative:
+        return abs(delta) > threshold.limit
+    low, high = sorted((abs(base_value), abs(new_value)))
+    return low == 0 or high / low - 1 > threshold.limit
 
 
 def value_text(metric: dict[str, Any] | None) -> str:
@@ -84,9 +172,10 @@ def metric_label(name: str) -> str:
     return name
 
 
-def compare_sections(reports: list[dict[str, Any]], names: list[str]) -> tuple[list[Section], list[str]]:
-    """Tables per area, plus notes on runs that could not be matched. Raises UserError when the
-    base shares no run with any other report."""
+def compare_reports(reports: list[dict[str, Any]], names: list[str], selection: Selection | None = None) -> Comparison:
+    """The tables `selection` asks for, notes on runs that could not be matched, and how many metric
+    rows there are and changed. Raises UserError when the base shares no run with any other report."""
+    selection = selection or Selection()
     base = reports[0]
     keyed = [{(r["label"], r["seed"]): r for r in report["runs"]} for report in reports]
     shared = [r for r in base["runs"] if any((r["label"], r["seed"]) in k for k in keyed[1:])]
@@ -101,36 +190,42 @@ def compare_sections(reports: list[dict[str, Any]], names: list[str]) -> tuple[l
             notes.append(f"{name}: has no {', '.join(missing)}")
         if extra:
             notes.append(f"{name}: {', '.join(extra)} not in the base report, not compared")
+    thresholds = thresholds_for(base, [])
     short = [f"[{i}]" for i in range(len(reports))]
-    columns = ["run", "metric", f"{short[0]} base"]
+    value_columns = [f"{short[0]} base"]
     for s in short[1:]:
-        columns += [s, f"Δ {s}", f"Δ% {s}", ""]
-    sections = [Section("runs", ["run", *[f"status {s}" for s in short]], [], grouped=False)]
+        value_columns += [s, f"Δ {s}", f"Δ% {s}", ""]
+    titles = {"headline": "headline metrics"} if selection.headline else AREA_TITLES
+    sections = {key: Section(title, value_columns) for key, title in titles.items()}
+    out = Comparison([], notes)
     for run in shared:
-        key = (run["label"], run["seed"])
-        sections[0].rows.append([Cell(run["id"])] + [
-            _status_cell(keys.get(key)) for keys in keyed])
-    for area_name, title in AREA_TITLES.items():
-        rows = []
-        for run in shared:
-            key = (run["label"], run["seed"])
-            metric_sets = [(keys.get(key) or {}).get("metrics") or {} for keys in keyed]
-            names_here = [n for n in _ordered_names(metric_sets) if area(n) == area_name]
-            for i, name in enumerate(names_here):
-                base_metric = metric_sets[0].get(name)
-                row = [Cell(run["id"] if i == 0 else ""), Cell(metric_label(name)), Cell(value_text(base_metric))]
-                for metrics in metric_sets[1:]:
-                    row += [Cell(value_text(metrics.get(name))), *change_cells(base_metric, metrics.get(name))]
-                rows.append(row)
-        if rows:
-            sections.append(Section(title, columns, rows))
-    return sections, notes
+        runs = [keys.get((run["label"], run["seed"])) for keys in keyed]
+        statuses = [_status_cell(r) for r in runs]
+        status_changed = len({c.text for c in statuses}) > 1
+        metric_sets = [(r or {}).get("metrics") or {} for r in runs]
+        blocks = {key: RunBlock(run["id"], statuses) for key in sections}
+        for name in _ordered_names(metric_sets):
+            base_metric = metric_sets[0].get(name)
+            beyond = [beyond_noise(name, base_metric, m.get(name), thresholds) for m in metric_sets[1:]]
+            out.rows_total += 1
+            out.rows_changed += any(beyond)
+            if not selection.wants(name) or (selection.changed and not any(beyond)):
+                continue
+            row = [Cell(metric_label(name)), Cell(value_text(base_metric))]
+            for metrics, changed in zip(metric_sets[1:], beyond):
+                row += [Cell(value_text(metrics.get(name))), *change_cells(base_metric, metrics.get(name), not changed)]
+            blocks["headline" if selection.headline else area(name)].rows.append(row)
+        for key, block in blocks.items():
+            if block.rows or (status_changed and key == next(iter(sections))):
+                sections[key].blocks.append(block)
+    out.sections = [s for s in sections.values() if s.blocks]
+    return out
 
 
 def _status_cell(run: dict[str, Any] | None) -> Cell:
     if run is None:
         return Cell("absent", "dim")
-    status = run.get("status", "?")
+    status = str(run.get("status", "?"))
     return Cell(status, "green" if status == "ok" else "red")
 
 
@@ -143,68 +238,85 @@ def _ordered_names(metric_sets: list[dict[str, Any]]) -> list[str]:
     return list(seen)
 
 
+def _styled(cell: Cell) -> Text:
+    return Text(cell.text, style=cell.style)
+
+
 def rich_table(section: Section) -> Table:
-    table = Table(title=section.title, title_justify="left")
-    columns = section.columns[1:] if section.grouped else section.columns
-    for i, col in enumerate(columns):
-        numeric = section.grouped and 0 < i < len(columns) - 1
-        table.add_column(col, justify="right" if numeric else "left")
-    for row in section.rows:
-        cells = [f"[{c.style}]{c.text}[/]" if c.style else c.text for c in row]
-        if not section.grouped:
-            table.add_row(*cells)
-            continue
-        if row[0].text:
-            if table.row_count:
-                table.add_section()
-            table.add_row(f"[bold]{row[0].text}[/]", *[""] * (len(columns) - 1))
-        table.add_row(f"  {cells[1]}", *cells[2:])
+    """Rows grouped under a heading row per run (its id, and its status under each report's value)."""
+    table = Table(title=Text(section.title), title_justify="left")
+    table.add_column("metric")
+    for i, col in enumerate(section.value_columns):
+        table.add_column(Text(col), justify="left" if i % 4 == 0 and i else "right")
+    value_at = [0] + [1 + 4 * i for i in range(len(section.blocks[0].statuses) - 1)] if section.blocks else []
+    for block in section.blocks:
+        if table.row_count:
+            table.add_section()
+        heading: list[Text] = [Text("")] * len(section.value_columns)
+        for column, status in zip(value_at, block.statuses):
+            heading[column] = _styled(status)
+        table.add_row(Text(block.run, style="bold"), *heading)
+        for row in block.rows:
+            table.add_row(Text(f"  {row[0].text}"), *[_styled(c) for c in row[1:]])
     return table
 
 
-def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
-    """A GitHub-flavoured Markdown table; columns of numbers right-aligned."""
-    def esc(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    def numeric(i: int) -> bool:
-        cells = [row[i] for row in rows if row[i] not in ("", "-")]
-        return bool(cells) and all(c.lstrip("*")[:1] in "0123456789+-" for c in cells)
-
-    align = ["---:" if numeric(i) else "---" for i in range(len(columns))]
-    lines = ["| " + " | ".join(esc(c) for c in columns) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+def section_markdown(section: Section) -> str:
+    rows: list[list[str]] = []
+    value_at = [0] + [1 + 4 * i for i in range(len(section.blocks[0].statuses) - 1)]
+    for block in section.blocks:
+        status = [""] * len(section.value_columns)
+        for column, cell in zip(value_at, block.statuses):
+            status[column] = cell.text
+        rows.append([block.run, "status", *status])
+        rows += [["", *[c.text for c in row]] for row in block.rows]
+    right = {2 + i for i in range(len(section.value_columns)) if i == 0 or i % 4}  # values and changes
+    return markdown_table(["run", "metric", *section.value_columns], rows, right)
 
 
-def compare_markdown(sections: list[Section], names: list[str], notes: list[str]) -> str:
-    parts = ["# rlbench compare", "", *[f"- [{i}] `{name}`" + (" (base)" if i == 0 else "")
+def compare_markdown(comparison: Comparison, names: list[str], footer: str = "") -> str:
+    parts = ["# rlbench compare", "", *[Markdown(f"- \\[{i}\\] {md_text(name)}" + (" (base)" if i == 0 else ""))
                                         for i, name in enumerate(names)]]
-    for section in sections:
-        parts += ["", f"## {section.title}", "", markdown_table(section.columns, [[c.text for c in row]
-                                                                                for row in section.rows])]
-    if notes:
-        parts += ["", *[f"- note: {n}" for n in notes]]
+    for section in comparison.sections:
+        parts += ["", f"## {md_text(section.title)}", "", section_markdown(section)]
+    if comparison.notes or footer:
+        parts.append("")
+    parts += [f"- note: {md_text(n)}" for n in comparison.notes]
+    if footer:
+        parts.append(md_text(footer))
     return "\n".join(parts) + "\n"
 
 
-def compare_command(paths: list[str], fmt: str, console: Console) -> int:
+def selection_footer(comparison: Comparison, selection: Selection) -> str:
+    shown = sum(len(b.rows) for s in comparison.sections for b in s.blocks)
+    what = f"{comparison.rows_changed} of {comparison.rows_total} metric rows changed beyond noise or threshold"
+    if selection.headline:
+        return f"{what}; shown: the {shown} headline rows. --changed: only the changed rows, --all: every metric"
+    if selection.changed and not shown:
+        return f"{what}: nothing to show"
+    return f"{what}; shown: {shown}"
+
+
+def compare_command(paths: list[str], fmt: str, console: Console, selection: Selection | None = None) -> int:
     """Print the comparison of `paths` (the first is the base) as Rich tables or Markdown."""
     from rlbench.report.schema import load_report
 
+    selection = selection or Selection()
     if len(paths) < 2:
         raise UserError("compare needs at least two reports: the base first, then the ones to set against it")
     reports = [load_report(p) for p in paths]
     names = [str(Path(p)) for p in paths]
-    sections, notes = compare_sections(reports, names)
+    comparison = compare_reports(reports, names, selection)
+    footer = selection_footer(comparison, selection)
     if fmt == "md":
-        console.print(compare_markdown(sections, names, notes), markup=False, highlight=False, soft_wrap=True)
+        console.print(compare_markdown(comparison, names, footer), markup=False, highlight=False, soft_wrap=True)
         return 0
     for i, (name, report) in enumerate(zip(names, reports)):
         console.print(f"[{i}] {name}: suite {report['suite']['name']}, created {report['created']}"
-                      + (" (base)" if i == 0 else ""), highlight=False)
-    for section in sections:
+                      + (" (base)" if i == 0 else ""), markup=False, highlight=False)
+    for section in comparison.sections:
         console.print(rich_table(section))
-    for note in notes:
-        console.print(f"[dim]note: {note}[/]", highlight=False)
+    for note in comparison.notes:
+        console.print(f"note: {note}", style="dim", markup=False, highlight=False)
+    console.print(footer, style="dim", markup=False, highlight=False)
     return 0

@@ -1,10 +1,23 @@
-"""How report figures are written in tables, plots and summary.md: one place for units and names."""
+"""How report figures are written in tables, plots and summary.md: one place for units and names.
+
+Names, labels, descriptions and errors come from suite files and reports, which anyone can write:
+they are shown as literal text on every surface. `literal` escapes Rich markup (a label `lab[/x]`
+or `[link=...]` is printed as typed, never interpreted), `md_text` escapes Markdown and HTML for
+summary.md and `compare --format md` (no raw `<img onerror>`, no `[..](javascript:..)` link), and
+plots escape matplotlib's mathtext (`$`) in rlbench/report/plots.py.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from rich.markup import escape as _rich_escape
+
 ROLE_ORDER = ("policy", "reference", "reward", "value", "rollout")
+ROLE_SHORT = {"policy": "pol", "reference": "ref", "reward": "rew", "value": "val", "rollout": "eng"}
+# Phases of one RL step in the order they run, then evaluation; names as in `time/<phase>_s`.
+PHASE_ORDER = ("generate", "score", "ref_logprobs", "values", "advantages", "update", "value_update", "eval")
 
 
 def mib(n: float | None) -> str:
@@ -22,11 +35,8 @@ def num(x: float | None, fmt: str = "{:,.2f}") -> str:
 
 
 def _value(run: dict[str, Any], name: str) -> float | None:
-    entry = run.get("metrics", {}).get(name)
+    entry = (run.get("metrics") or {}).get(name)
     return None if entry is None else entry.get("value")
-
-
-ROLE_SHORT = {"policy": "pol", "reference": "ref", "reward": "rew", "value": "val", "rollout": "eng"}
 
 
 def pct_pm(x: float | None, se: float | None) -> str:
@@ -36,9 +46,63 @@ def pct_pm(x: float | None, se: float | None) -> str:
     return f"{x * 100:.1f}" + (f"±{se * 100:.1f}" if se is not None else "")
 
 
+def delta_points(accuracy: dict[str, Any]) -> str:
+    """A run's accuracy change in points, '+3.1' (' *' when larger than the sum of the standard errors)."""
+    delta = accuracy.get("delta")
+    if delta is None:
+        return "-"
+    return f"{delta * 100:+.1f}" + (" *" if accuracy.get("significant") else "")
+
+
 def primary_probe(report: dict[str, Any]) -> str:
     for run in report["runs"]:
         memory = run.get("memory")
         if memory:
             return memory["primary"]
     return "cpu"
+
+
+def literal(text: Any) -> str:
+    """`text` for a Rich console or table cell: markup escaped, printed exactly as written."""
+    return _rich_escape(str(text))
+
+
+_MD_INLINE = re.compile(r"([\\`*_\[\]|~$])")  # emphasis, code, links and images, table cells, strikethrough, math
+_MD_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
+
+
+def md_text(text: Any, block: bool = False) -> str:
+    """`text` for Markdown: HTML characters as entities, Markdown punctuation backslash-escaped, one line.
+
+    Renders as the literal text in GitHub, CommonMark and mkdocs: no tag, link, image, emphasis,
+    math or table cell boundary can come from it. `block`: the text starts a paragraph, so a
+    leading list marker or heading mark is escaped too.
+    """
+    out = " ".join(str(text).split())  # newlines would end a table row or start a block
+    out = _MD_INLINE.sub(r"\\\1", out)
+    out = "".join(_MD_HTML.get(c, c) for c in out)
+    if block:
+        if out[:1] in ("-", "+", "=", "#"):
+            out = "\\" + out
+        out = re.sub(r"^(\d+)([.)])(?=\s|$)", r"\1\\\2", out)  # "1." would start an ordered list
+    return out
+
+
+class Markdown(str):
+    """Text already written as Markdown by rlbench itself (bold, code): `markdown_table` keeps it as is."""
+
+
+def markdown_table(columns: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
+    """A GitHub-flavoured Markdown table of literal text (`md_text`; `Markdown` cells kept as
+    written); the columns in `right` right-aligned (default: the columns of numbers)."""
+    def cell(text: str) -> str:
+        return text if isinstance(text, Markdown) else md_text(text)
+
+    def numeric(i: int) -> bool:
+        cells = [row[i] for row in rows if row[i] not in ("", "-")]
+        return bool(cells) and all(c.lstrip("*")[:1] in "0123456789+-" for c in cells)
+
+    align = ["---:" if (i in right if right is not None else numeric(i)) else "---" for i in range(len(columns))]
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -7,14 +7,25 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from rlbench.report.format import ROLE_ORDER, ROLE_SHORT, _value, mib, num, pct_pm, primary_probe
+from rlbench.report.format import (
+    ROLE_ORDER,
+    ROLE_SHORT,
+    _value,
+    delta_points,
+    literal,
+    mib,
+    num,
+    pct_pm,
+    primary_probe,
+)
 
 
 def summary_table(report: dict[str, Any]) -> Table:
     """One row per run: status, budget used, roles, process peak, step time, accuracy before/after."""
     probe = primary_probe(report)
-    table = Table(title=f"rlbench: {report['suite']['name']}", title_justify="left")
+    table = Table(title=Text(f"rlbench: {report['suite']['name']}"), title_justify="left")
     for col, kw in (("run", {"no_wrap": True}), ("status", {}), ("stopped by", {}), ("roles", {"no_wrap": True}),
                     ("compl.", {"justify": "right"}), ("prompts", {"justify": "right"}),
                     (f"peak MiB ({probe})", {"justify": "right"}), ("step s", {"justify": "right"}),
@@ -27,19 +38,17 @@ def summary_table(report: dict[str, Any]) -> Table:
         colour = "green" if status == "ok" else "red"
         acc = run.get("accuracy") or {}
         before, after = acc.get("before") or {}, acc.get("after") or {}
-        delta = acc.get("delta")
-        delta_text = "-" if delta is None else f"{delta * 100:+.1f}" + (" *" if acc.get("significant") else "")
         hacking = (run.get("reward_hacking") or {}).get("flag")
         budget = run.get("budget") or {}
         roles = "+".join(ROLE_SHORT[r] for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-"
         table.add_row(
-            run["id"], f"[{colour}]{status}[/]", run.get("stopped_by") or "-", roles,
+            Text(run["id"]), Text(str(status), style=colour), Text(str(run.get("stopped_by") or "-")), roles,
             str(budget.get("completions", "-")), str(budget.get("prompts", "-")),
             mib(_value(run, "memory/process_peak_bytes")), num(_value(run, "time/step_s"), "{:.2f}"),
             num(_value(run, "throughput/gen_tokens_per_s"), "{:,.0f}"),
             pct_pm(before.get("eval/accuracy"), before.get("eval/accuracy_stderr")),
             pct_pm(after.get("eval/accuracy"), after.get("eval/accuracy_stderr")),
-            delta_text, "[red]FLAG[/]" if hacking else ("no" if hacking is not None else "-"),
+            delta_points(acc), "[red]FLAG[/]" if hacking else ("no" if hacking is not None else "-"),
         )
     table.caption = ("accuracy: greedy pass@1 ± standard error; Δ acc in points, marked * when larger than the "
                      "sum of the two standard errors; roles: pol(icy), ref(erence), rew(ard), val(ue)")
@@ -60,14 +69,14 @@ def memory_table(report: dict[str, Any]) -> Table:
             phases = entry.get("phases", {})
             peak_phase = max(phases, key=lambda p: phases[p]["peak_bytes"].get(probe, 0), default=None)
             table.add_row(
-                run["id"] if i == 0 else "", role, mib(static.get("weights")), mib(static.get("gradients")),
+                Text(run["id"] if i == 0 else ""), Text(role), mib(static.get("weights")), mib(static.get("gradients")),
                 mib(static.get("optimizer")), mib(static.get("total")), mib(entry.get("load_bytes", {}).get(probe)),
-                mib(entry.get("peak_bytes", {}).get(probe)), peak_phase or "-",
+                mib(entry.get("peak_bytes", {}).get(probe)), Text(peak_phase or "-"),
             )
         recon = ((run.get("memory") or {}).get("reconciliation") or {}).get(probe)
         if recon:
             table.add_row("", "[bold]process peak[/]", "", "", "", mib(recon["static_bytes"]), "",
-                          f"[bold]{mib(recon['process_peak_bytes'])}[/]", recon["peak_phase"])
+                          f"[bold]{mib(recon['process_peak_bytes'])}[/]", Text(str(recon["peak_phase"])))
             table.add_row("", "other", "", "", "", "", "", mib(recon["other_bytes"]),
                           f"baseline {mib(recon['baseline_bytes'])}")
         if roles:
@@ -80,7 +89,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(summary_table(report))
     for run in report["runs"]:
         if run.get("status") not in ("ok", None) and run.get("error"):
-            console.print(f"[red]{run['id']}[/]: {run['status']}: {run['error']}")
+            console.print(f"[red]{literal(run['id'])}[/]: {literal(run['status'])}: {literal(run['error'])}",
+                          highlight=False)
 
 
 def write_artifacts(report: dict[str, Any], out_dir: Path, console: Console) -> None:
