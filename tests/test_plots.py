@@ -11,7 +11,17 @@ import pytest
 from matplotlib.image import imread
 from rich.console import Console
 
-from rlbench.report.plots import curves_figure, memory_figure, read_steps, role_segments, write_plots
+from rlbench.report.plots import (
+    budget_unit,
+    curves_figure,
+    memory_bars,
+    memory_figure,
+    read_steps,
+    role_segments,
+    smooth,
+    write_plots,
+)
+from rlbench.report.summary import summary_markdown
 from rlbench.report.views import report_command
 
 REPORTS = Path(__file__).parent / "fixtures" / "reports"
@@ -37,16 +47,60 @@ def test_write_plots_renders_images_that_open(tmp_path: Path) -> None:
         assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 600
 
 
-def test_memory_figure_axes_legend_and_title() -> None:
+def _bars(ax) -> dict[float, list[float]]:
+    """Heights of the bar segments drawn at each x, bottom to top."""
+    from matplotlib.patches import Rectangle
+
+    out: dict[float, list[float]] = {}
+    for patch in ax.patches:
+        if isinstance(patch, Rectangle) and patch.get_width() < 1:
+            out.setdefault(round(patch.get_x() + patch.get_width() / 2, 6), []).append(patch.get_height())
+    return out
+
+
+def test_memory_bars_add_up_to_the_measured_process_peak() -> None:
     report = json.loads((REPORTS / "ci_ok.json").read_text())
     ax = memory_figure(report).axes[0]
-    assert ax.get_ylabel() == "memory (MiB)"
-    assert ax.get_xlabel() == "run (label/seed, roles held)"
-    assert "cpu probe" in ax.get_title()
-    assert [t.get_text().splitlines()[0] for t in ax.get_xticklabels()] == ["grpo_zero/seed0", "ppo_rules/seed0"]
+    assert ax.get_ylabel() == "memory at the process peak (MiB)"
+    assert ax.get_xlabel() == "run (label/seed; roles held)"
+    assert "ci: process peak memory by role (cpu probe)" in ax.get_title()
+    assert [t.get_text().splitlines() for t in ax.get_xticklabels()] == [["grpo_zero/seed0", "pol+ref"],
+                                                                          ["ppo_rules/seed0", "pol+ref+val"]]
+    bars = _bars(ax)
+    for x, run in enumerate(report["runs"]):
+        recon = run["memory"]["reconciliation"]["cpu"]
+        segments = bars[float(x)]
+        # baseline, each role's static bytes, the peak phase's transient, other: in that order
+        assert len(segments) == 1 + len(run["roles"]) + 2
+        assert segments[0] == pytest.approx(recon["baseline_bytes"] / 2**20)
+        assert segments[-1] == pytest.approx(recon["other_bytes"] / 2**20)
+        assert sum(segments) == pytest.approx(recon["process_peak_bytes"] / 2**20)
+    texts = [t.get_text() for t in ax.texts]
+    assert "524.7 MiB peak" in texts  # ppo_rules' process peak, 550,227,968 bytes
+    # PPO peaked in update (policy); its other phases are ticks labelled with their transients
+    ppo = report["runs"][1]["roles"]
+    assert "update (peak phase)\ntransient +126.9" in texts
+    for phase, role in (("generate", "policy"), ("ref_logprobs", "reference"), ("values", "value"),
+                        ("value_update", "value")):
+        rise = ppo[role]["phases"][phase]["rise_bytes"]["cpu"] / 2**20
+        assert f"{phase} +{rise:,.1f}" in texts
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["policy: static", "reference: static", "value: static", "transient of the role's peak phase",
-                      "process peak above baseline"]
+    assert legend == ["baseline: before any model loaded", "policy: static bytes", "reference: static bytes",
+                      "value: static bytes", "transient of the peak phase\n(role's colour)",
+                      "other: not attributed\n(allocator slack, caches)"]
+
+
+def test_memory_figure_draws_a_bar_per_rank_when_a_run_has_them() -> None:
+    report = json.loads((REPORTS / "ci_ok.json").read_text())
+    run = report["runs"][1]
+    # two ranks shaped like the run's own entry (the second with the value model's bytes left out)
+    second = {"rank": 1, "roles": {k: v for k, v in run["roles"].items() if k != "value"}, "memory": run["memory"]}
+    run["ranks"] = [{"rank": 0, "roles": run["roles"], "memory": run["memory"]}, second]
+    bars = memory_bars(run, "cpu")
+    assert [b.label for b in bars] == ["ppo_rules/seed0\nrank 0", "ppo_rules/seed0\nrank 1"]
+    assert [len(b.statics) for b in bars] == [3, 2]
+    ax = memory_figure(report).axes[0]
+    assert len(ax.get_xticklabels()) == 3 and len(_bars(ax)) == 3
 
 
 def test_role_segments_are_static_plus_the_peak_phase_rise() -> None:
@@ -65,21 +119,47 @@ def test_role_segments_are_static_plus_the_peak_phase_rise() -> None:
     assert segments[2][3] in ("values", "value_update")
 
 
-def test_curves_figure_reads_steps_and_evals(tmp_path: Path) -> None:
+def test_curves_figure_has_a_panel_per_quantity_against_steps_and_completions(tmp_path: Path) -> None:
     report, out = _laid_out("ci_ok", tmp_path)
-    train_ax, eval_ax = curves_figure(report, out).axes
-    assert train_ax.get_xlabel() == eval_ax.get_xlabel() == "completions consumed"
-    assert train_ax.get_ylabel() == "per-step mean (reward; fraction correct)"
-    assert eval_ax.get_ylabel() == "held-out accuracy (greedy pass@1)"
+    fig = curves_figure(report, out)
+    axes = fig.axes[:8]
+    titles = [ax.get_title() for ax in axes[:7]]
+    assert titles == ["optimised reward", "gold reward", "held-out accuracy", "KL to the reference", "entropy",
+                      "clip fraction", "response length"]
+    assert all(ax.get_xlabel() == "step" for ax in axes[:7])
+    # ci.yaml's budget is steps: the top axis is completions, 32 per step for both runs
+    tops = [child for ax in axes for child in ax.child_axes]
+    assert len(tops) == 7 and all(a.get_xlabel() == "completions consumed" for a in tops)
     steps = read_steps(out, report["runs"][0])
     assert len(steps) == report["runs"][0]["budget"]["steps"]
-    # one proxy and one gold line per run, x = completions consumed after each step
-    lines = train_ax.get_lines()
-    assert len(lines) == 4
-    assert list(lines[0].get_xdata()) == [s["completions"] for s in steps]
-    assert list(lines[0].get_ydata()) == [s["reward/mean"] for s in steps]
-    labels = [t.get_text() for t in eval_ax.get_legend().get_texts()]
-    assert labels == ["grpo_zero/seed0", "ppo_rules/seed0"]
+    # per run and panel: the raw points, then the smoothed line (3 steps: nothing to smooth)
+    reward_lines = axes[0].get_lines()
+    assert len(reward_lines) == 4
+    assert list(reward_lines[0].get_xdata()) == [s["step"] for s in steps]
+    assert list(reward_lines[0].get_ydata()) == [s["reward/mean"] for s in steps]
+    assert reward_lines[0].get_linestyle() == "None" and reward_lines[1].get_linestyle() == "-"
+    kl = axes[3].get_lines()[0]
+    assert list(kl.get_ydata()) == [s["kl/k1"] for s in steps]
+    labels = [t.get_text() for t in axes[7].get_legend().get_texts()]
+    assert labels == ["grpo_zero/seed0: reward rules, 3 steps", "ppo_rules/seed0: reward rules, 3 steps"]
+
+
+def test_curves_against_seconds_when_steps_map_differently(tmp_path: Path) -> None:
+    report, out = _laid_out("ci_ok", tmp_path)
+    report["suite"]["budget"] = {"steps": None, "completions": None, "tokens": None, "wall_seconds": 300}
+    axes = curves_figure(report, out).axes
+    assert not [child for ax in axes for child in ax.child_axes]  # no top axis: each run has its own seconds per step
+    assert axes[0].get_xlabel() == "seconds of RL (sum of step times)"
+    steps = read_steps(out, report["runs"][1])
+    seconds = [sum(s["time/step_s"] for s in steps[:i + 1]) for i in range(len(steps))]
+    assert list(axes[0].get_lines()[2].get_xdata()) == pytest.approx(seconds)
+
+
+def test_smoothing_is_a_centred_moving_average() -> None:
+    assert smooth([0.0, 3.0, 6.0, 9.0], 3) == [1.5, 3.0, 6.0, 7.5]
+    assert smooth([1.0, 5.0], 1) == [1.0, 5.0]
+    assert budget_unit({"suite": {"budget": {"steps": 3, "tokens": 1000}}}) == "tokens"
+    assert budget_unit({"suite": {"budget": {"steps": 3}}}) == "completions"
 
 
 def test_failed_run_report_still_plots(tmp_path: Path) -> None:
@@ -92,13 +172,22 @@ def test_failed_run_report_still_plots(tmp_path: Path) -> None:
     assert "## runs that did not end ok" in summary and "worker exited with code" in summary
 
 
-def test_summary_markdown_tables(tmp_path: Path) -> None:
-    report, out = _laid_out("ci_ok", tmp_path)
-    summary = write_plots(report, out)[2].read_text()
+def test_summary_markdown_tables() -> None:
+    report = json.loads((REPORTS / "ci_ok.json").read_text())
+    summary = summary_markdown(report)
     assert summary.startswith("# rlbench: ci")
-    assert "| run | status | stopped by | roles |" in summary
-    assert "| ppo_rules/seed0 | ok | steps | policy, reference, value |" in summary
+    assert ("| run | status | stopped by | roles | completions | prompts | peak MiB (cpu) | acc before % "
+            "| acc after % | Δ acc (pts) | hacking |") in summary
+    # Δ accuracy in points as in the terminal tables: 1.6% -> 0.0% is -1.6 points, marked *
+    assert ("| ppo\\_rules/seed0 | ok | steps | policy, reference, value | 96 | 96 | 524.7 | 1.6±1.6 | 0.0±0.0 "
+            "| -1.6 \\* | no |") in summary
+    assert ("| run | step s | generate s | score s | ref\\_logprobs s | values s | advantages s | update s "
+            "| value\\_update s | eval s | gen tok/s | trained tok/s | completions/s | MFU % |") in summary
+    tp = report["runs"][1]["throughput"]
+    assert f"| {tp['time/step_s']:.3f} | {tp['time/generate_s']:.2f} |" in summary
+    assert f"| {tp['throughput/mfu'] * 100:.1f} |" in summary
     assert "| run | role | weights | grads | optimizer | static | peak phase | phase transient | phase peak |" in summary
+    assert "| **process peak** |" in summary
     assert "![memory by role](memory_by_role.png)" in summary
 
 
@@ -112,7 +201,7 @@ def test_report_command_reprints_and_rerenders(tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0
 
 
-@pytest.mark.parametrize("name", ["ci_ok", "ci_failed_run"])
+@pytest.mark.parametrize("name", ["ci_ok", "ci_failed_run", "three_a"])
 def test_steps_fixtures_match_their_reports(name: str) -> None:
     report = json.loads((REPORTS / f"{name}.json").read_text())
     for steps in (REPORTS / "steps" / name).glob("*.jsonl"):

@@ -1,125 +1,197 @@
 """Plots and summary.md next to report.json: views of the report, re-rendered by `rlbench report`.
 
-- memory_by_role.png: one stacked bar per run. Each role (policy, reference, reward, value,
-  rollout) contributes its static bytes (weights, gradients, optimizer state, computed from its
-  tensors; solid) and the measured transient of the phase where that role peaked (activations,
-  logits and temporaries: the rise above the phase's start; hatched). The black tick marks the
-  measured process peak above the baseline (what was there before any model was loaded), the
-  figure that decides whether a run fits. Transients of different phases do not coexist, so the
-  stack can exceed the tick: the bar says what each role costs, the tick what the process held.
-  This is the lecture's PPO vs GRPO vs GRPO-Zero memory picture, measured.
-- curves.png: proxy reward (what the run optimised) and gold accuracy (the answer checker) per
-  step, from each run's steps.jsonl, and held-out accuracy points with standard errors, all
-  against completions consumed.
-- summary.md: the report's tables in Markdown.
+- memory_by_role.png: one stacked bar per run (per rank when the run carries per-rank memory),
+  adding up to the measured process peak: the baseline (what the process held before any model
+  was loaded: interpreter, libraries), each role's static bytes (weights, gradients, optimizer
+  state, computed from its tensors; solid, in the role's colour), the transient of the phase
+  where the process peaked (activations, logits, temporaries: its rise above the phase's start;
+  hatched, in the colour of the role that phase belongs to) and the rest ("other": allocator
+  slack, caches, memory no role accounts for). The other phases' peaks are short ticks at the
+  bar's right edge, each labelled with the phase and its transient. This is the lecture's PPO vs
+  GRPO vs GRPO-Zero memory picture, measured.
+  Per-rank memory: a run entry may carry `ranks`, a list of {"rank": int, "roles": ...,
+  "memory": ...} shaped like the run's own `roles` and `memory`; each rank is then its own bar.
+- curves.png: one panel per quantity (optimised reward, gold reward, held-out accuracy, KL to the
+  reference, entropy, clip fraction, response length) from each run's steps.jsonl and evaluations,
+  against steps, with the suite's budget unit on the top axis (or on the x axis when steps map to
+  it differently per run); a light centred moving average as the line, every step as a dot.
+- summary.md: rlbench/report/summary.py.
 
-matplotlib draws with the Agg backend through `Figure` objects: no display, no global state.
+Text from the report (suite name, labels, phases) is drawn literally: `$` is escaped so mathtext
+never parses it. matplotlib draws with the Agg backend through `Figure` objects: no display, no
+global state.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-from rlbench.report.format import ROLE_ORDER, mib, num, pct, primary_probe
+from rlbench.report.format import ROLE_SHORT, primary_probe
+from rlbench.report.summary import _roles_in_order, role_segments, summary_markdown
+
+__all__ = ["role_segments"]  # per-role static and peak-phase transient, shared with summary.md
 
 ROLE_COLOURS = {"policy": "#1f77b4", "reference": "#7f7f7f", "reward": "#d62728", "value": "#2ca02c",
                 "rollout": "#9467bd"}
+BASELINE_COLOUR, OTHER_COLOUR = "#e3e3e3", "#fdf1d6"
 MIB = 2**20
 
 
-def role_segments(run: dict[str, Any], probe: str) -> list[tuple[str, int, int, str | None]]:
-    """(role, static bytes, transient bytes of its peak phase, that phase) for each role of a run."""
-    out = []
-    roles = run.get("roles") or {}
-    for role in [r for r in ROLE_ORDER if r in roles] + [r for r in roles if r not in ROLE_ORDER]:
-        entry = roles[role]
-        phases = entry.get("phases") or {}
-        measured = {p: ph for p, ph in phases.items() if probe in (ph.get("peak_bytes") or {})}
-        peak_phase = max(measured, key=lambda p: measured[p]["peak_bytes"][probe], default=None)
-        transient = (measured[peak_phase].get("rise_bytes") or {}).get(probe, 0) if peak_phase else 0
-        out.append((role, int(entry["static"]["total"]), max(int(transient), 0), peak_phase))
-    return out
+def plain(text: Any) -> str:
+    """Report text for matplotlib, shown literally: every `$` escaped, so no mathtext is parsed."""
+    return str(text).replace("$", r"\$")
 
 
-def process_peak_above_baseline(run: dict[str, Any], probe: str) -> int | None:
-    recon = ((run.get("memory") or {}).get("reconciliation") or {}).get(probe)
+# ---- memory -------------------------------------------------------------------------------------
+
+
+@dataclass
+class MemoryBar:
+    """One bar of the memory figure. When `reconciled`, baseline + statics + transient + other is the
+    process peak; otherwise only the static bytes are known (a run that did not finish)."""
+
+    label: str
+    status: str
+    statics: list[tuple[str, int]]
+    baseline: int = 0
+    transient: tuple[str, str, int] | None = None  # (role, phase, bytes) of the phase where the process peaked
+    other: int = 0
+    peak: int | None = None
+    markers: list[tuple[str, int, int]] = field(default_factory=list)  # (phase, its peak, its transient)
+
+    @property
+    def reconciled(self) -> bool:
+        return self.peak is not None
+
+
+def memory_bars(run: dict[str, Any], probe: str) -> list[MemoryBar]:
+    """The run's bar, or one bar per rank when the run carries per-rank memory (`ranks`)."""
+    ranks = run.get("ranks") or []
+    if ranks:
+        return [_bar(f"{run['id']}\nrank {entry.get('rank', i)}", run.get("status", "?"), entry, probe)
+                for i, entry in enumerate(ranks)]
+    return [_bar(run["id"], run.get("status", "?"), run, probe)]
+
+
+def _bar(label: str, status: str, entry: dict[str, Any], probe: str) -> MemoryBar:
+    roles = entry.get("roles") or {}
+    bar = MemoryBar(label, str(status), [(r, int(roles[r]["static"]["total"])) for r in _roles_in_order(roles)])
+    recon = ((entry.get("memory") or {}).get("reconciliation") or {}).get(probe)
     if not recon:
-        return None
-    return recon["process_peak_bytes"] - recon["baseline_bytes"]
+        return bar
+    peak_phase = recon["peak_phase"]
+    owner = next((r for r in roles if peak_phase in (roles[r].get("phases") or {})), "")
+    bar.baseline, bar.other, bar.peak = recon["baseline_bytes"], recon["other_bytes"], recon["process_peak_bytes"]
+    bar.transient = (owner, peak_phase, recon["peak_phase_transient_bytes"])
+    for role in _roles_in_order(roles):
+        for phase, ph in (roles[role].get("phases") or {}).items():
+            peak = (ph.get("peak_bytes") or {}).get(probe)
+            if phase != peak_phase and peak is not None:
+                bar.markers.append((phase, int(peak), int((ph.get("rise_bytes") or {}).get(probe, 0))))
+    return bar
 
 
 def memory_figure(report: dict[str, Any]) -> Figure:
-    """Stacked bars of static + peak-phase transient bytes per role, one bar per run."""
+    """Stacked bars adding up to each run's process peak, by role (see the module docstring)."""
     probe = primary_probe(report)
-    runs = report["runs"]
-    fig = Figure(figsize=(max(8.5, 1.6 * len(runs) + 4.0), 5.4), layout="constrained")
+    bars = [bar for run in report["runs"] for bar in memory_bars(run, probe)]
+    tallest = max([b.peak or sum(s for _, s in b.statics) for b in bars] + [1])
+    unit, scale = ("GiB", 2**30) if tallest >= 4 * 2**30 else ("MiB", MIB)
+    fig = Figure(figsize=(max(9.0, 2.3 * len(bars) + 4.5), 6.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    top = 0.0
-    tallest = max([_axis_guess(report, probe)] + [(process_peak_above_baseline(r, probe) or 0) / MIB for r in runs])
+    top = tallest / scale
     roles_seen: list[str] = []
-    for x, run in enumerate(runs):
+    for x, bar in enumerate(bars):
+        segments = [(bar.baseline, BASELINE_COLOUR, None, "")] if bar.reconciled else []
+        segments += [(s, ROLE_COLOURS.get(r, "#8c564b"), None, "") for r, s in bar.statics]
+        roles_seen += [r for r, _ in bar.statics if r not in roles_seen]
+        if bar.transient:
+            role, phase, size = bar.transient
+            segments.append((max(size, 0), ROLE_COLOURS.get(role, "#8c564b"), "//",
+                             f"{phase} (peak phase)\ntransient +{size / scale:,.1f}"))
+        if bar.reconciled:
+            segments.append((max(bar.other, 0), OTHER_COLOUR, "..", f"other\n{bar.other / scale:,.1f}"))
         bottom = 0.0
-        for role, static, transient, phase in role_segments(run, probe):
-            colour = ROLE_COLOURS.get(role, "#8c564b")
-            if role not in roles_seen:
-                roles_seen.append(role)
-            ax.bar(x, static / MIB, bottom=bottom, color=colour, edgecolor="black", linewidth=0.5, width=0.6)
-            bottom += static / MIB
-            if transient:
-                ax.bar(x, transient / MIB, bottom=bottom, color=colour, alpha=0.35, hatch="//",
-                       edgecolor=colour, linewidth=0.5, width=0.6)
-                if transient / MIB > 0.09 * tallest:
-                    ax.text(x, bottom + transient / MIB / 2, f"{role}\n{phase}", ha="center", va="center", fontsize=7)
-                bottom += transient / MIB
-        peak = process_peak_above_baseline(run, probe)
-        label_y = bottom
-        if peak is not None:
-            ax.hlines(peak / MIB, x - 0.38, x + 0.38, colors="black", linewidth=2.5)
-            ax.text(x + 0.4, peak / MIB, f"{peak / MIB:,.0f}", ha="left", va="center", fontsize=7)
-            top = max(top, peak / MIB)
-            if bottom <= peak / MIB <= bottom + 0.12 * tallest:  # keep the bar's label clear of the tick
-                label_y = peak / MIB
-        static_total = sum(static for _, static, _, _ in role_segments(run, probe))
-        label = (f"{bottom:,.0f} MiB\n(static {static_total / MIB:,.1f})" if run.get("roles")
-                 else str(run.get("status", "?")))
-        top = max(top, bottom)
-        ax.text(x, label_y, label, ha="center", va="bottom", fontsize=8,
-                color="black" if run.get("status") == "ok" else "red")
-    ax.set_xticks(range(len(runs)), [_run_tick(r) for r in runs], fontsize=9)
-    ax.set_xlim(-0.6, len(runs) - 0.4)
-    ax.set_ylim(0, top * 1.2 or 1)
-    ax.set_xlabel("run (label/seed, roles held)")
-    ax.set_ylabel("memory (MiB)")
-    ax.set_title(f"{report['suite']['name']}: memory by role ({probe} probe)\n"
-                 "static bytes (solid) + transient of each role's peak phase (hatched)", fontsize=10)
+        for size, colour, hatch, text in segments:
+            height = size / scale
+            ax.bar(x, height, bottom=bottom, width=0.55, color=colour, hatch=hatch, linewidth=0.6,
+                   edgecolor="#555555" if hatch else "black", alpha=0.55 if hatch == "//" else 1.0)
+            if text and height > 0.07 * top:
+                ax.text(x, bottom + height / 2, plain(text), ha="center", va="center", fontsize=8,
+                        bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.5})
+            bottom += height
+        if bar.reconciled:
+            ax.text(x - 0.26, bar.baseline / scale / 2, f"baseline\n{bar.baseline / scale:,.1f}", ha="left",
+                    va="center", fontsize=7, color="#444444")
+            ax.hlines(bar.peak / scale, x - 0.3, x + 0.3, colors="black", linewidth=2.0)
+            _phase_markers(ax, x, bar, scale, top)
+        head = f"{bar.peak / scale:,.1f} {unit} peak" if bar.reconciled else f"static {bottom:,.1f} {unit}"
+        ax.text(x, (bar.peak / scale if bar.reconciled else bottom) + 0.012 * top,
+                plain(head if bar.status == "ok" else f"{head}\n({bar.status})" if bottom else bar.status),
+                ha="center", va="bottom", fontsize=9, fontweight="bold", color="black" if bar.status == "ok" else "red")
+    ticks = [plain(_tick(bar)) for bar in bars]
+    ax.set_xticks(range(len(bars)), ticks, fontsize=9)
+    ax.set_xlim(-0.6, len(bars) - 0.1)
+    ax.set_ylim(0, top * 1.12)
+    ax.set_xlabel("run (label/seed; roles held)")
+    ax.set_ylabel(f"memory at the process peak ({unit})")
+    ax.set_title(f"{plain(report['suite']['name'])}: process peak memory by role ({plain(probe)} probe)\n"
+                 "each bar adds up to the measured peak; ticks on the right: the other phases' peaks "
+                 "(phase +transient)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    handles = [Patch(facecolor=ROLE_COLOURS.get(r, "#8c564b"), edgecolor="black", label=f"{r}: static")
-               for r in roles_seen]
-    handles += [Patch(facecolor="white", edgecolor="black", hatch="//", label="transient of the role's peak phase"),
-                Patch(facecolor="black", label="process peak above baseline")]
+    handles = [Patch(facecolor=BASELINE_COLOUR, edgecolor="black", label="baseline: before any model loaded")]
+    handles += [Patch(facecolor=ROLE_COLOURS.get(r, "#8c564b"), edgecolor="black", label=f"{plain(r)}: static bytes")
+                for r in roles_seen]
+    handles += [Patch(facecolor="white", edgecolor="#555555", hatch="//",
+                      label="transient of the peak phase\n(role's colour)"),
+                Patch(facecolor=OTHER_COLOUR, edgecolor="#555555", hatch="..",
+                      label="other: not attributed\n(allocator slack, caches)")]
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
-def _axis_guess(report: dict[str, Any], probe: str) -> float:
-    """Tallest bar in MiB, to decide which segments are tall enough to label."""
-    tallest = 0.0
-    for run in report["runs"]:
-        tallest = max(tallest, sum(s + t for _, s, t, _ in role_segments(run, probe)) / MIB)
-    return tallest or 1.0
+def _phase_markers(ax: Any, x: float, bar: MemoryBar, scale: float, top: float) -> None:
+    """Ticks at the other phases' peaks on the bar's right edge, labels spread so none overlap."""
+    marks = sorted(bar.markers, key=lambda m: m[1])
+    gap, ys = 0.035 * top, []
+    for _, peak, _ in marks:
+        ys.append(max(peak / scale, ys[-1] + gap if ys else 0.0))
+    shift = max(0.0, (ys[-1] if ys else 0) - (top * 1.1))
+    for (phase, peak, rise), y in zip(marks, ys):
+        ax.hlines(peak / scale, x + 0.12, x + 0.3, colors="#222222", linewidth=1.2)
+        ax.plot([x + 0.3, x + 0.36], [peak / scale, y - shift], color="#888888", linewidth=0.6)
+        ax.text(x + 0.37, y - shift, plain(f"{phase} +{rise / scale:,.1f}"), ha="left", va="center", fontsize=7)
 
 
-def _run_tick(run: dict[str, Any]) -> str:
-    roles = run.get("roles") or {}
-    held = "+".join(r[:3] if r != "reference" else "ref" for r in ROLE_ORDER if r in roles)
-    return run["id"] + (f"\n{held}" if held else "") + ("" if run.get("status") == "ok" else f"\n({run.get('status')})")
+def _tick(bar: MemoryBar) -> str:
+    held = "+".join(ROLE_SHORT.get(r, r[:3]) for r, _ in bar.statics)
+    return bar.label + (f"\n{held}" if held else "") + ("" if bar.status == "ok" else f"\n({bar.status})")
+
+
+# ---- curves -------------------------------------------------------------------------------------
+
+# (steps.jsonl key, or "eval" for held-out evaluations; panel title; y label)
+PANELS = (
+    ("reward/mean", "optimised reward", "mean reward per step\n(rule reward or reward-model score)"),
+    ("gold/accuracy", "gold reward", "fraction correct (answer checker)"),
+    ("eval", "held-out accuracy", "greedy pass@1 ± standard error"),
+    ("kl/k1", "KL to the reference", "nats per token (k1 estimate)"),
+    ("learning/entropy", "entropy", "nats per token"),
+    ("clip_fraction", "clip fraction", "fraction of tokens clipped"),
+    ("learning/completion_length", "response length", "tokens per completion"),
+)
+FRACTIONS = {"gold/accuracy", "eval", "clip_fraction"}
+UNIT_LABELS = {"completions": "completions consumed", "tokens": "tokens generated (mean length x completions)",
+               "wall_seconds": "seconds of RL (sum of step times)"}
 
 
 def read_steps(report_dir: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -135,116 +207,125 @@ def read_steps(report_dir: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             break  # a line cut off by a crash ends the usable part
-    return rows
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), (int, float))]
+
+
+def budget_unit(report: dict[str, Any]) -> str:
+    """The suite's budget unit: the first of completions, tokens, wall_seconds it sets; completions
+    (the default fairness unit) when it sets steps only."""
+    budget = (report.get("suite") or {}).get("budget") or {}
+    return next((k for k in ("completions", "tokens", "wall_seconds") if budget.get(k) is not None), "completions")
+
+
+def consumed(steps: list[dict[str, Any]], unit: str) -> list[float]:
+    """The budget consumed after each step, in `unit`."""
+    out, total, before = [], 0.0, 0.0
+    for s in steps:
+        if unit == "completions":
+            total = float(s.get("completions", 0))
+        elif unit == "tokens":
+            now = float(s.get("completions", 0))
+            total += (now - before) * float(s.get("learning/completion_length", 0.0))
+            before = now
+        else:
+            total += float(s.get("time/step_s", 0.0))
+        out.append(total)
+    return out
+
+
+def shared_rate(runs_steps: list[list[dict[str, Any]]], unit: str) -> float | None:
+    """Units per step when every run consumes the same amount each step (so one top axis fits all)."""
+    rates = set()
+    for steps in runs_steps:
+        for s, value in zip(steps, consumed(steps, unit)):
+            rates.add(round(value / s["step"], 6) if s["step"] else None)
+    rates.discard(None)
+    return rates.pop() if len(rates) == 1 else None
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Centred moving average over `window` points (odd), shorter at the ends."""
+    half = window // 2
+    return [sum(values[max(0, i - half):i + half + 1]) / len(values[max(0, i - half):i + half + 1])
+            for i in range(len(values))]
 
 
 def curves_figure(report: dict[str, Any], report_dir: Path) -> Figure:
-    """Proxy reward and gold accuracy per step (left) and held-out accuracy (right) against completions."""
-    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    """One panel per training quantity (see PANELS), every run in each, against steps and budget."""
+    fig = Figure(figsize=(17, 8.5))  # fixed margins: a constrained layout took 3x as long to draw
     FigureCanvasAgg(fig)
-    train_ax, eval_ax = fig.subplots(1, 2)
-    colours = [f"C{i}" for i in range(10)]
-    for i, run in enumerate(report["runs"]):
-        colour = colours[i % len(colours)]
-        steps = read_steps(report_dir, run)
-        if steps:
-            x = [s["completions"] for s in steps]
-            train_ax.plot(x, [s["reward/mean"] for s in steps], color=colour, marker=".",
-                          label=f"{run['id']} proxy reward")
-            train_ax.plot(x, [s["gold/accuracy"] for s in steps], color=colour, linestyle="--", marker="x",
-                          label=f"{run['id']} gold accuracy")
-        curve = (run.get("accuracy") or {}).get("curve") or run.get("evals") or []
-        points = [e for e in curve if "completions" in e and "eval/accuracy" in e]
-        if points:
-            eval_ax.errorbar([e["completions"] for e in points], [e["eval/accuracy"] for e in points],
-                             yerr=[e.get("eval/accuracy_stderr", 0.0) for e in points], color=colour, marker="o",
-                             capsize=3, label=run["id"])
-    train_ax.set_xlabel("completions consumed")
-    train_ax.set_ylabel("per-step mean (reward; fraction correct)")
-    train_ax.set_title("training: proxy reward (solid) vs gold accuracy (dashed)", fontsize=10)
-    eval_ax.set_xlabel("completions consumed")
-    eval_ax.set_ylabel("held-out accuracy (greedy pass@1)")
-    eval_ax.set_title("held-out accuracy ± standard error", fontsize=10)
-    for ax in (train_ax, eval_ax):
-        low, high = ax.get_ylim()
-        if low > -0.05 and ax.has_data():  # fractions and rule rewards: keep 0 in view, and some headroom
-            ax.set_ylim(-0.02, max(high, 0.1) * 1.1)
+    axes = fig.subplots(2, 4, gridspec_kw={"left": 0.05, "right": 0.99, "top": 0.88, "bottom": 0.06,
+                                           "wspace": 0.3, "hspace": 0.52}).flatten()
+    runs = report["runs"]
+    steps_of = [read_steps(report_dir, run) for run in runs]
+    unit = budget_unit(report)
+    rate = shared_rate([s for s in steps_of if s], unit)
+    by_steps = rate is not None or not any(steps_of)
+    longest = max([len(s) for s in steps_of] + [1])
+    window = 2 * (longest // 20) + 1
+    algorithms = (report.get("suite") or {}).get("algorithms") or []
+    for i, (run, steps) in enumerate(zip(runs, steps_of)):
+        colour = f"C{i % 10}"
+        xs = [float(s["step"]) for s in steps] if by_steps else consumed(steps, unit)
+        for ax, (key, _, _) in zip(axes, PANELS):
+            if key == "eval":
+                _eval_points(ax, run, steps, xs, by_steps, colour)
+                continue
+            points = [(x, s[key]) for x, s in zip(xs, steps) if isinstance(s.get(key), (int, float))]
+            if not points:
+                continue
+            px, py = zip(*points)
+            ax.plot(px, py, linestyle="none", marker="o", markersize=2.5, alpha=0.35, color=colour)
+            ax.plot(px, smooth(list(py), window), color=colour, linewidth=1.6)
+        config = algorithms[run["algorithm_index"]] if run.get("algorithm_index") is not None and \
+            run["algorithm_index"] < len(algorithms) else {}
+        axes[-1].plot([], [], color=colour, linewidth=2, label=plain(
+            f"{run['id']}: reward {config.get('reward', '?')}, {len(steps)} steps" + (
+                "" if run.get("status") == "ok" else f" ({run.get('status')})")))
+    xlabel = "step" if by_steps else UNIT_LABELS[unit]
+    for ax, (key, title, ylabel) in zip(axes, PANELS):
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.suptitle(f"{report['suite']['name']}: reward and accuracy against budget consumed", fontsize=11)
+        if not ax.has_data():
+            ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes,
+                    color="#777777")
+        elif key in FRACTIONS:
+            ax.set_ylim(-0.02, max(ax.get_ylim()[1], 0.1) * 1.05)
+        if by_steps:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if by_steps and rate:
+            top = ax.secondary_xaxis("top", functions=(lambda s, r=rate: s * r, lambda u, r=rate: u / r))
+            top.set_xlabel(UNIT_LABELS[unit], fontsize=8)
+            top.tick_params(labelsize=7)
+        ax.tick_params(labelsize=7)
+    legend_ax = axes[-1]
+    legend_ax.axis("off")
+    legend_ax.legend(loc="upper left", fontsize=8, frameon=False, title="runs", title_fontsize=9)
+    smoothing = f"lines: centred moving average over {window} steps; dots: every step" if window > 1 \
+        else "lines join every step (too few steps to smooth); dots: every step"
+    legend_ax.text(0.0, 0.15, smoothing + ("" if by_steps else
+                   f"\nx: {UNIT_LABELS[unit]} (steps map to it differently per run)"),
+                   transform=legend_ax.transAxes, fontsize=8, va="top", wrap=True)
+    fig.suptitle(f"{plain(report['suite']['name'])}: training curves against "
+                 + ("steps (top axis: " + UNIT_LABELS[unit] + ")" if by_steps and rate else xlabel), fontsize=11)
     return fig
 
 
-def summary_markdown(report: dict[str, Any]) -> str:
-    """The report's runs, memory per role and accuracy as Markdown tables."""
-    from rlbench.report.compare import markdown_table
-
-    probe = primary_probe(report)
-    env = report.get("environment") or {}
-    gpu = (env.get("gpu") or {}).get("name")
-    git = env.get("git") or {}
-    lines = [f"# rlbench: {report['suite']['name']}", "",
-             report["suite"].get("description") or "", "",
-             f"- created {report['created']}, status {report['status']}",
-             f"- device: {gpu or env.get('cpu')} ({env.get('cpu_cores')} CPU cores); memory probe `{probe}`",
-             f"- git {git.get('commit') or 'unknown'}" + (" (dirty)" if git.get("dirty") else ""),
-             f"- budget: {_budget_text(report['suite'].get('budget') or {})}", "", "## runs", ""]
-    rows = []
-    for run in report["runs"]:
-        metrics = run.get("metrics") or {}
-        acc = run.get("accuracy") or {}
-        budget = run.get("budget") or {}
-        rows.append([
-            run["id"], run.get("status", "?"), run.get("stopped_by") or "-",
-            ", ".join(r for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-",
-            str(budget.get("completions", "-")),
-            mib(_value(metrics, "memory/process_peak_bytes")),
-            num(_value(metrics, "time/step_s"), "{:.2f}"),
-            num(_value(metrics, "throughput/gen_tokens_per_s"), "{:,.0f}"),
-            _acc(acc.get("before") or {}), _acc(acc.get("after") or {}),
-            "-" if acc.get("delta") is None else f"{acc['delta']:+.1%}" + (" *" if acc.get("significant") else ""),
-            "-" if not run.get("reward_hacking") else ("FLAG" if run["reward_hacking"]["flag"] else "no"),
-        ])
-    lines.append(markdown_table(["run", "status", "stopped by", "roles", "completions", f"peak MiB ({probe})",
-                                 "step s", "gen tok/s", "acc before", "acc after", "Δ acc", "hacking"], rows))
-    lines += ["", "Δ acc marked * when larger than the sum of the two standard errors.", "",
-              f"## memory by role (MiB; static from tensors, phase peaks measured by {probe})", ""]
-    rows = []
-    for run in report["runs"]:
-        for role, static, transient, phase in role_segments(run, probe):
-            entry = run["roles"][role]
-            s = entry["static"]
-            rows.append([run["id"], role, mib(s.get("weights")), mib(s.get("gradients")),
-                         mib(s.get("optimizer")), mib(static), phase or "-", mib(transient),
-                         mib((entry.get("peak_bytes") or {}).get(probe))])
-        recon = ((run.get("memory") or {}).get("reconciliation") or {}).get(probe)
-        if recon:
-            rows.append([run["id"], "**process peak**", "", "", "", mib(recon["static_bytes"]), recon["peak_phase"],
-                         mib(recon["peak_phase_transient_bytes"]), f"**{mib(recon['process_peak_bytes'])}**"])
-            rows.append([run["id"], "other (libraries, allocator)", "", "", "", "", "", "", mib(recon["other_bytes"])])
-            rows.append([run["id"], "baseline (before loading)", "", "", "", "", "", "", mib(recon["baseline_bytes"])])
-    lines.append(markdown_table(["run", "role", "weights", "grads", "optimizer", "static", "peak phase",
-                                 "phase transient", "phase peak"], rows))
-    failed = [r for r in report["runs"] if r.get("status") != "ok"]
-    if failed:
-        lines += ["", "## runs that did not end ok", ""]
-        lines += [f"- `{r['id']}`: {r.get('status')}: {r.get('error') or 'no error recorded'}" for r in failed]
-    lines += ["", "![memory by role](memory_by_role.png)", "", "![reward and accuracy](curves.png)", ""]
-    return "\n".join(lines)
-
-
-def _budget_text(budget: dict[str, Any]) -> str:
-    limits = [f"{k} {v}" for k, v in budget.items() if v is not None]
-    return ", ".join(limits) or "none"
-
-
-def _value(metrics: dict[str, Any], name: str) -> float | None:
-    return (metrics.get(name) or {}).get("value")
-
-
-def _acc(evaluation: dict[str, Any]) -> str:
-    return pct(evaluation.get("eval/accuracy"), evaluation.get("eval/accuracy_stderr"))
+def _eval_points(ax: Any, run: dict[str, Any], steps: list[dict[str, Any]], xs: list[float], by_steps: bool,
+                 colour: str) -> None:
+    curve = (run.get("accuracy") or {}).get("curve") or run.get("evals") or []
+    points = [e for e in curve if isinstance(e.get("eval/accuracy"), (int, float)) and "step" in e]
+    if not points:
+        return
+    if by_steps:
+        x = [float(e["step"]) for e in points]
+    else:  # the budget consumed at the evaluation's step (0 before the first)
+        at = {float(s["step"]): v for s, v in zip(steps, xs)}
+        x = [at.get(float(e["step"]), 0.0) for e in points]
+    ax.errorbar(x, [e["eval/accuracy"] for e in points], yerr=[e.get("eval/accuracy_stderr", 0.0) for e in points],
+                color=colour, marker="o", markersize=4, capsize=3, linewidth=1.4)
 
 
 def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
@@ -254,7 +335,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in (("memory_by_role.png", memory_figure(report)), ("curves.png", curves_figure(report, out_dir))):
-        fig.savefig(out_dir / name, dpi=120)
+        fig.savefig(out_dir / name, dpi=110)
         paths.append(out_dir / name)
     summary = out_dir / "summary.md"
     summary.write_text(summary_markdown(report))
