@@ -7,6 +7,7 @@
     rlbench check NEW.json --baseline BASE.json         CI gate: exit 1 on regression
     rlbench report REPORT.json                          re-print tables, re-render plots and summary.md
     rlbench estimate --model NAME --algos ppo,grpo      static memory per role: will it fit?
+    rlbench export REPORT.json --to tensorboard         per-step metrics for TensorBoard or W&B
 
 Errors a user can cause print one line each and exit 2, never a traceback.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -24,11 +27,25 @@ from rlbench.errors import UserError
 
 EPILOG = """examples:
   rlbench run suites/quickstart.yaml
-  rlbench run suites/memory.yaml --set budget.steps=5 --set seeds=[0,1]
+  rlbench run suites/memory.yaml --set budget.steps=5 --set seeds=[0,1] --log-to tensorboard
   rlbench validate suites/my.yaml
-  rlbench compare results/memory/A/report.json results/memory/B/report.json --format md
+  rlbench compare results/memory/A/report.json results/memory/B/report.json --changed
   rlbench check results/new/report.json --baseline results/baselines/ci-cpu.json --threshold memory:5%
+  rlbench export results/memory/A/report.json --to tensorboard
+
+`rlbench COMMAND --help` describes each command, with an example.
 """
+
+LOG_TARGETS = ("tensorboard", "wandb")
+
+
+def _command(sub: argparse._SubParsersAction, name: str, summary: str, description: str,
+             examples: list[str]) -> argparse.ArgumentParser:
+    """A subcommand whose --help opens with what it does and ends with examples to copy."""
+    return sub.add_parser(name, help=summary, description=description,
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="example" + ("s" if len(examples) > 1 else "") + ":\n"
+                                 + "\n".join(f"  {e}" for e in examples))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,47 +56,110 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rlbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", help="run a suite: every algorithm x seed under the shared budget",
-                         description="Run a suite. Shared stages (SFT, reward model) are cached under "
-                                     "$RLBENCH_CACHE (default ~/.cache/rlbench); each run gets its own process.")
+    run = _command(
+        sub, "run", "run a suite: every algorithm x seed under the shared budget",
+        "Run a suite: the shared stages (SFT, reward model; cached under $RLBENCH_CACHE, default\n"
+        "~/.cache/rlbench), then each algorithm x seed in its own process under the suite's budget.\n"
+        "Writes report.json, each run's steps.jsonl, memory_by_role.png, curves.png and summary.md\n"
+        "under <output>/<suite name>/<UTC time>/ and prints the tables. Exit 0 when every run ended ok.",
+        ["rlbench run suites/quickstart.yaml",
+         "rlbench run suites/memory.yaml --set budget.steps=5 --set seeds=[0,1] --output /tmp/results",
+         "rlbench run suites/ci.yaml --log-to tensorboard   # then: tensorboard --logdir <report dir>/tensorboard"])
     run.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a suite field, validated like the file: budget.steps=5, "
                           "algorithms[0].params.lr=1e-4, seeds=[0,1] (repeatable)")
     run.add_argument("--output", metavar="DIR", help="write reports under DIR instead of the suite's `output`")
+    run.add_argument("--log-to", dest="log_to", action="append", default=[], choices=LOG_TARGETS,
+                     help="also export the finished report's per-step metrics and run configs: tensorboard "
+                          "(event files in <report dir>/tensorboard, offline) or wandb (offline files "
+                          "unless wandb is configured on this machine); repeatable")
 
-    validate = sub.add_parser("validate", help="check suite files; print every error with its field path",
-                              description="Validate suite files without running them. Exit 0 when valid "
-                                          "(warnings name what this machine lacks), 2 otherwise.")
+    validate = _command(
+        sub, "validate", "check suite files; print every error with its field path",
+        "Validate suite files without running them: every error at once, each with its field path.\n"
+        "Exit 0 when valid (warnings name what this machine lacks), 2 otherwise.",
+        ["rlbench validate suites/my.yaml", "rlbench validate suites/*.yaml --set budget.steps=5",
+         "rlbench validate suites/quickstart.yaml --explain   # every field, its default and help"])
     validate.add_argument("suites", nargs="+", metavar="SUITE", help="suite YAML file(s)")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="overrides to validate along with the file")
     validate.add_argument("--explain", action="store_true", help="also print every field with its default and help")
 
-    ls = sub.add_parser("ls", help="list registered algorithms, tasks, rewards, engines and probes")
-    ls.add_argument("--params", action="store_true", help="also list each algorithm's params with defaults")
+    ls = _command(
+        sub, "ls", "list registered algorithms, tasks, rewards, engines and probes",
+        "List what a suite may name: algorithms, tasks, rewards, rollout engines and memory probes,\n"
+        "each with one line on what it is. With --params, every algorithm parameter a suite may set\n"
+        "under algorithms[].params, with its type, default, allowed values and help.",
+        ["rlbench ls", "rlbench ls --params"])
+    ls.add_argument("--params", action="store_true",
+                    help="also list each algorithm's params: type, default, allowed values (choices, bounds)")
 
-    compare = sub.add_parser("compare", help="compare reports: runs matched by algorithm label and seed")
+    compare = _command(
+        sub, "compare", "compare reports: runs matched by algorithm label and seed",
+        "Set reports side by side; the first is the base. Runs are matched by label and seed; each\n"
+        "metric shows its value in every report and the change against the base (green better, red\n"
+        "worse). By default only the headline metrics (process peak, step time, tokens/s, MFU,\n"
+        "accuracy) and a count of what changed; --changed lists every metric that changed beyond\n"
+        "noise (the combined standard error) and the base suite's check: thresholds; --all shows all.",
+        ["rlbench compare results/ci/A/report.json results/ci/B/report.json",
+         "rlbench compare A/report.json B/report.json --changed",
+         "rlbench compare A/report.json B/report.json --metrics 'memory/*' --metrics eval/accuracy",
+         "rlbench compare A/report.json B/report.json --all --format md > comparison.md"])
     compare.add_argument("reports", nargs="+", metavar="REPORT", help="report.json files (the first is the base)")
     compare.add_argument("--format", choices=("table", "md"), default="table", help="Rich tables or Markdown")
+    compare.add_argument("--changed", action="store_true",
+                         help="only metrics whose change exceeds noise and the base suite's threshold")
+    compare.add_argument("--metrics", action="append", default=[], metavar="GLOB",
+                         help="only metrics whose name matches, e.g. 'memory/*', 'time/*_s', eval/accuracy "
+                              "(repeatable or comma-separated)")
+    compare.add_argument("--all", action="store_true", help="every metric, one table per area")
 
-    check = sub.add_parser("check", help="regression gate: exit 1 if REPORT regressed against the baseline",
-                           description="Compare REPORT with BASELINE metric by metric. Thresholds come from the "
-                                       "suite's `check:` block unless given here. Exit 0: no regression; 1: "
-                                       "regression; 2: unusable input.")
+    check = _command(
+        sub, "check", "regression gate: exit 1 if REPORT regressed against the baseline",
+        "Compare REPORT with BASELINE metric by metric. Thresholds come from the suite's `check:` block\n"
+        "unless given here. Exit 0: no regression; 1: regression; 2: unusable input.",
+        ["rlbench check results/ci/<time>/report.json --baseline results/baselines/ci-cpu.json",
+         "rlbench check new.json --baseline base.json --threshold memory:5% --threshold accuracy:0.02"])
     check.add_argument("report", help="the new report.json")
     check.add_argument("--baseline", required=True, help="the baseline report.json")
     check.add_argument("--threshold", action="append", default=[], metavar="AREA:LIMIT",
                        help="memory:5%%, throughput:10%% or accuracy:0.02 (relative with %%, absolute otherwise)")
 
-    report = sub.add_parser("report", help="re-print a report's tables and re-render its plots and summary.md")
+    report = _command(
+        sub, "report", "re-print a report's tables and re-render its plots and summary.md",
+        "Re-print the memory and summary tables of a saved report, and re-render memory_by_role.png,\n"
+        "curves.png and summary.md next to it (after an upgrade, or for a report copied elsewhere:\n"
+        "curves need each run's steps.jsonl under the report's directory).",
+        ["rlbench report results/quickstart/<time>/report.json"])
     report.add_argument("report", help="report.json")
 
-    estimate = sub.add_parser("estimate", help="static memory per role for a model and algorithms: will it fit?")
+    estimate = _command(
+        sub, "estimate", "static memory per role for a model and algorithms: will it fit?",
+        "Count the model's parameters from its config (on the meta device: no weights loaded) and\n"
+        "give each role's static bytes as `rlbench run` reports them: weights for every role, plus\n"
+        "gradients and AdamW's two moments for the trained roles (policy, value). Activations, logits,\n"
+        "the KV cache and allocator slack come on top: a floor, not the peak.",
+        ["rlbench estimate --model Qwen/Qwen2.5-1.5B-Instruct --algos ppo,grpo,grpo_zero --gpu-gib 80",
+         "rlbench estimate --model ./my-model-dir --dtype float32"])
     estimate.add_argument("--model", default="embedded", help="'embedded', a local directory or a cached hub name")
     estimate.add_argument("--algos", default="ppo,grpo,grpo_zero", help="comma-separated algorithms")
     estimate.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
     estimate.add_argument("--gpu-gib", type=float, default=None, help="compare against this much GPU memory")
+
+    export = _command(
+        sub, "export", "write a finished report's metrics for TensorBoard or Weights & Biases",
+        "Export a report directory (report.json and each run's steps.jsonl) as one logged run per\n"
+        "rlbench run: every per-step metric against the step, held-out accuracy at each evaluation,\n"
+        "the final metrics and the run's configuration. tensorboard: event files in <report\n"
+        "dir>/tensorboard/ (needs the `tensorboard` extra). wandb: offline files in <report dir>/wandb/\n"
+        "unless wandb is configured here (WANDB_API_KEY, a netrc entry or WANDB_MODE), then as wandb is set up.",
+        ["rlbench export results/ci/<time>/report.json --to tensorboard && tensorboard --logdir "
+         "results/ci/<time>/tensorboard",
+         "rlbench export results/ci/<time>/report.json --to wandb"])
+    export.add_argument("report", help="report.json")
+    export.add_argument("--to", dest="targets", action="append", required=True, choices=LOG_TARGETS,
+                        help="where to write (repeatable)")
     return parser
 
 
@@ -100,18 +180,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "run":
+        from rlbench.report.export import export_command, require
         from rlbench.runner import run_suite
 
-        _, code = run_suite(args.suite, args.overrides, args.output, console)
+        require(args.log_to)  # a missing writer is said before the runs, not after
+        report_path, code = run_suite(args.suite, args.overrides, args.output, console)
+        if args.log_to:
+            export_command(str(report_path), args.log_to, console)
         return code
     if args.command == "validate":
         return cmd_validate(args, console)
     if args.command == "ls":
         return cmd_ls(args, console)
     if args.command == "compare":
-        from rlbench.report.compare import compare_command
+        from rlbench.report.compare import Selection, compare_command
 
-        return compare_command(args.reports, args.format, console)
+        globs = tuple(g.strip() for text in args.metrics for g in text.split(",") if g.strip())
+        return compare_command(args.reports, args.format, console,
+                               Selection(all=args.all, metrics=globs, changed=args.changed))
     if args.command == "check":
         from rlbench.report.check import check_command
 
@@ -124,6 +210,10 @@ def dispatch(args: argparse.Namespace, console: Console) -> int:
         from rlbench.estimate import estimate_command
 
         return estimate_command(args.model, args.algos.split(","), args.dtype, args.gpu_gib, console)
+    if args.command == "export":
+        from rlbench.report.export import export_command
+
+        return export_command(args.report, args.targets, console)
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -140,8 +230,8 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
             errors.extend(prefix + m for m in exc.messages)
             continue
         runs = len(suite.algorithms) * len(suite.seeds)
-        console.print(f"[green]ok[/] {path}: suite '{suite.name}', {runs} run(s): "
-                      + ", ".join(a.label or a.name for a in suite.algorithms))
+        console.print(f"[green]ok[/] {escape(path)}: suite '{escape(suite.name)}', {runs} run(s): "
+                      + escape(", ".join(a.label or a.name for a in suite.algorithms)), highlight=False)
         for warning in missing_requirements(suite):
             console.print(f"[yellow]warning:[/] this machine cannot run it yet: {escape(warning)}", soft_wrap=True)
     if args.explain:
@@ -153,6 +243,8 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_ls(args: argparse.Namespace, console: Console) -> int:
+    import dataclasses
+
     from rich.table import Table
 
     from rlbench.catalog import ALGORITHMS, REGISTRIES
@@ -163,17 +255,35 @@ def cmd_ls(args: argparse.Namespace, console: Console) -> int:
         table.add_column("name", style="cyan")
         table.add_column("what it is")
         for entry in registry.entries():
-            table.add_row(entry.name, entry.help)
+            table.add_row(escape(entry.name), escape(entry.help))
         console.print(table)
     if args.params:
         for entry in ALGORITHMS.entries():
-            table = Table(title=f"{entry.name} params", title_justify="left")
-            for col in ("param", "type", "default", "help"):
-                table.add_column(col)
+            table = Table(title=f"{escape(entry.name)} params (algorithms[].params)", title_justify="left")
+            for col in ("param", "type", "default", "allowed", "help"):
+                table.add_column(col, overflow="fold")
+            metadata = {fld.name: fld.metadata for fld in dataclasses.fields(entry.obj.params_cls)}
             for path, type_name, default, help_text in field_help(entry.obj.params_cls):
-                table.add_row(path, type_name, repr(default), help_text)
+                table.add_row(escape(path), escape(type_name), escape(repr(default)),
+                              escape(allowed_values(metadata.get(path, {}))), escape(help_text))
             console.print(table)
     return 0
+
+
+def allowed_values(meta: Mapping[str, Any]) -> str:
+    """A field's constraints from its `f(...)` metadata, as validation enforces them:
+    'token_mean | batch', '0 < x < 1', 'x ≥ 1'; '' when any value of its type is accepted."""
+    if meta.get("choices"):
+        return " | ".join(str(c) for c in meta["choices"])
+    low = next(((op, meta[k]) for k, op in (("gt", "<"), ("ge", "≤")) if meta.get(k) is not None), None)
+    high = next(((op, meta[k]) for k, op in (("lt", "<"), ("le", "≤")) if meta.get(k) is not None), None)
+    if low and high:
+        return f"{low[1]:g} {low[0]} x {high[0]} {high[1]:g}"
+    if low:
+        return f"x {'>' if low[0] == '<' else '≥'} {low[1]:g}"
+    if high:
+        return f"x {high[0]} {high[1]:g}"
+    return ""
 
 
 if __name__ == "__main__":
