@@ -64,8 +64,15 @@ def test_tensorboard_files_hold_every_step_metric_evaluation_and_config(tmp_path
     # the final report metrics, and the run's configuration as text
     assert events.Scalars("final/memory/process_peak_bytes")[0].value == pytest.approx(
         run["metrics"]["memory/process_peak_bytes"]["value"], rel=1e-6)
-    config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    config = events.Tensors("config")[0].tensor_proto.string_val[0].decode()
     assert '"label": "ppo_rules"' in config and '"ppo_epochs": 2' in config
+    # and as hyper-parameters for TensorBoard's HParams dashboard
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    [content] = events.PluginTagToContent("hparams").values()
+    start = hparams_metadata.parse_session_start_info_plugin_data(content)
+    assert start.hparams["algorithm.params.ppo_epochs"].number_value == 2
+    assert start.hparams["run"].string_value == "ppo_rules/seed0"
 
 
 def test_exporting_again_replaces_the_event_files(tmp_path: Path) -> None:

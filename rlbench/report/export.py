@@ -12,12 +12,12 @@ one logged run, named after its run id:
 - the run's configuration (suite, model, budget, rollout, the algorithm with its params, seed)
   as text and as hyper-parameters, and its final report metrics as `final/<metric>`.
 
-TensorBoard: event files in <report dir>/tensorboard/<run>/, written offline with PyTorch's
-SummaryWriter (needs the `tensorboard` extra); exporting again replaces them.
+TensorBoard: an event file in <report dir>/tensorboard/<run>/, written offline with tensorboard's
+own event writer (the `tensorboard` extra); exporting again replaces it.
 Weights & Biases (the `wandb` extra): offline files under <report dir>/wandb/ unless wandb is
 configured on this machine (`wandb_mode`), so nothing leaves the machine unless the user set it up.
 
-Nothing here imports torch or wandb at module level: the writers are imported when used.
+The writers are imported when used, and none imports torch: rlbench/report reads JSON only.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,23 +122,33 @@ def require(targets: list[str]) -> None:
 
 
 def to_tensorboard(runs: list[ExportRun], out_dir: Path) -> Path:
-    """One folder of event files per run under `out_dir`, replacing an earlier export's."""
-    from torch.utils.tensorboard import SummaryWriter
+    """One folder with one event file per run under `out_dir`, replacing an earlier export's. Written
+    with tensorboard's own event writer and summary protos (numpy only, no torch or TensorFlow)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+    from tensorboard.plugins.text.summary_v2 import text_pb
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     for run in runs:
         logdir = out_dir / run.folder
         if logdir.is_dir():
             for old in logdir.glob("events.out.tfevents.*"):
                 old.unlink()
-        writer = SummaryWriter(log_dir=str(logdir))
+        writer = EventFileWriter(str(logdir))
+        now = time.time()
         try:
             for step, values in run.scalars.items():
-                for tag, value in values.items():
-                    writer.add_scalar(tag, value, global_step=step)
+                summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
+                writer.add_event(Event(wall_time=now, step=step, summary=summary))
+            last = max(run.scalars, default=0)
+            final = Summary(value=[Summary.Value(tag=f"final/{k}", simple_value=v) for k, v in run.final.items()])
+            writer.add_event(Event(wall_time=now, step=last, summary=final))
             text = json.dumps(run.config, indent=2, default=str)
-            writer.add_text("config", "\n".join("    " + line for line in text.splitlines()))  # a code block
-            writer.add_hparams(flat_config(run.config), {f"final/{k}": v for k, v in run.final.items()},
-                               run_name=".")
+            config = text_pb("config", "\n".join("    " + line for line in text.splitlines()))  # a code block
+            writer.add_event(Event(wall_time=now, step=0, summary=config))
+            writer.add_event(Event(wall_time=now, step=0, summary=hparams_pb(flat_config(run.config),
+                                                                            trial_id=run.name)))
         finally:
             writer.close()
     return out_dir
