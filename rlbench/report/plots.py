@@ -125,8 +125,10 @@ def memory_figure(report: dict[str, Any]) -> Figure:
             height = size / scale
             ax.bar(x, height, bottom=bottom, width=0.55, color=colour, hatch=hatch, linewidth=0.6,
                    edgecolor="#555555" if hatch else "black", alpha=0.55 if hatch == "//" else 1.0)
-            if text and height > 0.07 * top:
-                ax.text(x, bottom + height / 2, plain(text), ha="center", va="center", fontsize=8,
+            short = height <= 0.07 * top
+            if text and (not short or hatch == "//"):  # the peak phase is always named, on one line if need be
+                ax.text(x, bottom + height / 2, plain(text.replace("\n", " ") if short else text), ha="center",
+                        va="center", fontsize=7 if short else 8,
                         bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.5})
             bottom += height
         if bar.reconciled:
@@ -145,7 +147,7 @@ def memory_figure(report: dict[str, Any]) -> Figure:
     ax.set_xlabel("run (label/seed; roles held)")
     ax.set_ylabel(f"memory at the process peak ({unit})")
     ax.set_title(f"{plain(report['suite']['name'])}: process peak memory by role ({plain(probe)} probe)\n"
-                 "each bar adds up to the measured peak; ticks on the right: the other phases' peaks "
+                 "each bar adds up to the measured peak;\nticks on the right: the other phases' peaks "
                  "(phase +transient)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     handles = [Patch(facecolor=BASELINE_COLOUR, edgecolor="black", label="baseline: before any model loaded")]
