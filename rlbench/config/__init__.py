@@ -19,6 +19,7 @@ from rlbench.config.schema import (
     AlgorithmConfig,
     BudgetConfig,
     CheckConfig,
+    DistributedConfig,
     EvalConfig,
     LoraConfig,
     ModelConfig,
@@ -32,7 +33,7 @@ from rlbench.config.schema import (
 from rlbench.config.typed import field_help, parse_threshold
 
 __all__ = [
-    "DTYPES", "AlgorithmConfig", "BudgetConfig", "CheckConfig", "EvalConfig", "LoraConfig", "ModelConfig",
+    "DTYPES", "AlgorithmConfig", "BudgetConfig", "CheckConfig", "DistributedConfig", "EvalConfig", "LoraConfig", "ModelConfig",
     "RewardModelConfig", "RolloutConfig", "SFTConfig", "Suite", "TaskConfig", "algorithm_params", "f",
     "field_help", "load_suite", "parse_threshold", "resolved_dict",
 ]

@@ -34,6 +34,7 @@ def check_suite(suite: Suite, errors: Errors) -> Suite:
         errors.append(("algorithms", "list at least one algorithm" + (f" (known: {known})" if known else "")))
     _check_labels(algorithms, errors)
     _check_groups(suite, algorithms, ok, errors)
+    _check_distributed(suite, algorithms, ok, errors)
 
     limits = [fld.name for fld in dataclasses.fields(BudgetConfig)]
     if ok("budget") and all(getattr(suite.budget, name) is None for name in limits):
@@ -131,6 +132,45 @@ def _check_groups(suite: Suite, algorithms: list[AlgorithmConfig], ok: Callable[
             errors.append(("rollout.completions_per_step",
                            f"must be a multiple of {source} ({size}) for {', '.join(labels)}; "
                            f"got {per_step} (try {works})"))
+
+
+def _check_distributed(suite: Suite, algorithms: list[AlgorithmConfig], ok: Callable[[str], bool],
+                       errors: Errors) -> None:
+    """Ranks split each step's prompts, whole groups each, and each minibatch's prompts evenly; what
+    the sharded path does not support yet is named."""
+    dist = suite.distributed
+    if dist is None or not ok("distributed"):
+        return
+    if ok("rollout.engine") and suite.rollout.engine != "hf":
+        errors.append(("rollout.engine", f"{suite.rollout.engine!r} is not supported with distributed "
+                                         f"(strategy {dist.strategy}); use hf, or remove the distributed block"))
+    if ok("model.lora") and suite.model.lora is not None:
+        errors.append(("model.lora", f"LoRA is not supported with distributed (strategy {dist.strategy}) yet; "
+                                     "set model.lora: null or remove the distributed block"))
+    ranks = dist.nproc_per_node
+    if ranks == 1 or not ok("rollout.completions_per_step") or not ok("rollout.group_size"):
+        return
+    per_step = suite.rollout.completions_per_step
+    for i, alg in enumerate(algorithms):
+        if alg.name not in registered("algorithm") or not ok(f"algorithms[{i}]"):
+            continue
+        params = algorithm_params(alg)
+        size = _group_size(params, suite.rollout.group_size)
+        if per_step % size:
+            continue  # reported by _check_groups
+        prompts = per_step // size
+        if prompts % ranks:
+            errors.append(("rollout.completions_per_step",
+                           f"{alg.label} samples {prompts} prompts per step ({per_step} completions in groups of "
+                           f"{size}), which do not split over distributed.nproc_per_node={ranks} ranks with groups "
+                           f"kept whole; use a multiple of {size * ranks}"))
+            continue
+        minibatches = getattr(params, "num_minibatches", 1)
+        if prompts % (minibatches * ranks):
+            errors.append((f"algorithms[{i}].params.num_minibatches",
+                           f"{alg.label}'s {prompts} prompts per step do not split into {minibatches} minibatches "
+                           f"of whole groups shared evenly by {ranks} ranks; use a number of minibatches that "
+                           f"divides {prompts // ranks}"))
 
 
 def _check_name(kind: str, name: str, path: str, errors: Errors) -> None:

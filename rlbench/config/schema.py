@@ -133,6 +133,20 @@ class CheckConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """Several processes per run (torchrun), every model role sharded with FSDP2 (`fully_shard`)."""
+
+    nproc_per_node: int = f(2, "processes (ranks) per run on this machine; each takes its slice of every step's prompts",
+                            ge=1)
+    strategy: str = f("fsdp2", "how roles are split over ranks: fsdp2 shards every weight, gradient and optimizer "
+                      "state per decoder layer", choices=("fsdp2",))
+    backend: str = f("auto", "torch.distributed backend: auto (nccl with CUDA, gloo otherwise), nccl or gloo",
+                     choices=("auto", "nccl", "gloo"))
+    timeout_s: float = f(120.0, "seconds a collective may wait for the other ranks before the run fails "
+                         "(instead of hanging)", gt=0)
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str = f("suite", "suite name; reports go to <output>/<name>/<timestamp>/")
     description: str = f("", "one line on what the suite is for")
@@ -145,7 +159,9 @@ class Suite:
     seeds: list[int] = f([0], "one run per algorithm per seed")
     probe: str = f("auto", "memory probe: auto, cpu, torch_cuda or nvml")
     probe_period_ms: float = f(10.0, "sampling period of sampling probes (nvml, psutil fallback)", gt=0)
-    threads: int | None = f(None, "torch threads per run (default: all cores)", gt=0)
+    threads: int | None = f(None, "torch threads per run, shared by its ranks (default: all cores)", gt=0)
+    distributed: DistributedConfig | None = f(None, "run each algorithm x seed on several processes with torchrun "
+                                              "and FSDP2; null: one process")
     output: str = f("results", "directory that reports are written under")
     check: CheckConfig = f(CheckConfig, "regression thresholds for `rlbench check`")
 

@@ -17,9 +17,10 @@ from the module (no copy, so every optimizer step is seen at once):
 The math is the module's own (RMSNorm in float32, rotary embeddings, grouped-query attention,
 SiLU MLP, the embedding's padding_idx); `llama_parts(model)` returns None for anything it does
 not reproduce exactly (other architectures, LoRA-wrapped or quantized layers, dynamic rotary
-scaling, sliding windows, gradient checkpointing, attention dropout while training), and callers
-then use the module's own forward. Positions are passed in by the caller (positions skip left
-padding, as `rlbench.models.batching.position_ids_from_mask` computes them).
+scaling, sliding windows, gradient checkpointing, attention dropout while training, weights
+sharded by FSDP2 outside an `unshard()`), and callers then use the module's own forward.
+Positions are passed in by the caller (positions skip left padding, as
+`rlbench.models.batching.position_ids_from_mask` computes them).
 """
 
 from __future__ import annotations
@@ -90,11 +91,12 @@ def llama_parts(model: nn.Module) -> LlamaParts | None:
     """The weights of a stock Llama/Qwen2 causal LM (or of its bare backbone, with no LM head), or
     None when the lean forward would not equal the module's own forward (then use the module)."""
     config = getattr(model, "config", None)
-    backbone = type(model).__name__ in ("LlamaModel", "Qwen2Model")
+    classes = {cls.__name__ for cls in type(model).__mro__}  # FSDP2 subclasses the module's class
+    backbone = bool(classes & {"LlamaModel", "Qwen2Model"})
     inner = model if backbone else getattr(model, "model", None)
     if config is None or inner is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return None
-    if not backbone and type(model).__name__ not in ("LlamaForCausalLM", "Qwen2ForCausalLM"):
+    if not backbone and not classes & {"LlamaForCausalLM", "Qwen2ForCausalLM"}:
         return None  # e.g. a peft wrapper
     if getattr(config, "hidden_act", None) != "silu" or getattr(config, "pretraining_tp", 1) != 1:
         return None
@@ -110,6 +112,8 @@ def llama_parts(model: nn.Module) -> LlamaParts | None:
     embed, lm_head = inner.embed_tokens, None if backbone else _linear(model.lm_head)
     if type(embed) is not nn.Embedding or (lm_head is None and not backbone):
         return None
+    if any(hasattr(p, "to_local") for p in model.parameters()):
+        return None  # sharded (FSDP2) outside an unshard: the module's forward gathers each layer
     blocks = []
     for layer in inner.layers:
         attn, mlp = layer.self_attn, layer.mlp
