@@ -46,12 +46,9 @@ from torch import nn
 
 from rlbench.algorithms.base import Batch
 from rlbench.config import DistributedConfig, ModelConfig
-from rlbench.errors import UserError
 from rlbench.measure.evaluation import standard_error
 from rlbench.rollout import Rollout
 
-TRAINED_ROLES = ("policy", "value")
-SCALAR_ROLES = ("reward", "value")
 SHARE_BY = {"token_mean": "tokens", "seq_mean_token_mean": "rows", "seq_mean_token_sum_norm": "rows"}
 COLLECTIVES_METHOD = ("bytes of the full tensor of each collective this rank joined, by phase: FSDP2's "
                       "all-gathers (gathered output) and reduce-scatters (input before scattering) through "
@@ -164,70 +161,12 @@ class Dist:
 
     # -- loading ----------------------------------------------------------------------------------
     def load_role(self, role: str, path: str | Path, cfg: ModelConfig) -> nn.Module:
-        """The role's model sharded over the ranks: built on the meta device everywhere, filled from
-        rank 0's copy (the only full copy, dropped once broadcast)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        """The role's model sharded over the ranks (rlbench/fsdp.py): built on the meta device on
+        every rank, filled from rank 0's copy, the only full one, dropped once broadcast."""
+        from rlbench.fsdp import load_sharded
 
-        from rlbench.models.loading import load_causal_lm, load_scalar_model
-
-        scalar, trainable = role in SCALAR_ROLES, role in TRAINED_ROLES
-        full = None
-        if self.rank == 0:
-            load = load_scalar_model if scalar else load_causal_lm
-            full = load(path, cfg, "cpu", trainable=trainable)
-        model = _meta_model(path, cfg, scalar, trainable)
-        if not trainable:
-            model.requires_grad_(False)
-        self._shard(model, frozen=not trainable)
-        model.to_empty(device=self.device)
-        state = full.state_dict() if full is not None else {}
         with self._in_phase(f"load/{role}"):
-            set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True,
-                                                                          broadcast_from_rank0=True))
-            self.count("broadcast", sum(t.numel() * t.element_size() for t in model.state_dict().values()))
-            self._broadcast_buffers(model, full, set(model.state_dict()))
-        del full, state
-        return model.train(trainable)
-
-    def _broadcast_buffers(self, model: nn.Module, full: nn.Module | None, persistent: set[str]) -> None:
-        """Buffers outside the state dict (rotary inv_freq) are garbage after `to_empty`: rank 0's."""
-        import torch.distributed as dist
-
-        for name, buffer in model.named_buffers():
-            if name in persistent:
-                continue
-            if full is not None:
-                buffer.copy_(full.get_buffer(name))
-            self.count("broadcast", buffer.numel() * buffer.element_size())
-            dist.broadcast(buffer, src=0)
-
-    def _shard(self, model: nn.Module, frozen: bool) -> None:
-        """fully_shard each decoder layer, a scalar-head model's backbone, then the root."""
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import FSDPModule, fully_shard
-
-        mesh = init_device_mesh(self.device.type, (self.world,))
-        layer_classes = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or ())}
-        layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
-        if not layers:
-            raise UserError(f"distributed: {type(model).__name__} names no decoder layer classes "
-                            "(_no_split_modules), which fsdp2 shards one by one")
-        for layer in layers:
-            fully_shard(layer, mesh=mesh)
-        backbone = getattr(model, "backbone", None)
-        if backbone is not None:  # a scalar head's forward runs the backbone outside the root's own hooks
-            fully_shard(backbone, mesh=mesh)
-        fully_shard(model, mesh=mesh, reshard_after_forward=True)
-        if frozen:  # FSDP2 keeps a root gathered after forward (for backward): a frozen one has none
-            model.register_forward_hook(lambda module, args, output: module.reshard())
-        comms = _counting_comms(self)
-        if comms is None:
-            self.notes.append("FSDP2 collectives not counted: this torch has no custom-comm hooks")
-            return
-        for unit in model.modules():
-            if isinstance(unit, FSDPModule):
-                unit.set_custom_all_gather(comms[0])
-                unit.set_custom_reduce_scatter(comms[1])
+            return load_sharded(self, role, path, cfg)
 
     # -- one step ---------------------------------------------------------------------------------
     def local_prompts(self, prompts: list) -> list:
@@ -265,6 +204,10 @@ class Dist:
         slice), re-padded to the widest prompt and completion; reward parts gathered alike."""
         if not self.active:
             return batch, parts
+        with self._in_phase("gather_batch"):
+            return self._gather_batch(batch, parts, pad_id)
+
+    def _gather_batch(self, batch: Batch, parts: dict[str, list[float]], pad_id: int) -> tuple[Batch, dict]:
         r = batch.rollout
         widths = self._all_reduce(torch.tensor([r.prompt_width, r.completion_ids.shape[1]]), "MAX").tolist()
         prompt_width, width = int(widths[0]), int(widths[1])
@@ -324,6 +267,10 @@ class Dist:
         """The step's counts summed over ranks and its seconds maxed: every rank sees the same budget."""
         if not self.active:
             return counts, seconds
+        with self._in_phase("budget"):
+            return self._budget_reduce(counts, seconds)
+
+    def _budget_reduce(self, counts: dict[str, int], seconds: float) -> tuple[dict[str, int], float]:
         summed = self._all_reduce(torch.tensor(list(counts.values()), dtype=torch.float64), "SUM")
         slowest = self._all_reduce(torch.tensor([seconds], dtype=torch.float64), "MAX")
         return dict(zip(counts, (int(v) for v in summed.tolist()))), float(slowest[0])
@@ -353,52 +300,3 @@ def merge_evals(results: list[dict[str, float]]) -> dict[str, float]:
         else:
             out[key] = sum(r[key] * r["eval/size"] for r in results) / n
     return out
-
-
-def _meta_model(path: str | Path, cfg: ModelConfig, scalar: bool, trainable: bool) -> nn.Module:
-    """The role's architecture with no storage (meta device), as its loader would build it."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from rlbench.models.heads import ScalarHeadModel
-    from rlbench.models.loading import (
-        _enable_gradient_checkpointing,
-        is_sequence_classifier,
-        pretrained_kwargs,
-        scalar_model_from_classifier,
-        torch_dtype,
-    )
-
-    kwargs = pretrained_kwargs(cfg)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    with torch.device("meta"):
-        if not scalar:
-            model = AutoModelForCausalLM.from_config(config, **kwargs)
-        elif is_sequence_classifier(path):
-            model = scalar_model_from_classifier(AutoModelForSequenceClassification.from_config(config, **kwargs))
-        else:
-            backbone = AutoModel.from_config(config, **kwargs)
-            model = ScalarHeadModel(backbone, backbone.config.hidden_size).to(torch_dtype(cfg.dtype))
-    if trainable and cfg.gradient_checkpointing:
-        _enable_gradient_checkpointing(model.backbone if scalar else model)
-    return model
-
-
-def _counting_comms(owner: Dist) -> tuple[Any, Any] | None:
-    """FSDP2's default all-gather and reduce-scatter, counting bytes into `owner` (None where this
-    torch has no such hooks)."""
-    try:
-        from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather, DefaultReduceScatter
-    except ImportError:
-        return None
-
-    class CountedAllGather(DefaultAllGather):
-        def __call__(self, output_tensor, input_tensor, group, async_op=False):
-            owner.count("fsdp_all_gather", output_tensor.numel() * output_tensor.element_size())
-            return super().__call__(output_tensor, input_tensor, group, async_op)
-
-    class CountedReduceScatter(DefaultReduceScatter):
-        def __call__(self, output_tensor, input_tensor, group, op, async_op=False):
-            owner.count("fsdp_reduce_scatter", input_tensor.numel() * input_tensor.element_size())
-            return super().__call__(output_tensor, input_tensor, group, op, async_op)
-
-    return CountedAllGather(), CountedReduceScatter()

@@ -32,6 +32,7 @@ from rlbench.algorithms.base import Algorithm, Batch
 from rlbench.algorithms.losses import entropy_from_logits, masked_mean
 from rlbench.catalog import ALGORITHMS, ENGINES, load_problems, rule_functions
 from rlbench.config import AlgorithmConfig, BudgetConfig, Suite, algorithm_params
+from rlbench.distributed import Dist
 from rlbench.models.forward import completion_logprobs, gather_logprobs
 from rlbench.models.optim import adamw
 from rlbench.rewards import gold_correct, score_rules
@@ -103,9 +104,10 @@ class Run:
 
     def __init__(self, suite: Suite, algo_cfg: AlgorithmConfig, seed: int, policy_dir: Path,
                  reward_dir: Path | None, probe, emit: Callable[[dict], None] = lambda e: None,
-                 algorithm: Algorithm | None = None) -> None:
+                 algorithm: Algorithm | None = None, dist: Dist | None = None) -> None:
         """`algorithm` defaults to the catalog's recipe for `algo_cfg`; any object implementing the
-        `Algorithm` protocol runs the same loop."""
+        `Algorithm` protocol runs the same loop. `dist` places the run among torchrun's ranks (see
+        rlbench/distributed.py); by default it runs in this one process."""
         self.suite, self.algo_cfg, self.seed = suite, algo_cfg, seed
         self.algorithm = algorithm if algorithm is not None else make_algorithm(algo_cfg)
         self.schedule = self.algorithm.schedule()
@@ -114,6 +116,7 @@ class Run:
         self.phases = PhaseStats()
         self.role_load_bytes: dict[str, dict[str, int]] = {}  # role -> probe -> bytes
         self.step_metrics: list[dict[str, Any]] = []
+        self.dist = dist if dist is not None else Dist()
         torch.manual_seed(seed)
         self.roles = self.algorithm.roles()
         self._load_roles(policy_dir, reward_dir)
@@ -147,14 +150,17 @@ class Run:
             load_causal_lm,
             load_policy,
             load_scalar_model,
+            load_tokenizer,
         )
 
         model_cfg = self.suite.model
         import_model_code(policy_dir, model_cfg)  # library code is no role's memory
-        self.device = default_device()
+        self.device = self.dist.device if self.dist.active else default_device()
         schedule = self.schedule
 
         def load_policy_role():
+            if self.dist.active:  # sharded: built on the meta device, filled from rank 0
+                return self.dist.load_role("policy", policy_dir, model_cfg), load_tokenizer(policy_dir, model_cfg)
             model, tok = load_policy(policy_dir, model_cfg, self.device)
             _touch(model)
             return model, tok
@@ -164,7 +170,10 @@ class Run:
         self.optimizer = adamw(self.policy.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
         self.reference = self.reward_model = self.value_model = self.value_optimizer = None
         if "reference" in self.roles:
-            if model_cfg.lora is not None:
+            if self.dist.active:
+                self.reference = self._measure_load(
+                    "reference", lambda: self.dist.load_role("reference", policy_dir, model_cfg))
+            elif model_cfg.lora is not None:
                 self.reference = self._measure_load("reference", lambda: AdapterDisabledReference(self.policy))
             else:
                 self.reference = self._measure_load(
@@ -172,13 +181,16 @@ class Run:
         if "reward" in self.roles:
             assert reward_dir is not None, "runner trains or loads the reward model first"
             self.reward_model = self._measure_load(
-                "reward", lambda: _frozen(load_scalar_model(reward_dir, model_cfg, self.device)))
+                "reward", lambda: self.dist.load_role("reward", reward_dir, model_cfg) if self.dist.active
+                else _frozen(load_scalar_model(reward_dir, model_cfg, self.device)))
         if "value" in self.roles:
             from_reward = self.algorithm.value_init() == "reward"
             assert not from_reward or reward_dir is not None, "the runner prepares a reward model for value_init"
             source = reward_dir if from_reward else policy_dir
 
             def load_value():
+                if self.dist.active:
+                    return self.dist.load_role("value", source, model_cfg)
                 model = load_scalar_model(source, model_cfg, self.device, trainable=True)
                 _touch(model)
                 return model
@@ -207,7 +219,7 @@ class Run:
         start = time.perf_counter()
         memory: dict = {}
         try:
-            with self.probe.phase(name) as memory:
+            with self.dist.phase(name), self.probe.phase(name) as memory:
                 yield
         finally:
             self.phases.add(name, time.perf_counter() - start, memory)
@@ -225,14 +237,14 @@ class Run:
     def step(self) -> dict[str, Any]:
         step_start = time.perf_counter()
         times_before = dict(self.phases.seconds)
-        prompts = self.next_prompts()
+        prompts = self.dist.local_prompts(self.next_prompts())  # this rank's slice (all of them in one process)
         problems = [p for p in prompts for _ in range(self.group_size)]  # one per completion
         prompt_ids, prompt_truncation = truncate_prompts(encode_prompts(self.tokenizer, prompts),
                                                          self.suite.model.max_prompt_tokens)
 
-        with self.phase("generate"):
+        with self.phase("generate"), self.dist.rollout_context(self.policy):
             rollout = self.engine.generate(prompt_ids, self.group_size, self.sampling,
-                                           seed=self.seed * 1_000_003 + self.budget.steps)
+                                           seed=self.dist.sampling_seed(self.seed * 1_000_003 + self.budget.steps))
         with self.phase("score"):
             rewards, reward_parts = self._score(rollout, problems)
             gold = torch.tensor(gold_correct(rollout.texts, problems), device=rewards.device)
@@ -248,6 +260,11 @@ class Run:
             with self.phase("values"), torch.no_grad():
                 batch.values = self.value_model.completion_values(
                     rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+        counts = {"prompts": len(prompts), "completions": len(problems), "tokens": rollout.num_tokens,
+                  "sequence_tokens": int(rollout.attention_mask.sum())}
+        # Every rank's rows, so that advantages see the whole batch (a no-op in one process).
+        batch, reward_parts = self.dist.gather_batch(batch, reward_parts, self.tokenizer.pad_token_id)
+        rollout, rewards, gold = batch.rollout, batch.rewards, batch.gold
         advantages_start = time.perf_counter()
         self.algorithm.compute_advantages(batch)
         self.phases.add("advantages", time.perf_counter() - advantages_start)
@@ -258,14 +275,14 @@ class Run:
                 update_stats.update(self._update_value(batch))
         self.engine.sync_weights(self.policy)
 
-        n_tokens = rollout.num_tokens
+        # Counts summed and seconds maxed over ranks: every rank stops on the same step.
+        counts, step_seconds = self.dist.budget_reduce(counts, time.perf_counter() - step_start)
         self.budget.steps += 1
-        self.budget.prompts += len(prompts)
-        self.budget.completions += len(problems)
-        self.budget.tokens += n_tokens
-        self.budget.trained_tokens += n_tokens * self.passes
-        self.budget.sequence_tokens += int(rollout.attention_mask.sum())
-        step_seconds = time.perf_counter() - step_start
+        self.budget.prompts += counts["prompts"]
+        self.budget.completions += counts["completions"]
+        self.budget.tokens += counts["tokens"]
+        self.budget.trained_tokens += counts["tokens"] * self.passes
+        self.budget.sequence_tokens += counts["sequence_tokens"]
         self.budget.seconds += step_seconds
         metrics: dict[str, Any] = {
             "step": self.budget.steps,
@@ -312,10 +329,12 @@ class Run:
                                    rollout.completion_ids, self.suite.rollout.temperature, self.group_size)
 
     def _minibatches(self, n: int, count: int) -> list[torch.Tensor]:
-        """Shuffled minibatches of whole groups (each group's rows stay adjacent and in order)."""
+        """Shuffled minibatches of whole groups (each group's rows stay adjacent and in order);
+        rank 0's order on every rank."""
         groups = torch.randperm(n // self.group_size)
         rows = torch.arange(self.group_size)
-        return [(chunk[:, None] * self.group_size + rows).flatten() for chunk in groups.chunk(count) if len(chunk)]
+        return self.dist.from_rank0(
+            [(chunk[:, None] * self.group_size + rows).flatten() for chunk in groups.chunk(count) if len(chunk)])
 
     def _update_policy(self, batch: Batch) -> dict[str, float]:
         from rlbench.models.forward import packed_logits, scatter_rows
@@ -324,7 +343,8 @@ class Run:
         totals: dict[str, list[float]] = defaultdict(list)
         for _ in range(schedule.passes):
             for index in self._minibatches(len(batch), schedule.num_minibatches):
-                mb = batch.select(index, self.group_size)
+                share = self.dist.share(index, self.group_size)  # this rank's rows of the minibatch
+                mb = batch.select(share, self.group_size)
                 r = mb.rollout
                 # Logits of the real completion tokens only (none spent on padding), put back in [N, T].
                 logits, where = packed_logits(self.policy, r.input_ids, r.attention_mask, r.prompt_width,
@@ -333,14 +353,16 @@ class Run:
                 logprobs = scatter_rows(gather_logprobs(logits, tokens, self.suite.rollout.temperature), where,
                                         tuple(r.completion_ids.shape))
                 loss, stats = self.algorithm.policy_loss(logprobs, mb)
+                weight = self.dist.share_weight(batch.mask, index, share, schedule.loss_agg)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                self.dist.backward(loss, weight)
                 stats["learning/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), schedule.max_grad_norm))
                 self.optimizer.step()
                 with torch.no_grad():
                     stats["learning/entropy"] = float(entropy_from_logits(logits.detach().float()).mean())
                     if mb.ref_logprobs is not None:
                         stats["kl/k1"] = float(masked_mean(logprobs.detach() - mb.ref_logprobs, r.completion_mask))
+                stats = self.dist.mean_stats(stats, weight, exact=("learning/grad_norm",))
                 for k, v in stats.items():
                     totals[k].append(v)
         return {k: sum(v) / len(v) for k, v in totals.items()}
@@ -350,15 +372,17 @@ class Run:
         losses = []
         for _ in range(schedule.passes):
             for index in self._minibatches(len(batch), schedule.num_minibatches):
-                mb = batch.select(index, self.group_size)
+                share = self.dist.share(index, self.group_size)
+                mb = batch.select(share, self.group_size)
                 r = mb.rollout
                 values = self.value_model.completion_values(r.input_ids, r.attention_mask, r.prompt_width)
                 loss, stats = self.algorithm.value_loss(values, mb)
+                weight = self.dist.share_weight(batch.mask, index, share, "token_mean")  # a masked token mean
                 self.value_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                self.dist.backward(loss, weight)
                 torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), schedule.max_grad_norm)
                 self.value_optimizer.step()
-                losses.append(stats["loss/value"])
+                losses.append(self.dist.mean_stats(stats, weight)["loss/value"])
         return {"loss/value": sum(losses) / len(losses), "loss/value_first": losses[0], "loss/value_last": losses[-1]}
 
 

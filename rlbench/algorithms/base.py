@@ -64,6 +64,7 @@ class UpdateSchedule:
     passes: int = 1  # optimisation passes over each batch (PPO's epochs, GRPO's mu)
     num_minibatches: int = 1  # optimizer steps per pass, each on whole groups
     value_lr: float | None = None  # AdamW learning rate of the value model; None when there is none
+    loss_agg: str = "token_mean"  # how policy_loss reduces tokens (losses.AGG_MODES): ranks weight their share by it
 
 
 class Algorithm(Protocol):

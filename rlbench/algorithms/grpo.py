@@ -55,7 +55,7 @@ class GRPO:
     def schedule(self) -> UpdateSchedule:
         p = self.params
         return UpdateSchedule(lr=p.lr, weight_decay=p.weight_decay, max_grad_norm=p.max_grad_norm,
-                              passes=p.num_iterations, num_minibatches=p.num_minibatches)
+                              passes=p.num_iterations, num_minibatches=p.num_minibatches, loss_agg=p.agg)
 
     def value_init(self) -> None:
         return None

@@ -76,7 +76,8 @@ class PPO:
     def schedule(self) -> UpdateSchedule:
         p = self.params
         return UpdateSchedule(lr=p.lr, weight_decay=p.weight_decay, max_grad_norm=p.max_grad_norm,
-                              passes=p.ppo_epochs, num_minibatches=p.num_minibatches, value_lr=p.value_lr)
+                              passes=p.ppo_epochs, num_minibatches=p.num_minibatches, value_lr=p.value_lr,
+                              loss_agg=p.agg)
 
     def compute_advantages(self, batch: Batch) -> None:
         p, mask = self.params, batch.mask
