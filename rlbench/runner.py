@@ -4,7 +4,8 @@
 2. Shared stages, cached on disk: the base model, cold-start SFT, the reward model (only when an
    algorithm holds one), and the SFT model's held-out accuracy (the "before" of every run).
 3. Each run in its own worker process (`rlbench.worker`), under the shared budget, with a live
-   progress bar. The report is rewritten atomically after every run, so a crash, an OOM or a
+   progress bar; a suite with a `distributed:` block starts it under torchrun, one process per
+   rank (`worker_command`), and merges the ranks' results (`rlbench.rank_results`). The report is rewritten atomically after every run, so a crash, an OOM or a
    Ctrl-C later loses nothing already measured.
 4. Tables on the terminal; report.json, steps.jsonl per run, plots and summary.md on disk.
 """
@@ -204,9 +205,11 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
             "eval_before": stages.get("eval_before")}
     spec_path = write_json_atomic(run_dir / "spec.json", spec)
     env = dict(os.environ, **CPU_WORKER_ENV, PYTHONUNBUFFERED="1")
+    if suite.distributed is not None:  # torchrun warns unless OMP_NUM_THREADS is set; each rank sets its own
+        env.setdefault("OMP_NUM_THREADS", "1")
     log = open(run_dir / "worker.log", "w")
     started = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "rlbench.worker", str(spec_path)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(worker_command(suite, spec_path), stdout=subprocess.PIPE,
                             stderr=log, text=True, env=env, start_new_session=True)
     timed_out = threading.Event()
     limit = suite.budget.wall_seconds
@@ -216,7 +219,7 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
 
         def kill() -> None:
             timed_out.set()
-            _signal_group(proc, signal.SIGKILL)
+            _signal_run(proc, signal.SIGKILL, run_dir)
 
         timer = threading.Timer(grace, kill)
         timer.start()
@@ -236,19 +239,27 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
                     progress.update(task, info="evaluating")
             proc.wait()
     except KeyboardInterrupt:
-        _signal_group(proc, signal.SIGINT)
+        _signal_run(proc, signal.SIGINT, run_dir)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=40)  # torchrun gives its ranks 30 s after forwarding the signal
         except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
+            _signal_run(proc, signal.SIGKILL, run_dir)
             proc.wait()
         status = "interrupted"
     finally:
         if timer:
             timer.cancel()
         log.close()
+        _end_ranks(run_dir, spec_path)
     result_path = run_dir / "result.json"
-    result = read_json(result_path) if result_path.exists() else {}
+    if suite.distributed is not None:
+        from rlbench.rank_results import merge_ranks
+
+        result = merge_ranks(run_dir, suite.distributed.nproc_per_node, _read_text(run_dir / "worker.log"))
+        if result:
+            write_json_atomic(result_path, result)
+    else:
+        result = read_json(result_path) if result_path.exists() else {}
     if not result or timed_out.is_set() or status == "interrupted":
         tail = _tail(run_dir / "worker.log")
         default_status = "timeout" if timed_out.is_set() else (status or _status_from_code(proc.returncode))
@@ -274,11 +285,62 @@ def _status_from_code(code: int | None) -> str:
     return "failed"
 
 
+def worker_command(suite: Suite, spec_path: Path) -> list[str]:
+    """The command of one run: `python -m rlbench.worker SPEC`, under torchrun when distributed."""
+    worker = ["-m", "rlbench.worker", str(spec_path)]
+    if suite.distributed is None:
+        return [sys.executable, *worker]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", str(suite.distributed.nproc_per_node), *worker]
+
+
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _signal_run(proc: subprocess.Popen, sig: int, run_dir: Path) -> None:
+    """The worker's process group and, for a distributed run, every rank: torchrun starts each rank
+    in a session of its own, which a signal to torchrun's group does not reach."""
+    _signal_group(proc, sig)
+    for pid in _rank_pids(run_dir, str(run_dir / "spec.json")):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _rank_pids(run_dir: Path, spec_path: str) -> list[int]:
+    """Live ranks of the run (each wrote rank*/pid), checked by command line against reused pids."""
+    import psutil
+
+    pids = []
+    for path in sorted(run_dir.glob("rank*/pid")):
+        try:
+            pid = int(path.read_text())
+            if spec_path in psutil.Process(pid).cmdline():
+                pids.append(pid)
+        except (OSError, ValueError, psutil.Error):
+            continue
+    return pids
+
+
+def _end_ranks(run_dir: Path, spec_path: Path) -> None:
+    """SIGKILL any rank still alive once its torchrun is gone: no process outlives its run."""
+    for pid in _rank_pids(run_dir, str(spec_path)):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _tail(path: Path, lines: int = 1) -> str:

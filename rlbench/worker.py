@@ -4,6 +4,11 @@ The runner starts one worker per algorithm x seed, so each run's memory is measu
 process and a crash, an out-of-memory error or a kill in one run cannot take the others down.
 The worker prints progress events (`@rlbench {json}` lines) on stdout, appends per-step metrics
 to `steps.jsonl`, and always writes `result.json` (atomically), whatever happened.
+
+A distributed run (`distributed:` in the suite) is N such processes started by torchrun, which
+sets RANK and WORLD_SIZE: rank r writes its figures to `rank{r}/result.json` (and its pid to
+`rank{r}/pid`, for the runner to end it if torchrun cannot); only rank 0 prints events and
+writes `steps.jsonl` (every rank sees the same gathered metrics). The runner merges the ranks.
 """
 
 from __future__ import annotations
@@ -25,42 +30,54 @@ def main(argv: list[str]) -> int:
 
     spec = read_json(argv[0])
     run_dir = Path(spec["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    out_dir = run_dir / f"rank{rank}" if world > 1 else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        (out_dir / "pid").write_text(str(os.getpid()))
+    say = emit if rank == 0 else (lambda event: None)
 
     signal.signal(signal.SIGTERM, raise_interrupt)
+    if world > 1:  # torchrun forwards the signal the runner also sends: unwind once, then finish writing
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _interrupt_once)
     result: dict[str, Any] = {"status": "failed", "error": None, "started": time.time()}
     run = None
     probe = None
+    dist = None
     try:
         import torch
 
         from rlbench.catalog import load_problems, resolve_probe
         from rlbench.config import load_suite
+        from rlbench.distributed import Dist
         from rlbench.train import Run
 
         quiet_libraries()
         suite = load_suite(spec["suite_path"])
-        torch.set_num_threads(suite.threads or os.cpu_count() or 1)
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # ranks on this machine share its cores
+        torch.set_num_threads(max(1, (suite.threads or os.cpu_count() or 1) // local_ranks))
+        dist = Dist.from_env(suite.distributed)
         probe = resolve_probe(suite.probe, suite.probe_period_ms)
         result["baseline_bytes"] = probe.snapshot()
         algo_cfg = suite.algorithms[spec["algorithm_index"]]
         reward_dir = Path(spec["reward_dir"]) if spec.get("reward_dir") else None
-        run = Run(suite, algo_cfg, spec["seed"], Path(spec["policy_dir"]), reward_dir, probe)
-        emit({"event": "loaded", "roles": list(run.roles)})
+        run = Run(suite, algo_cfg, spec["seed"], Path(spec["policy_dir"]), reward_dir, probe, dist=dist)
+        say({"event": "loaded", "roles": list(run.roles)})
         eval_problems = load_problems(suite.task, "eval", suite.eval.size, 0)  # once, for every evaluation
         evals = [dict(spec["eval_before"], step=0, completions=0)] if spec.get("eval_before") else []
-        with open(run_dir / "steps.jsonl", "w") as steps_file:
+        with open(run_dir / "steps.jsonl" if rank == 0 else os.devnull, "w") as steps_file:
             while (stopped_by := run.budget.exhausted()) is None:
                 metrics = run.step()
                 steps_file.write(json.dumps(metrics) + "\n")
                 steps_file.flush()
-                emit({"event": "step", "step": metrics["step"], "fraction": run.budget.fraction(),
+                say({"event": "step", "step": metrics["step"], "fraction": run.budget.fraction(),
                       "completions": run.budget.completions, "reward": metrics["reward/mean"],
                       "gold": metrics["gold/accuracy"]})
                 if suite.eval.every and metrics["step"] % suite.eval.every == 0:
                     evals.append(_evaluate(run, suite, eval_problems) | {"step": metrics["step"], "completions": run.budget.completions})
         result["stopped_by"] = stopped_by
-        emit({"event": "eval"})
+        say({"event": "eval"})
         final = _evaluate(run, suite, eval_problems)
         evals.append(final | {"step": run.budget.steps, "completions": run.budget.completions})
         result["evals"] = evals
@@ -69,7 +86,7 @@ def main(argv: list[str]) -> int:
         result.update(status="interrupted", error="interrupted by the user")
     except BaseException as exc:  # noqa: BLE001 - every failure must still produce a result
         result.update(status=_status_of(exc), error=_last_line(exc))
-        (run_dir / "error.log").write_text(traceback.format_exc())
+        (out_dir / "error.log").write_text(traceback.format_exc())
     finally:
         result["finished"] = time.time()
         if run is not None:
@@ -79,16 +96,28 @@ def main(argv: list[str]) -> int:
                 result.update(summarize_run(run, probe, result))
             except Exception as exc:  # noqa: BLE001
                 result.setdefault("summary_error", _last_line(exc))
-                (run_dir / "summary_error.log").write_text(traceback.format_exc())
-        write_json_atomic(run_dir / "result.json", result)
+                (out_dir / "summary_error.log").write_text(traceback.format_exc())
+        if dist is not None and dist.active:
+            result["distributed"] = dist.describe()
+        write_json_atomic(out_dir / "result.json", result)
+        if dist is not None:
+            dist.close()
     return 0 if result["status"] == "ok" else 1
 
 
 def _evaluate(run, suite, problems) -> dict[str, float]:
     from rlbench.measure.evaluation import evaluate_suite
 
-    with run.phase("eval"):
-        return evaluate_suite(run.engine, run.tokenizer, problems, suite, run.seed)
+    with run.phase("eval"):  # distributed: each rank scores its slice inside one unshard, merged
+        return run.dist.evaluate(lambda mine: evaluate_suite(run.engine, run.tokenizer, mine, suite, run.seed),
+                                 problems, run.policy)
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM on a rank: raise KeyboardInterrupt once, ignore the signals after it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise_interrupt(signum, frame)
 
 
 def _status_of(exc: BaseException) -> str:
