@@ -84,8 +84,49 @@ def memory_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def rank_memory_table(report: dict[str, Any]) -> Table | None:
+    """Distributed runs only: static bytes of each role on each rank and their sum, the highest
+    phase peak any rank reached, each rank's process peak, and collective MiB per phase."""
+    runs = [run for run in report["runs"] if run.get("distributed")]
+    if not runs:
+        return None
+    probe = primary_probe(report)
+    world = max(run["distributed"]["world_size"] for run in runs)
+    table = Table(title=f"memory per rank (MiB; static from each rank's shards, peaks measured by {probe}, "
+                        "max over ranks)", title_justify="left")
+    table.add_column("run")
+    table.add_column("role")
+    for rank in range(world):
+        table.add_column(f"rank {rank}", justify="right")
+    for col in ("sum", "max phase peak", "peak phase"):
+        table.add_column(col, justify="left" if col == "peak phase" else "right")
+    for run in runs:
+        d = run["distributed"]
+        ranks = d["ranks"] + [{}] * (world - len(d["ranks"]))
+        rows = []
+        for role in (r for r in ROLE_ORDER if r in d["static_bytes_sum"]):
+            phases = d["phase_peak_bytes_max"].get(role, {})
+            peak_phase = max(phases, key=lambda p: phases[p].get(probe, 0), default=None)
+            rows.append((role, [(rank.get("static_bytes", {}).get(role) or {}).get("total") for rank in ranks],
+                         d["static_bytes_sum"][role].get("total"), (phases.get(peak_phase) or {}).get(probe),
+                         peak_phase or "-"))
+        rows.append(("process peak", [rank.get("process_peak_bytes", {}).get(probe) for rank in ranks], None,
+                     d["process_peak_bytes_max"].get(probe), ""))
+        for phase in d["collective_bytes"]:
+            rows.append((f"collectives: {phase}",
+                         [sum(k["bytes"] for k in rank.get("collective_bytes", {}).get(phase, {}).values())
+                          if rank else None for rank in ranks], None, None, ""))
+        for i, (role, per_rank, total, peak, phase) in enumerate(rows):
+            table.add_row(run["id"] if i == 0 else "", role, *(mib(v) for v in per_rank), mib(total), mib(peak), phase)
+        table.add_section()
+    return table
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(memory_table(report))
+    per_rank = rank_memory_table(report)
+    if per_rank is not None:
+        console.print(per_rank)
     console.print(summary_table(report))
     for run in report["runs"]:
         if run.get("status") not in ("ok", None) and run.get("error"):
