@@ -1,0 +1,41 @@
+"""Helper of tests/test_distributed.py, run under torchrun: one sharded policy update on a saved batch.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_update.py \
+        SUITE.yaml POLICY_DIR BATCH.pt SEED OUT.pt
+
+Every rank loads the suite's first algorithm sharded (rlbench.distributed), takes the whole saved
+batch (as `Dist.gather_batch` leaves it), seeds the minibatch order with SEED and runs the loop's
+own `_update_policy`; rank 0 saves the statistics, the full parameters after the update and each
+rank's static bytes of the policy.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from rlbench.catalog import resolve_probe
+from rlbench.config import load_suite
+from rlbench.distributed import Dist
+from rlbench.measure.static import role_static_bytes
+from rlbench.train import Run
+
+
+def main(suite_path: str, policy_dir: str, batch_path: str, seed: str, out_path: str) -> None:
+    torch.set_num_threads(1)
+    suite = load_suite(suite_path)
+    dist = Dist.from_env(suite.distributed)
+    run = Run(suite, suite.algorithms[0], 0, Path(policy_dir), None, resolve_probe("cpu", 10.0), dist=dist)
+    batch = torch.load(batch_path, weights_only=False)
+    torch.manual_seed(int(seed))
+    stats = run._update_policy(batch)
+    params = get_model_state_dict(run.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    static = dist._all_gather_objects(role_static_bytes(run.policy, run.optimizer))
+    if dist.rank == 0:
+        torch.save({"stats": stats, "params": params, "static": static}, out_path)
+    dist.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

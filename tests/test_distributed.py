@@ -1,0 +1,214 @@
+"""The distributed path: suites/distributed-cpu.yaml on two ranks (torchrun, FSDP2, gloo), one
+sharded update against the single-process update on the same batch, a rank that dies and an
+interrupt (no process outlives its run), and the checks of the `distributed:` block."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rlbench.config import load_suite, resolved_dict
+from rlbench.errors import UserError
+from rlbench.report.schema import schema_errors
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "suites" / "distributed-cpu.yaml"
+FAST = ["model.sft.steps=0", "eval.size=16"]  # the distributed machinery, not the model, is under test
+
+
+def _run_suite(out: Path, overrides: list[str], cache: Path) -> subprocess.Popen:
+    args = [arg for o in [*FAST, *overrides] for arg in ("--set", o)]
+    return subprocess.Popen([sys.executable, "-m", "rlbench", "run", str(SUITE), "--output", str(out), *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, RLBENCH_CACHE=str(cache)))
+
+
+@pytest.fixture(scope="module")
+def suite_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("distributed")
+    proc = _run_suite(out, ["budget.steps=2"], tmp_path_factory.getbasetemp() / "rlbench-cache")  # conftest's cache
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    [path] = list(out.glob("distributed-cpu/*/report.json"))
+    return json.loads(path.read_text()), path.parent, stdout
+
+
+def _single_process_policy_static(policy_dir: Path) -> dict[str, int]:
+    """The policy role's static bytes in one process after an optimizer step (grads and AdamW state exist)."""
+    from rlbench.measure.static import role_static_bytes
+    from rlbench.models.loading import load_causal_lm
+    from rlbench.models.optim import adamw
+
+    model = load_causal_lm(policy_dir, load_suite(str(SUITE)).model)
+    optimizer = adamw(model.parameters(), lr=1e-4, weight_decay=0.0)
+    sum(p.sum() for p in model.parameters()).backward()
+    optimizer.step()
+    return role_static_bytes(model, optimizer)
+
+
+def test_the_suite_runs_on_two_ranks_with_half_the_static_bytes_per_rank(suite_report):
+    report, _, stdout = suite_report
+    assert schema_errors(report) == []
+    assert report["status"] == "complete"
+    assert [r["status"] for r in report["runs"]] == ["ok", "ok"]
+    single = _single_process_policy_static(Path(report["stages"].get("sft", {}).get("path") or _base_dir()))
+    n_tensors = 38  # the embedded model's parameter tensors; each has a replicated 4-byte AdamW step
+    for run in report["runs"]:
+        d = run["distributed"]
+        assert d["world_size"] == 2 and d["backend"] == "gloo" and [r["status"] for r in d["ranks"]] == ["ok", "ok"]
+        assert run["budget"]["steps"] == 2 and run["budget"]["completions"] == 64  # both ranks' completions
+        for rank in d["ranks"]:
+            policy = rank["static_bytes"]["policy"]
+            # Every dimension the embedded model shards on is even: half of each tensor, to the byte.
+            assert 2 * policy["weights"] == single["weights"]
+            assert 2 * policy["gradients"] == single["gradients"]
+            assert 2 * (policy["optimizer"] - 4 * n_tensors) == single["optimizer"] - 4 * n_tensors
+            assert policy["buffers"] == single["buffers"]  # rotary inv_freq: replicated
+        assert d["static_bytes_sum"]["policy"]["weights"] == single["weights"]
+        for role, phases in d["phase_peak_bytes_max"].items():
+            for phase, peaks in phases.items():
+                assert peaks["cpu"] == max(r["phase_peak_bytes"][role][phase]["cpu"] for r in d["ranks"])
+        # One all-gather per FSDP unit (4 layers + root) per step for the whole rollout: none per token.
+        assert d["collective_bytes"]["generate"] == {"fsdp_all_gather": {
+            "calls": 2 * 5, "bytes": 2 * single["weights"]}}
+        assert d["collective_bytes"]["update"]["fsdp_reduce_scatter"]["calls"] > 0
+    assert "memory per rank" in stdout and "collectives: generate" in stdout
+
+
+def _base_dir() -> Path:
+    from rlbench.models.loading import resolve_base
+
+    return resolve_base("embedded")
+
+
+def test_a_sharded_update_equals_the_single_process_update(tmp_path):
+    """Same weights, same batch of completions, same minibatch order: two ranks give the same loss,
+    gradient norm and parameters after the update as one process, within 1e-5."""
+    from rlbench.algorithms.base import Batch
+    from rlbench.catalog import resolve_probe
+    from rlbench.tasks import encode_prompts
+    from rlbench.train import Run
+
+    suite = load_suite(str(SUITE), [*FAST, "algorithms[0].params.num_minibatches=2"])  # two optimizer steps
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(yaml.safe_dump(resolved_dict(suite), sort_keys=False))
+    policy_dir = _base_dir()
+    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, resolve_probe("cpu", 10.0))
+    prompts, group = run.next_prompts(), run.group_size
+    rollout = run.engine.generate(encode_prompts(run.tokenizer, prompts), group, run.sampling, seed=0)
+    n = len(prompts) * group
+    rewards = torch.rand(n, generator=torch.Generator().manual_seed(0))  # advantages that are not all 0
+    batch = Batch(rollout, [p for p in prompts for _ in range(group)], group, rewards, torch.zeros(n), rollout.logprobs)
+    with torch.no_grad():
+        batch.ref_logprobs = run.reference_logprobs(rollout)
+    run.algorithm.compute_advantages(batch)
+    torch.save(batch, tmp_path / "batch.pt")
+    torch.manual_seed(1234)
+    single = run._update_policy(batch)
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "tests" / "distributed_update.py"), str(suite_file), str(policy_dir),
+                           str(tmp_path / "batch.pt"), "1234", str(tmp_path / "sharded.pt")],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = torch.load(tmp_path / "sharded.pt", weights_only=False)
+    for key in ("loss/policy", "kl/k3", "learning/grad_norm", "learning/entropy", "clip_fraction"):
+        assert abs(sharded["stats"][key] - single[key]) <= 1e-5, (key, sharded["stats"][key], single[key])
+    assert single["learning/grad_norm"] > 0.1  # the update did move the weights
+    after = run.policy.state_dict()
+    assert set(sharded["params"]) == set(after)
+    worst = max((sharded["params"][k] - after[k]).abs().max().item() for k in after)
+    assert worst <= 1e-5, worst
+    assert sharded["static"][0]["weights"] * 2 == sum(t.numel() * 4 for t in run.policy.parameters())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead; only its parent has not collected it yet
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_dead_rank_fails_its_run_and_an_interrupt_ends_the_next_with_no_process_left(tmp_path):
+    """SIGKILL to rank 1 of the first run (what the OOM killer sends): that run ends `oom` and the
+    suite goes on; SIGTERM to the runner during the second run: `interrupted`. The report is valid
+    and no rank or torchrun process of either run is left."""
+    proc = _run_suite(tmp_path, ["budget.steps=100000"], Path(os.environ["RLBENCH_CACHE"]))
+    runs = tmp_path / "distributed-cpu"
+
+    def pids(run: str) -> list[int]:
+        return [int(p.read_text()) for p in runs.glob(f"*/runs/{run}/rank*/pid") if p.read_text().strip()]
+
+    def stepped(run: str) -> bool:
+        steps = list(runs.glob(f"*/runs/{run}/steps.jsonl"))
+        return bool(steps) and bool(steps[0].read_text().strip())
+
+    try:
+        assert _wait_for(lambda: stepped("grpo_zero-seed0") and len(pids("grpo_zero-seed0")) == 2, 300)
+        first = pids("grpo_zero-seed0")
+        os.kill(first[1] if first[1] != first[0] else first[0], signal.SIGKILL)
+        assert _wait_for(lambda: len(pids("ppo_rules-seed0")) == 2, 300), "the second run never started"
+        second = pids("ppo_rules-seed0")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    [path] = list(runs.glob("*/report.json"))
+    report = json.loads(path.read_text())
+    assert schema_errors(report) == []
+    dead, interrupted = report["runs"]
+    assert dead["status"] == "oom" and "signal 9" in dead["error"], dead.get("error")
+    assert interrupted["status"] == "interrupted"
+    assert _wait_for(lambda: not any(_alive(pid) for pid in first + second), 10), "a rank outlived its run"
+    assert "Traceback" not in stderr
+
+
+def test_distributed_checks_name_each_unsupported_combination():
+    assert load_suite(str(SUITE)).distributed.nproc_per_node == 2
+    with pytest.raises(UserError) as err:
+        load_suite(str(SUITE), ["rollout.engine=vllm", "model.lora={r: 4}", "distributed.nproc_per_node=3",
+                                "algorithms[1].params.num_minibatches=32"])
+    lines = str(err.value).splitlines()
+    assert any(line.startswith("rollout.engine: 'vllm' is not supported with distributed") for line in lines)
+    assert any(line.startswith("model.lora: LoRA is not supported") for line in lines)
+    assert any("grpo_zero samples 8 prompts per step" in line and "multiple of 12" in line for line in lines)
+    with pytest.raises(UserError, match=r"algorithms\[1\].params.num_minibatches: ppo_rules's 32 prompts"):
+        load_suite(str(SUITE), ["algorithms[1].params.num_minibatches=32"])
+    assert load_suite(str(SUITE), ["distributed=null"]).distributed is None
+
+
+def test_evaluations_of_slices_merge_into_one():
+    from rlbench.distributed import merge_evals
+
+    a = {"eval/accuracy": 0.5, "eval/accuracy_stderr": 0.25, "eval/completion_length": 10.0, "eval/size": 4.0}
+    b = {"eval/accuracy": 0.25, "eval/accuracy_stderr": 0.2, "eval/completion_length": 4.0, "eval/size": 12.0}
+    merged = merge_evals([a, b, {}])  # a rank with no problems scores nothing
+    # 2 + 3 correct of 16; lengths (40 + 48) / 16; stderr sqrt(p (1 - p) / 16) on the merged p.
+    assert merged["eval/accuracy"] == pytest.approx(5 / 16) and merged["eval/size"] == 16
+    assert merged["eval/completion_length"] == pytest.approx(5.5)
+    assert merged["eval/accuracy_stderr"] == pytest.approx(((5 / 16) * (11 / 16) / 16) ** 0.5)
