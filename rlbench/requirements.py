@@ -2,7 +2,8 @@
 
 `check_requirements(suite)` raises one UserError, one line listing everything missing, before any
 work starts; `missing_requirements(suite)` returns the same items for `rlbench validate` to warn
-with. Checked: a GPU (vllm, the nvml/torch_cuda probes, 16-bit dtypes, flash attention), the
+with. Checked: a GPU (vllm, the nvml/torch_cuda probes, 16-bit dtypes, flash attention, nccl; one
+per rank of a distributed run over nccl), the
 optional packages (vllm, peft, flash-attn), and the hub for a model or GSM8K not on disk.
 """
 
@@ -21,6 +22,12 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def missing_requirements(suite: Suite) -> list[str]:
     """What this machine lacks for the suite, one phrase each (empty when it can run it)."""
     missing = []
@@ -31,10 +38,15 @@ def missing_requirements(suite: Suite) -> list[str]:
         (f"probe: {suite.probe}", suite.probe in ("torch_cuda", "nvml")),
         (f"model.dtype: {model.dtype}", model.dtype in ("bfloat16", "float16")),
         ("model.attn_implementation: flash_attention_2", flash),
+        ("distributed.backend: nccl", suite.distributed is not None and suite.distributed.backend == "nccl"),
     ) if needed]
     if gpu_users and not _has_cuda():
         missing.append(f"no NVIDIA GPU, which {', '.join(gpu_users)} need (on a CPU: engine hf, probe auto, "
                        "dtype float32)")
+    ranks = suite.distributed.nproc_per_node if suite.distributed is not None else 1
+    if ranks > 1 and suite.distributed.backend != "gloo" and _has_cuda() and _gpu_count() < ranks:
+        missing.append(f"distributed.nproc_per_node: {ranks} ranks over nccl need a GPU each, this machine has "
+                       f"{_gpu_count()} (use fewer ranks, or backend: gloo)")
     for needed, package, install, what in (
         (suite.rollout.engine == "vllm", "vllm", "rlbench's extra 'vllm': pip install vllm", "rollout.engine: vllm"),
         (model.lora is not None, "peft", "rlbench's extra 'peft': pip install peft", "model.lora"),

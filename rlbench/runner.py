@@ -205,7 +205,8 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
             "eval_before": stages.get("eval_before")}
     spec_path = write_json_atomic(run_dir / "spec.json", spec)
     env = dict(os.environ, **CPU_WORKER_ENV, PYTHONUNBUFFERED="1")
-    if suite.distributed is not None:  # torchrun warns unless OMP_NUM_THREADS is set; each rank sets its own
+    ranks = suite.distributed.nproc_per_node if suite.distributed is not None else 1
+    if ranks > 1:  # torchrun warns unless OMP_NUM_THREADS is set; each rank sets its own
         env.setdefault("OMP_NUM_THREADS", "1")
     log = open(run_dir / "worker.log", "w")
     started = time.time()
@@ -252,10 +253,10 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
         log.close()
         _end_ranks(run_dir, spec_path)
     result_path = run_dir / "result.json"
-    if suite.distributed is not None:
+    if ranks > 1:
         from rlbench.rank_results import merge_ranks
 
-        result = merge_ranks(run_dir, suite.distributed.nproc_per_node, _read_text(run_dir / "worker.log"))
+        result = merge_ranks(run_dir, ranks, _read_text(run_dir / "worker.log"))
         if result:
             write_json_atomic(result_path, result)
     else:
@@ -286,9 +287,9 @@ def _status_from_code(code: int | None) -> str:
 
 
 def worker_command(suite: Suite, spec_path: Path) -> list[str]:
-    """The command of one run: `python -m rlbench.worker SPEC`, under torchrun when distributed."""
+    """The command of one run: `python -m rlbench.worker SPEC`, under torchrun for more than one rank."""
     worker = ["-m", "rlbench.worker", str(spec_path)]
-    if suite.distributed is None:
+    if suite.distributed is None or suite.distributed.nproc_per_node == 1:
         return [sys.executable, *worker]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc_per_node", str(suite.distributed.nproc_per_node), *worker]

@@ -140,8 +140,8 @@ class DistributedConfig:
                             ge=1)
     strategy: str = f("fsdp2", "how roles are split over ranks: fsdp2 shards every weight, gradient and optimizer "
                       "state per decoder layer", choices=("fsdp2",))
-    backend: str = f("auto", "torch.distributed backend: auto (nccl with CUDA, gloo otherwise), nccl or gloo",
-                     choices=("auto", "nccl", "gloo"))
+    backend: str = f("auto", "torch.distributed backend: auto (nccl with CUDA, gloo otherwise), nccl (one GPU per "
+                     "rank) or gloo (ranks compute on the CPU)", choices=("auto", "nccl", "gloo"))
     timeout_s: float = f(120.0, "seconds a collective may wait for the other ranks before the run fails "
                          "(instead of hanging)", gt=0)
 
