@@ -41,7 +41,7 @@ def exit_codes(log: str) -> tuple[dict[int, int], int | None]:
 
 
 def merge_ranks(run_dir: Path, world: int, log: str) -> dict[str, Any]:
-    """The run's result from its ranks' results ({} when no rank left one)."""
+    """The run's result from its ranks' results ({} when no rank left one and torchrun reported none)."""
     results: dict[int, dict[str, Any]] = {}
     for rank in range(world):
         path = run_dir / f"rank{rank}" / "result.json"
@@ -49,11 +49,11 @@ def merge_ranks(run_dir: Path, world: int, log: str) -> dict[str, Any]:
             results[rank] = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-    if not results:
-        return {}
     codes, root = exit_codes(log)
+    if not results and not codes:
+        return {}
     statuses = {r: _rank_status(results.get(r), codes.get(r)) for r in range(world)}
-    merged = dict(results.get(0) or results[min(results)])
+    merged = dict(results.get(0) or results[min(results)]) if results else {}
     failed = [r for r in range(world) if statuses[r][0] not in ("ok", "interrupted")]
     if not failed and all(s == "ok" for s, _ in statuses.values()):
         merged.update(status="ok", error=None)

@@ -106,8 +106,7 @@ class Run:
                  reward_dir: Path | None, probe, emit: Callable[[dict], None] = lambda e: None,
                  algorithm: Algorithm | None = None, dist: Dist | None = None) -> None:
         """`algorithm` defaults to the catalog's recipe for `algo_cfg`; any object implementing the
-        `Algorithm` protocol runs the same loop. `dist` places the run among torchrun's ranks (see
-        rlbench/distributed.py); by default it runs in this one process."""
+        `Algorithm` protocol runs the same loop. `dist`: this rank of a distributed run (rlbench/distributed.py)."""
         self.suite, self.algo_cfg, self.seed = suite, algo_cfg, seed
         self.algorithm = algorithm if algorithm is not None else make_algorithm(algo_cfg)
         self.schedule = self.algorithm.schedule()
@@ -278,11 +277,9 @@ class Run:
         # Counts summed and seconds maxed over ranks: every rank stops on the same step.
         counts, step_seconds = self.dist.budget_reduce(counts, time.perf_counter() - step_start)
         self.budget.steps += 1
-        self.budget.prompts += counts["prompts"]
-        self.budget.completions += counts["completions"]
-        self.budget.tokens += counts["tokens"]
+        for name, count in counts.items():
+            setattr(self.budget, name, getattr(self.budget, name) + count)
         self.budget.trained_tokens += counts["tokens"] * self.passes
-        self.budget.sequence_tokens += counts["sequence_tokens"]
         self.budget.seconds += step_seconds
         metrics: dict[str, Any] = {
             "step": self.budget.steps,
