@@ -5,8 +5,8 @@
 
 Every rank loads the suite's first algorithm sharded (rlbench.distributed), takes the whole saved
 batch (as `Dist.gather_batch` leaves it), seeds the minibatch order with SEED and runs the loop's
-own `_update_policy`; rank 0 saves the statistics, the full parameters after the update and each
-rank's static bytes of the policy.
+own `_update_policy`; rank 0 saves the statistics, the full parameters after the update, each
+rank's static bytes of the policy, and the sharded reference's log-probs of the batch.
 """
 
 import sys
@@ -28,12 +28,16 @@ def main(suite_path: str, policy_dir: str, batch_path: str, seed: str, out_path:
     dist = Dist.from_env(suite.distributed)
     run = Run(suite, suite.algorithms[0], 0, Path(policy_dir), None, resolve_probe("cpu", 10.0), dist=dist)
     batch = torch.load(batch_path, weights_only=False)
+    with torch.no_grad():  # the sharded frozen reference on the whole batch, then whether its root resharded
+        ref_logprobs = run.reference_logprobs(batch.rollout)
+    ref_resharded = all(hasattr(p, "to_local") for p in run.reference.parameters())
     torch.manual_seed(int(seed))
     stats = run._update_policy(batch)
     params = get_model_state_dict(run.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     static = dist._all_gather_objects(role_static_bytes(run.policy, run.optimizer))
     if dist.rank == 0:
-        torch.save({"stats": stats, "params": params, "static": static}, out_path)
+        torch.save({"stats": stats, "params": params, "static": static, "ref_logprobs": ref_logprobs,
+                    "ref_resharded": ref_resharded}, out_path)
     dist.close()
 
 

@@ -92,7 +92,8 @@ def _base_dir() -> Path:
 
 def test_a_sharded_update_equals_the_single_process_update(tmp_path):
     """Same weights, same batch of completions, same minibatch order: two ranks give the same loss,
-    gradient norm and parameters after the update as one process, within 1e-5."""
+    gradient norm and parameters after the update as one process, within 1e-5 (and the sharded
+    reference the same log-probs)."""
     from rlbench.algorithms.base import Batch
     from rlbench.catalog import resolve_probe
     from rlbench.tasks import encode_prompts
@@ -130,6 +131,10 @@ def test_a_sharded_update_equals_the_single_process_update(tmp_path):
     worst = max((sharded["params"][k] - after[k]).abs().max().item() for k in after)
     assert worst <= 1e-5, worst
     assert sharded["static"][0]["weights"] * 2 == sum(t.numel() * 4 for t in run.policy.parameters())
+    # The frozen reference, sharded, scores the batch as one process does, and gives its root back.
+    mask = batch.mask.bool()
+    assert (sharded["ref_logprobs"][mask] - batch.ref_logprobs[mask]).abs().max() <= 1e-5
+    assert sharded["ref_resharded"]
 
 
 def _alive(pid: int) -> bool:
