@@ -8,13 +8,14 @@ and each rank builds a `Dist` (`Dist.from_env`); in one process `Dist()` is iner
 below returns its input, so the single-process loop in `rlbench/train.py` runs as it always has.
 What a rank does differently:
 
-- Loading (`load_role`): every role is built on the meta device, sharded per decoder layer and at
-  its root (a scalar-head model's backbone is a unit of its own), then filled from rank 0's copy
-  with `set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True)`; non-persistent
-  buffers (rotary `inv_freq`) are broadcast too. Only rank 0 ever holds a full copy, and only
-  while loading. Frozen roles reshard their root after every forward.
+- Loading (`load_role`, rlbench/fsdp.py): every role is built on the meta device, sharded per
+  decoder layer and at its root (a scalar-head model's backbone is a unit of its own), then filled
+  from rank 0's copy with `set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True)`;
+  non-persistent buffers (rotary `inv_freq`) are broadcast too. Only rank 0 ever holds a full
+  copy, and only while loading. Frozen roles reshard their root after every forward.
 - Prompts: every rank walks the same seeded prompt order and takes its slice of each step's
-  prompts, whole groups each (`local_prompts`); rank r samples with seed `seed * world + r`.
+  prompts, whole groups each (`local_prompts`); rank r of W samples with the loop's sampling seed
+  s as `s * W + r` (`sampling_seed`: s itself in one process).
 - Rollout and evaluation (`rollout_context`): all units of the policy are gathered once, the
   lean decoder samples from plain tensors, and nothing per token is a collective, so ranks that
   stop at different lengths never wait on each other mid-generation.
