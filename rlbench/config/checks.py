@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,11 @@ from rlbench.config.typed import _INVALID, Errors, _build, _constraint_problem, 
 from rlbench.errors import UserError
 
 REWARD_SOURCES = ("model", "rules", "both")
+NAME_MAX_CHARS = 64
+SAFE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX_CHARS - 1}}}")
+# torch seeds a generator with any integer below 2**64; runs derive further seeds from theirs
+# (seed * 1_000_003 + step for sampling), so seeds stay below 2**32 to leave that room.
+SEED_RANGE = (0, 2**32 - 1)
 
 
 def check_suite(suite: Suite, errors: Errors) -> Suite:
@@ -47,11 +53,12 @@ def check_suite(suite: Suite, errors: Errors) -> Suite:
     if ok("task.min_steps") and ok("task.max_steps") and suite.task.min_steps > suite.task.max_steps:
         errors.append(("task.min_steps", f"must be <= task.max_steps ({suite.task.max_steps}), "
                                          f"got {suite.task.min_steps}"))
+    if ok("name"):
+        problem = path_component_problem(suite.name)
+        if problem:
+            errors.append(("name", problem))
     if ok("seeds"):
-        if not suite.seeds:
-            errors.append(("seeds", "list at least one seed"))
-        for seed in sorted({s for s in suite.seeds if suite.seeds.count(s) > 1}):
-            errors.append(("seeds", f"{seed} is listed more than once; seeds must be unique"))
+        _check_seeds(suite.seeds, errors)
     for fld in dataclasses.fields(CheckConfig):
         path = f"check.{fld.name}"
         if ok(path):
@@ -88,10 +95,45 @@ def _check_algorithm(i: int, alg: AlgorithmConfig, ok: Callable[[str], bool], er
     return alg
 
 
+def path_component_problem(text: str) -> str | None:
+    """Why `text` cannot name a directory under the output root (None when it can).
+
+    Suite names and labels become directory names (`<output>/<name>/<stamp>/runs/<label>-seed<N>`):
+    letters, digits, '.', '_' and '-', starting with a letter or digit, at most NAME_MAX_CHARS; so
+    no '/', '..', absolute path, hidden name or terminal markup, and no name too long for the disk."""
+    if SAFE_NAME.fullmatch(text):
+        return None
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    if len(text) > NAME_MAX_CHARS:
+        return f"at most {NAME_MAX_CHARS} characters, got {len(text)} ({shown!r})"
+    return (f"use letters, digits, '.', '_' and '-' only, starting with a letter or digit "
+            f"(it names a directory); got {shown!r}")
+
+
+def _check_seeds(seeds: list[int], errors: Errors) -> None:
+    """Seeds are unique (checked in one pass) and within SEED_RANGE."""
+    if not seeds:
+        errors.append(("seeds", "list at least one seed"))
+    low, high = SEED_RANGE
+    seen: set[int] = set()
+    repeated: set[int] = set()
+    for i, seed in enumerate(seeds):
+        if not low <= seed <= high:
+            errors.append((f"seeds[{i}]", f"must be between {low} and {high} (2**32 - 1), got {seed}"))
+        elif seed in seen:
+            repeated.add(seed)
+        seen.add(seed)
+    errors.extend(("seeds", f"{seed} is listed more than once; seeds must be unique") for seed in sorted(repeated))
+
+
 def _check_labels(algorithms: list[AlgorithmConfig], errors: Errors) -> None:
     first_use: dict[str, int] = {}
     for i, alg in enumerate(algorithms):
         label = alg.label or alg.name
+        problem = path_component_problem(label) if label != alg.name else None  # a name is checked as a name
+        if problem:
+            errors.append((f"algorithms[{i}].label", problem))
+            continue
         if label in first_use:
             errors.append((f"algorithms[{i}].label", f"'{label}' is already used by algorithms[{first_use[label]}]; "
                                                      "give each entry its own label"))

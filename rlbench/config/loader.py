@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-import yaml
-
 from rlbench.config.checks import algorithm_params, check_suite, registered, resolve_defaults
 from rlbench.config.schema import Suite
 from rlbench.config.typed import (
@@ -28,6 +26,7 @@ from rlbench.config.typed import (
     _strip_optional,
     _suggest,
 )
+from rlbench.config.yaml_safe import MAX_BYTES, read_yaml_text
 from rlbench.errors import UserError
 
 _KEY_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
@@ -72,18 +71,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a suite YAML file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file (expected UTF-8 YAML)") from None
+        with open(path, "rb") as fh:
+            blob = fh.read(MAX_BYTES + 1)  # never more than the limit, even from a pipe or a huge file
     except OSError as err:
         raise UserError(f"{path}: cannot read it ({err.strerror})") from None
+    if len(blob) > MAX_BYTES:
+        raise UserError(f"{path}: too large for a suite file (over {MAX_BYTES:,} bytes)")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{path}{where}: not valid YAML: {problem}") from None
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (expected UTF-8 YAML)") from None
+    data = read_yaml_text(text, str(path))
     if data is None:
         raise UserError(f"{path}: the file is empty; a suite needs at least `algorithms:` and `budget:`")
     if not isinstance(data, dict):
@@ -102,9 +100,10 @@ def _apply_override(raw: dict[str, Any], text: str, errors: Errors) -> None:
         errors.append(("", f"--set {text!r}: expected key.path=value, e.g. budget.steps=5"))
         return
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
-    except yaml.YAMLError:
-        errors.append((key.strip(), f"cannot parse the value {value_text!r} in --set {text}"))
+        value = read_yaml_text(value_text, "--set") if value_text.strip() else None
+    except UserError as err:
+        problem = str(err).partition(": ")[2]
+        errors.append((key.strip(), f"cannot parse the value {value_text!r} in --set {text} ({problem})"))
         return
     node: Any = raw
     tp: Any = Suite
