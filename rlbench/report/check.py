@@ -16,11 +16,14 @@ value to the better one, so a time and the rate it implies agree: 'throughput:60
 that takes 1.6x as long and a tokens-per-second figure 1.6x lower (a fall of 37.5%); for small
 limits this is the familiar 'N% worse'. Metrics without a direction are never gated. An accuracy
 change smaller than the combined standard error of the two measurements, sqrt(se_new^2 +
-se_base^2), is noise and never fails. A run that ended ok in the baseline and not ok in the new
-report is a regression.
+se_base^2), is noise and never fails. Also regressions, each with a line saying why: a run that
+ended ok in the baseline and is not ok in the new report, or is missing from it; an ok run with
+no metrics; a gated metric of the baseline missing from the new report; a value that is NaN (or
+infinite) on either side, which no threshold can compare.
 
-Thresholds come from the new report's suite (its `check:` block, defaults from CheckConfig),
-and `--threshold AREA:LIMIT` overrides them area by area.
+Thresholds come from the baseline's suite (its `check:` block, defaults from CheckConfig), never
+from the report under test: a change that loosens its own suite's `check:` block does not loosen
+its own gate. `--threshold AREA:LIMIT` overrides them area by area.
 
 Every regression and every improvement is listed (metric and run named), then the exit code:
 0 no regression, 1 at least one, 2 unusable input (missing file, schema mismatch, no common runs,
@@ -77,6 +80,8 @@ class Finding:
         return self.delta / abs(self.base)
 
     def describe(self) -> str:
+        if self.statuses is None and self.base is None and self.new is None:
+            return f"{self.run}: {self.metric}: {self.note}"
         if self.statuses is not None:
             base_status, new_status = self.statuses
             return f"{self.run}: status {new_status}, was {base_status} in the baseline" + (
@@ -113,13 +118,17 @@ def gated(name: str) -> str | None:
     return None
 
 
-def thresholds_for(report: dict[str, Any], overrides: list[str]) -> dict[str, Threshold]:
-    """The suite's `check:` block of `report` (CheckConfig defaults where absent), then `AREA:LIMIT` overrides."""
+def thresholds_for(baseline: dict[str, Any], overrides: list[str]) -> dict[str, Threshold]:
+    """The `check:` block of the baseline's suite (CheckConfig defaults where absent), then
+    `AREA:LIMIT` overrides. Never the new report's own block: that would let a change set its own gate."""
     from rlbench.config import CheckConfig, parse_threshold
     from rlbench.registry import did_you_mean
 
-    block = {**vars(CheckConfig()), **((report.get("suite") or {}).get("check") or {})}
-    out = {name: Threshold(*parse_threshold(block[name])) for name in AREAS}
+    block = {**vars(CheckConfig()), **((baseline.get("suite") or {}).get("check") or {})}
+    try:
+        out = {name: Threshold(*parse_threshold(block[name])) for name in AREAS}
+    except UserError as exc:
+        raise UserError(f"the baseline's check: block: {exc}") from None
     for text in overrides:
         name, sep, limit = text.partition(":")
         name = name.strip()
@@ -176,7 +185,14 @@ def check_reports(new: dict[str, Any], base: dict[str, Any], thresholds: Mapping
                         f"{', '.join(r['id'] for r in base['runs']) or 'no runs'} (runs are matched by label and seed)")
     result = CheckResult()
     result.notes += [f"{rid}: only in the new report, not checked" for rid in only_new]
-    result.notes += [f"{rid}: only in the baseline, not checked" for rid in only_base]
+    base_by_id = {r["id"]: r for r in base["runs"]}
+    for rid in only_base:
+        base_status = str(base_by_id[rid].get("status"))
+        if base_status == "ok":
+            result.regressions.append(Finding(rid, "status", None, None, "ok", statuses=(base_status, "missing"),
+                                              note="the run is missing from the new report"))
+        else:
+            result.notes.append(f"{rid}: only in the baseline (where it was {base_status}), not checked")
     for new_run, base_run in pairs:
         rid = new_run["id"]
         result.runs.append(rid)
@@ -191,7 +207,11 @@ def check_reports(new: dict[str, Any], base: dict[str, Any], thresholds: Mapping
                 result.improvements.append(Finding(rid, "status", None, None, "ok", statuses=statuses))
             result.notes.append(f"{rid}: not ok in the baseline ({base_run.get('status')}), metrics not checked")
             continue
-        _check_metrics(rid, new_run.get("metrics") or {}, base_run.get("metrics") or {}, thresholds, result)
+        if not new_run.get("metrics"):
+            result.regressions.append(Finding(rid, "metrics", None, None, "-",
+                                              note="the run is ok but has no metrics in the new report"))
+            continue
+        _check_metrics(rid, new_run["metrics"], base_run.get("metrics") or {}, thresholds, result)
     return result
 
 
@@ -203,7 +223,15 @@ def _check_metrics(rid: str, new: dict[str, Any], base: dict[str, Any], threshol
             continue
         new_metric = new.get(name)
         if new_metric is None or new_metric.get("value") is None:
-            result.notes.append(f"{rid}: {name} is in the baseline but not in the new report")
+            result.regressions.append(Finding(rid, name, None, None, "-",
+                                              note="in the baseline but missing from the new report"))
+            continue
+        unusable = [side for side, m in (("new report", new_metric), ("baseline", base_metric))
+                    if not _finite(m["value"])]
+        if unusable:
+            result.regressions.append(Finding(rid, name, None, None, "-", note=f"{base_metric['value']} in the "
+                                              f"baseline, {new_metric['value']} in the new report: a value that is "
+                                              f"not a finite number ({' and '.join(unusable)}) cannot be compared"))
             continue
         result.metrics_compared += 1
         threshold = thresholds[gate]
@@ -215,6 +243,10 @@ def _check_metrics(rid: str, new: dict[str, Any], base: dict[str, Any], threshol
         finding = Finding(rid, name, base_metric["value"], new_metric["value"], str(threshold),
                           base_metric.get("unit", ""), note)
         (result.regressions if verdict > 0 else result.improvements).append(finding)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _combined_stderr(base: dict[str, Any], new: dict[str, Any]) -> float:
@@ -257,11 +289,13 @@ def check_command(report: str, baseline: str, thresholds: list[str], console: Co
     from rlbench.report.schema import load_report
 
     new, base = load_report(report), load_report(baseline)
-    limits = thresholds_for(new, thresholds)
+    limits = thresholds_for(base, thresholds)
     result = check_reports(new, base, limits)
     console.print(f"[bold]rlbench check[/] {report}\n  against {baseline}\n  {len(result.runs)} run(s), "
                   f"{result.metrics_compared} metric(s) compared; thresholds: "
-                  + ", ".join(f"{a} {limits[a]}" for a in AREAS), highlight=False)
+                  + ", ".join(f"{a} {limits[a]}" for a in AREAS)
+                  + (" (the baseline's suite, --threshold overrides)" if thresholds else " (the baseline's suite)"),
+                  highlight=False)
     for warning in _environment_warnings(new, base):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     for title, findings, colour in (("regressions", result.regressions, "red"),
