@@ -38,7 +38,7 @@ def count_parameters(model: str) -> tuple[int, int, str]:
     else:
         source = Path(model).expanduser()
         try:
-            config = AutoConfig.from_pretrained(str(source) if source.is_dir() else model)
+            config = AutoConfig.from_pretrained(str(source) if source.is_dir() else model, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise UserError(f"--model: cannot read the config of '{model}' ({str(exc).splitlines()[0]}); "
                             "give a local directory or a model in the Hugging Face cache") from None

@@ -63,16 +63,51 @@ def import_model_code(path: str | Path, cfg: ModelConfig) -> None:
             pass
 
 
-def resolve_base(name: str) -> Path:
-    """A directory holding the base model for `model.name`."""
+def resolve_base(name: str, trust_remote_code: bool = False) -> Path:
+    """A directory holding the base model for `model.name`: checked to hold a config and weights,
+    and refused when it ships Python code (`auto_map`) that the suite does not trust."""
     if name == EMBEDDED_NAME:
         return embedded_base_dir()
     path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
+    if not path.is_dir():
+        if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise UserError(f"model.name: {name}: not a model directory (and not a hub name such as "
+                            "Qwen/Qwen2.5-0.5B-Instruct)")
+        from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(name))
+        try:
+            path = Path(snapshot_download(name))
+        except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: all the user's to fix
+            raise UserError(f"model.name: cannot get '{name}' from the hub or its cache "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    check_model_dir(path, "model.name", trust_remote_code)
+    return path
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_model_dir(path: Path, field: str, trust_remote_code: bool, weights: bool = True) -> None:
+    """UserError unless `path` holds config.json (and weights, when `weights`), and, unless the
+    suite sets `model.trust_remote_code`, no `auto_map`: transformers would import the Python
+    files it names (or ask on the terminal whether to)."""
+    import json
+
+    config = path / "config.json"
+    if not config.is_file():
+        raise UserError(f"{field}: {path} has no config.json; expected a model directory in Hugging Face format")
+    if weights and not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"{field}: {path} holds no weights (none of {', '.join(WEIGHT_FILES)})")
+    if trust_remote_code:
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue  # transformers reports an unreadable file itself
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise UserError(f"{field}: {path} ships its own Python code (auto_map in {name}); rlbench runs "
+                            "it only when the suite sets model.trust_remote_code: true")
 
 
 # ---- causal LMs: policy and reference ---------------------------------------------------------
@@ -161,7 +196,7 @@ class AdapterDisabledReference(nn.Module):
 # ---- scalar-head models: reward and value -----------------------------------------------------
 
 
-def is_sequence_classifier(path: str | Path) -> bool:
+def is_sequence_classifier(path: str | Path, trust_remote_code: bool = False) -> bool:
     """Whether a directory holds an `...ForSequenceClassification` model (a hub reward model)."""
     from transformers import AutoConfig
 
@@ -169,7 +204,8 @@ def is_sequence_classifier(path: str | Path) -> bool:
 
     if (Path(path) / HEAD_FILE).exists():
         return False
-    architectures = getattr(AutoConfig.from_pretrained(path), "architectures", None) or []
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    architectures = getattr(config, "architectures", None) or []
     return any(name.endswith("ForSequenceClassification") for name in architectures)
 
 
@@ -202,7 +238,7 @@ def load_scalar_model(path: str | Path, cfg: ModelConfig, device: torch.device |
     """A ScalarHeadModel (reward or value role) from a causal LM, scalar-head or classifier directory."""
     from rlbench.models.heads import ScalarHeadModel
 
-    if is_sequence_classifier(path):
+    if is_sequence_classifier(path, cfg.trust_remote_code):
         from transformers import AutoModelForSequenceClassification
 
         model = scalar_model_from_classifier(

@@ -94,13 +94,13 @@ def sft_key(base: str, base_dir: Path, cfg: SFTConfig, task: TaskConfig, seed: i
 
 
 def cold_start(base_dir: Path, base_name: str, cfg: SFTConfig, task: TaskConfig, seed: int,
-               on_step=None) -> tuple[Path, dict, bool]:
+               on_step=None, trust_remote_code: bool = False) -> tuple[Path, dict, bool]:
     """The SFT'd model directory for this base/task/settings, training it on a cache miss.
-    Returns (path, stats, cache_hit)."""
+    Returns (path, stats, cache_hit). `trust_remote_code` is the suite's `model.trust_remote_code`."""
     from rlbench.models.embedded import load_pretrained_pair, save_pretrained_pair
 
     def build(tmp: Path) -> None:
-        model, tokenizer = load_pretrained_pair(base_dir)
+        model, tokenizer = load_pretrained_pair(base_dir, trust_remote_code=trust_remote_code)
         model.to(default_device())
         torch.manual_seed(seed)
         problems = load_problems(task, "train", cfg.train_size, seed)
