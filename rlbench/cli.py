@@ -15,6 +15,7 @@ Errors a user can cause print one line each and exit 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -25,9 +26,13 @@ from rich.markup import escape
 from rlbench import __version__
 from rlbench.errors import UserError
 
+# A disk that is full, read-only or not writable by the user: one line and exit 2, not a traceback.
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENAMETOOLONG}
+
 EPILOG = """examples:
   rlbench run suites/quickstart.yaml
   rlbench run suites/memory.yaml --set budget.steps=5 --set seeds=[0,1] --log-to tensorboard
+  rlbench run --resume results/memory/20261124T032253Z      # rerun what did not end ok
   rlbench validate suites/my.yaml
   rlbench compare results/memory/A/report.json results/memory/B/report.json --changed
   rlbench check results/new/report.json --baseline results/baselines/ci-cpu.json --threshold memory:5%
@@ -61,11 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Run a suite: the shared stages (SFT, reward model; cached under $RLBENCH_CACHE, default\n"
         "~/.cache/rlbench), then each algorithm x seed in its own process under the suite's budget.\n"
         "Writes report.json, each run's steps.jsonl, memory_by_role.png, curves.png and summary.md\n"
-        "under <output>/<suite name>/<UTC time>/ and prints the tables. Exit 0 when every run ended ok.",
+        "under <output>/<suite name>/<UTC time>/ and prints the tables. Exit 0 when every run ended ok.\n"
+        "With --resume, an earlier run of a suite is finished in its own folder: runs that ended ok\n"
+        "are kept, the others run again, and the report's `resumed` list says which.",
         ["rlbench run suites/quickstart.yaml",
          "rlbench run suites/memory.yaml --set budget.steps=5 --set seeds=[0,1] --output /tmp/results",
-         "rlbench run suites/ci.yaml --log-to tensorboard   # then: tensorboard --logdir <report dir>/tensorboard"])
-    run.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
+         "rlbench run suites/ci.yaml --log-to tensorboard   # then: tensorboard --logdir <report dir>/tensorboard",
+         "rlbench run --resume results/memory/<UTC time>   # after a Ctrl-C, a crash or a timeout"])
+    run.add_argument("suite", nargs="?", help="suite YAML file, e.g. suites/quickstart.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a suite field, validated like the file: budget.steps=5, "
                           "algorithms[0].params.lr=1e-4, seeds=[0,1] (repeatable)")
@@ -74,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also export the finished report's per-step metrics and run configs: tensorboard "
                           "(event files in <report dir>/tensorboard, offline) or wandb (offline files "
                           "unless wandb is configured on this machine); repeatable")
+    run.add_argument("--resume", metavar="RESULTS_DIR",
+                     help="finish an earlier run of a suite in its folder (results/<suite>/<timestamp>): runs "
+                          "that ended ok are kept, the others run again; the report lists which")
 
     validate = _command(
         sub, "validate", "check suite files; print every error with its field path",
@@ -117,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = _command(
         sub, "check", "regression gate: exit 1 if REPORT regressed against the baseline",
-        "Compare REPORT with BASELINE metric by metric. Thresholds come from the suite's `check:` block\n"
-        "unless given here. Exit 0: no regression; 1: regression; 2: unusable input.",
+        "Compare REPORT with BASELINE metric by metric. Thresholds come from the baseline's suite (its\n"
+        "`check:` block) unless given here, never from REPORT. Exit 0: no regression; 1: regression (a\n"
+        "run missing or not ok, a NaN or missing metric, a change beyond its threshold); 2: unusable input.",
         ["rlbench check results/ci/<time>/report.json --baseline results/baselines/ci-cpu.json",
          "rlbench check new.json --baseline base.json --threshold memory:5% --threshold accuracy:0.02"])
     check.add_argument("report", help="the new report.json")
@@ -176,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
         return 130
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        Console(stderr=True).print(f"[red]error:[/] cannot write {escape(where)}{escape(exc.strerror or str(exc))}",
+                                   highlight=False, soft_wrap=True)
+        return 2
 
 
 def dispatch(args: argparse.Namespace, console: Console) -> int:
@@ -183,8 +202,13 @@ def dispatch(args: argparse.Namespace, console: Console) -> int:
         from rlbench.report.export import export_command, require
         from rlbench.runner import run_suite
 
+        if (args.suite is None) == (args.resume is None):
+            raise UserError("run: give a suite file, or --resume RESULTS_DIR (not both)")
+        if args.resume is not None and (args.overrides or args.output):
+            raise UserError("--resume: --set and --output do not apply; the resumed suite runs as it was "
+                            "(its suite.resolved.yaml) in its own folder")
         require(args.log_to)  # a missing writer is said before the runs, not after
-        report_path, code = run_suite(args.suite, args.overrides, args.output, console)
+        report_path, code = run_suite(args.suite, args.overrides, args.output, console, resume=args.resume)
         if args.log_to:
             export_command(str(report_path), args.log_to, console)
         return code

@@ -1,23 +1,28 @@
 """`rlbench run SUITE`: prepare the shared stages, then one fresh process per algorithm x seed.
 
-1. Validate the suite (every error at once) and check that this machine has what it needs.
+1. Validate the suite (every error at once), check that this machine has what it needs and that
+   the model directories hold weights and no code the suite does not trust; then a new folder.
 2. Shared stages, cached on disk: the base model, cold-start SFT, the reward model (only when an
    algorithm holds one), and the SFT model's held-out accuracy (the "before" of every run).
 3. Each run in its own worker process (`rlbench.worker`), under the shared budget, with a live
-   progress bar; a suite with a `distributed:` block starts it under torchrun, one process per
-   rank (`worker_command`), and merges the ranks' results (`rlbench.rank_results`). The report is rewritten atomically after every run, so a crash, an OOM or a
-   Ctrl-C later loses nothing already measured.
+   progress bar and a watchdog (a run past its time limit ends as `timeout`); a suite with a
+   `distributed:` block starts it under torchrun, one process per rank, and merges the ranks'
+   results (`rlbench.rank_results`). The report is rewritten atomically after every run, so a
+   crash, an OOM or a Ctrl-C later loses nothing already measured; a second Ctrl-C still waits
+   for the stopped run's partial result.
 4. Tables on the terminal; report.json, steps.jsonl per run, plots and summary.md on disk.
+
+`rlbench run --resume RESULTS_DIR` reopens an earlier report: runs that ended ok are kept, the
+others run again in the same folder, and the report's `resumed` list says which.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -26,16 +31,34 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlbench.cache import cache_root, cached_dir, stable_hash
 from rlbench.config import Suite, load_suite, resolved_dict
-from rlbench.process import EVENT_PREFIX, quiet_libraries, raise_interrupt
+from rlbench.errors import UserError
+from rlbench.process import (
+    EVENT_PREFIX,
+    InterruptGate,
+    Watchdog,
+    end_ranks,
+    exit_status,
+    exited,
+    finish_group,
+    oom_kill_counts,
+    quiet_libraries,
+    signal_run,
+    time_limit,
+    worker_command,
+)
 from rlbench.report.io import write_json_atomic
+from rlbench.results import new_results_dir, reopen_results_dir
 
 EVAL_VERSION = 1  # bump when evaluation changes what it returns for the same model and problems
 
 SCHEMA_VERSION = 1
+INTERRUPT_GRACE_S = 40.0  # after Ctrl-C, seconds a worker gets to write its partial result (torchrun gives ranks 30)
+RUN_STATUSES = ("ok", "failed", "oom", "interrupted", "timeout")
 
 
 def run_id(label: str, seed: int) -> str:
@@ -55,73 +78,129 @@ def needs_reward_model(suite: Suite) -> bool:
     return any("reward" in a.roles() or a.value_init() == "reward" for a in algorithms)
 
 
-def run_suite(path: str, overrides: list[str], output: str | None, console: Console) -> tuple[Path, int]:
-    """Run every algorithm x seed of a suite; returns (report path, exit code)."""
-    suite = load_suite(path, overrides)
-    quiet_libraries()
-    signal.signal(signal.SIGTERM, raise_interrupt)  # `kill` ends the suite like Ctrl-C: report kept
+def run_suite(path: str | None, overrides: list[str], output: str | None, console: Console,
+              resume: str | None = None) -> tuple[Path, int]:
+    """Run every algorithm x seed of a suite, or with `resume` (a results directory) the runs of an
+    earlier report that did not end ok; returns (report path, exit code)."""
+    gate = InterruptGate()
+    gate.install()  # Ctrl-C and `kill` end the suite with the report kept, never mid-write
+    try:
+        return _run(path, overrides, output, console, resume, gate)
+    finally:
+        gate.restore()
+
+
+def _run(path: str | None, overrides: list[str], output: str | None, console: Console, resume: str | None,
+         gate: InterruptGate) -> tuple[Path, int]:
+    from rlbench.environment import environment
     from rlbench.requirements import check_requirements
 
-    check_requirements(suite)
-    if output:
-        suite = replace(suite, output=output)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out_dir = Path(suite.output) / suite.name / stamp
-    out_dir.mkdir(parents=True, exist_ok=True)
-    suite_file = out_dir / "suite.resolved.yaml"
-    suite_file.write_text(yaml.safe_dump(resolved_dict(suite), sort_keys=False))
-
-    from rlbench.environment import environment
-
-    report: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "suite": resolved_dict(suite),
-        "suite_file": str(path),
-        "overrides": list(overrides),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "environment": environment(Path(path).resolve().parent),
-        "stages": {},
-        "runs": plan_runs(suite),
-        "status": "running",
-    }
+    quiet_libraries()
+    if resume is not None:
+        out_dir, report, suite = reopen_results_dir(resume)
+        if [p["id"] for p in plan_runs(suite)] != [r["id"] for r in report["runs"]]:
+            raise UserError(f"--resume {resume}: the report's runs do not match its suite.resolved.yaml")
+        check_requirements(suite)
+        _check_inputs(suite)
+        suite_file = out_dir / "suite.resolved.yaml"
+        kept = [r["id"] for r in report["runs"] if r["status"] == "ok"]
+        again = [r["id"] for r in report["runs"] if r["status"] != "ok"]
+        plans = {p["id"]: p for p in plan_runs(suite)}
+        for entry in report["runs"]:
+            if entry["status"] != "ok":
+                plan = plans[entry["id"]]
+                entry.clear()
+                entry.update(plan)
+        report["resumed"] = [*report.get("resumed", []), {
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kept": kept, "rerun": again}]
+        report["status"] = "running"
+    else:
+        assert path is not None, "a suite file or a results directory to resume"
+        suite = load_suite(path, overrides)
+        check_requirements(suite)
+        if output:
+            suite = replace(suite, output=output)
+        _check_inputs(suite)
+        out_dir = new_results_dir(Path(suite.output), suite.name, "--output" if output else "output")
+        suite_file = out_dir / "suite.resolved.yaml"
+        suite_file.write_text(yaml.safe_dump(resolved_dict(suite), sort_keys=False))
+        report = {
+            "schema_version": SCHEMA_VERSION,
+            "suite": resolved_dict(suite),
+            "suite_file": str(path),
+            "overrides": list(overrides),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "environment": environment(Path(path).resolve().parent),
+            "stages": {},
+            "runs": plan_runs(suite),
+            "status": "running",
+        }
     report_path = out_dir / "report.json"
 
     def save() -> None:
         from rlbench.report.schema import validate_report
 
         validate_report(report)
-        write_json_atomic(report_path, report)
+        try:
+            write_json_atomic(report_path, report)
+        except OSError as err:
+            raise UserError(f"cannot write the report {report_path}: {err.strerror or err}") from None
 
     save()
-    console.print(f"[bold]rlbench[/] suite [cyan]{suite.name}[/]: {len(report['runs'])} run(s) -> {out_dir}")
-    interrupted = False
+    todo = [entry for entry in report["runs"] if entry["status"] != "ok"]
+    if resume is not None:
+        console.print(f"[bold]rlbench[/] resuming [cyan]{escape(str(out_dir))}[/]: {len(report['runs']) - len(todo)} "
+                      f"run(s) kept (ok), {len(todo)} to run again", highlight=False)
+    else:
+        console.print(f"[bold]rlbench[/] suite [cyan]{escape(suite.name)}[/]: {len(todo)} run(s) -> "
+                      f"{escape(str(out_dir))}", highlight=False)
+    failure: BaseException | None = None
     try:
-        stages = prepare_stages(suite, console)
-        report["stages"] = stages["report"]
-        save()
-        for entry in report["runs"]:
-            entry.update(execute_run(suite, suite_file, entry, stages, out_dir, console))
+        if todo:
+            with gate.opened():
+                stages = prepare_stages(suite, console)
+            report["stages"] = stages["report"]
             save()
-            if entry["status"] == "interrupted":
-                interrupted = True
+        for entry in todo:
+            entry.update(status="running")
+            entry.update(execute_run(suite, suite_file, entry, stages, out_dir, console, gate))
+            save()
+            if gate.interrupted:
                 break
     except KeyboardInterrupt:
-        interrupted = True
+        pass
+    except Exception as exc:  # noqa: BLE001 - a stage that fails still leaves a finished report
+        failure = exc
+    interrupted = gate.interrupted
+    why = f"not run: {_last_line(failure)}" if failure else "not run"
     for entry in report["runs"]:
         if entry["status"] in ("pending", "running"):
             entry.update(status="interrupted" if interrupted else "failed",
-                         error="not run: the suite was interrupted" if interrupted else "not run")
+                         error="not run: the suite was interrupted" if interrupted else why)
     report["status"] = "interrupted" if interrupted else "complete"
     report["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     save()
+    if failure is not None:
+        raise failure
     from rlbench.report.views import print_report, write_artifacts
 
     print_report(report, console)
     write_artifacts(report, out_dir, console)
-    console.print(f"report: [bold]{report_path}[/]")
+    console.print(f"report: [bold]{escape(str(report_path))}[/]", highlight=False)
     if interrupted:
         return report_path, 130
     return report_path, 0 if all(r["status"] == "ok" for r in report["runs"]) else 1
+
+
+def _check_inputs(suite: Suite) -> None:
+    """Model directories the suite names: a config, weights, and no Python code it does not trust
+    (UserError before any output folder exists)."""
+    from rlbench.models.loading import check_model_dir, resolve_base
+
+    resolve_base(suite.model.name, suite.model.trust_remote_code)
+    if suite.model.reward_model.path and needs_reward_model(suite):
+        check_model_dir(Path(suite.model.reward_model.path).expanduser(), "model.reward_model.path",
+                        suite.model.trust_remote_code)
 
 
 def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
@@ -132,14 +211,15 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
     from rlbench.models.sft import cold_start
 
     torch.set_num_threads(suite.threads or os.cpu_count() or 1)
-    base_dir = resolve_base(suite.model.name)
+    base_dir = resolve_base(suite.model.name, suite.model.trust_remote_code)
     stages: dict[str, Any] = {"report": {}}
     policy_dir = base_dir
     if suite.model.sft.steps > 0:
         with _bar(console, "SFT (cold start)", suite.model.sft.steps) as (progress, task):
             policy_dir, stats, hit = cold_start(
                 base_dir, suite.model.name, suite.model.sft, suite.task, seed=0,
-                on_step=lambda step, loss: progress.update(task, completed=step, info=f"loss {loss:.3f}"))
+                on_step=lambda step, loss: progress.update(task, completed=step, info=f"loss {loss:.3f}"),
+                trust_remote_code=suite.model.trust_remote_code)
         console.print(f"SFT: {'cached' if hit else 'trained'} ({stats['sft/seconds']:.0f} s, "
                       f"{int(stats['sft/steps'])} steps, final loss {stats['sft/final_loss']:.3f})")
         stages["report"]["sft"] = dict(stats, cache_hit=hit, path=str(policy_dir))
@@ -164,7 +244,7 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
         from rlbench.models.embedded import load_pretrained_pair
         from rlbench.rollout.hf import HFEngine
 
-        model, tokenizer = load_pretrained_pair(policy_dir)
+        model, tokenizer = load_pretrained_pair(policy_dir, trust_remote_code=suite.model.trust_remote_code)
         model.to(default_device())
         problems = load_problems(suite.task, "eval", suite.eval.size, 0)
         with console.status(f"evaluating the starting model on {len(problems)} held-out problems"):
@@ -187,19 +267,28 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
     console.print(f"starting accuracy: {before['eval/accuracy']:.1%} ± {before['eval/accuracy_stderr']:.1%} "
                   f"({'cached' if hit else f'{seconds:.0f} s'})")
     stages["report"]["eval_before_cached"] = hit
+    stages["eval_seconds"] = seconds  # what the watchdog allows a run's final evaluation (x SLACK)
     stages["eval_before"] = before
     stages["report"]["eval_before"] = before
     return stages
 
 
 def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: dict[str, Any], out_dir: Path,
-                console: Console) -> dict[str, Any]:
-    """One worker process; returns the run's result (a failure result if the worker died)."""
+                console: Console, gate: InterruptGate | None = None) -> dict[str, Any]:
+    """One worker process; returns the run's result (a failure result if the worker died).
+
+    Ctrl-C (through `gate`) forwards SIGINT to the worker and waits up to INTERRUPT_GRACE_S for it
+    to write its partial result; further Ctrl-Cs meanwhile are only counted. The watchdog ends a
+    worker past its time limit (process.time_limit) with status `timeout`."""
     from rlbench.measure.memory import CPU_WORKER_ENV
     from rlbench.report.io import read_json
 
+    gate = gate or InterruptGate()
     run_dir = out_dir / "runs" / entry["id"].replace("/", "-")
     run_dir.mkdir(parents=True, exist_ok=True)
+    result_path = run_dir / "result.json"
+    for stale in (result_path, *run_dir.glob("rank*/result.json")):  # a rerun (--resume) must not read
+        stale.unlink(missing_ok=True)                                    # the last attempt's results
     spec = {"suite_path": str(suite_file), "algorithm_index": entry["algorithm_index"], "seed": entry["seed"],
             "policy_dir": stages["policy_dir"], "reward_dir": stages.get("reward_dir"), "run_dir": str(run_dir),
             "eval_before": stages.get("eval_before")}
@@ -208,133 +297,73 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
     ranks = suite.distributed.nproc_per_node if suite.distributed is not None else 1
     if ranks > 1:  # torchrun warns unless OMP_NUM_THREADS is set; each rank sets its own
         env.setdefault("OMP_NUM_THREADS", "1")
-    log = open(run_dir / "worker.log", "w")
+    oom_before = oom_kill_counts()
     started = time.time()
-    proc = subprocess.Popen(worker_command(suite, spec_path), stdout=subprocess.PIPE,
-                            stderr=log, text=True, env=env, start_new_session=True)
-    timed_out = threading.Event()
-    limit = suite.budget.wall_seconds
-    timer = None
-    if limit:
-        grace = 3 * limit + 600  # loading and evaluation come on top of the RL budget
+    seen: dict[str, float] = {"fraction": 0.0, "rl_seconds": 0.0}
 
-        def kill() -> None:
-            timed_out.set()
-            _signal_run(proc, signal.SIGKILL, run_dir)
+    def limit() -> float:
+        return time_limit(suite.run_timeout_s, suite.budget.wall_seconds, stages.get("eval_seconds") or 0.0,
+                          seen["rl_seconds"], seen["fraction"])
 
-        timer = threading.Timer(grace, kill)
-        timer.start()
-    status = None
-    try:
-        with _bar(console, entry["id"], 1.0, fraction=True) as (progress, task):
-            for line in proc.stdout:
-                if not line.startswith(EVENT_PREFIX):
-                    log.write(line)
-                    continue
-                event = json.loads(line[len(EVENT_PREFIX):])
-                if event["event"] == "step":
-                    progress.update(task, completed=event["fraction"],
-                                    info=f"step {event['step']}  completions {event['completions']}  "
-                                         f"reward {event['reward']:.3f}  gold {event['gold']:.2f}")
-                elif event["event"] == "eval":
-                    progress.update(task, info="evaluating")
-            proc.wait()
-    except KeyboardInterrupt:
-        _signal_run(proc, signal.SIGINT, run_dir)
-        try:
-            proc.wait(timeout=40)  # torchrun gives its ranks 30 s after forwarding the signal
-        except subprocess.TimeoutExpired:
-            _signal_run(proc, signal.SIGKILL, run_dir)
-            proc.wait()
-        status = "interrupted"
-    finally:
-        if timer:
-            timer.cancel()
-        log.close()
-        _end_ranks(run_dir, spec_path)
-    result_path = run_dir / "result.json"
+    interrupted = False
+    with open(run_dir / "worker.log", "w") as log:
+        proc = subprocess.Popen(worker_command(spec_path, ranks), stdout=subprocess.PIPE, stderr=log, text=True,
+                                env=env, start_new_session=True)
+        with Watchdog(proc, limit, send=lambda sig: signal_run(proc, sig, run_dir)) as watchdog:
+            try:
+                with gate.opened(), _bar(console, escape(entry["id"]), 1.0, fraction=True) as (progress, task):
+                    for line in proc.stdout:
+                        if not line.startswith(EVENT_PREFIX):
+                            log.write(line)
+                            continue
+                        event = json.loads(line[len(EVENT_PREFIX):])
+                        if event["event"] == "loaded":
+                            seen["loaded"] = time.monotonic()
+                        elif event["event"] == "step":
+                            seen["rl_seconds"] = time.monotonic() - seen.get("loaded", time.monotonic())
+                            seen["fraction"] = float(event["fraction"])
+                            progress.update(task, completed=event["fraction"],
+                                            info=f"step {event['step']}  completions {event['completions']}  "
+                                                 f"reward {event['reward']:.3f}  gold {event['gold']:.2f}")
+                        elif event["event"] == "eval":
+                            progress.update(task, info="evaluating")
+            except KeyboardInterrupt:
+                interrupted = True
+                signal_run(proc, signal.SIGINT, run_dir)
+                console.print(f"  {escape(entry['id'])}: interrupted; waiting up to {INTERRUPT_GRACE_S:.0f} s for "
+                              "it to write what it measured", highlight=False)
+            deadline = time.monotonic() + (INTERRUPT_GRACE_S if interrupted else math.inf)
+            while not exited(proc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        code = finish_group(proc)  # the watchdog has stopped: nothing else signals the group now
+        end_ranks(run_dir, spec_path)
+    oom_killed = exit_status(-signal.SIGKILL, oom_before, oom_kill_counts())[0] == "oom"
     if ranks > 1:
         from rlbench.rank_results import merge_ranks
 
         result = merge_ranks(run_dir, ranks, _read_text(run_dir / "worker.log"))
+        if result.get("status") == "oom" and "killed by signal 9" in str(result.get("error")) and not oom_killed:
+            result["status"] = "failed"  # a rank killed by SIGKILL while the kernel's OOM killer did not run
         if result:
             write_json_atomic(result_path, result)
     else:
         result = read_json(result_path) if result_path.exists() else {}
-    if not result or timed_out.is_set() or status == "interrupted":
+    if watchdog.expired is not None:
+        result.update(status="timeout", error=f"stopped by the watchdog after {watchdog.expired:.0f} s "
+                                              "(its time limit: run_timeout_s, or derived from the budget)")
+    elif interrupted:
+        result.update(status="interrupted", error=result.get("error") or "interrupted by the user")
+    elif result.get("status") not in RUN_STATUSES:
+        status, how = exit_status(code, oom_before, oom_kill_counts())
         tail = _tail(run_dir / "worker.log")
-        default_status = "timeout" if timed_out.is_set() else (status or _status_from_code(proc.returncode))
-        code = proc.returncode
-        how = f"worker killed by signal {-code}" if code is not None and code < 0 else f"worker exited with code {code}"
-        result.setdefault("error", f"{how}: {tail}" if tail else how)
-        result["status"] = default_status if not result.get("status") or result["status"] != "ok" else "ok"
-        if status == "interrupted":
-            result["status"] = "interrupted"
+        result.update(status=status, error=f"{how}: {tail}" if tail else how)
+    result.setdefault("error", None)
     result["wall_seconds"] = time.time() - started
     result["run_dir"] = str(run_dir.relative_to(out_dir))
     colour = "green" if result["status"] == "ok" else "red"
-    console.print(f"  {entry['id']}: [{colour}]{result['status']}[/]"
-                  + (f" ({result.get('error')})" if result["status"] != "ok" and result.get("error") else ""))
+    detail = f" ({escape(str(result['error']))})" if result["status"] != "ok" and result.get("error") else ""
+    console.print(f"  {escape(entry['id'])}: [{colour}]{result['status']}[/]{detail}", highlight=False)
     return result
-
-
-def _status_from_code(code: int | None) -> str:
-    if code == -signal.SIGKILL or code == 137:
-        return "oom"  # the kernel's OOM killer sends SIGKILL
-    if code in (-signal.SIGINT, 130):
-        return "interrupted"
-    return "failed"
-
-
-def worker_command(suite: Suite, spec_path: Path) -> list[str]:
-    """The command of one run: `python -m rlbench.worker SPEC`, under torchrun for more than one rank."""
-    worker = ["-m", "rlbench.worker", str(spec_path)]
-    if suite.distributed is None or suite.distributed.nproc_per_node == 1:
-        return [sys.executable, *worker]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc_per_node", str(suite.distributed.nproc_per_node), *worker]
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _signal_run(proc: subprocess.Popen, sig: int, run_dir: Path) -> None:
-    """The worker's process group and, for a distributed run, every rank: torchrun starts each rank
-    in a session of its own, which a signal to torchrun's group does not reach."""
-    _signal_group(proc, sig)
-    for pid in _rank_pids(run_dir, str(run_dir / "spec.json")):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _rank_pids(run_dir: Path, spec_path: str) -> list[int]:
-    """Live ranks of the run (each wrote rank*/pid), checked by command line against reused pids."""
-    import psutil
-
-    pids = []
-    for path in sorted(run_dir.glob("rank*/pid")):
-        try:
-            pid = int(path.read_text())
-            if spec_path in psutil.Process(pid).cmdline():
-                pids.append(pid)
-        except (OSError, ValueError, psutil.Error):
-            continue
-    return pids
-
-
-def _end_ranks(run_dir: Path, spec_path: Path) -> None:
-    """SIGKILL any rank still alive once its torchrun is gone: no process outlives its run."""
-    for pid in _rank_pids(run_dir, str(spec_path)):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _read_text(path: Path) -> str:
@@ -369,3 +398,8 @@ class _bar:
 
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
+
+
+def _last_line(exc: BaseException | None) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip() if exc is not None else ""
+    return text.splitlines()[-1] if text else ""

@@ -13,6 +13,7 @@ writes `steps.jsonl` (every rank sees the same gathered metrics). The runner mer
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -88,6 +89,8 @@ def main(argv: list[str]) -> int:
         result.update(status=_status_of(exc), error=_last_line(exc))
         (out_dir / "error.log").write_text(traceback.format_exc())
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C or kill must not lose the result
+            signal.signal(sig, signal.SIG_IGN)
         result["finished"] = time.time()
         if run is not None:
             try:
@@ -120,9 +123,17 @@ def _interrupt_once(signum: int, frame: object) -> None:
     raise_interrupt(signum, frame)
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def _status_of(exc: BaseException) -> str:
+    """oom for an allocation that failed: MemoryError, torch's OutOfMemoryError (CUDA), the CPU
+    allocator's "DefaultCPUAllocator: can't allocate memory" and ENOMEM; failed otherwise."""
     name = type(exc).__name__
-    if isinstance(exc, MemoryError) or name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or name == "OutOfMemoryError" or any(m in text for m in OOM_MESSAGES):
+        return "oom"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
         return "oom"
     return "failed"
 

@@ -84,7 +84,8 @@ class TaskConfig:
 @dataclass(frozen=True)
 class AlgorithmConfig:
     name: str = f("grpo_zero", "registered algorithm: ppo, grpo or grpo_zero")
-    label: str | None = f(None, "display name in reports (default: the algorithm name); must be unique")
+    label: str | None = f(None, "display name in reports (default: the algorithm name); unique; letters, digits, "
+                                "'.', '_', '-'")
     reward: str | None = f(None, "reward source: rules, model or both (default: rules for grpo_zero, model otherwise)",
                            choices=("rules", "model", "both"))
     rewards: dict[str, float] = f({"answer_correct": 1.0, "format_strict": 0.1},
@@ -148,7 +149,7 @@ class DistributedConfig:
 
 @dataclass(frozen=True)
 class Suite:
-    name: str = f("suite", "suite name; reports go to <output>/<name>/<timestamp>/")
+    name: str = f("suite", "suite name (letters, digits, '.', '_', '-'); reports go to <output>/<name>/<timestamp>/")
     description: str = f("", "one line on what the suite is for")
     model: ModelConfig = f(ModelConfig, "the model every run starts from")
     task: TaskConfig = f(TaskConfig, "the problems")
@@ -162,6 +163,8 @@ class Suite:
     threads: int | None = f(None, "torch threads per run, shared by its ranks (default: all cores)", gt=0)
     distributed: DistributedConfig | None = f(None, "run each algorithm x seed on several processes with torchrun "
                                               "and FSDP2; null: one process")
+    run_timeout_s: float | None = f(None, "stop a run's worker after this many seconds, status timeout "
+                                          "(default: derived from the budget and the run's progress)", gt=0)
     output: str = f("results", "directory that reports are written under")
     check: CheckConfig = f(CheckConfig, "regression thresholds for `rlbench check`")
 
