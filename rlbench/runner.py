@@ -162,11 +162,11 @@ def _run(path: str | None, overrides: list[str], output: str | None, console: Co
             report["stages"] = stages["report"]
             save()
         for entry in todo:
+            if gate.interrupted:  # a Ctrl-C while the last result was being saved
+                break
             entry.update(status="running")
             entry.update(execute_run(suite, suite_file, entry, stages, out_dir, console, gate))
             save()
-            if gate.interrupted:
-                break
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # noqa: BLE001 - a stage that fails still leaves a finished report
@@ -351,7 +351,7 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
     if watchdog.expired is not None:
         result.update(status="timeout", error=f"stopped by the watchdog after {watchdog.expired:.0f} s "
                                               "(its time limit: run_timeout_s, or derived from the budget)")
-    elif interrupted:
+    elif interrupted and result.get("status") != "ok":  # a run that finished as Ctrl-C came stays ok
         result.update(status="interrupted", error=result.get("error") or "interrupted by the user")
     elif result.get("status") not in RUN_STATUSES:
         status, how = exit_status(code, oom_before, oom_kill_counts())

@@ -223,7 +223,7 @@ task: {name: synthetic, max_steps: 1, max_number: 20, train_size: 200}
 algorithms:
   - {name: grpo_zero, label: first}
   - {name: grpo_zero, label: second}
-budget: {steps: 8}
+budget: {steps: 4}
 rollout: {completions_per_step: 8, group_size: 4, max_new_tokens: 8}
 eval: {size: 8, batch_size: 8}
 probe: cpu
@@ -259,7 +259,7 @@ def test_a_second_ctrl_c_keeps_the_partial_result_and_resume_finishes_the_suite(
     report = json.loads(report_path.read_text())
     first, second = report["runs"]
     assert report["status"] == "interrupted"
-    assert first["status"] == "ok" and first["budget"]["steps"] == 8
+    assert first["status"] == "ok" and first["budget"]["steps"] == 4
     # 13: the run in progress kept what it measured, though Ctrl-C came twice
     assert second["status"] == "interrupted" and second["error"] == "interrupted by the user"
     assert second["budget"]["steps"] >= 1 and second["metrics"]
@@ -269,7 +269,7 @@ def test_a_second_ctrl_c_keeps_the_partial_result_and_resume_finishes_the_suite(
     resumed = json.loads(report_path.read_text())
     assert resumed["status"] == "complete"
     assert resumed["runs"][0] == first  # kept as it was
-    assert resumed["runs"][1]["status"] == "ok" and resumed["runs"][1]["budget"]["steps"] == 8
+    assert resumed["runs"][1]["status"] == "ok" and resumed["runs"][1]["budget"]["steps"] == 4
     [entry] = resumed["resumed"]
     assert entry["kept"] == ["first/seed0"] and entry["rerun"] == ["second/seed0"]
 
