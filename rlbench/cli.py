@@ -26,7 +26,7 @@ from rich.markup import escape
 from rlbench import __version__
 from rlbench.errors import UserError
 
-# A disk that is full, read-only or not writable by the user: one line and exit 2, not a traceback.
+# A disk that is full or read-only, a file the user may not write: one line and exit 2, not a traceback.
 DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENAMETOOLONG}
 
 EPILOG = """examples:
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno not in DISK_ERRNOS:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        Console(stderr=True).print(f"[red]error:[/] cannot write {escape(where)}{escape(exc.strerror or str(exc))}",
+        Console(stderr=True).print(f"[red]error:[/] {escape(where)}{escape(exc.strerror or str(exc))}",
                                    highlight=False, soft_wrap=True)
         return 2
 
