@@ -208,7 +208,10 @@ def dispatch(args: argparse.Namespace, console: Console) -> int:
             raise UserError("--resume: --set and --output do not apply; the resumed suite runs as it was "
                             "(its suite.resolved.yaml) in its own folder")
         require(args.log_to)  # a missing writer is said before the runs, not after
-        report_path, code = run_suite(args.suite, args.overrides, args.output, console, resume=args.resume)
+        if args.resume is not None:
+            report_path, code = run_suite(None, [], None, console, resume=args.resume)
+        else:
+            report_path, code = run_suite(args.suite, args.overrides, args.output, console)
         if args.log_to:
             export_command(str(report_path), args.log_to, console)
         return code
