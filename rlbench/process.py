@@ -272,11 +272,16 @@ def oom_kill_counts() -> tuple[int, ...]:
     return tuple(counts)
 
 
+def oom_killer_ran(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """Whether an OOM-kill counter rose between two `oom_kill_counts()` readings."""
+    return any(a > b for a, b in zip(after, before))
+
+
 def exit_status(code: int | None, oom_before: tuple[int, ...], oom_after: tuple[int, ...]) -> tuple[str, str]:
     """(status, what happened) for a worker that ended without a result of its own."""
     if code is not None and code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        if code == -signal.SIGKILL and any(a > b for a, b in zip(oom_after, oom_before)):
+        if code == -signal.SIGKILL and oom_killer_ran(oom_before, oom_after):
             return "oom", f"worker killed by {name}: the kernel's OOM killer ran meanwhile"
         if code in (-signal.SIGINT, -signal.SIGTERM):
             return "interrupted", f"worker stopped by {name}"

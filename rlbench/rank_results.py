@@ -13,8 +13,8 @@ gather each step's batch, reduce the budget and merge evaluations. Beside it, `d
     measured_by            which probe or method measured each of these
 
 Status: ok when every rank is ok. Otherwise one rank decides: a rank that left no result (killed;
-its exit code is read from torchrun's failure summary, and SIGKILL reads as oom, as it does for
-one process: the kernel's OOM killer sends it), else a rank out of memory, else torchrun's root
+its exit code is read from torchrun's failure summary; SIGKILL reads as oom only when the kernel's
+OOM killer ran meanwhile, as for one process), else a rank out of memory, else torchrun's root
 cause, else the first that failed. The others are collateral (their peer vanished mid-collective,
 or torchrun stopped them); `interrupted` decides only when no rank failed.
 """
@@ -40,8 +40,9 @@ def exit_codes(log: str) -> tuple[dict[int, int], int | None]:
     return codes, int(root.group(1)) if root else None
 
 
-def merge_ranks(run_dir: Path, world: int, log: str) -> dict[str, Any]:
-    """The run's result from its ranks' results ({} when no rank left one and torchrun reported none)."""
+def merge_ranks(run_dir: Path, world: int, log: str, oom_killed: bool = False) -> dict[str, Any]:
+    """The run's result from its ranks' results ({} when no rank left one and torchrun reported none).
+    `oom_killed`: the kernel's OOM killer ran during the run (see rlbench.process.exit_status)."""
     results: dict[int, dict[str, Any]] = {}
     for rank in range(world):
         path = run_dir / f"rank{rank}" / "result.json"
@@ -52,7 +53,7 @@ def merge_ranks(run_dir: Path, world: int, log: str) -> dict[str, Any]:
     codes, root = exit_codes(log)
     if not results and not codes:
         return {}
-    statuses = {r: _rank_status(results.get(r), codes.get(r)) for r in range(world)}
+    statuses = {r: _rank_status(results.get(r), codes.get(r), oom_killed) for r in range(world)}
     merged = dict(results.get(0) or results[min(results)]) if results else {}
     failed = [r for r in range(world) if statuses[r][0] not in ("ok", "interrupted")]
     if not failed and all(s == "ok" for s, _ in statuses.values()):
@@ -69,12 +70,12 @@ def merge_ranks(run_dir: Path, world: int, log: str) -> dict[str, Any]:
     return merged
 
 
-def _rank_status(result: dict[str, Any] | None, code: int | None) -> tuple[str, str | None]:
+def _rank_status(result: dict[str, Any] | None, code: int | None, oom_killed: bool) -> tuple[str, str | None]:
     if result is not None:
         return result.get("status", "failed"), result.get("error")
     if code is not None and code < 0:
         name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        status = "oom" if -code == signal.SIGKILL else "failed"
+        status = "oom" if -code == signal.SIGKILL and oom_killed else "failed"
         return status, f"killed by signal {-code} ({name}) before writing its result"
     return "failed", f"exited with code {code} before writing its result" if code is not None else "left no result"
 

@@ -46,6 +46,7 @@ from rlbench.process import (
     exited,
     finish_group,
     oom_kill_counts,
+    oom_killer_ran,
     quiet_libraries,
     signal_run,
     time_limit,
@@ -337,13 +338,11 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
                 time.sleep(0.05)
         code = finish_group(proc)  # the watchdog has stopped: nothing else signals the group now
         end_ranks(run_dir, spec_path)
-    oom_killed = exit_status(-signal.SIGKILL, oom_before, oom_kill_counts())[0] == "oom"
+    oom_after = oom_kill_counts()
     if ranks > 1:
         from rlbench.rank_results import merge_ranks
 
-        result = merge_ranks(run_dir, ranks, _read_text(run_dir / "worker.log"))
-        if result.get("status") == "oom" and "killed by signal 9" in str(result.get("error")) and not oom_killed:
-            result["status"] = "failed"  # a rank killed by SIGKILL while the kernel's OOM killer did not run
+        result = merge_ranks(run_dir, ranks, _read_text(run_dir / "worker.log"), oom_killer_ran(oom_before, oom_after))
         if result:
             write_json_atomic(result_path, result)
     else:
@@ -354,7 +353,7 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
     elif interrupted and result.get("status") != "ok":  # a run that finished as Ctrl-C came stays ok
         result.update(status="interrupted", error=result.get("error") or "interrupted by the user")
     elif result.get("status") not in RUN_STATUSES:
-        status, how = exit_status(code, oom_before, oom_kill_counts())
+        status, how = exit_status(code, oom_before, oom_after)
         tail = _tail(run_dir / "worker.log")
         result.update(status=status, error=f"{how}: {tail}" if tail else how)
     result.setdefault("error", None)

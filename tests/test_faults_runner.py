@@ -36,6 +36,7 @@ from rlbench.process import (
     exit_status,
     finish_group,
     time_limit,
+    worker_command,
 )
 from rlbench.results import new_results_dir
 from rlbench.runner import execute_run, plan_runs, run_suite
@@ -80,6 +81,16 @@ def test_a_worker_never_imports_rlbench_from_the_current_directory(tmp_path: Pat
                          quiet())
     assert not marker.exists()
     assert result["status"] == "failed" and "missing.yaml: no such file" in result["error"]
+
+
+def test_torchrun_and_its_ranks_are_started_the_same_way(tmp_path: Path) -> None:
+    """A distributed run: torchrun itself and each rank (--no-python: the rank command is given
+    whole) start through the same boot, never `python -m`, which would put the cwd first."""
+    command = worker_command(tmp_path / "spec.json", ranks=2)
+    assert "-m" not in command and command.count("-c") == 2
+    rank = command[command.index("--no-python") + 1:]
+    assert rank == worker_command(tmp_path / "spec.json")
+    assert command[command.index("--nproc_per_node") + 1] == "2"
 
 
 # ---- 15: the watchdog ---------------------------------------------------------------------------
