@@ -6,6 +6,7 @@ torch, transformers or implementation module.
 
     schema.py   the dataclasses, each field with its help and constraints (`f(...)`)
     typed.py    YAML values -> typed dataclasses, errors by field path; field help for --explain
+    yaml_safe.py  the bounded YAML reader: size, nesting, alias expansion, duplicate keys
     loader.py   read the file, apply `--set` overrides, build, check: `load_suite`
     checks.py   checks that span fields or read the catalog (names, labels, group sizes)
 
