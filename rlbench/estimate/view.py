@@ -1,0 +1,83 @@
+"""Views of an estimate: a Rich table per algorithm (phase x role, by kind) and one JSON document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rlbench.estimate import SuiteEstimate
+from rlbench.estimate.trace import KINDS
+
+GIB, MIB = 2**30, 2**20
+KIND_HEADERS = {"weights": "weights", "gradients": "grads", "optimizer": "optim", "activations": "activ",
+                "logits": "logits", "kv_cache": "KV"}
+
+
+def as_json(estimate: SuiteEstimate, card: tuple[float, str] | None, headroom: dict[str, Any] | None,
+            headroom_field: str | None) -> dict[str, Any]:
+    from rlbench.estimate.fit import verdict
+
+    algorithms = []
+    for algo in estimate.algorithms:
+        entry = algo.as_dict()
+        if card is not None:
+            entry["fit"] = verdict(algo, estimate.suite, card[0])
+        if headroom is not None:
+            entry["headroom"] = {"field": headroom_field, **headroom.get(algo.label, {})}
+        algorithms.append(entry)
+    return {"settings": estimate.settings(), "card": None if card is None else {"name": card[1], "gib": card[0]},
+            "algorithms": algorithms, "seconds": round(estimate.seconds, 2), "notes": estimate.notes,
+            "units": "bytes"}
+
+
+def _fmt(value: int, scale: int) -> str:
+    return "" if not value else f"{value / scale:,.2f}"
+
+
+def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float, str] | None,
+                   headroom: dict[str, Any] | None, headroom_field: str | None) -> None:
+    from rlbench.estimate.fit import DEVICE_OVERHEAD_GIB, verdict
+
+    s = estimate.settings()
+    largest = max(a.process_peak_bytes for a in estimate.algorithms)
+    unit, scale = ("GiB", GIB) if largest >= GIB else ("MiB", MIB)
+    precision = f", precision {s['precision']}" if s["precision"] else ""
+    console.print(f"[bold]{s['model']}[/] ({s['architecture']}, {s['parameters'] / 1e6:,.1f}M parameters, "
+                  f"{s['layers']} layers, vocabulary {s['vocab_size']:,}), {s['dtype']}{precision}"
+                  f"{', LoRA' if s['lora'] else ''}{', gradient checkpointing' if s['gradient_checkpointing'] else ''}",
+                  highlight=False)
+    console.print(f"worst case: {s['completions_per_step']} completions per step (groups of {s['group_size']}), "
+                  f"prompts of {s['prompt_tokens']} tokens ({s['prompt_tokens_from']}), every completion "
+                  f"{s['max_new_tokens']} new tokens; eval batches of {s['eval_batch_size']}; traced on "
+                  f"{s['traced_on']} kernels in {estimate.seconds:.1f} s", highlight=False, soft_wrap=True)
+    for algo in estimate.algorithms:
+        table = Table(title=f"{algo.label}: predicted peak of live tensors per phase ({unit})", title_justify="left")
+        for col in ("phase", "role", *(KIND_HEADERS[k] for k in KINDS), "peak", "rise"):
+            table.add_column(col, justify="left" if col in ("phase", "role") else "right")
+        for name, phase in algo.phases.items():
+            peak = f"[bold]{phase.peak_bytes / scale:,.2f}[/]" if name == algo.peak_phase else _fmt(phase.peak_bytes, scale)
+            rows = [(role, kinds) for role, kinds in phase.by_role.items() if sum(kinds.values())]
+            for i, (role, kinds) in enumerate(rows):
+                table.add_row(name if i == 0 else "", role, *(_fmt(kinds.get(k, 0), scale) for k in KINDS),
+                              peak if i == 0 else "", _fmt(phase.rise_bytes, scale) if i == 0 else "")
+            table.add_section()
+        console.print(table)
+        static = ", ".join(f"{role} {v['total'] / scale:,.2f}" for role, v in algo.static.items())
+        line = (f"process peak {algo.process_peak_bytes / scale:,.2f} {unit} in {algo.peak_phase}; "
+                f"static {unit} by role: {static}")
+        if card is not None:
+            v = verdict(algo, estimate.suite, card[0])
+            word = "[green]fits[/]" if v["fits"] else "[red]does not fit[/]"
+            line += (f"\n{card[1]} ({card[0]:g} GiB): {word}, needs {v['required_bytes'] / GIB:,.2f} GiB with "
+                     f"{DEVICE_OVERHEAD_GIB:g} GiB of device overhead, margin {v['margin_bytes'] / GIB:+,.2f} GiB "
+                     f"({v['margin_fraction']:+.0%})")
+        if headroom is not None:
+            h = headroom.get(algo.label, {})
+            found = h.get("note") or (f"largest {headroom_field} that fits: {h['value']}" if h.get("value")
+                                      else f"no {headroom_field} fits")
+            line += f"\n{found}" + (f" ({h['probes']} estimates)" if h.get("probes") else "")
+        console.print(line, highlight=False)
+    for note in estimate.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
