@@ -113,4 +113,4 @@ def estimate_command(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(as_json(estimate, card, found, args.headroom), indent=2))
     else:
         print_estimate(estimate, console, card, found, args.headroom)
-    return 0
+    return 1 if any(a.error for a in estimate.algorithms) else 0

@@ -130,7 +130,8 @@ def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[
 
         def fits(value: int, index: int = index) -> bool:
             changed = with_value(suite, name, value)
-            return verdict(estimate_one(changed, changed.algorithms[index]), changed, total_gib)["fits"]
+            estimate = estimate_one(changed, changed.algorithms[index])
+            return not estimate.error and verdict(estimate, changed, total_gib)["fits"]
 
         value, probes = largest_fitting(fits, getattr(suite.rollout, name), step)
         out[algo.label or algo.name] = {"value": value, "probes": probes, "step": step}

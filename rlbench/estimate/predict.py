@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from rlbench.config import AlgorithmConfig, Suite
-from rlbench.estimate.simulate import Trace, trace_run
+from rlbench.estimate.simulate import Trace, TraceFailed, trace_run
 from rlbench.estimate.trace import KINDS, Peak
 from rlbench.measure.summary import PHASE_ROLE
 
@@ -58,20 +58,21 @@ class AlgorithmEstimate:
     phases: dict[str, PhaseEstimate]
     traced_depths: tuple[int, ...]
     notes: list[str] = field(default_factory=list)
+    error: str | None = None  # rlbench's code failed while traced (a run would fail the same way)
 
     @property
-    def peak_phase(self) -> str:
-        return max(self.phases, key=lambda p: self.phases[p].peak_bytes)
+    def peak_phase(self) -> str | None:
+        return max(self.phases, key=lambda p: self.phases[p].peak_bytes) if self.phases else None
 
     @property
     def process_peak_bytes(self) -> int:
-        return self.phases[self.peak_phase].peak_bytes
+        return self.phases[self.peak_phase].peak_bytes if self.phases else 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.label, "algorithm": self.algorithm, "roles": list(self.roles), "static": self.static,
                 "phases": {name: p.as_dict() for name, p in self.phases.items()},
                 "process_peak_bytes": self.process_peak_bytes, "peak_phase": self.peak_phase,
-                "traced_depths": list(self.traced_depths), "notes": self.notes}
+                "traced_depths": list(self.traced_depths), "notes": self.notes, "error": self.error}
 
 
 def extrapolate(low: Peak, high: Peak, low_depth: int, high_depth: int, depth: int) -> Peak:
@@ -145,6 +146,9 @@ def estimate_algorithm(suite: Suite, algo: AlgorithmConfig, config: Any, prompt_
                        device: torch.device, exact: bool = False) -> AlgorithmEstimate:
     """Trace `algo` of `suite` on a model of `config` and predict each phase at the full depth."""
     depth = config.num_hidden_layers
-    traces = [trace_run(suite, algo, config, d, prompt_tokens, device, skip_decode=not exact)
-              for d in trace_depths(depth, exact)]
+    try:
+        traces = [trace_run(suite, algo, config, d, prompt_tokens, device, skip_decode=not exact)
+                  for d in trace_depths(depth, exact)]
+    except TraceFailed as failed:
+        return AlgorithmEstimate(algo.label or algo.name, algo.name, (), {}, {}, (), error=str(failed))
     return assemble(algo.label or algo.name, algo, traces, depth)

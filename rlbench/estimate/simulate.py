@@ -32,6 +32,7 @@ from typing import Any
 from unittest import mock
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import _disable_current_modes
 
 from rlbench.config import AlgorithmConfig, Suite
@@ -169,6 +170,15 @@ class TracedRun(Run):
             return super()._measure_load(role, load)
 
 
+class TraceFailed(Exception):
+    """rlbench's own code raised while traced: a real run of these settings fails the same way."""
+
+    def __init__(self, phase: str | None, error: BaseException) -> None:
+        self.phase, self.error = phase, error
+        where = f"in {phase}" if phase else "while loading"
+        super().__init__(f"{where}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+
+
 @dataclass
 class Trace:
     """What one traced run saw: each phase call's start and the peak of each of its regions, the
@@ -283,20 +293,27 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
         stack.enter_context(fast_decode(tracker, suite.rollout.max_new_tokens, skip_decode))
         stack.enter_context(tracker)
         needs_reward = _needs_reward_model(algo)
-        run = TracedRun(run_suite, algo, run_suite.seeds[0], Path(tmp), Path(tmp) if needs_reward else None,
-                        TracedProbe(tracker))
+        try:
+            run = TracedRun(run_suite, algo, run_suite.seeds[0], Path(tmp), Path(tmp) if needs_reward else None,
+                            TracedProbe(tracker))
+        except Exception as exc:  # noqa: BLE001 - reported as the algorithm's estimate failing
+            raise TraceFailed(None, exc) from exc
         run.schedule = fewer_passes(run.schedule)
         run.passes = run.schedule.passes
         _trace_advantages(run)
         for role, (model, _) in run.role_models().items():
+            assert all(isinstance(p, FakeTensor) for p in model.parameters()), f"{role}: a real weight was made"
             tracker.layer_map(model)
             if role in ("policy", "value"):
                 tracker.grads_as(model, role)
-        for _ in range(STEPS):
-            run.step()
-        problems = load_problems(run_suite.task, "eval", min(suite.eval.size, suite.eval.batch_size), 0)
-        with run.phase("eval"):
-            evaluate_suite(run.engine, run.tokenizer, problems, run_suite, run.seed)
+        try:
+            for _ in range(STEPS):
+                run.step()
+            problems = load_problems(run_suite.task, "eval", min(suite.eval.size, suite.eval.batch_size), 0)
+            with run.phase("eval"):
+                evaluate_suite(run.engine, run.tokenizer, problems, run_suite, run.seed)
+        except Exception as exc:  # noqa: BLE001 - reported as the algorithm's estimate failing
+            raise TraceFailed(tracker.failed_phase, exc) from exc
         end = tracker.live()
     return Trace(depth, tracker.starts, tracker.peaks, end, tuple(run.roles))
 

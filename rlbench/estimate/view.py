@@ -22,7 +22,7 @@ def as_json(estimate: SuiteEstimate, card: tuple[float, str] | None, headroom: d
     algorithms = []
     for algo in estimate.algorithms:
         entry = algo.as_dict()
-        if card is not None:
+        if card is not None and not algo.error:
             entry["fit"] = verdict(algo, estimate.suite, card[0])
         if headroom is not None:
             entry["headroom"] = {"field": headroom_field, **headroom.get(algo.label, {})}
@@ -53,6 +53,10 @@ def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float,
                   f"{s['max_new_tokens']} new tokens; eval batches of {s['eval_batch_size']}; traced on "
                   f"{s['traced_on']} kernels in {estimate.seconds:.1f} s", highlight=False, soft_wrap=True)
     for algo in estimate.algorithms:
+        if algo.error:
+            console.print(f"[red]{algo.label}: the traced run failed {algo.error}[/] (rlbench run fails the same way)",
+                          highlight=False, soft_wrap=True)
+            continue
         table = Table(title=f"{algo.label}: predicted peak of live tensors per phase ({unit})", title_justify="left")
         for col in ("phase", "role", *(KIND_HEADERS[k] for k in KINDS), "peak", "rise"):
             table.add_column(col, justify="left" if col in ("phase", "role") else "right")
