@@ -83,8 +83,9 @@ def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int |
     algorithms = [estimate_algorithm(suite, algo, model.config, prompt_tokens, traced_on, exact)
                   for algo in suite.algorithms]
     notes = []
-    if suite.rollout.engine == "vllm":
-        notes.append("engine vllm: traced with the hf engine's decoder in its place; vLLM also reserves "
-                     f"rollout.gpu_memory_utilization ({suite.rollout.gpu_memory_utilization}) of the card")
+    if suite.rollout.engine != "hf":
+        notes.append(f"engine {suite.rollout.engine}: generation happens in the engine, which reserves "
+                     f"rollout.gpu_memory_utilization ({suite.rollout.gpu_memory_utilization}) of the card for its "
+                     "weights and KV cache (added to the fit); the policy recomputes the old log-probs")
     return SuiteEstimate(suite, model, prompt_tokens, note, traced_on.type, algorithms,
                          time.perf_counter() - start, notes)

@@ -121,8 +121,9 @@ def assemble(label: str, algo: AlgorithmConfig, traces: list[Trace], depth: int)
         rise = max(0, peak.total - start.total)
         known = phases.get(phase)
         if known is None:
-            phases[phase] = PhaseEstimate(PHASE_ROLE.get(phase, "other"), 1, peak.total, rise, start.total,
-                                          by_role(peak.parts))
+            role = PHASE_ROLE.get(phase, "other")
+            phases[phase] = PhaseEstimate(role if role in traces[-1].roles else "other", 1, peak.total, rise,
+                                          start.total, by_role(peak.parts))
             continue
         known.calls += 1
         known.rise_bytes = max(known.rise_bytes, rise)

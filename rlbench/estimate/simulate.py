@@ -16,7 +16,7 @@ repeats), then the evaluation, under a `PhaseTracker`. What is replaced, and onl
   already there (1 pass when there are several minibatches, else 2): memory repeats from there.
 
 The task is swapped for a small synthetic one (prompt text does not matter to the tokenizer
-stand-in), and a vLLM engine for the `hf` one.
+stand-in), and a vLLM engine for `SeparateEngine`, which holds what vLLM reserves outside the trace.
 """
 
 from __future__ import annotations
@@ -145,6 +145,38 @@ def _cache_tensors(decoder: Any) -> Iterator[torch.Tensor]:
                 yield t
 
 
+class SeparateEngine:
+    """Stands in for an engine that holds its own weights and KV cache (vLLM): its memory is its
+    reservation (`rollout.gpu_memory_utilization` of the card, added by `rlbench.estimate.fit`),
+    not the policy's; it returns worst-case rollouts without running the policy, and the loop then
+    recomputes the old log-probs with the policy (`has_own_weights`), as it does with vLLM."""
+
+    name = "separate"
+    has_own_weights = True
+
+    def __init__(self, tokenizer: WorstCaseTokenizer, device: torch.device) -> None:
+        self.tokenizer, self.device = tokenizer, device
+
+    def generate(self, prompt_ids: list[list[int]], n: int, params: Any, seed: int | None = None) -> Any:
+        from rlbench.models.batching import left_pad
+        from rlbench.rollout import Rollout
+
+        ids, mask = left_pad([p for p in prompt_ids for _ in range(n)], self.tokenizer.pad_token_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        rows, width = ids.shape[0], params.max_new_tokens
+        tokens = torch.full((rows, width), self.tokenizer.worst_token, dtype=torch.long, device=self.device)
+        completion_mask = torch.ones(rows, width, dtype=torch.bool, device=self.device).float()  # real, as masks are
+        return Rollout(torch.cat([ids, tokens], dim=1), torch.cat([mask, completion_mask.long()], dim=1), ids.shape[1],
+                       tokens, completion_mask, torch.zeros(rows, width, device=self.device), [""] * rows,
+                       torch.ones(rows, dtype=torch.bool, device=self.device))
+
+    def sync_weights(self, policy: Any) -> None:
+        pass
+
+    def memory_bytes(self) -> dict[str, int]:
+        return {}
+
+
 class TracedProbe:
     """The probe `Run` measures its phases with, here marking the tracker's phases."""
 
@@ -152,13 +184,15 @@ class TracedProbe:
 
     def __init__(self, tracker: PhaseTracker) -> None:
         self.tracker = tracker
+        self.roles: tuple[str, ...] = ()  # the run's roles: a phase of a role it does not hold is "other"
 
     def snapshot(self) -> dict[str, int]:
         return {self.name: self.tracker.live().total}
 
     @contextmanager
     def phase(self, name: str) -> Iterator[dict]:
-        with self.tracker.phase(name, PHASE_ROLE.get(name, "other")):
+        role = PHASE_ROLE.get(name, "other")
+        with self.tracker.phase(name, role if role in self.roles else "other"):
             yield {}
 
 
@@ -298,6 +332,9 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
                             TracedProbe(tracker))
         except Exception as exc:  # noqa: BLE001 - reported as the algorithm's estimate failing
             raise TraceFailed(None, exc) from exc
+        run.probe.roles = tuple(run.roles)
+        if suite.rollout.engine != "hf":  # vllm: its own weights and cache, outside the policy's phases
+            run.engine = SeparateEngine(tokenizer, device)
         run.schedule = fewer_passes(run.schedule)
         run.passes = run.schedule.passes
         _trace_advantages(run)

@@ -75,8 +75,11 @@ def _tensors(values: tuple | list) -> list[torch.Tensor]:
     return out
 
 
+_LABELS = {(r, k): Label(f"{r}/{k}") for r in ROLES for k in KINDS}
+
+
 def label(role: str, kind: str) -> Any:
-    return Label(f"{role}/{kind}")
+    return _LABELS[role, kind]
 
 
 @dataclass

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlbench.estimate import SuiteEstimate
-from rlbench.estimate.trace import KINDS
+from rlbench.estimate.trace import KINDS, ROLES
 
 GIB, MIB = 2**30, 2**20
 KIND_HEADERS = {"weights": "weights", "gradients": "grads", "optimizer": "optim", "activations": "activ",
@@ -33,7 +33,7 @@ def as_json(estimate: SuiteEstimate, card: tuple[float, str] | None, headroom: d
 
 
 def _fmt(value: int, scale: int) -> str:
-    return "" if not value else f"{value / scale:,.2f}"
+    return "" if value < scale / 200 else f"{value / scale:,.2f}"  # blank rather than 0.00
 
 
 def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float, str] | None,
@@ -54,15 +54,16 @@ def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float,
                   f"{s['traced_on']} kernels in {estimate.seconds:.1f} s", highlight=False, soft_wrap=True)
     for algo in estimate.algorithms:
         if algo.error:
-            console.print(f"[red]{algo.label}: the traced run failed {algo.error}[/] (rlbench run fails the same way)",
-                          highlight=False, soft_wrap=True)
+            console.print(f"[red]{algo.label}: rlbench's code raised {algo.error}[/] while traced (a run with these "
+                          "settings is likely to fail the same way)", highlight=False, soft_wrap=True)
             continue
         table = Table(title=f"{algo.label}: predicted peak of live tensors per phase ({unit})", title_justify="left")
         for col in ("phase", "role", *(KIND_HEADERS[k] for k in KINDS), "peak", "rise"):
             table.add_column(col, justify="left" if col in ("phase", "role") else "right")
         for name, phase in algo.phases.items():
             peak = f"[bold]{phase.peak_bytes / scale:,.2f}[/]" if name == algo.peak_phase else _fmt(phase.peak_bytes, scale)
-            rows = [(role, kinds) for role, kinds in phase.by_role.items() if sum(kinds.values())]
+            rows = [(role, phase.by_role[role]) for role in ROLES if role in phase.by_role
+                    and sum(phase.by_role[role].values()) >= scale / 200]  # what shows as 0.00 is left out
             for i, (role, kinds) in enumerate(rows):
                 table.add_row(name if i == 0 else "", role, *(_fmt(kinds.get(k, 0), scale) for k in KINDS),
                               peak if i == 0 else "", _fmt(phase.rise_bytes, scale) if i == 0 else "")
@@ -74,7 +75,8 @@ def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float,
         if card is not None:
             v = verdict(algo, estimate.suite, card[0])
             word = "[green]fits[/]" if v["fits"] else "[red]does not fit[/]"
-            line += (f"\n{card[1]} ({card[0]:g} GiB): {word}, needs {v['required_bytes'] / GIB:,.2f} GiB with "
+            name = f"a {card[1]} card" if card[1].endswith(" GiB") else f"{card[1]} ({card[0]:g} GiB)"
+            line += (f"\n{name}: {word}, needs {v['required_bytes'] / GIB:,.2f} GiB with "
                      f"{DEVICE_OVERHEAD_GIB:g} GiB of device overhead, margin {v['margin_bytes'] / GIB:+,.2f} GiB "
                      f"({v['margin_fraction']:+.0%})")
         if headroom is not None:
