@@ -34,19 +34,21 @@ PHASE_ORDER = ("generate", "old_logprobs", "score", "ref_logprobs", "values", "a
 @dataclass
 class PhaseEstimate:
     """One phase: its role, the highest live bytes in any of its calls (`peak_bytes`), the largest
-    rise above a call's start (`rise_bytes`, what the cpu and torch_cuda probes report as the
-    transient), and what was alive at the peak, by role and kind."""
+    rise above a call's start (`rise_bytes`), the largest such rise net of the static state the call
+    created and left (`transient_bytes`: the first update makes the gradients and AdamW state), and
+    what was alive at the peak, by role and kind."""
 
     role: str
     calls: int
     peak_bytes: int
     rise_bytes: int
+    transient_bytes: int
     start_bytes: int
     by_role: dict[str, dict[str, int]]
 
     def as_dict(self) -> dict[str, Any]:
         return {"role": self.role, "calls": self.calls, "peak_bytes": self.peak_bytes, "rise_bytes": self.rise_bytes,
-                "start_bytes": self.start_bytes, "by_role": self.by_role}
+                "transient_bytes": self.transient_bytes, "start_bytes": self.start_bytes, "by_role": self.by_role}
 
 
 @dataclass
@@ -89,16 +91,20 @@ def extrapolate(low: Peak, high: Peak, low_depth: int, high_depth: int, depth: i
     return Peak(sum(parts.values()), parts)
 
 
-def combine(traces: list[Trace], depth: int) -> tuple[dict[tuple, Peak], dict[tuple[str, int], Peak], Peak]:
-    """Region peaks, phase-call starts and the end state at `depth`, from one or two traces."""
+def combine(traces: list[Trace], depth: int) -> tuple[dict, dict, dict, Peak]:
+    """Region peaks, phase-call starts and ends, and the end state at `depth`, from one or two traces."""
     low, high = traces[0], traces[-1]
 
     def line(a: dict, b: dict) -> dict:
         keys = set(a) | set(b)
         return {k: extrapolate(a.get(k, b.get(k)), b.get(k, a.get(k)), low.depth, high.depth, depth) for k in keys}
 
-    return line(low.peaks, high.peaks), line(low.starts, high.starts), extrapolate(low.end, high.end, low.depth,
-                                                                                   high.depth, depth)
+    return (line(low.peaks, high.peaks), line(low.starts, high.starts), line(low.ends, high.ends),
+            extrapolate(low.end, high.end, low.depth, high.depth, depth))
+
+
+def static_total(peak: Peak) -> int:
+    return sum(v for k, v in peak.parts.items() if k.split("/")[1] in STATIC_KINDS)
 
 
 def by_role(parts: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -110,7 +116,7 @@ def by_role(parts: dict[str, int]) -> dict[str, dict[str, int]]:
 
 
 def assemble(label: str, algo: AlgorithmConfig, traces: list[Trace], depth: int) -> AlgorithmEstimate:
-    peaks, starts, end = combine(traces, depth)
+    peaks, starts, ends, end = combine(traces, depth)
     per_call: dict[tuple[str, int], Peak] = {}
     for (phase, call, *_), peak in peaks.items():
         if peak.total > per_call.get((phase, call), Peak()).total:
@@ -119,14 +125,16 @@ def assemble(label: str, algo: AlgorithmConfig, traces: list[Trace], depth: int)
     for (phase, call), peak in sorted(per_call.items()):
         start = starts[(phase, call)]
         rise = max(0, peak.total - start.total)
+        created = max(0, static_total(ends[(phase, call)]) - static_total(start))
         known = phases.get(phase)
         if known is None:
             role = PHASE_ROLE.get(phase, "other")
             phases[phase] = PhaseEstimate(role if role in traces[-1].roles else "other", 1, peak.total, rise,
-                                          start.total, by_role(peak.parts))
+                                          max(0, rise - created), start.total, by_role(peak.parts))
             continue
         known.calls += 1
         known.rise_bytes = max(known.rise_bytes, rise)
+        known.transient_bytes = max(known.transient_bytes, rise - created)
         if peak.total > known.peak_bytes:
             known.peak_bytes, known.start_bytes, known.by_role = peak.total, start.total, by_role(peak.parts)
     ordered = {p: phases[p] for p in sorted(phases, key=lambda p: (PHASE_ORDER + (p,)).index(p))}

@@ -220,6 +220,7 @@ class Trace:
 
     depth: int
     starts: dict[tuple[str, int], Peak]
+    ends: dict[tuple[str, int], Peak]
     peaks: dict[tuple, Peak]
     end: Peak
     roles: tuple[str, ...]
@@ -352,7 +353,7 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
         except Exception as exc:  # noqa: BLE001 - reported as the algorithm's estimate failing
             raise TraceFailed(tracker.failed_phase, exc) from exc
         end = tracker.live()
-    return Trace(depth, tracker.starts, tracker.peaks, end, tuple(run.roles))
+    return Trace(depth, tracker.starts, tracker.ends, tracker.peaks, end, tuple(run.roles))
 
 
 def _needs_reward_model(algo: AlgorithmConfig) -> bool:

@@ -55,7 +55,8 @@ KINDS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache
 Label = _RefType("Label", {f"{r}/{k}": f"{r}/{k}" for r in ROLES for k in KINDS})
 TOTAL = "Total"
 REAL_LIMIT = 64 * 2**20  # integer/boolean results above this stay fake
-SAMPLING_OPS = (torch.ops.aten.multinomial.default, torch.ops.aten.argmax.default)
+SAMPLING_OPS = (torch.ops.aten.multinomial.default, torch.ops.aten.argmax.default,
+                torch.ops.aten.searchsorted.Tensor)  # a token drawn from fake probabilities (inverse CDF too)
 # Scratch memory a kernel allocates and frees inside one operator call, which no operator's output
 # shows: ATen's logsumexp computes (x - max).exp_() into a tensor the size of its input (CPU and
 # CUDA alike). Measured at the 0.5B shape, the reference log-probs' peak is the packed logits, their
@@ -113,7 +114,8 @@ class PhaseTracker(MemTracker):
         self.phase_role = "other"
         self.loading_role: str | None = None
         self.calls: dict[str, int] = defaultdict(int)
-        self.starts: dict[tuple[str, int], Peak] = {}
+        self.starts: dict[tuple[str, int], Peak] = {}  # live bytes when each phase call began, and ended
+        self.ends: dict[tuple[str, int], Peak] = {}
         self.peaks: dict[tuple, Peak] = {}
         self._pass = self._pass_base = 0
         self._pass_kind = "forward"
@@ -156,6 +158,7 @@ class PhaseTracker(MemTracker):
             self.failed_phase = self.failed_phase or name
             raise
         finally:
+            self.ends[key] = self.live()
             self.phase_name, self.phase_role = None, "other"
             self._new_pass("forward")
 

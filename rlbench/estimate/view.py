@@ -58,7 +58,7 @@ def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float,
                           "settings is likely to fail the same way)", highlight=False, soft_wrap=True)
             continue
         table = Table(title=f"{algo.label}: predicted peak of live tensors per phase ({unit})", title_justify="left")
-        for col in ("phase", "role", *(KIND_HEADERS[k] for k in KINDS), "peak", "rise"):
+        for col in ("phase", "role", *(KIND_HEADERS[k] for k in KINDS), "peak", "transient"):
             table.add_column(col, justify="left" if col in ("phase", "role") else "right")
         for name, phase in algo.phases.items():
             peak = f"[bold]{phase.peak_bytes / scale:,.2f}[/]" if name == algo.peak_phase else _fmt(phase.peak_bytes, scale)
@@ -66,7 +66,7 @@ def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float,
                     and sum(phase.by_role[role].values()) >= scale / 200]  # what shows as 0.00 is left out
             for i, (role, kinds) in enumerate(rows):
                 table.add_row(name if i == 0 else "", role, *(_fmt(kinds.get(k, 0), scale) for k in KINDS),
-                              peak if i == 0 else "", _fmt(phase.rise_bytes, scale) if i == 0 else "")
+                              peak if i == 0 else "", _fmt(phase.transient_bytes, scale) if i == 0 else "")
             table.add_section()
         console.print(table)
         static = ", ".join(f"{role} {v['total'] / scale:,.2f}" for role, v in algo.static.items())
@@ -85,5 +85,7 @@ def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float,
                                       else f"no {headroom_field} fits")
             line += f"\n{found}" + (f" ({h['probes']} estimates)" if h.get("probes") else "")
         console.print(line, highlight=False)
+    console.print("peak: live tensors at the phase's highest point, by role and kind; transient: how far it rose "
+                  "above the phase's start, less the gradients and optimizer state it created (static)", highlight=False)
     for note in estimate.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
