@@ -56,8 +56,9 @@ def suite_overrides(model: str, device: str, extra: list[str]) -> list[str]:
     from rlbench.config import ModelConfig
 
     overrides = [*OVERRIDES, f"model.name={model}", f"probe={'auto' if device == 'cuda' else 'cpu'}"]
-    if "precision" in {f.name for f in dataclasses.fields(ModelConfig)}:
-        overrides.append("model.precision=bf16-mixed")
+    dtypes = [o.split("=", 1)[1] for o in extra if o.startswith("model.dtype=")]
+    if "precision" in {f.name for f in dataclasses.fields(ModelConfig)} and dtypes[-1:] in ([], ["bfloat16"]):
+        overrides.append("model.precision=bf16-mixed")  # where this rlbench has it, and the dtype is bf16
     return overrides + list(extra)
 
 
