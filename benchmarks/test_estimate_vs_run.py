@@ -1,7 +1,10 @@
 """`rlbench estimate` against `rlbench run`: predicted vs measured, phase by phase and role by role.
 
-    python benchmarks/test_estimate_vs_run.py SUITE [--set KEY=VALUE ...] [--probe cpu] [--json OUT]
-    python benchmarks/test_estimate_vs_run.py SUITE --report results/.../report.json   # compare a finished run
+    python benchmarks/test_estimate_vs_run.py [SUITE] [--model NAME] [--set KEY=VALUE ...] [--json OUT]
+    python benchmarks/test_estimate_vs_run.py [SUITE] [--set ...] --report OUT.json   # again, from the saved run
+
+Without a SUITE, `REALSHAPE` below: GRPO-Zero, 2 steps of 8 completions x 32 new tokens, fp32, the
+cpu probe; `--model shape:qwen2.5-0.5b` runs it at the 0.5B shape.
 
 Runs the suite (each run in its worker, as always), estimates the same suite on fake tensors with
 the prompts the run really drew (the estimate's default is the task's longest prompt; here the
@@ -37,10 +40,6 @@ task: {name: synthetic, train_size: 64}
 algorithms:
   - name: grpo_zero
     params: {beta: 0.04}
-  - name: ppo
-    label: ppo_rules
-    reward: rules
-    params: {ppo_epochs: 1, num_minibatches: 2, value_init: policy}
 budget: {steps: 2}
 rollout: {engine: hf, completions_per_step: 8, group_size: 4, max_new_tokens: 32}
 eval: {size: 8, batch_size: 8}
@@ -94,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", nargs="?", help="suite YAML (default: the realshape comparison suite)")
+    parser.add_argument("--model", help="model.name to run and estimate (e.g. shape:qwen2.5-0.5b)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--probe", default="cpu")
     parser.add_argument("--report", help="compare this report.json (or an earlier --json file) instead of running")
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(suite).write_text(REALSHAPE)
         report = json.loads(Path(args.report).read_text()) if args.report else None
         report = report.get("report", report) if report else None  # a --json file of an earlier comparison
-        rows, estimate, report = compare_suite(suite, args.overrides, args.probe, report)
+        overrides = ([f"model.name={args.model}"] if args.model else []) + args.overrides
+        rows, estimate, report = compare_suite(suite, overrides, args.probe, report)
     console = Console(width=150)
     print_rows(rows, console, f"predicted vs measured ({args.probe} probe); dim: phases under 100 MiB")
     static_ok = all(r["predicted_bytes"] == r["measured_bytes"] for r in rows if r["what"] == "static")
