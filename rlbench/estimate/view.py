@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlbench.estimate import SuiteEstimate
+from rlbench.estimate.predict import STATIC_KINDS
 from rlbench.estimate.trace import KINDS, ROLES
 
 GIB, MIB = 2**30, 2**20
@@ -36,6 +37,18 @@ def _fmt(value: int, scale: int) -> str:
     return "" if value < scale / 200 else f"{value / scale:,.2f}"  # blank rather than 0.00
 
 
+def _phase_rows(by_role: dict[str, dict[str, int]], scale: int) -> list[tuple[str, dict[str, int]]]:
+    """The rows of one phase: every role's static state summed in one row, then each role whose
+    activations, logits or KV cache show (the JSON keeps every role's every kind)."""
+    static = {k: sum(kinds.get(k, 0) for kinds in by_role.values()) for k in STATIC_KINDS}
+    rows = [("static (all roles)", static)]
+    for role in ROLES:
+        transient = {k: v for k, v in by_role.get(role, {}).items() if k not in STATIC_KINDS}
+        if sum(transient.values()) >= scale / 200:  # what would show as 0.00 is left out
+            rows.append((role, transient))
+    return rows
+
+
 def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float, str] | None,
                    headroom: dict[str, Any] | None, headroom_field: str | None) -> None:
     from rlbench.estimate.fit import DEVICE_OVERHEAD_GIB, verdict
@@ -62,14 +75,13 @@ def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float,
             table.add_column(col, justify="left" if col in ("phase", "role") else "right")
         for name, phase in algo.phases.items():
             peak = f"[bold]{phase.peak_bytes / scale:,.2f}[/]" if name == algo.peak_phase else _fmt(phase.peak_bytes, scale)
-            rows = [(role, phase.by_role[role]) for role in ROLES if role in phase.by_role
-                    and sum(phase.by_role[role].values()) >= scale / 200]  # what shows as 0.00 is left out
+            rows = _phase_rows(phase.by_role, scale)
             for i, (role, kinds) in enumerate(rows):
                 table.add_row(name if i == 0 else "", role, *(_fmt(kinds.get(k, 0), scale) for k in KINDS),
                               peak if i == 0 else "", _fmt(phase.transient_bytes, scale) if i == 0 else "")
             table.add_section()
         console.print(table)
-        static = ", ".join(f"{role} {v['total'] / scale:,.2f}" for role, v in algo.static.items())
+        static = ", ".join(f"{role} {algo.static[role]['total'] / scale:,.2f}" for role in ROLES if role in algo.static)
         line = (f"process peak {algo.process_peak_bytes / scale:,.2f} {unit} in {algo.peak_phase}; "
                 f"static {unit} by role: {static}")
         if card is not None:
@@ -85,7 +97,8 @@ def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float,
                                       else f"no {headroom_field} fits")
             line += f"\n{found}" + (f" ({h['probes']} estimates)" if h.get("probes") else "")
         console.print(line, highlight=False)
-    console.print("peak: live tensors at the phase's highest point, by role and kind; transient: how far it rose "
-                  "above the phase's start, less the gradients and optimizer state it created (static)", highlight=False)
+    console.print("peak: live tensors at the phase's highest point (static state of every role, then what each role's "
+                  "phase work holds); transient: how far the phase rose above its start, less the gradients and "
+                  "optimizer state it created (static from then on)", highlight=False, soft_wrap=True)
     for note in estimate.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
