@@ -100,6 +100,8 @@ def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSource:
                 raise UserError(f"model.name: {path} has no config.json")
             config = config_from_dict(_read_json(path / "config.json"))
             tokenizer = _local_tokenizer(path, trust_remote_code)
+        elif name.endswith(".json") or name.startswith((".", "/", "~")):
+            raise UserError(f"model.name: no such file or directory: {name}")
         else:
             config, tokenizer = _cached_hub_config(name, trust_remote_code), None
     architecture, parameters = _count(config)
