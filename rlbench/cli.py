@@ -6,7 +6,7 @@
     rlbench compare A.json B.json                       side-by-side tables with deltas
     rlbench check NEW.json --baseline BASE.json         CI gate: exit 1 on regression
     rlbench report REPORT.json                          re-print tables, re-render plots and summary.md
-    rlbench estimate --model NAME --algos ppo,grpo      static memory per role: will it fit?
+    rlbench estimate SUITE [--gpu h100]                 each phase's peak per role on fake tensors: will it fit?
     rlbench export REPORT.json --to tensorboard         per-step metrics for TensorBoard or W&B
 
 Errors a user can cause print one line each and exit 2, never a traceback.
@@ -147,17 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("report", help="report.json")
 
     estimate = _command(
-        sub, "estimate", "static memory per role for a model and algorithms: will it fit?",
-        "Count the model's parameters from its config (on the meta device: no weights loaded) and\n"
-        "give each role's static bytes as `rlbench run` reports them: weights for every role, plus\n"
-        "gradients and AdamW's two moments for the trained roles (policy, value). Activations, logits,\n"
-        "the KV cache and allocator slack come on top: a floor, not the peak.",
-        ["rlbench estimate --model Qwen/Qwen2.5-1.5B-Instruct --algos ppo,grpo,grpo_zero --gpu-gib 80",
-         "rlbench estimate --model ./my-model-dir --dtype float32"])
-    estimate.add_argument("--model", default="embedded", help="'embedded', a local directory or a cached hub name")
-    estimate.add_argument("--algos", default="ppo,grpo,grpo_zero", help="comma-separated algorithms")
-    estimate.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
-    estimate.add_argument("--gpu-gib", type=float, default=None, help="compare against this much GPU memory")
+        sub, "estimate", "each phase's peak memory per role and kind, on fake tensors: will it fit?",
+        "Run each algorithm's real loop (loading, generation, scoring, log-probs, values, the update\n"
+        "with AdamW) on fake tensors under PyTorch's MemTracker: no weight is loaded, nothing is\n"
+        "downloaded. Every phase's predicted peak by role and kind (weights, gradients, optimizer\n"
+        "state, activations, logits, KV cache), worst case: every completion runs to max_new_tokens.",
+        ["rlbench estimate suites/gpu-memory.yaml --set model.name=shape:qwen2.5-0.5b --gpu h100",
+         "rlbench estimate --model shape:qwen2.5-7b --algos grpo_zero --gpu-gib 80 --headroom completions_per_step",
+         "rlbench estimate suites/quickstart.yaml --json"])
+    from rlbench.estimate.command import add_arguments
+
+    add_arguments(estimate)
 
     export = _command(
         sub, "export", "write a finished report's metrics for TensorBoard or Weights & Biases",
@@ -234,9 +234,9 @@ def dispatch(args: argparse.Namespace, console: Console) -> int:
 
         return report_command(args.report, console)
     if args.command == "estimate":
-        from rlbench.estimate import estimate_command
+        from rlbench.estimate.command import estimate_command
 
-        return estimate_command(args.model, args.algos.split(","), args.dtype, args.gpu_gib, console)
+        return estimate_command(args, console)
     if args.command == "export":
         from rlbench.report.export import export_command
 

@@ -1,0 +1,91 @@
+"""`rlbench estimate`: each phase's peak memory, per role and kind, predicted on fake tensors.
+
+    rlbench estimate suites/gpu-memory.yaml --set model.name=shape:qwen2.5-0.5b --gpu h100
+    rlbench estimate --model shape:qwen2.5-7b --algos grpo_zero --gpu-gib 80 --headroom completions_per_step
+
+For every algorithm of a suite, rlbench's own run (`rlbench.train.Run`: loading, the decode loop,
+the packed log-prob forward, scalar heads, AdamW, the update schedule) is executed on fake tensors
+under PyTorch's MemTracker: shapes, dtypes and storages are real, nothing is allocated, no weight
+is loaded or downloaded. Live bytes are counted per phase (generate, score, ref_logprobs, values,
+advantages, update, value_update, eval), labelled by role and kind (weights, gradients, optimizer
+state, activations, logits, KV cache). Worst case throughout: every prompt as long as the task's
+longest, every completion runs to max_new_tokens. Because it runs the code rather than a formula,
+the estimate follows the code: LoRA (the reference is the policy with adapters off: 0 bytes),
+`beta: 0` (no reference), gradient checkpointing, precision and micro-batches come from the same
+paths a run takes.
+
+Modules: `trace` (the tracker: fake/real execution, labels, region peaks), `simulate` (one run on
+fake tensors), `predict` (depth extrapolation, per-phase figures), `source` (configs and prompt
+lengths), `fit` (cards, fits / does not fit, the largest value that fits), `view` (tables, JSON),
+`command` (the CLI).
+
+What it does not see: memory that is not a tensor (the CUDA context, allocator fragmentation,
+library code; `fit.DEVICE_OVERHEAD_GIB` stands for the first two on a GPU), and a vLLM engine's
+own reservation beyond `rollout.gpu_memory_utilization` of the card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlbench.config import Suite
+
+__all__ = ["SuiteEstimate", "estimate_suite"]
+
+
+@dataclass
+class SuiteEstimate:
+    """Every algorithm's estimate, and what they were made for."""
+
+    suite: Suite
+    model: Any  # source.ModelSource
+    prompt_tokens: int
+    prompt_note: str
+    device: str
+    algorithms: list[Any]  # predict.AlgorithmEstimate
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def settings(self) -> dict[str, Any]:
+        s = self.suite
+        return {
+            "model": s.model.name, "architecture": self.model.architecture, "parameters": self.model.parameters,
+            "layers": self.model.config.num_hidden_layers, "vocab_size": self.model.config.vocab_size,
+            "dtype": s.model.dtype, "precision": getattr(s.model, "precision", None),
+            "lora": s.model.lora is not None, "gradient_checkpointing": s.model.gradient_checkpointing,
+            "completions_per_step": s.rollout.completions_per_step, "group_size": s.rollout.group_size,
+            "prompt_tokens": self.prompt_tokens, "prompt_tokens_from": self.prompt_note,
+            "max_new_tokens": s.rollout.max_new_tokens, "engine": s.rollout.engine,
+            "eval_batch_size": min(s.eval.size, s.eval.batch_size), "traced_on": self.device,
+        }
+
+
+def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int | None = None,
+                   exact: bool = False, model: Any = None) -> SuiteEstimate:
+    """Predict every algorithm of `suite` (see the module docstring). `model` reuses a resolved
+    `source.ModelSource` (the headroom search estimates one model many times)."""
+    import time
+
+    import torch
+
+    from rlbench.device import default_device
+    from rlbench.estimate.predict import estimate_algorithm
+    from rlbench.estimate.source import longest_prompt, resolve_model
+
+    start = time.perf_counter()
+    model = model or resolve_model(suite.model.name, suite.model.trust_remote_code)
+    if prompt_tokens is None:
+        prompt_tokens, note = longest_prompt(suite, model.tokenizer)
+    else:
+        note = "given"
+    traced_on = torch.device(device) if device else default_device()
+    algorithms = [estimate_algorithm(suite, algo, model.config, prompt_tokens, traced_on, exact)
+                  for algo in suite.algorithms]
+    notes = []
+    if suite.rollout.engine != "hf":
+        notes.append(f"engine {suite.rollout.engine}: generation happens in the engine, which reserves "
+                     f"rollout.gpu_memory_utilization ({suite.rollout.gpu_memory_utilization}) of the card for its "
+                     "weights and KV cache (added to the fit); the policy recomputes the old log-probs")
+    return SuiteEstimate(suite, model, prompt_tokens, note, traced_on.type, algorithms,
+                         time.perf_counter() - start, notes)

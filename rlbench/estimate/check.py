@@ -1,0 +1,122 @@
+"""Predicted against measured: an estimate's figures next to what `rlbench run` reported.
+
+For each run of a report and the estimate of the same algorithm (matched by label), one row per
+role for its static bytes (weights, gradients, optimizer state and buffers, which must agree
+exactly) and, for every phase the report attributes to a role, two rows:
+
+- `rise`: the phase's peak above its own start, the transient every probe reports (`rise_bytes`:
+  the largest over the phase's calls; net of the gradients and optimizer state the call created
+  where this checkout's runs report it so);
+- `peak`: the phase's peak above the worker's baseline (the probe's reading before any model was
+  loaded); for torch_cuda the allocator's absolute figure, which counts tensors only, as the
+  estimate does.
+
+    rows = compare(estimate_json, report_json, probe="cpu")
+    print_rows(rows, console)
+
+`run_prompt_tokens(suite)` gives the prompt width the run really drew, to estimate on the same
+shapes (the estimate's default is the task's longest prompt).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+MIB = 2**20
+CHECKED_ABOVE = 100 * MIB  # phases holding less are reported, not held to the tolerance
+
+
+def _rise_field() -> str:
+    """Which predicted rise matches the reports of this checkout: runs that record a phase's rise net
+    of the static state it created (`PhaseStats.add(..., static_created)`) compare with the
+    estimate's `transient_bytes`, the others with its `rise_bytes`."""
+    import inspect
+
+    from rlbench.train import PhaseStats
+
+    return "transient_bytes" if "static_created" in inspect.signature(PhaseStats.add).parameters else "rise_bytes"
+
+
+RISE = _rise_field()
+
+
+def run_prompt_tokens(suite: Any) -> int:
+    """The widest step's prompt width in a run of `suite` (problems, order and steps drawn as
+    `rlbench.train.Run` draws them), to estimate with the prompts a run really saw."""
+    import torch
+
+    from rlbench.catalog import load_problems
+    from rlbench.estimate.source import resolve_model
+    from rlbench.tasks import encode_prompts, truncate_prompts
+    from rlbench.train import make_algorithm
+
+    tokenizer = resolve_model(suite.model.name).tokenizer
+    seed = suite.seeds[0]
+    problems = load_problems(suite.task, "train", suite.task.train_size, seed)
+    order = torch.randperm(len(problems), generator=torch.Generator().manual_seed(seed)).tolist()
+    widest = 0
+    for algo in suite.algorithms:
+        per_step = suite.rollout.completions_per_step // make_algorithm(algo).group_size(suite.rollout.group_size)
+        steps = suite.budget.steps or 1
+        drawn = [problems[order[i % len(order)]] for i in range(per_step * steps)]
+        for s in range(steps):
+            prompts, _ = truncate_prompts(encode_prompts(tokenizer, drawn[s * per_step:(s + 1) * per_step]),
+                                          suite.model.max_prompt_tokens)
+            widest = max(widest, max(len(p) for p in prompts))
+    return widest
+
+
+def _error(predicted: int, measured: int) -> float | None:
+    return None if not measured else (predicted - measured) / measured
+
+
+def compare(estimate: dict[str, Any], report: dict[str, Any], probe: str) -> list[dict[str, Any]]:
+    """Rows of predicted vs measured for every run of `report` whose label the estimate has."""
+    algorithms = {a["label"]: a for a in estimate["algorithms"]}
+    rows: list[dict[str, Any]] = []
+    for run in report["runs"]:
+        algo = algorithms.get(run.get("label") or run.get("algorithm"))
+        if algo is None or run.get("status") != "ok":
+            continue
+        base = 0 if probe == "torch_cuda" else (run.get("baseline_bytes") or {}).get(probe, 0)
+        for role, entry in run["roles"].items():
+            if role not in algo["static"]:
+                continue
+            rows.append(_row(algo["label"], "static", "", role, algo["static"][role]["total"],
+                             entry["static"]["total"]))
+            for phase, measured in entry["phases"].items():
+                predicted = algo["phases"].get(phase)
+                if predicted is None or probe not in measured["rise_bytes"]:
+                    continue
+                rows.append(_row(algo["label"], "rise", phase, role, predicted[RISE], measured["rise_bytes"][probe]))
+                rows.append(_row(algo["label"], "peak", phase, role, predicted["peak_bytes"],
+                                 measured["peak_bytes"][probe] - base))
+    return rows
+
+
+def _row(label: str, what: str, phase: str, role: str, predicted: int, measured: int) -> dict[str, Any]:
+    return {"algorithm": label, "what": what, "phase": phase, "role": role, "predicted_bytes": int(predicted),
+            "measured_bytes": int(measured), "error": _error(predicted, measured),
+            "checked": what == "static" or max(predicted, measured) > CHECKED_ABOVE}
+
+
+def worst_error(rows: list[dict[str, Any]], what: str = "rise") -> float:
+    """The largest |error| among checked rows of one kind (0 when there are none)."""
+    errors = [abs(r["error"]) for r in rows if r["what"] == what and r["checked"] and r["error"] is not None]
+    return max(errors, default=0.0)
+
+
+def print_rows(rows: list[dict[str, Any]], console: Console, title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for col in ("algorithm", "phase", "role", "figure", "predicted MiB", "measured MiB", "error"):
+        table.add_column(col, justify="left" if col in ("algorithm", "phase", "role", "figure") else "right")
+    for r in rows:
+        error = "" if r["error"] is None else f"{r['error']:+.1%}"
+        if not r["checked"]:
+            error = f"[dim]{error}[/]"
+        table.add_row(r["algorithm"], r["phase"], r["role"], r["what"], f"{r['predicted_bytes'] / MIB:,.1f}",
+                      f"{r['measured_bytes'] / MIB:,.1f}", error)
+    console.print(table)

@@ -1,0 +1,116 @@
+"""`rlbench estimate`: from the command line's arguments to a suite, an estimate and its views."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from rlbench.config import DTYPES, Suite, load_suite
+from rlbench.errors import UserError
+
+DEFAULT_ALGOS = "ppo,grpo,grpo_zero"
+DEVICES = ("cpu", "cuda")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", nargs="?", help="suite YAML file; without one, --model/--algos on the schema's defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a suite field, e.g. rollout.max_new_tokens=512 (repeatable)")
+    parser.add_argument("--model", help="model.name: 'embedded', shape:<name>, a config.json or a directory with one, "
+                                        "or a hub name in the local cache (default: the suite's, else embedded)")
+    parser.add_argument("--algos", help=f"comma-separated algorithms (or labels of the suite's); default {DEFAULT_ALGOS}")
+    parser.add_argument("--dtype", help=f"model.dtype: {', '.join(DTYPES)} (default: the suite's, else bfloat16)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    parser.add_argument("--gpu-gib", type=float, metavar="N", help="answer fits / does not fit on a card of N GiB")
+    parser.add_argument("--gpu", metavar="NAME", help="the same for a known card: rtx4090, l4, a100-40gb, h100, h200, ...")
+    parser.add_argument("--headroom", metavar="SETTING", help="find the largest completions_per_step, max_new_tokens "
+                                                             "or group_size that fits the card")
+    parser.add_argument("--prompt-tokens", type=int, metavar="N", help="prompt length to assume (default: the task's "
+                                                                       "longest prompt, else model.max_prompt_tokens)")
+    parser.add_argument("--device", help="trace on cpu or cuda kernels (default: cuda when present)")
+    parser.add_argument("--exact", action="store_true", help="trace every decoder layer and decode step instead of "
+                                                            "3 and 4 layers and the first and last steps (slower)")
+
+
+def build_suite(args: argparse.Namespace) -> Suite:
+    """The suite to estimate: the file with --set (and --model/--dtype as overrides), or the
+    schema's defaults for --model, --algos and --dtype. UserError on anything invalid."""
+    if args.dtype is not None and args.dtype not in DTYPES:
+        raise UserError(f"--dtype: must be one of {', '.join(DTYPES)}, got '{args.dtype}'")
+    shortcuts = [f"model.name={args.model}"] if args.model else []
+    shortcuts += [f"model.dtype={args.dtype}"] if args.dtype else []
+    names = [a.strip() for a in (args.algos or "").split(",") if a.strip()]
+    if args.suite is None:
+        from rlbench.catalog import ALGORITHMS
+
+        names = names or DEFAULT_ALGOS.split(",")
+        unknown = [a for a in names if a not in ALGORITHMS]
+        if unknown:
+            raise UserError(*[f"--algos: {ALGORITHMS.unknown_message(a)}" for a in unknown])
+        raw = {"name": "estimate", "model": {"name": "embedded", "dtype": "bfloat16"},
+               "algorithms": [{"name": a} for a in names], "budget": {"steps": 1}}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "estimate.yaml"
+            path.write_text(yaml.safe_dump(raw))
+            return load_suite(path, shortcuts + list(args.overrides))
+    if not Path(args.suite).is_file():
+        raise UserError(f"suite: no such file: {args.suite}")
+    suite = load_suite(args.suite, list(args.overrides) + shortcuts)
+    if names:
+        known = {a.label or a.name: a for a in suite.algorithms} | {a.name: a for a in suite.algorithms}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise UserError(f"--algos: the suite has no algorithm {', '.join(map(repr, missing))}; it has "
+                            f"{', '.join(a.label or a.name for a in suite.algorithms)}")
+        import dataclasses
+
+        suite = dataclasses.replace(suite, algorithms=list({id(known[n]): known[n] for n in names}.values()))
+    return suite
+
+
+def estimate_command(args: argparse.Namespace, console: Console) -> int:
+    from rlbench.estimate.fit import HEADROOM_FIELDS, card_gib, headroom
+
+    if args.gpu is not None and args.gpu_gib is not None:
+        raise UserError("--gpu and --gpu-gib: give one of them")
+    card = card_gib(args.gpu_gib, args.gpu)
+    suite = build_suite(args)
+    if args.headroom is not None:
+        if args.headroom not in HEADROOM_FIELDS:
+            raise UserError(f"--headroom: unknown setting '{args.headroom}'; choose one of {', '.join(HEADROOM_FIELDS)}")
+        if card is None:
+            raise UserError("--headroom: needs a card to fit, --gpu-gib N or --gpu NAME")
+    if args.device is not None and args.device not in DEVICES:
+        raise UserError(f"--device: must be cpu or cuda, got '{args.device}'")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device: cuda asked for, but this machine has no CUDA device; use --device cpu")
+    if args.prompt_tokens is not None and args.prompt_tokens < 1:
+        raise UserError(f"--prompt-tokens: must be at least 1, got {args.prompt_tokens}")
+
+    from rlbench.estimate import estimate_suite
+    from rlbench.estimate.predict import estimate_algorithm
+    from rlbench.estimate.source import resolve_model
+    from rlbench.estimate.view import as_json, print_estimate
+
+    model = resolve_model(suite.model.name, suite.model.trust_remote_code)
+    estimate = estimate_suite(suite, args.device, args.prompt_tokens, args.exact, model)
+    found = None
+    if args.headroom is not None:
+        import torch
+
+        device = torch.device(estimate.device)
+        found = headroom(suite, args.headroom, card[0], lambda s, a: estimate_algorithm(
+            s, a, model.config, estimate.prompt_tokens, device, args.exact))
+    if args.json:
+        print(json.dumps(as_json(estimate, card, found, args.headroom), indent=2))
+    else:
+        print_estimate(estimate, console, card, found, args.headroom)
+    return 1 if any(a.error for a in estimate.algorithms) else 0

@@ -1,0 +1,398 @@
+"""One run of an algorithm, as `rlbench run`'s worker would do it, on fake tensors.
+
+`trace_run` builds the real `rlbench.train.Run` and calls its real `step()` twice (the first step
+creates the gradients and optimizer state, the second is the steady state every later step
+repeats), then the evaluation, under a `PhaseTracker`. What is replaced, and only that:
+
+- the I/O boundary: `from_pretrained` of the transformers Auto classes builds the model from its
+  config on the meta device and gives it fake storage (`WorstCaseTokenizer` stands in for the
+  tokenizer); the rest of loading is rlbench's own (dtype, LoRA adapters, gradient checkpointing,
+  scalar heads for the reward and value roles, AdamW);
+- prompts: every prompt is `prompt_tokens` long (the worst case), one distinct prompt per group;
+- sampling: every completion runs to `max_new_tokens` (see `PhaseTracker`), and the decoder skips
+  the middle of the decode loop (`FastForwardDecoder`): its cache is allocated for all tokens up
+  front, and the last step, whose attention is the widest, is run for real;
+- optimisation passes: as many as it takes to see an optimizer step with gradients and state
+  already there (1 pass when there are several minibatches, else 2): memory repeats from there.
+
+The task is swapped for a small synthetic one (prompt text does not matter to the tokenizer
+stand-in), and a vLLM engine for `SeparateEngine`, which holds what vLLM reserves outside the trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils._python_dispatch import _disable_current_modes
+
+from rlbench.config import AlgorithmConfig, Suite
+from rlbench.estimate.trace import Peak, PhaseTracker
+from rlbench.measure.summary import PHASE_ROLE
+from rlbench.train import Run
+
+STEPS = 2
+
+
+class WorstCaseTokenizer:
+    """Stands in for a tokenizer: every prompt encodes to `prompt_tokens` ids (one distinct first id
+    per distinct text, so a group's rows share a prompt and groups do not), decoding gives ''."""
+
+    chat_template = None
+    padding_side = "left"
+    pad_token = "<pad>"
+    eos_token = "<eos>"
+
+    def __init__(self, vocab_size: int, prompt_tokens: int, pad_id: int, eos_id: int, bos_id: int | None) -> None:
+        self.vocab_size, self.prompt_tokens = vocab_size, prompt_tokens
+        self.pad_token_id, self.eos_token_id, self.bos_token_id = pad_id, eos_id, bos_id
+        special = {pad_id, eos_id, bos_id}
+        self.ordinary = [i for i in range(min(vocab_size, 4096)) if i not in special]
+        self.worst_token = self.ordinary[0]
+        self._texts: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def _encode(self, text: str) -> list[int]:
+        first = self.ordinary[self._texts.setdefault(text, len(self._texts)) % len(self.ordinary)]
+        return [first] + [self.worst_token] * (self.prompt_tokens - 1)
+
+    def __call__(self, texts: list[str] | str, **_: Any) -> dict[str, Any]:
+        return {"input_ids": [self._encode(t) for t in texts] if isinstance(texts, list) else self._encode(texts)}
+
+    def batch_decode(self, sequences: Any, **_: Any) -> list[str]:
+        return [""] * len(sequences)
+
+    def decode(self, *_: Any, **__: Any) -> str:
+        return ""
+
+
+class FastForwardDecoder:
+    """Wraps the decoder `rlbench.rollout.hf.sample` uses. The first and the last decode steps run
+    for real; the steps between return the previous logits and only advance the decoder's position
+    (the lean decoder preallocates its cache for every new token; a module decoder's cache is
+    grown to the length it would have reached). Also labels the decoder's caches as KV cache."""
+
+    def __init__(self, decoder: Any, tracker: PhaseTracker, max_new_tokens: int, skip: bool) -> None:
+        self.decoder, self.tracker, self.max_new_tokens = decoder, tracker, max_new_tokens
+        self.skip = skip and (hasattr(decoder, "steps") or _module_cache_layers(decoder) is not None)
+        self.calls, self.skipped, self.logits = 0, 0, None
+
+    def _label_cache(self) -> None:
+        for tensor in _cache_tensors(self.decoder):
+            self.tracker.relabel(tensor, self.tracker.phase_role, "kv_cache")
+
+    def prefill(self) -> torch.Tensor:
+        self._label_cache()
+        self.logits = self.decoder.prefill()
+        self._label_cache()
+        return self.logits
+
+    def step(self, tokens: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
+        self.calls += 1
+        last = self.max_new_tokens - 1  # sample() calls step at most max_new_tokens - 1 times
+        if self.skip and 1 < self.calls < last:
+            self.skipped += 1
+            if hasattr(self.decoder, "steps"):
+                self.decoder.steps += 1
+            return self.logits
+        if self.skipped and not hasattr(self.decoder, "steps"):
+            _grow_module_cache(self.decoder, self.skipped)
+            self.skipped = 0
+        self.logits = self.decoder.step(tokens, alive)
+        self._label_cache()
+        return self.logits
+
+
+def _module_cache_layers(decoder: Any) -> list[Any] | None:
+    layers = getattr(getattr(decoder, "cache", None), "layers", None)
+    if not hasattr(decoder, "attention") or not hasattr(decoder, "next_position"):
+        return None
+    return layers if layers is not None and all(hasattr(x, "keys") for x in layers) else None
+
+
+def _grow_module_cache(decoder: Any, n: int) -> None:
+    """A module decoder's state after `n` more tokens: keys/values, attention mask and position."""
+    for layer in _module_cache_layers(decoder) or ():
+        for name in ("keys", "values"):
+            t = getattr(layer, name)
+            setattr(layer, name, torch.cat([t, t.new_zeros(*t.shape[:-2], n, t.shape[-1])], dim=-2))
+    decoder.attention = torch.cat([decoder.attention, decoder.attention.new_ones(decoder.attention.shape[0], n)], -1)
+    decoder.next_position = decoder.next_position + n
+
+
+def _cache_tensors(decoder: Any) -> Iterator[torch.Tensor]:
+    if hasattr(decoder, "steps"):  # the lean decoder
+        yield decoder.keys
+        yield decoder.values
+        yield from decoder.prompt_keys
+        yield from decoder.prompt_values
+        return
+    for layer in _module_cache_layers(decoder) or ():
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor):
+                yield t
+
+
+class SeparateEngine:
+    """Stands in for an engine that holds its own weights and KV cache (vLLM): its memory is its
+    reservation (`rollout.gpu_memory_utilization` of the card, added by `rlbench.estimate.fit`),
+    not the policy's; it returns worst-case rollouts without running the policy, and the loop then
+    recomputes the old log-probs with the policy (`has_own_weights`), as it does with vLLM."""
+
+    name = "separate"
+    has_own_weights = True
+
+    def __init__(self, tokenizer: WorstCaseTokenizer, device: torch.device) -> None:
+        self.tokenizer, self.device = tokenizer, device
+
+    def generate(self, prompt_ids: list[list[int]], n: int, params: Any, seed: int | None = None) -> Any:
+        from rlbench.models.batching import left_pad
+        from rlbench.rollout import Rollout
+
+        ids, mask = left_pad([p for p in prompt_ids for _ in range(n)], self.tokenizer.pad_token_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        rows, width = ids.shape[0], params.max_new_tokens
+        tokens = torch.full((rows, width), self.tokenizer.worst_token, dtype=torch.long, device=self.device)
+        completion_mask = torch.ones(rows, width, dtype=torch.bool, device=self.device).float()  # real, as masks are
+        return Rollout(torch.cat([ids, tokens], dim=1), torch.cat([mask, completion_mask.long()], dim=1), ids.shape[1],
+                       tokens, completion_mask, torch.zeros(rows, width, device=self.device), [""] * rows,
+                       torch.ones(rows, dtype=torch.bool, device=self.device))
+
+    def sync_weights(self, policy: Any) -> None:
+        pass
+
+    def memory_bytes(self) -> dict[str, int]:
+        return {}
+
+
+class TracedProbe:
+    """The probe `Run` measures its phases with, here marking the tracker's phases."""
+
+    name = primary = "trace"
+
+    def __init__(self, tracker: PhaseTracker) -> None:
+        self.tracker = tracker
+        self.roles: tuple[str, ...] = ()  # the run's roles: a phase of a role it does not hold is "other"
+
+    def snapshot(self) -> dict[str, int]:
+        return {self.name: self.tracker.live().total}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[dict]:
+        role = PHASE_ROLE.get(name, "other")
+        with self.tracker.phase(name, role if role in self.roles else "other"):
+            yield {}
+
+
+class TracedRun(Run):
+    """`Run` whose role loads are labelled as each role's weights, and whose static bytes (read at
+    each phase's start and end) come from the tracker's labels: a fake tensor has no data pointer to
+    tell one storage from another."""
+
+    def _measure_load(self, role: str, load: Any) -> Any:
+        with self.probe.tracker.loading(role):
+            return super()._measure_load(role, load)
+
+    def static_bytes(self) -> int:
+        parts = self.probe.tracker.live().parts
+        return sum(v for k, v in parts.items() if k.split("/")[1] in ("weights", "gradients", "optimizer"))
+
+
+class TraceFailed(Exception):
+    """rlbench's own code raised while traced: a real run of these settings fails the same way."""
+
+    def __init__(self, phase: str | None, error: BaseException) -> None:
+        self.phase, self.error = phase, error
+        where = f"in {phase}" if phase else "while loading"
+        super().__init__(f"{where}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+
+
+@dataclass
+class Trace:
+    """What one traced run saw: each phase call's start and the peak of each of its regions, the
+    live bytes at the end (static: weights, gradients, optimizer state), and the roles held."""
+
+    depth: int
+    starts: dict[tuple[str, int], Peak]
+    ends: dict[tuple[str, int], Peak]
+    peaks: dict[tuple, Peak]
+    end: Peak
+    roles: tuple[str, ...]
+
+
+@contextmanager
+def fake_checkpoints(tracker: PhaseTracker, tokenizer: WorstCaseTokenizer) -> Iterator[None]:
+    """`from_pretrained` of the transformers Auto classes builds from the directory's config.json,
+    on the meta device, then gives the model fake storage on the tracker's device."""
+    import transformers
+
+    def fake_loader(auto: Any) -> Any:
+        def from_pretrained(path: Any, *args: Any, **kwargs: Any) -> torch.nn.Module:
+            dtype = kwargs.get("dtype") or kwargs.get("torch_dtype") or torch.float32
+            options = {k: kwargs[k] for k in ("attn_implementation", "trust_remote_code") if k in kwargs}
+            with _disable_current_modes(), torch.device("meta"):
+                config = transformers.AutoConfig.from_pretrained(path, **options)
+                model = auto.from_config(config, dtype=dtype, **options)
+            model.to_empty(device=tracker.device)
+            model.tie_weights()
+            return model.eval()
+
+        return classmethod(lambda cls, *a, **k: from_pretrained(*a, **k))
+
+    with ExitStack() as stack:
+        for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel,
+                     transformers.AutoModelForSequenceClassification):
+            stack.enter_context(mock.patch.object(auto, "from_pretrained", fake_loader(auto)))
+        stack.enter_context(mock.patch.object(transformers.AutoTokenizer, "from_pretrained",
+                                              classmethod(lambda cls, *a, **k: tokenizer)))
+        yield
+
+
+@contextmanager
+def fake_conversions() -> Iterator[None]:
+    """`module.to(device or dtype)` for modules with fake parameters. PyTorch swaps a fake
+    parameter for the converted one, which fails once fake-tensor caching holds a weak reference to
+    it; here a conversion that changes nothing keeps the parameter, one that does replaces it."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    original = torch.nn.Module._apply
+
+    def _apply(self: torch.nn.Module, fn: Any, recurse: bool = True) -> torch.nn.Module:
+        if not any(isinstance(p, FakeTensor) for p in self._parameters.values()):
+            return original(self, fn, recurse)
+        if recurse:
+            for child in self.children():
+                child._apply(fn)
+        with torch.no_grad():
+            for key, param in self._parameters.items():
+                new = None if param is None else fn(param)
+                if new is not None and new is not param:
+                    self._parameters[key] = torch.nn.Parameter(new, requires_grad=param.requires_grad)
+            for key, buffer in self._buffers.items():
+                if buffer is not None:
+                    self._buffers[key] = fn(buffer)
+        return self
+
+    with mock.patch.object(torch.nn.Module, "_apply", _apply):
+        yield
+
+
+@contextmanager
+def fast_decode(tracker: PhaseTracker, max_new_tokens: int, skip: bool) -> Iterator[None]:
+    import rlbench.rollout.hf as hf
+
+    make = hf.make_decoder
+
+    def make_decoder(*args: Any, **kwargs: Any) -> FastForwardDecoder:
+        return FastForwardDecoder(make(*args, **kwargs), tracker, max_new_tokens, skip)
+
+    with mock.patch.object(hf, "make_decoder", make_decoder):
+        yield
+
+
+def fewer_passes(schedule: Any) -> Any:
+    """The update schedule with as few passes as still show every memory state (see above)."""
+    return dataclasses.replace(schedule, passes=1 if schedule.num_minibatches > 1 else min(schedule.passes, 2))
+
+
+def traced_suite(suite: Suite, algo: AlgorithmConfig) -> Suite:
+    """The suite as traced: a small synthetic task, the hf engine, one seed."""
+    from rlbench.config import TaskConfig
+
+    return dataclasses.replace(suite, task=TaskConfig(name="synthetic", train_size=64), seeds=[suite.seeds[0]],
+                               rollout=dataclasses.replace(suite.rollout, engine="hf"), algorithms=[algo])
+
+
+def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prompt_tokens: int,
+              device: torch.device, skip_decode: bool = True) -> Trace:
+    """Trace two steps and the evaluation of `algo` with `config` cut to `depth` decoder layers."""
+    from rlbench.catalog import load_problems
+    from rlbench.measure.evaluation import evaluate_suite
+
+    config = _with_depth(config, depth)
+    tokenizer = WorstCaseTokenizer(config.vocab_size, prompt_tokens, _token(config, "pad_token_id", 0),
+                                   _token(config, "eos_token_id", 2), _token(config, "bos_token_id", None))
+    tracker = PhaseTracker(device, config.vocab_size, depth, tokenizer.worst_token)
+    run_suite = traced_suite(suite, algo)
+    with tempfile.TemporaryDirectory(prefix="rlbench-estimate-") as tmp, ExitStack() as stack:
+        config.save_pretrained(tmp)
+        stack.enter_context(mock.patch("rlbench.device.default_device", lambda: device))
+        stack.enter_context(fake_checkpoints(tracker, tokenizer))
+        stack.enter_context(fake_conversions())
+        stack.enter_context(fast_decode(tracker, suite.rollout.max_new_tokens, skip_decode))
+        stack.enter_context(tracker)
+        needs_reward = _needs_reward_model(algo)
+        try:
+            run = TracedRun(run_suite, algo, run_suite.seeds[0], Path(tmp), Path(tmp) if needs_reward else None,
+                            TracedProbe(tracker))
+        except Exception as exc:  # noqa: BLE001 - reported as the algorithm's estimate failing
+            raise TraceFailed(None, exc) from exc
+        run.probe.roles = tuple(run.roles)
+        if suite.rollout.engine != "hf":  # vllm: its own weights and cache, outside the policy's phases
+            run.engine = SeparateEngine(tokenizer, device)
+        run.schedule = fewer_passes(run.schedule)
+        run.passes = run.schedule.passes
+        _trace_advantages(run)
+        for role, (model, _) in run.role_models().items():
+            assert all(isinstance(p, FakeTensor) for p in model.parameters()), f"{role}: a real weight was made"
+            tracker.layer_map(model)
+            if role in ("policy", "value"):
+                tracker.grads_as(model, role)
+        try:
+            for _ in range(STEPS):
+                run.step()
+            problems = load_problems(run_suite.task, "eval", min(suite.eval.size, suite.eval.batch_size), 0)
+            with run.phase("eval"):
+                evaluate_suite(run.engine, run.tokenizer, problems, run_suite, run.seed)
+        except Exception as exc:  # noqa: BLE001 - reported as the algorithm's estimate failing
+            raise TraceFailed(tracker.failed_phase, exc) from exc
+        end = tracker.live()
+    return Trace(depth, tracker.starts, tracker.ends, tracker.peaks, end, tuple(run.roles))
+
+
+def _needs_reward_model(algo: AlgorithmConfig) -> bool:
+    from rlbench.train import make_algorithm
+
+    algorithm = make_algorithm(algo)
+    return "reward" in algorithm.roles() or algorithm.value_init() == "reward"
+
+
+def _trace_advantages(run: Run) -> None:
+    """Advantages are pure math outside the probe's phases; traced as a phase of their own."""
+    compute = run.algorithm.compute_advantages
+
+    def traced(batch: Any) -> None:
+        with run.probe.phase("advantages"):
+            compute(batch)
+
+    run.algorithm.compute_advantages = traced
+
+
+def _with_depth(config: Any, depth: int) -> Any:
+    """A copy of a transformers config with `depth` decoder layers."""
+    config = type(config).from_dict(json.loads(config.to_json_string()))
+    if depth != config.num_hidden_layers:
+        layer_types = getattr(config, "layer_types", None)
+        config.num_hidden_layers = depth
+        if layer_types:
+            config.layer_types = list(layer_types)[:depth]
+    return config
+
+
+def _token(config: Any, name: str, default: int | None) -> int | None:
+    value = getattr(config, name, None)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return default if value is None else int(value)
