@@ -56,7 +56,8 @@ def missing_requirements(suite: Suite) -> list[str]:
             missing.append(f"{what} needs {package}, which is not installed ({install})")
     name = model.name
     hub_needed = []
-    if name != "embedded" and not Path(name).expanduser().is_dir() and not _in_hub_cache(name):
+    if name != "embedded" and not name.startswith("shape:") and not Path(name).expanduser().is_dir() \
+            and not _in_hub_cache(name):
         hub_needed.append(f"model.name: '{name}' is not a local directory or in the Hugging Face cache, and the "
                           "hub cannot be reached; download it where there is network or point model.name at a directory")
     if suite.task.name == "gsm8k" and suite.task.path is None and not _dataset_cached("openai/gsm8k"):

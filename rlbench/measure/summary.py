@@ -55,7 +55,7 @@ def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
     roles = _roles(run)
     memory = _memory(run, probe, roles, result.get("baseline_bytes") or {})
     throughput = _throughput(run)
-    accuracy = _accuracy(result.get("evals") or [])
+    accuracy = _accuracy(result.get("evals") or [], run.suite.model.name)
     learning = _learning(run.step_metrics)
     heldout = (accuracy["delta"], accuracy["delta_stderr_sum"]) if "delta" in accuracy else None
     hacking = reward_hacking([m["reward/mean"] for m in run.step_metrics], [m["gold/accuracy"] for m in run.step_metrics],
@@ -177,7 +177,11 @@ def _peak_flops(run: Run) -> float | None:
     return cpu_peak_flops(cache_root())
 
 
-def _accuracy(evals: list[dict[str, Any]]) -> dict[str, Any]:
+def _accuracy(evals: list[dict[str, Any]], model_name: str = "") -> dict[str, Any]:
+    from rlbench.models.shape import MEANINGLESS_ACCURACY, is_shape
+
+    if is_shape(model_name):
+        return {"meaningless": MEANINGLESS_ACCURACY}
     if not evals:
         return {}
     before, after = evals[0], evals[-1]
@@ -214,7 +218,7 @@ def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, An
         out["memory/process_peak_bytes"] = metric("memory/process_peak_bytes", recon["process_peak_bytes"], probe=primary)
     for name, value in throughput.items():
         out[name] = metric(name, value)
-    if accuracy:
+    if "after" in accuracy:
         after, before = accuracy["after"], accuracy["before"]
         out["eval/accuracy"] = metric("eval/accuracy", after["eval/accuracy"], after["eval/accuracy_stderr"])
         out["eval/accuracy_before"] = metric("eval/accuracy_before", before["eval/accuracy"],

@@ -1,7 +1,7 @@
 """Loading every model role from a directory: the embedded default, a local directory or a hub name.
 
-`resolve_base(model.name)` gives a directory in Hugging Face format (the embedded model saved in
-the cache, a local directory, or a hub snapshot). From a directory (the base, or the SFT output):
+`resolve_base(model.name)` gives a directory in Hugging Face format (the embedded model or a
+shape model saved in the cache, a local directory, or a hub snapshot). From a directory (the base, or the SFT output):
 
 - policy and reference: `AutoModelForCausalLM` with the suite's `dtype`, `attn_implementation`
   and `trust_remote_code` (off unless the suite sets it), moved to the run's device; the
@@ -68,6 +68,10 @@ def resolve_base(name: str, trust_remote_code: bool = False) -> Path:
     and refused when it ships Python code (`auto_map`) that the suite does not trust."""
     if name == EMBEDDED_NAME:
         return embedded_base_dir()
+    from rlbench.models.shape import is_shape, shape_base_dir
+
+    if is_shape(name):
+        return shape_base_dir(name)
     path = Path(name).expanduser()
     if not path.is_dir():
         if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -123,9 +127,9 @@ def pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:
 
 def load_tokenizer(path: str | Path, cfg: ModelConfig):
     """The directory's tokenizer (its chat template included), with a pad token (EOS when it has none)."""
-    from transformers import AutoTokenizer
+    from rlbench.models.tokenizer import load_saved_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_saved_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -52,6 +52,9 @@ def summary_table(report: dict[str, Any]) -> Table:
         )
     table.caption = ("accuracy: greedy pass@1 ± standard error; Δ acc in points, marked * when larger than the "
                      "sum of the two standard errors; roles: pol(icy), ref(erence), rew(ard), val(ue)")
+    meaningless = {(run.get("accuracy") or {}).get("meaningless") for run in report["runs"]} - {None}
+    if meaningless:
+        table.caption += "\naccuracy " + "; ".join(sorted(meaningless))
     return table
 
 
