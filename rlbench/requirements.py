@@ -36,7 +36,7 @@ def missing_requirements(suite: Suite) -> list[str]:
     gpu_users = [what for what, needed in (
         ("rollout.engine: vllm", suite.rollout.engine == "vllm"),
         (f"probe: {suite.probe}", suite.probe in ("torch_cuda", "nvml")),
-        (f"model.dtype: {model.dtype}", model.dtype in ("bfloat16", "float16")),
+        (f"model.dtype: {model.dtype}", model.dtype == "float16"),  # bfloat16 runs on CPUs (autocast too)
         ("model.attn_implementation: flash_attention_2", flash),
         ("distributed.backend: nccl", suite.distributed is not None and suite.distributed.backend == "nccl"),
     ) if needed]

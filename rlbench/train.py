@@ -215,10 +215,14 @@ class Run:
     # -- measurement ----------------------------------------------------------------------------
     @contextmanager
     def phase(self, name: str):
+        """Time and measure a phase; it computes in the precision's dtype (autocast under bf16-mixed)."""
+        from rlbench.models.precision import compute_context
+
         start = time.perf_counter()
         memory: dict = {}
         try:
-            with self.dist.phase(name), self.probe.phase(name) as memory:
+            with self.dist.phase(name), self.probe.phase(name) as memory, \
+                    compute_context(self.suite.model, self.device):
                 yield
         finally:
             self.phases.add(name, time.perf_counter() - start, memory)

@@ -75,9 +75,10 @@ def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
 def _roles(run: Run) -> dict[str, Any]:
     roles: dict[str, Any] = {}
     from rlbench.measure.static import role_static_bytes
+    from rlbench.models.precision import compute_dtype
 
     for role, (model, optimizer) in run.role_models().items():
-        roles[role] = {"static": role_static_bytes(model, optimizer)}
+        roles[role] = {"static": role_static_bytes(model, optimizer, compute_dtype(run.suite.model))}
     engine_bytes = run.engine.memory_bytes()
     if engine_bytes:
         roles["rollout"] = {"static": dict(engine_bytes, total=sum(engine_bytes.values()))}
@@ -207,7 +208,7 @@ def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, An
     out: dict[str, Any] = {}
     for role, entry in roles.items():
         static = entry["static"]
-        for kind in ("weights", "gradients", "optimizer", "total"):
+        for kind in ("weights", "master", "gradients", "optimizer", "total"):
             if kind in static:
                 out[f"memory/{role}/{kind}_bytes"] = metric(f"memory/{role}/{kind}_bytes", static[kind], probe="static")
         if primary in entry["peak_bytes"]:

@@ -3,6 +3,8 @@
 `resolve_base(model.name)` gives a directory in Hugging Face format (the embedded model or a
 shape model saved in the cache, a local directory, or a hub snapshot). From a directory (the base, or the SFT output):
 
+- parameter dtypes follow `model.precision` (rlbench.models.precision): under bf16-mixed the
+  trained roles (policy, value) load in float32 (master weights), the frozen ones in bf16.
 - policy and reference: `AutoModelForCausalLM` with the suite's `dtype`, `attn_implementation`
   and `trust_remote_code` (off unless the suite sets it), moved to the run's device; the
   policy gets gradient checkpointing when `model.gradient_checkpointing` is set.
@@ -30,8 +32,8 @@ from rlbench.cache import cached_dir, stable_hash
 from rlbench.config import LoraConfig, ModelConfig
 from rlbench.errors import UserError
 from rlbench.models.embedded import EMBEDDED_NAME, build_embedded, embedded_spec, save_pretrained_pair
+from rlbench.models.precision import DTYPES, parameter_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PEFT_MISSING = "model.lora: LoRA needs the peft package, rlbench's extra 'peft' (pip install peft)"
 
 
@@ -117,9 +119,10 @@ def check_model_dir(path: Path, field: str, trust_remote_code: bool, weights: bo
 # ---- causal LMs: policy and reference ---------------------------------------------------------
 
 
-def pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:
-    """Keyword arguments of every `from_pretrained` call for the suite's model."""
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code}
+def pretrained_kwargs(cfg: ModelConfig, trained: bool = False) -> dict[str, Any]:
+    """Keyword arguments of every `from_pretrained` call for the suite's model (the parameter dtype
+    follows `model.precision`: float32 masters for trained roles under bf16-mixed)."""
+    kwargs: dict[str, Any] = {"dtype": parameter_dtype(cfg, trained), "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
     return kwargs
@@ -141,7 +144,7 @@ def load_causal_lm(path: str | Path, cfg: ModelConfig, device: torch.device | st
     checkpointing when the suite asks for it."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, **pretrained_kwargs(cfg)).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, **pretrained_kwargs(cfg, trainable)).to(device)
     if trainable and cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     return model
@@ -246,9 +249,9 @@ def load_scalar_model(path: str | Path, cfg: ModelConfig, device: torch.device |
         from transformers import AutoModelForSequenceClassification
 
         model = scalar_model_from_classifier(
-            AutoModelForSequenceClassification.from_pretrained(path, **pretrained_kwargs(cfg)))
+            AutoModelForSequenceClassification.from_pretrained(path, **pretrained_kwargs(cfg, trainable)))
     else:
-        model = ScalarHeadModel.from_pretrained(path, torch_dtype(cfg.dtype))
+        model = ScalarHeadModel.from_pretrained(path, parameter_dtype(cfg, trainable))
     model = model.to(device)
     if trainable and cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model.backbone)

@@ -90,7 +90,7 @@ def build_shape(config: dict[str, Any], seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlbench.models.loading import DTYPES
+    from rlbench.models.precision import DTYPES
     from rlbench.models.tokenizer import build_tokenizer
     from rlbench.tasks.synthetic import vocabulary
 

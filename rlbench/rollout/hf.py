@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from rlbench.device import module_device
 from rlbench.models.batching import left_pad, position_ids_from_mask
-from rlbench.models.lean_llama import LlamaDecoder, llama_parts
+from rlbench.models.lean_llama import LlamaDecoder, cast_linears, llama_parts
 from rlbench.rollout import Rollout, SamplingParams
 
 
@@ -63,10 +63,17 @@ class ModuleDecoder:
 
 def make_decoder(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group: int,
                  max_new_tokens: int, lean: bool = True) -> LlamaDecoder | ModuleDecoder:
-    """The lean decoder where it reproduces the model's forward (Llama architectures), else the module's own."""
+    """The lean decoder where it reproduces the model's forward (Llama architectures), else the module's own.
+
+    Under `torch.autocast` (precision bf16-mixed) the lean decoder's linear weights are cast to the
+    autocast dtype once here, rather than by autocast at every token: the same numbers, and the
+    bf16 copy is this call's transient memory."""
     positions = position_ids_from_mask(prompt_mask)
     parts = llama_parts(model) if lean else None
     if parts is not None:
+        device_type = parts.embed.device.type
+        if torch.is_autocast_enabled(device_type):
+            parts = cast_linears(parts, torch.get_autocast_dtype(device_type))
         return LlamaDecoder(parts, prompt_ids, prompt_mask, positions, group, max_new_tokens)
     return ModuleDecoder(model, prompt_ids, prompt_mask, positions, group)
 
