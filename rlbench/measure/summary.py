@@ -7,8 +7,10 @@ Memory per role, for every probe the run used:
   to the role (generate, update -> policy; ref_logprobs -> reference; score -> reward; values,
   value_update -> value).
 Reconciliation: the process peak is set against what is attributed at the phase that reached it
-(every role's static bytes plus that phase's transient rise); the rest, libraries and allocator
-slack included, is reported as `other`, never dropped.
+(every role's static bytes when that phase's peak call ended, plus that call's transient rise, net
+of the gradients and optimizer state it created: those are static, counted once); the rest,
+libraries and allocator slack included, is reported as `other`, never dropped:
+baseline + static + transient + other = process peak.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Run(Protocol):
 
     suite: Any
     budget: Any  # .consumed(), .steps, .completions, .tokens, .trained_tokens, .sequence_tokens
-    phases: Any  # PhaseStats: seconds, calls, peak_bytes, rise_bytes, notes
+    phases: Any  # PhaseStats: seconds, calls, peak_bytes, rise_bytes, peak_call, notes
     step_metrics: list[dict[str, Any]]
     role_load_bytes: dict[str, dict[str, int]]
     engine: Any  # .memory_bytes()
@@ -106,19 +108,24 @@ def _memory(run: Run, probe, roles: dict[str, Any], baseline: dict[str, int]) ->
                            "baseline_bytes": baseline, "reconciliation": {}, "notes": run.phases.notes}
     process_peaks = probe.process_peak_bytes()
     static_total = sum(r["static"]["total"] for r in roles.values())
+    engine_total = roles.get("rollout", {}).get("static", {}).get("total", 0)
     for name, peaks in run.phases.peak_bytes.items():
         if not peaks:
             continue
         peak_phase = max(peaks, key=peaks.get)
         process_peak = max(peaks[peak_phase], process_peaks.get(name, 0))
-        transient = run.phases.rise_bytes[name].get(peak_phase, 0)
+        # The call that reached the peak: its transient (net of the gradients and optimizer state it
+        # created, which are static) and the static bytes held when it ended.
+        call = (getattr(run.phases, "peak_call", {}).get(name) or {}).get(peak_phase)
+        static = call["static_bytes"] + engine_total if call else static_total
+        transient = call["rise_bytes"] if call else run.phases.rise_bytes[name].get(peak_phase, 0)
         base = baseline.get(name, 0)
-        attributed = static_total + transient
+        attributed = static + transient
         out["reconciliation"][name] = {
             "process_peak_bytes": process_peak,
             "peak_phase": peak_phase,
             "baseline_bytes": base,
-            "static_bytes": static_total,
+            "static_bytes": static,
             "peak_phase_transient_bytes": transient,
             "attributed_bytes": attributed,
             "other_bytes": process_peak - base - attributed,
