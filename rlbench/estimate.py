@@ -35,11 +35,6 @@ def count_parameters(model: str) -> tuple[int, int, str]:
         from rlbench.models.embedded import build_embedded
 
         net, _ = build_embedded(0)
-    elif model.startswith("shape:"):
-        from rlbench.models.shape import shape_config, transformers_config
-
-        with torch.device("meta"):
-            net = AutoModelForCausalLM.from_config(transformers_config(shape_config(model)))
     else:
         source = Path(model).expanduser()
         try:
