@@ -36,7 +36,7 @@ def missing_requirements(suite: Suite) -> list[str]:
     gpu_users = [what for what, needed in (
         ("rollout.engine: vllm", suite.rollout.engine == "vllm"),
         (f"probe: {suite.probe}", suite.probe in ("torch_cuda", "nvml")),
-        (f"model.dtype: {model.dtype}", model.dtype in ("bfloat16", "float16")),
+        (f"model.dtype: {model.dtype}", model.dtype == "float16"),  # bfloat16 runs on CPUs (autocast too)
         ("model.attn_implementation: flash_attention_2", flash),
         ("distributed.backend: nccl", suite.distributed is not None and suite.distributed.backend == "nccl"),
     ) if needed]
@@ -56,7 +56,8 @@ def missing_requirements(suite: Suite) -> list[str]:
             missing.append(f"{what} needs {package}, which is not installed ({install})")
     name = model.name
     hub_needed = []
-    if name != "embedded" and not Path(name).expanduser().is_dir() and not _in_hub_cache(name):
+    if name != "embedded" and not name.startswith("shape:") and not Path(name).expanduser().is_dir() \
+            and not _in_hub_cache(name):
         hub_needed.append(f"model.name: '{name}' is not a local directory or in the Hugging Face cache, and the "
                           "hub cannot be reached; download it where there is network or point model.name at a directory")
     if suite.task.name == "gsm8k" and suite.task.path is None and not _dataset_cached("openai/gsm8k"):

@@ -215,7 +215,12 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
     base_dir = resolve_base(suite.model.name, suite.model.trust_remote_code)
     stages: dict[str, Any] = {"report": {}}
     policy_dir = base_dir
-    if suite.model.sft.steps > 0:
+    from rlbench.models.shape import is_shape
+
+    shape = is_shape(suite.model.name)
+    if shape and suite.model.sft.steps > 0:
+        console.print("SFT: skipped (a shape model has random weights; SFT would be meaningless)")
+    if suite.model.sft.steps > 0 and not shape:
         with _bar(console, "SFT (cold start)", suite.model.sft.steps) as (progress, task):
             policy_dir, stats, hit = cold_start(
                 base_dir, suite.model.name, suite.model.sft, suite.task, seed=0,
@@ -226,7 +231,10 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
         stages["report"]["sft"] = dict(stats, cache_hit=hit, path=str(policy_dir))
     stages["policy_dir"] = str(policy_dir)
 
-    if needs_reward_model(suite):
+    if needs_reward_model(suite) and shape:  # the same shape with a fresh scalar head, untrained
+        stages["reward_dir"] = str(policy_dir)
+        stages["report"]["reward_model"] = {"untrained": True, "path": str(policy_dir)}
+    elif needs_reward_model(suite):
         from rlbench.models.reward_model import prepare_reward_model
 
         with _bar(console, "reward model", suite.model.reward_model.steps) as (progress, task):
@@ -253,6 +261,9 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
             result = evaluate_suite(HFEngine(model, tokenizer), tokenizer, problems, suite)
         return dict(result, seconds=round(time.perf_counter() - start, 3))
 
+    if shape:
+        console.print("accuracy: not measured (shape model: random weights)")
+        return stages
     # The starting model's evaluation is deterministic (greedy, fixed problems), so a cached SFT
     # model's is cached beside it; a model outside the cache is evaluated every time.
     hit = False

@@ -29,11 +29,12 @@ import torch
 
 from rlbench.algorithms.advantages import zero_variance_fraction
 from rlbench.algorithms.base import Algorithm, Batch
-from rlbench.algorithms.losses import entropy_from_logits, masked_mean
+from rlbench.algorithms.losses import masked_mean
 from rlbench.catalog import ALGORITHMS, ENGINES, load_problems, rule_functions
 from rlbench.config import AlgorithmConfig, BudgetConfig, Suite, algorithm_params
 from rlbench.distributed import Dist
-from rlbench.models.forward import completion_logprobs, gather_logprobs
+from rlbench.models.batching import backward_in_micro_batches, in_micro_batches, micro_batches
+from rlbench.models.forward import completion_logprobs, completion_logprobs_and_entropy
 from rlbench.models.optim import adamw
 from rlbench.rewards import gold_correct, score_rules
 from rlbench.rollout import SamplingParams
@@ -80,21 +81,34 @@ class Budget:
 
 @dataclass
 class PhaseStats:
-    """Accumulated time of each phase, and each probe's memory figures for it, over the run."""
+    """Accumulated time of each phase, and each probe's memory figures for it, over the run.
+
+    A phase's rise (its transient) is net of the static state it created and left behind
+    (`static_created`: gradients and optimizer state appear in the first update, and are counted in
+    the roles' static bytes), so nothing is counted twice. `peak_call` keeps, per probe and phase,
+    the call that reached the phase's peak: its peak, its transient and the static bytes held when
+    it ended, which is what the reconciliation adds up.
+    """
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     peak_bytes: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))  # probe -> phase -> max
     rise_bytes: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))  # probe -> phase -> max
+    peak_call: dict[str, dict[str, dict[str, int]]] = field(default_factory=lambda: defaultdict(dict))
     notes: dict[str, str] = field(default_factory=dict)
 
-    def add(self, phase: str, seconds: float, memory: dict | None = None) -> None:
+    def add(self, phase: str, seconds: float, memory: dict | None = None, static_created: int = 0,
+            static_end: int = 0) -> None:
         self.seconds[phase] += seconds
         self.calls[phase] += 1
         for probe, mem in (memory or {}).items():
             peaks, rises = self.peak_bytes[probe], self.rise_bytes[probe]
+            rise = max(0, mem.peak_bytes - mem.start_bytes - static_created)
+            if mem.peak_bytes >= peaks.get(phase, 0):
+                self.peak_call[probe][phase] = {"peak_bytes": mem.peak_bytes, "rise_bytes": rise,
+                                                "static_bytes": static_end}
             peaks[phase] = max(peaks.get(phase, 0), mem.peak_bytes)
-            rises[phase] = max(rises.get(phase, 0), mem.peak_bytes - mem.start_bytes)
+            rises[phase] = max(rises.get(phase, 0), rise)
             if mem.note:
                 self.notes[f"{probe}/{phase}"] = mem.note
 
@@ -215,13 +229,27 @@ class Run:
     # -- measurement ----------------------------------------------------------------------------
     @contextmanager
     def phase(self, name: str):
+        """Time and measure a phase; it computes in the precision's dtype (autocast under bf16-mixed)."""
+        from rlbench.models.precision import compute_context
+
         start = time.perf_counter()
         memory: dict = {}
+        static_start = self.static_bytes()
         try:
-            with self.dist.phase(name), self.probe.phase(name) as memory:
+            with self.dist.phase(name), self.probe.phase(name) as memory, \
+                    compute_context(self.suite.model, self.device):
                 yield
         finally:
-            self.phases.add(name, time.perf_counter() - start, memory)
+            static_end = self.static_bytes()
+            self.phases.add(name, time.perf_counter() - start, memory, static_end - static_start, static_end)
+
+    def static_bytes(self) -> int:
+        """Every role's static bytes (weights, master weights, gradients, optimizer state, buffers)."""
+        from rlbench.measure.static import role_static_bytes
+        from rlbench.models.precision import compute_dtype
+
+        dtype = compute_dtype(self.suite.model)
+        return sum(role_static_bytes(model, optimizer, dtype)["total"] for model, optimizer in self.role_models().values())
 
     # -- one step -------------------------------------------------------------------------------
     def next_prompts(self) -> list[Problem]:
@@ -257,8 +285,7 @@ class Run:
                 batch.ref_logprobs = self.reference_logprobs(rollout)
         if self.value_model is not None:
             with self.phase("values"), torch.no_grad():
-                batch.values = self.value_model.completion_values(
-                    rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+                batch.values = self._in_micro_batches(rollout, self._values)
         counts = {"prompts": len(prompts), "completions": len(problems), "tokens": rollout.num_tokens,
                   "sequence_tokens": int(rollout.attention_mask.sum())}
         # Every rank's rows, so that advantages see the whole batch (a no-op in one process).
@@ -311,7 +338,8 @@ class Run:
             total += torch.tensor(rule_total, device=total.device)
         if source in ("model", "both"):
             with torch.no_grad():
-                model_score = self.reward_model.score(rollout.input_ids, rollout.attention_mask)
+                model_score = self._in_micro_batches(
+                    rollout, lambda r, group: self.reward_model.score(r.input_ids, r.attention_mask))
             total += self.algo_cfg.model_reward_weight * model_score
             parts["model"] = model_score.tolist()
         return total, parts
@@ -322,8 +350,23 @@ class Run:
         return self._logprobs(self.reference, rollout)
 
     def _logprobs(self, model: torch.nn.Module, rollout) -> torch.Tensor:
-        return completion_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_width,
-                                   rollout.completion_ids, self.suite.rollout.temperature, self.group_size)
+        return self._in_micro_batches(rollout, lambda r, group: completion_logprobs(
+            model, r.input_ids, r.attention_mask, r.prompt_width, r.completion_ids, self.suite.rollout.temperature,
+            group))
+
+    def _policy_logprobs(self, rollout, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return completion_logprobs_and_entropy(self.policy, rollout.input_ids, rollout.attention_mask,
+                                               rollout.prompt_width, rollout.completion_ids,
+                                               self.suite.rollout.temperature, group)
+
+    def _values(self, rollout, group: int) -> torch.Tensor:
+        return self.value_model.completion_values(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+
+    def _micro(self, rollout) -> list[tuple[torch.Tensor, int]]:
+        return micro_batches(len(rollout.completion_ids), self.suite.model.micro_batch_size, self.group_size)
+
+    def _in_micro_batches(self, rollout, forward: Callable) -> Any:
+        return in_micro_batches(rollout, self._micro(rollout), forward)
 
     def _minibatches(self, n: int, count: int) -> list[torch.Tensor]:
         """Shuffled minibatches of whole groups (each group's rows stay adjacent and in order);
@@ -334,8 +377,6 @@ class Run:
             [(chunk[:, None] * self.group_size + rows).flatten() for chunk in groups.chunk(count) if len(chunk)])
 
     def _update_policy(self, batch: Batch) -> dict[str, float]:
-        from rlbench.models.forward import packed_logits, scatter_rows
-
         schedule = self.schedule
         totals: dict[str, list[float]] = defaultdict(list)
         for _ in range(schedule.passes):
@@ -343,22 +384,18 @@ class Run:
                 share = self.dist.share(index, self.group_size)  # this rank's rows of the minibatch
                 mb = batch.select(share, self.group_size)
                 r = mb.rollout
-                # Logits of the real completion tokens only (none spent on padding), put back in [N, T].
-                logits, where = packed_logits(self.policy, r.input_ids, r.attention_mask, r.prompt_width,
-                                              self.group_size)
-                tokens = r.completion_ids.flatten()[where]
-                logprobs = scatter_rows(gather_logprobs(logits, tokens, self.suite.rollout.temperature), where,
-                                        tuple(r.completion_ids.shape))
-                loss, stats = self.algorithm.policy_loss(logprobs, mb)
                 weight = self.dist.share_weight(batch.mask, index, share, schedule.loss_agg)
                 self.optimizer.zero_grad(set_to_none=True)
-                self.dist.backward(loss, weight)
+                # Log-probs of the real completion tokens, the LM head a chunk of tokens at a time.
+                (logprobs, entropy), stats = backward_in_micro_batches(
+                    r, self._micro(r), self._policy_logprobs, lambda out, mb=mb: self.algorithm.policy_loss(out[0], mb),
+                    lambda loss, weight=weight: self.dist.backward(loss, weight))
                 stats["learning/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), schedule.max_grad_norm))
                 self.optimizer.step()
                 with torch.no_grad():
-                    stats["learning/entropy"] = float(entropy_from_logits(logits.detach().float()).mean())
+                    stats["learning/entropy"] = float(masked_mean(entropy, r.completion_mask))
                     if mb.ref_logprobs is not None:
-                        stats["kl/k1"] = float(masked_mean(logprobs.detach() - mb.ref_logprobs, r.completion_mask))
+                        stats["kl/k1"] = float(masked_mean(logprobs - mb.ref_logprobs, r.completion_mask))
                 stats = self.dist.mean_stats(stats, weight, exact=("learning/grad_norm",))
                 for k, v in stats.items():
                     totals[k].append(v)
@@ -371,12 +408,11 @@ class Run:
             for index in self._minibatches(len(batch), schedule.num_minibatches):
                 share = self.dist.share(index, self.group_size)
                 mb = batch.select(share, self.group_size)
-                r = mb.rollout
-                values = self.value_model.completion_values(r.input_ids, r.attention_mask, r.prompt_width)
-                loss, stats = self.algorithm.value_loss(values, mb)
                 weight = self.dist.share_weight(batch.mask, index, share, "token_mean")  # a masked token mean
                 self.value_optimizer.zero_grad(set_to_none=True)
-                self.dist.backward(loss, weight)
+                _, stats = backward_in_micro_batches(mb.rollout, self._micro(mb.rollout), self._values,
+                                                     lambda values, mb=mb: self.algorithm.value_loss(values, mb),
+                                                     lambda loss, weight=weight: self.dist.backward(loss, weight))
                 torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), schedule.max_grad_norm)
                 self.value_optimizer.step()
                 losses.append(self.dist.mean_stats(stats, weight)["loss/value"])

@@ -52,6 +52,7 @@ def main(argv: list[str]) -> int:
         from rlbench.catalog import load_problems, resolve_probe
         from rlbench.config import load_suite
         from rlbench.distributed import Dist
+        from rlbench.models.shape import is_shape
         from rlbench.train import Run
 
         quiet_libraries()
@@ -67,6 +68,7 @@ def main(argv: list[str]) -> int:
         say({"event": "loaded", "roles": list(run.roles)})
         eval_problems = load_problems(suite.task, "eval", suite.eval.size, 0)  # once, for every evaluation
         evals = [dict(spec["eval_before"], step=0, completions=0)] if spec.get("eval_before") else []
+        evaluate = not is_shape(suite.model.name)  # random weights: accuracy is meaningless
         with open(run_dir / "steps.jsonl" if rank == 0 else os.devnull, "w") as steps_file:
             while (stopped_by := run.budget.exhausted()) is None:
                 metrics = run.step()
@@ -75,12 +77,13 @@ def main(argv: list[str]) -> int:
                 say({"event": "step", "step": metrics["step"], "fraction": run.budget.fraction(),
                       "completions": run.budget.completions, "reward": metrics["reward/mean"],
                       "gold": metrics["gold/accuracy"]})
-                if suite.eval.every and metrics["step"] % suite.eval.every == 0:
+                if evaluate and suite.eval.every and metrics["step"] % suite.eval.every == 0:
                     evals.append(_evaluate(run, suite, eval_problems) | {"step": metrics["step"], "completions": run.budget.completions})
         result["stopped_by"] = stopped_by
-        say({"event": "eval"})
-        final = _evaluate(run, suite, eval_problems)
-        evals.append(final | {"step": run.budget.steps, "completions": run.budget.completions})
+        if evaluate:
+            say({"event": "eval"})
+            final = _evaluate(run, suite, eval_problems)
+            evals.append(final | {"step": run.budget.steps, "completions": run.budget.completions})
         result["evals"] = evals
         result["status"] = "ok"
     except KeyboardInterrupt:

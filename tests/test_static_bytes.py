@@ -126,3 +126,44 @@ def test_optimizer_state_tensors_walks_nested_state(nested: bool) -> None:
     tensors = list(optimizer_state_tensors(optimizer))
     assert tensors[0] is momentum
     assert len(tensors) == (2 if nested else 1)
+
+
+# ---- per precision, through the loading path every run uses --------------------------------------
+# The same tiny Llama (22,240 parameters in 20 tensors) saved and loaded as a role:
+#   fp32        weights 4 B/param = 88,960; grads 88,960; AdamW 2 x 88,960 + 20 x 4 = 178,000
+#   bf16-mixed  trained: master 4 B/param = 88,960 (no persistent bf16 copy), grads 88,960 (fp32),
+#               AdamW 178,000 (fp32 moments): 16 B/param in all; frozen: weights 2 B/param = 44,480
+#   bf16-pure   weights 44,480; grads 44,480; AdamW 2 x 44,480 + 20 x 4 (fp32 steps) = 89,040
+PER_PRECISION = {
+    ("float32", "fp32", True): dict(weights=88_960, master=0, gradients=88_960, optimizer=178_000),
+    ("float32", "fp32", False): dict(weights=88_960, master=0, gradients=0, optimizer=0),
+    ("bfloat16", "bf16-mixed", True): dict(weights=0, master=88_960, gradients=88_960, optimizer=178_000),
+    ("bfloat16", "bf16-mixed", False): dict(weights=44_480, master=0, gradients=0, optimizer=0),
+    ("bfloat16", "bf16-pure", True): dict(weights=44_480, master=0, gradients=44_480, optimizer=89_040),
+    ("bfloat16", "bf16-pure", False): dict(weights=44_480, master=0, gradients=0, optimizer=0),
+}
+
+
+@pytest.mark.parametrize("dtype,precision,trained", list(PER_PRECISION))
+def test_static_bytes_per_precision_are_exact(tmp_path, dtype: str, precision: str, trained: bool) -> None:
+    from rlbench.config import ModelConfig
+    from rlbench.models.loading import load_causal_lm
+    from rlbench.models.optim import adamw
+    from rlbench.models.precision import compute_context, compute_dtype
+
+    tiny_llama().save_pretrained(tmp_path)
+    cfg = ModelConfig(dtype=dtype, precision=precision)
+    model = load_causal_lm(tmp_path, cfg, trainable=trained)
+    model.requires_grad_(trained)
+    optimizer = None
+    if trained:
+        optimizer = adamw(model.parameters(), lr=1e-3)
+        ids = torch.randint(0, 50, (2, 8))
+        with compute_context(cfg, "cpu"):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+    static = role_static_bytes(model, optimizer, compute_dtype(cfg))
+    expected = PER_PRECISION[(dtype, precision, trained)]
+    assert {k: static[k] for k in expected} == expected
+    assert static["total"] == sum(expected.values()) + static["buffers"]

@@ -50,6 +50,11 @@ def check_suite(suite: Suite, errors: Errors) -> Suite:
                              ("probe", "probe", suite.probe)):
         if ok(path):
             _check_name(kind, name, path, errors)
+    precision, dtype = suite.model.precision, suite.model.dtype
+    needs = {"fp32": "float32", "bf16-mixed": "bfloat16", "bf16-pure": "bfloat16"}.get(precision)
+    if ok("model.precision") and ok("model.dtype") and needs and dtype != needs:
+        errors.append(("model.precision", f"{precision} needs model.dtype {needs}, got {dtype} "
+                                          "(or set precision: auto)"))
     if ok("task.min_steps") and ok("task.max_steps") and suite.task.min_steps > suite.task.max_steps:
         errors.append(("task.min_steps", f"must be <= task.max_steps ({suite.task.max_steps}), "
                                          f"got {suite.task.min_steps}"))

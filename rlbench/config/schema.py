@@ -22,6 +22,7 @@ def f(default: Any = None, help: str = "", **constraints: Any) -> Any:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16-pure")
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,16 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = f("embedded", "'embedded' (the built-in 1M-parameter model), a hub name or a local directory")
+    name: str = f("embedded", "'embedded' (the built-in 1M-parameter model), shape:<name> or shape:<config.json> "
+                  "(a real architecture with random weights: qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, llama-3.1-8b), "
+                  "a hub name or a local directory")
     dtype: str = f("float32", "parameter dtype", choices=DTYPES)
+    precision: str = f("auto", "fp32; bf16-mixed (trained roles keep fp32 master weights and AdamW moments, compute in "
+                               "bf16; frozen roles in bf16); bf16-pure (everything in bf16, moments too); auto: fp32 "
+                               "for dtype float32, bf16-mixed for bfloat16", choices=PRECISIONS)
+    micro_batch_size: int | None = f(None, "rows per forward/backward in the update, reference, value and reward "
+                                           "phases (gradients accumulated: the same update); null: a whole minibatch "
+                                           "at once", gt=0)
     attn_implementation: str | None = f(None, "transformers attention implementation (eager, sdpa, flash_attention_2)")
     gradient_checkpointing: bool = f(False, "recompute activations in the backward pass to save memory")
     trust_remote_code: bool = f(False, "allow code shipped with a hub model to run")

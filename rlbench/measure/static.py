@@ -4,13 +4,18 @@ This is the part of a role's memory that can be computed without running anythin
 memory.py measure the rest (activations, caches, allocator overhead). Every figure counts each
 untyped storage once (keyed by device and data pointer), so tied embeddings, shared tensors and
 views are not double-counted; a view counts the whole storage it keeps alive. Categories are
-counted in the order weights, gradients, optimizer, buffers, and a storage already counted in an
-earlier category is not counted again, so `total` is the sum of the four.
+counted in the order weights, master, gradients, optimizer, buffers, and a storage already counted
+in an earlier category is not counted again, so `total` is the sum of the five.
+
+Mixed precision: given the role's compute dtype (bf16 under `model.precision: bf16-mixed`), trained
+parameters held in another dtype (float32) are the optimizer's master weights and are counted
+under `master`, not `weights`: the role holds no persistent bf16 copy (autocast's copies belong to
+the phases that make them).
 
 Usage:
 
-    static = role_static_bytes(policy, optimizer)
-    static["weights"], static["gradients"], static["optimizer"], static["total"]
+    static = role_static_bytes(policy, optimizer, compute_dtype=torch.bfloat16)
+    static["weights"], static["master"], static["gradients"], static["optimizer"], static["total"]
 """
 
 from __future__ import annotations
@@ -75,12 +80,15 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> Iterator[torch.
 
 
 def role_static_bytes(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> dict[str, int]:
     """Static bytes of one role.
 
     Returns (all ints, bytes):
-        weights: the model's parameters.
+        weights: the model's parameters (except master weights).
+        master: trainable parameters held in a dtype other than `compute_dtype` (float32 master
+            weights of a bf16-mixed role); 0 when compute_dtype is None.
         gradients: the .grad tensors that exist now (0 before the first backward or after
             zero_grad(set_to_none=True)).
         gradients_expected: what gradients will take once they exist: the bytes of the trainable
@@ -89,21 +97,27 @@ def role_static_bytes(
         optimizer: every tensor in optimizer.state (0 before the first step: optimizers create
             their state lazily).
         buffers: the model's buffers (e.g. rotary inv_freq, norms' running stats).
-        total: weights + gradients + optimizer + buffers.
+        total: weights + master + gradients + optimizer + buffers.
     """
     seen: set[tuple[str, int]] = set()
     parameters = list(model.parameters())
-    weights = dedupe_bytes(parameters, seen)
+
+    def is_master(p: torch.Tensor) -> bool:
+        return compute_dtype is not None and p.requires_grad and p.dtype != compute_dtype
+
+    weights = dedupe_bytes((p for p in parameters if not is_master(p)), seen)
+    master = dedupe_bytes((p for p in parameters if is_master(p)), seen)
     gradients = dedupe_bytes((p.grad for p in parameters if p.grad is not None), seen)
     optimizer_bytes = dedupe_bytes(optimizer_state_tensors(optimizer), seen) if optimizer is not None else 0
     buffers = dedupe_bytes(model.buffers(), seen)
     return {
         "weights": weights,
+        "master": master,
         "gradients": gradients,
         "gradients_expected": sum(
             _local(p).numel() * p.element_size() for p in parameters if p.requires_grad
         ),
         "optimizer": optimizer_bytes,
         "buffers": buffers,
-        "total": weights + gradients + optimizer_bytes + buffers,
+        "total": weights + master + gradients + optimizer_bytes + buffers,
     }

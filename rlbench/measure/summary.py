@@ -7,8 +7,10 @@ Memory per role, for every probe the run used:
   to the role (generate, update -> policy; ref_logprobs -> reference; score -> reward; values,
   value_update -> value).
 Reconciliation: the process peak is set against what is attributed at the phase that reached it
-(every role's static bytes plus that phase's transient rise); the rest, libraries and allocator
-slack included, is reported as `other`, never dropped.
+(every role's static bytes when that phase's peak call ended, plus that call's transient rise, net
+of the gradients and optimizer state it created: those are static, counted once); the rest,
+libraries and allocator slack included, is reported as `other`, never dropped:
+baseline + static + transient + other = process peak.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Run(Protocol):
 
     suite: Any
     budget: Any  # .consumed(), .steps, .completions, .tokens, .trained_tokens, .sequence_tokens
-    phases: Any  # PhaseStats: seconds, calls, peak_bytes, rise_bytes, notes
+    phases: Any  # PhaseStats: seconds, calls, peak_bytes, rise_bytes, peak_call, notes
     step_metrics: list[dict[str, Any]]
     role_load_bytes: dict[str, dict[str, int]]
     engine: Any  # .memory_bytes()
@@ -55,7 +57,7 @@ def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
     roles = _roles(run)
     memory = _memory(run, probe, roles, result.get("baseline_bytes") or {})
     throughput = _throughput(run)
-    accuracy = _accuracy(result.get("evals") or [])
+    accuracy = _accuracy(result.get("evals") or [], run.suite.model.name)
     learning = _learning(run.step_metrics)
     heldout = (accuracy["delta"], accuracy["delta_stderr_sum"]) if "delta" in accuracy else None
     hacking = reward_hacking([m["reward/mean"] for m in run.step_metrics], [m["gold/accuracy"] for m in run.step_metrics],
@@ -75,9 +77,10 @@ def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
 def _roles(run: Run) -> dict[str, Any]:
     roles: dict[str, Any] = {}
     from rlbench.measure.static import role_static_bytes
+    from rlbench.models.precision import compute_dtype
 
     for role, (model, optimizer) in run.role_models().items():
-        roles[role] = {"static": role_static_bytes(model, optimizer)}
+        roles[role] = {"static": role_static_bytes(model, optimizer, compute_dtype(run.suite.model))}
     engine_bytes = run.engine.memory_bytes()
     if engine_bytes:
         roles["rollout"] = {"static": dict(engine_bytes, total=sum(engine_bytes.values()))}
@@ -105,19 +108,24 @@ def _memory(run: Run, probe, roles: dict[str, Any], baseline: dict[str, int]) ->
                            "baseline_bytes": baseline, "reconciliation": {}, "notes": run.phases.notes}
     process_peaks = probe.process_peak_bytes()
     static_total = sum(r["static"]["total"] for r in roles.values())
+    engine_total = roles.get("rollout", {}).get("static", {}).get("total", 0)
     for name, peaks in run.phases.peak_bytes.items():
         if not peaks:
             continue
         peak_phase = max(peaks, key=peaks.get)
         process_peak = max(peaks[peak_phase], process_peaks.get(name, 0))
-        transient = run.phases.rise_bytes[name].get(peak_phase, 0)
+        # The call that reached the peak: its transient (net of the gradients and optimizer state it
+        # created, which are static) and the static bytes held when it ended.
+        call = (getattr(run.phases, "peak_call", {}).get(name) or {}).get(peak_phase)
+        static = call["static_bytes"] + engine_total if call else static_total
+        transient = call["rise_bytes"] if call else run.phases.rise_bytes[name].get(peak_phase, 0)
         base = baseline.get(name, 0)
-        attributed = static_total + transient
+        attributed = static + transient
         out["reconciliation"][name] = {
             "process_peak_bytes": process_peak,
             "peak_phase": peak_phase,
             "baseline_bytes": base,
-            "static_bytes": static_total,
+            "static_bytes": static,
             "peak_phase_transient_bytes": transient,
             "attributed_bytes": attributed,
             "other_bytes": process_peak - base - attributed,
@@ -177,7 +185,11 @@ def _peak_flops(run: Run) -> float | None:
     return cpu_peak_flops(cache_root())
 
 
-def _accuracy(evals: list[dict[str, Any]]) -> dict[str, Any]:
+def _accuracy(evals: list[dict[str, Any]], model_name: str = "") -> dict[str, Any]:
+    from rlbench.models.shape import MEANINGLESS_ACCURACY, is_shape
+
+    if is_shape(model_name):
+        return {"meaningless": MEANINGLESS_ACCURACY}
     if not evals:
         return {}
     before, after = evals[0], evals[-1]
@@ -203,7 +215,7 @@ def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, An
     out: dict[str, Any] = {}
     for role, entry in roles.items():
         static = entry["static"]
-        for kind in ("weights", "gradients", "optimizer", "total"):
+        for kind in ("weights", "master", "gradients", "optimizer", "total"):
             if kind in static:
                 out[f"memory/{role}/{kind}_bytes"] = metric(f"memory/{role}/{kind}_bytes", static[kind], probe="static")
         if primary in entry["peak_bytes"]:
@@ -214,7 +226,7 @@ def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, An
         out["memory/process_peak_bytes"] = metric("memory/process_peak_bytes", recon["process_peak_bytes"], probe=primary)
     for name, value in throughput.items():
         out[name] = metric(name, value)
-    if accuracy:
+    if "after" in accuracy:
         after, before = accuracy["after"], accuracy["before"]
         out["eval/accuracy"] = metric("eval/accuracy", after["eval/accuracy"], after["eval/accuracy_stderr"])
         out["eval/accuracy_before"] = metric("eval/accuracy_before", before["eval/accuracy"],

@@ -71,12 +71,15 @@ def save_pretrained_pair(model: torch.nn.Module, tokenizer: PreTrainedTokenizerB
 
 
 def load_pretrained_pair(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
-    """Load a causal LM and its tokenizer from a local directory through the Auto classes.
+    """Load a causal LM and its tokenizer from a local directory through the Auto classes (a shape
+    model's tokenizer as saved: `load_saved_tokenizer`).
 
     `trust_remote_code` is always passed: left unset, transformers asks on the terminal whether to
     run a model directory's own Python code, and a `y` piped to rlbench would run it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    from rlbench.models.tokenizer import load_saved_tokenizer
+
+    tokenizer = load_saved_tokenizer(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     return model, tokenizer

@@ -11,14 +11,27 @@ module's weights, with per-token work done on real tokens only (no compute on pa
 or on left padding). `packed_logits` returns the logits of real completion tokens only, which is
 what training needs; `completion_logits` and `completion_logprobs` give the padded [N, T] layout.
 `lean=False` forces the module's own forward.
+
+Lean log-probs: `completion_logprobs` (and `completion_logprobs_and_entropy`, what the update
+needs) never hold full-vocabulary logits for all tokens at once. On the lean path they take the
+final hidden states and apply the LM head a chunk of tokens at a time (`LOGITS_CHUNK_BYTES` of
+float32 logits per chunk: 110 tokens at a 151,936-token vocabulary, every token at once for the
+embedded model); with gradients each chunk is checkpointed, so its logits are recomputed in the
+backward pass instead of kept. Same numbers as the whole-batch computation (the chunks are rows of
+the same matrix products).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from rlbench.models.batching import position_ids_from_mask
-from rlbench.models.lean_llama import llama_parts, packed_completion_logits
+from rlbench.models.lean_llama import llama_parts, packed_completion_hidden, packed_completion_logits
+
+LOGITS_CHUNK_BYTES = 64 * 2**20  # float32 logits computed at once by the chunked log-probs
 
 
 def _module_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -85,11 +98,73 @@ def scatter_rows(values: torch.Tensor, index: torch.Tensor, shape: tuple[int, in
     return values.new_zeros(n * t, *rest).index_copy(0, index, values).view(n, t, *rest)
 
 
+def _logprobs_and_entropy(scores: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                          head: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log softmax(logits / T) at `tokens` and the entropy of softmax(logits) (no gradient), for
+    logits = head(scores), or scores themselves when head is None."""
+    logits = (scores if head is None else head(scores)).float()
+    with torch.no_grad():  # -sum p log p = logsumexp(l) - sum p l
+        entropy = torch.logsumexp(logits, -1) - (logits.softmax(-1) * logits).sum(-1)
+    return gather_logprobs(logits, tokens, temperature), entropy
+
+
+def token_logprobs(scores: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
+                   head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs [n], entropies [n]) of `tokens` [n] from final hidden states [n, H] through the LM
+    `head` (or from logits [n, V] when head is None), `LOGITS_CHUNK_BYTES` of logits at a time.
+
+    With gradients, each chunk runs under activation checkpointing: its logits are freed after the
+    forward and recomputed in the backward pass, so at most one chunk's logits exist at a time.
+    Entropies carry no gradient.
+    """
+    vocab = vocab_size or scores.shape[-1]
+    rows = max(1, LOGITS_CHUNK_BYTES // (4 * vocab))
+    if len(tokens) <= rows:
+        return _logprobs_and_entropy(scores, tokens, temperature, head)
+    grad = torch.is_grad_enabled()
+    outs = []
+    for start in range(0, len(tokens), rows):
+        args = (scores[start:start + rows], tokens[start:start + rows], temperature, head)
+        outs.append(checkpoint(_logprobs_and_entropy, *args, use_reentrant=False) if grad
+                    else _logprobs_and_entropy(*args))
+    return torch.cat([lp for lp, _ in outs]), torch.cat([ent for _, ent in outs])
+
+
+def packed_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    prompt_width: int, completion_ids: torch.Tensor, temperature: float = 1.0,
+                    group_size: int = 1, lean: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log-probs [n], entropies [n], index [n]) of the real completion tokens (layout of `packed_logits`);
+    on the lean path the LM head runs a chunk of tokens at a time (`token_logprobs`)."""
+    t = input_ids.shape[1] - prompt_width
+    parts = llama_parts(model) if lean and t > 0 else None
+    if parts is not None:
+        hidden, index = packed_completion_hidden(parts, input_ids, attention_mask,
+                                                 position_ids_from_mask(attention_mask), prompt_width, group_size)
+        scores, head, vocab = hidden, parts.lm_head, parts.lm_head.weight.shape[0]
+    else:
+        scores, index = packed_logits(model, input_ids, attention_mask, prompt_width, group_size, lean)
+        head, vocab = None, None
+    logprobs, entropy = token_logprobs(scores, completion_ids.flatten()[index], temperature, head, vocab)
+    return logprobs, entropy, index
+
+
+def completion_logprobs_and_entropy(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                    prompt_width: int, completion_ids: torch.Tensor, temperature: float = 1.0,
+                                    group_size: int = 1, lean: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [N, T] (as `completion_logprobs`) and the entropy of the next-token
+    distribution at each position [N, T] (before temperature, no gradient); 0 where masked."""
+    logprobs, entropy, index = packed_logprobs(model, input_ids, attention_mask, prompt_width, completion_ids,
+                                               temperature, group_size, lean)
+    shape = tuple(completion_ids.shape)
+    return scatter_rows(logprobs, index, shape), scatter_rows(entropy, index, shape)
+
+
 def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         prompt_width: int, completion_ids: torch.Tensor, temperature: float = 1.0,
                         group_size: int = 1, lean: bool = True) -> torch.Tensor:
     """Per-token log-probs [N, T] of the completion tokens under `model` (same scaling as sampling);
-    0 where the completion's attention mask is 0."""
-    logits, index = packed_logits(model, input_ids, attention_mask, prompt_width, group_size, lean)
-    logprobs = gather_logprobs(logits, completion_ids.flatten()[index], temperature)
-    return scatter_rows(logprobs, index, tuple(completion_ids.shape))
+    0 where the completion's attention mask is 0. Full-vocabulary logits are never held for all
+    tokens at once on the lean path."""
+    return completion_logprobs_and_entropy(model, input_ids, attention_mask, prompt_width, completion_ids,
+                                           temperature, group_size, lean)[0]

@@ -25,7 +25,7 @@ Positions are passed in by the caller (positions skip left padding, as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +137,20 @@ def llama_parts(model: nn.Module) -> LlamaParts | None:
         heads=config.num_attention_heads, kv_heads=config.num_key_value_heads, head_dim=head_dim,
         scaling=inner.layers[0].self_attn.scaling,
     )
+
+
+def cast_linears(parts: LlamaParts, dtype: torch.dtype) -> LlamaParts:
+    """`parts` with every linear layer's weight and bias copied to `dtype` (the embedding, norms and
+    rotary table kept): what `torch.autocast(dtype)` computes them in, cast once instead of at every
+    call. The copies are new tensors: they follow later optimizer steps only if cast again."""
+
+    def cast(linear: Linear) -> Linear:
+        bias = None if linear.bias is None else linear.bias.to(dtype)
+        return Linear(linear.weight.to(dtype), bias)
+
+    blocks = tuple(replace(b, q=cast(b.q), k=cast(b.k), v=cast(b.v), o=cast(b.o), gate=cast(b.gate), up=cast(b.up),
+                           down=cast(b.down)) for b in parts.blocks)
+    return replace(parts, blocks=blocks, lm_head=None if parts.lm_head is None else cast(parts.lm_head))
 
 
 def _is_rms_norm(module: nn.Module) -> bool:

@@ -1,8 +1,10 @@
 """Loading every model role from a directory: the embedded default, a local directory or a hub name.
 
-`resolve_base(model.name)` gives a directory in Hugging Face format (the embedded model saved in
-the cache, a local directory, or a hub snapshot). From a directory (the base, or the SFT output):
+`resolve_base(model.name)` gives a directory in Hugging Face format (the embedded model or a
+shape model saved in the cache, a local directory, or a hub snapshot). From a directory (the base, or the SFT output):
 
+- parameter dtypes follow `model.precision` (rlbench.models.precision): under bf16-mixed the
+  trained roles (policy, value) load in float32 (master weights), the frozen ones in bf16.
 - policy and reference: `AutoModelForCausalLM` with the suite's `dtype`, `attn_implementation`
   and `trust_remote_code` (off unless the suite sets it), moved to the run's device; the
   policy gets gradient checkpointing when `model.gradient_checkpointing` is set.
@@ -30,8 +32,8 @@ from rlbench.cache import cached_dir, stable_hash
 from rlbench.config import LoraConfig, ModelConfig
 from rlbench.errors import UserError
 from rlbench.models.embedded import EMBEDDED_NAME, build_embedded, embedded_spec, save_pretrained_pair
+from rlbench.models.precision import DTYPES, parameter_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PEFT_MISSING = "model.lora: LoRA needs the peft package, rlbench's extra 'peft' (pip install peft)"
 
 
@@ -68,6 +70,10 @@ def resolve_base(name: str, trust_remote_code: bool = False) -> Path:
     and refused when it ships Python code (`auto_map`) that the suite does not trust."""
     if name == EMBEDDED_NAME:
         return embedded_base_dir()
+    from rlbench.models.shape import is_shape, shape_base_dir
+
+    if is_shape(name):
+        return shape_base_dir(name)
     path = Path(name).expanduser()
     if not path.is_dir():
         if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -113,9 +119,10 @@ def check_model_dir(path: Path, field: str, trust_remote_code: bool, weights: bo
 # ---- causal LMs: policy and reference ---------------------------------------------------------
 
 
-def pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:
-    """Keyword arguments of every `from_pretrained` call for the suite's model."""
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code}
+def pretrained_kwargs(cfg: ModelConfig, trained: bool = False) -> dict[str, Any]:
+    """Keyword arguments of every `from_pretrained` call for the suite's model (the parameter dtype
+    follows `model.precision`: float32 masters for trained roles under bf16-mixed)."""
+    kwargs: dict[str, Any] = {"dtype": parameter_dtype(cfg, trained), "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
     return kwargs
@@ -123,9 +130,9 @@ def pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:
 
 def load_tokenizer(path: str | Path, cfg: ModelConfig):
     """The directory's tokenizer (its chat template included), with a pad token (EOS when it has none)."""
-    from transformers import AutoTokenizer
+    from rlbench.models.tokenizer import load_saved_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_saved_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -137,7 +144,7 @@ def load_causal_lm(path: str | Path, cfg: ModelConfig, device: torch.device | st
     checkpointing when the suite asks for it."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, **pretrained_kwargs(cfg)).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, **pretrained_kwargs(cfg, trainable)).to(device)
     if trainable and cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     return model
@@ -242,9 +249,9 @@ def load_scalar_model(path: str | Path, cfg: ModelConfig, device: torch.device |
         from transformers import AutoModelForSequenceClassification
 
         model = scalar_model_from_classifier(
-            AutoModelForSequenceClassification.from_pretrained(path, **pretrained_kwargs(cfg)))
+            AutoModelForSequenceClassification.from_pretrained(path, **pretrained_kwargs(cfg, trainable)))
     else:
-        model = ScalarHeadModel.from_pretrained(path, torch_dtype(cfg.dtype))
+        model = ScalarHeadModel.from_pretrained(path, parameter_dtype(cfg, trainable))
     model = model.to(device)
     if trainable and cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model.backbone)

@@ -319,9 +319,9 @@ def _check_saved(path: Path, policy_dir: Path) -> Path:
         raise UserError(f"{where}: {path} has a vocabulary of {rm_vocab} tokens but the policy has {policy_vocab}; "
                         "a reward model must read the policy's token ids")
     if (path / "tokenizer_config.json").exists() and (policy_dir / "tokenizer_config.json").exists():
-        from transformers import AutoTokenizer
+        from rlbench.models.tokenizer import load_saved_tokenizer
 
-        if AutoTokenizer.from_pretrained(path).get_vocab() != AutoTokenizer.from_pretrained(policy_dir).get_vocab():
+        if load_saved_tokenizer(path).get_vocab() != load_saved_tokenizer(policy_dir).get_vocab():
             raise UserError(f"{where}: {path} has a different tokenizer from the policy; "
                             "a reward model must read the policy's token ids")
     return path

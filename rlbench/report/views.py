@@ -52,15 +52,24 @@ def summary_table(report: dict[str, Any]) -> Table:
         )
     table.caption = ("accuracy: greedy pass@1 ± standard error; Δ acc in points, marked * when larger than the "
                      "sum of the two standard errors; roles: pol(icy), ref(erence), rew(ard), val(ue)")
+    meaningless = {(run.get("accuracy") or {}).get("meaningless") for run in report["runs"]} - {None}
+    if meaningless:
+        table.caption += "\naccuracy " + "; ".join(sorted(meaningless))
     return table
 
 
 def memory_table(report: dict[str, Any]) -> Table:
-    """Role x (weights, grads, optimizer, static total, phase peak) per run, with the process peak."""
+    """Role x (weights, [fp32 master,] grads, optimizer, static total, phase peak) per run, with the
+    process peak; the master column appears when a run holds master weights (bf16-mixed)."""
     probe = primary_probe(report)
     table = Table(title=f"memory by role (MiB; static from tensors, peaks measured by {probe})", title_justify="left")
-    for col in ("run", "role", "weights", "grads", "optimizer", "static", "load +", "phase peak", "peak phase"):
+    masters = any((entry.get("static") or {}).get("master") for run in report["runs"]
+                  for entry in (run.get("roles") or {}).values())
+    columns = ("run", "role", "weights", *(("master",) if masters else ()), "grads", "optimizer", "static", "load +",
+               "phase peak", "peak phase")
+    for col in columns:
         table.add_column(col, justify="left" if col in ("run", "role", "peak phase") else "right")
+    pad = ("",) if masters else ()
     for run in report["runs"]:
         roles = run.get("roles") or {}
         for i, role in enumerate(r for r in ROLE_ORDER if r in roles):
@@ -69,15 +78,16 @@ def memory_table(report: dict[str, Any]) -> Table:
             phases = entry.get("phases", {})
             peak_phase = max(phases, key=lambda p: phases[p]["peak_bytes"].get(probe, 0), default=None)
             table.add_row(
-                Text(run["id"] if i == 0 else ""), Text(role), mib(static.get("weights")), mib(static.get("gradients")),
+                Text(run["id"] if i == 0 else ""), Text(role), mib(static.get("weights")),
+                *((mib(static.get("master")),) if masters else ()), mib(static.get("gradients")),
                 mib(static.get("optimizer")), mib(static.get("total")), mib(entry.get("load_bytes", {}).get(probe)),
                 mib(entry.get("peak_bytes", {}).get(probe)), Text(peak_phase or "-"),
             )
         recon = ((run.get("memory") or {}).get("reconciliation") or {}).get(probe)
         if recon:
-            table.add_row("", "[bold]process peak[/]", "", "", "", mib(recon["static_bytes"]), "",
+            table.add_row("", "[bold]process peak[/]", "", *pad, "", "", mib(recon["static_bytes"]), "",
                           f"[bold]{mib(recon['process_peak_bytes'])}[/]", Text(str(recon["peak_phase"])))
-            table.add_row("", "other", "", "", "", "", "", mib(recon["other_bytes"]),
+            table.add_row("", "other", "", *pad, "", "", "", "", mib(recon["other_bytes"]),
                           f"baseline {mib(recon['baseline_bytes'])}")
         if roles:
             table.add_section()

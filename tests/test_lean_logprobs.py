@@ -1,0 +1,116 @@
+"""Lean log-probs: the LM head a chunk of tokens at a time, and micro-batches with accumulated
+gradients, give the numbers of one whole-batch pass (to 1e-5 on the embedded model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlbench.algorithms.losses import entropy_from_logits
+from rlbench.config import load_suite
+from rlbench.models import forward
+from rlbench.models.batching import micro_batches
+from rlbench.models.embedded import build_embedded, save_pretrained_pair
+from rlbench.models.forward import (
+    completion_logprobs_and_entropy,
+    gather_logprobs,
+    packed_logits,
+    scatter_rows,
+)
+from rlbench.rollout import SamplingParams
+from rlbench.rollout.hf import HFEngine
+from rlbench.train import Run
+
+SUITE = """
+name: lean
+model: {name: embedded, sft: {steps: 0}, micro_batch_size: MICRO}
+task: {name: synthetic, max_steps: 1, train_size: 200}
+algorithms:
+  - name: ppo
+    reward: rules
+    rewards: {answer_correct: 1.0, tag_count: 1.0}
+    params: {lr: 1.0e-3, ppo_epochs: 1, num_minibatches: 1}
+budget: {steps: 1}
+rollout: {completions_per_step: 8, group_size: 4, max_new_tokens: 12}
+probe: cpu
+"""
+
+
+@pytest.fixture(scope="module")
+def model_and_rollout():
+    model, tokenizer = build_embedded(seed=0)
+    prompts = [tokenizer(f"Q: {a} plus {b}?\n")["input_ids"] for a, b in ((3, 4), (12, 30))]
+    rollout = HFEngine(model, tokenizer).generate(prompts, 4, SamplingParams(max_new_tokens=16, temperature=1.3), seed=1)
+    assert rollout.completion_mask.sum() > 40  # some rows run longer than others: padding is exercised
+    return model, rollout
+
+
+def whole_batch(model, r, temperature):
+    """Today's computation before chunking: every token's logits at once."""
+    logits, index = packed_logits(model, r.input_ids, r.attention_mask, r.prompt_width, 4)
+    logprobs = gather_logprobs(logits, r.completion_ids.flatten()[index], temperature)
+    entropy = entropy_from_logits(logits.float())
+    shape = tuple(r.completion_ids.shape)
+    return scatter_rows(logprobs, index, shape), scatter_rows(entropy, index, shape)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_logprobs_entropy_and_gradients_equal_the_whole_batch(model_and_rollout, monkeypatch, temperature):
+    model, r = model_and_rollout
+    weights = torch.randn(r.completion_ids.shape, generator=torch.Generator().manual_seed(0))
+    expected_lp, expected_ent = whole_batch(model, r, temperature)
+    (expected_lp * weights).sum().backward()
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+
+    # 5 tokens per chunk (398-token vocabulary x 4 bytes x 5): the LM head runs in many chunks.
+    monkeypatch.setattr(forward, "LOGITS_CHUNK_BYTES", 4 * 398 * 5)
+    lp, ent = completion_logprobs_and_entropy(model, r.input_ids, r.attention_mask, r.prompt_width,
+                                              r.completion_ids, temperature, group_size=4)
+    (lp * weights).sum().backward()
+    torch.testing.assert_close(lp, expected_lp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent, expected_ent, atol=1e-5, rtol=0)
+    for p, g in zip(model.parameters(), expected_grads):
+        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-5)
+    model.zero_grad(set_to_none=True)
+
+
+def test_micro_batches_are_whole_groups_or_single_rows() -> None:
+    assert [(rows.tolist(), g) for rows, g in micro_batches(8, None, 4)] == [(list(range(8)), 4)]
+    assert [(rows.tolist(), g) for rows, g in micro_batches(8, 5, 4)] == [([0, 1, 2, 3], 4), ([4, 5, 6, 7], 4)]
+    assert [(rows.tolist(), g) for rows, g in micro_batches(6, 4, 2)] == [([0, 1, 2, 3], 2), ([4, 5], 2)]
+    assert [(rows.tolist(), g) for rows, g in micro_batches(4, 3, 4)] == [([0, 1, 2], 1), ([3], 1)]
+
+
+def one_update(tmp_path, micro: str) -> tuple[Run, dict]:
+    """One PPO step (policy and value updates) of the embedded model with `micro_batch_size: micro`."""
+    path = tmp_path / f"suite-{micro}.yaml"
+    path.write_text(SUITE.replace("MICRO", micro))
+    suite = load_suite(path)
+    model, tokenizer = build_embedded(seed=0)
+    policy_dir = save_pretrained_pair(model, tokenizer, tmp_path / "policy")
+    from test_protocol import NoProbe
+
+    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, NoProbe())
+    return run, run.step()
+
+
+def seeded_rewards(self, rollout, problems):
+    """Rewards that vary (a fresh model earns none from the rules), the same for every run."""
+    return torch.randn(len(problems), generator=torch.Generator().manual_seed(7)), {}
+
+
+def test_micro_batched_updates_give_the_same_gradients(tmp_path, monkeypatch) -> None:
+    # The same step three ways: the whole minibatch, micro-batches of one group (4 rows), and single
+    # rows that share no prompt (3 < G = 4). Same seed: same samples, rewards, advantages and losses.
+    monkeypatch.setattr(Run, "_score", seeded_rewards)
+    runs = [one_update(tmp_path, micro) for micro in ("null", "4", "3")]
+    assert runs[0][1]["learning/grad_norm"] > 1 and runs[0][1]["loss/value"] > 0.01  # a real update (6.1, 0.031)
+    (whole, stats), others = runs[0], runs[1:]
+    for run, other_stats in others:
+        for key in ("loss/policy", "loss/value", "learning/entropy", "learning/grad_norm"):
+            assert other_stats[key] == pytest.approx(stats[key], abs=1e-5), key
+        for model_a, model_b in ((whole.policy, run.policy), (whole.value_model, run.value_model)):
+            for a, b in zip(model_a.parameters(), model_b.parameters()):
+                torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(b, a, atol=1e-5, rtol=0)  # and the same AdamW step (lr 1e-3)
