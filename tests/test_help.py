@@ -50,7 +50,8 @@ def test_each_command_has_a_description_and_an_example(command: str, capsys: pyt
 
 def test_estimate_help_says_what_it_counts(capsys: pytest.CaptureFixture) -> None:
     text = " ".join(_help(["estimate", "--help"], capsys).split())
-    for words in ("weights for every role", "gradients and AdamW's two moments", "not the peak"):
+    for words in ("predicted peak by role and kind", "weights, gradients, optimizer state, activations, logits, KV cache",
+                  "worst case: every completion runs to max_new_tokens", "no weight is loaded"):
         assert words in text
 
 

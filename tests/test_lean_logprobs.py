@@ -112,5 +112,6 @@ def test_micro_batched_updates_give_the_same_gradients(tmp_path, monkeypatch) ->
             assert other_stats[key] == pytest.approx(stats[key], abs=1e-5), key
         for model_a, model_b in ((whole.policy, run.policy), (whole.value_model, run.value_model)):
             for a, b in zip(model_a.parameters(), model_b.parameters()):
+                # Gradients, not parameters after AdamW: its first step is about lr * sign(grad), so a
+                # near-zero gradient's last-bit difference can move a parameter by up to lr.
                 torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4)
-                torch.testing.assert_close(b, a, atol=1e-5, rtol=0)  # and the same AdamW step (lr 1e-3)
