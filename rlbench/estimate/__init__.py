@@ -14,7 +14,7 @@ the estimate follows the code: LoRA (the reference is the policy with adapters o
 `beta: 0` (no reference), gradient checkpointing, precision and micro-batches come from the same
 paths a run takes.
 
-Modules: `trace` (the tracker: fake/real execution, labels, region peaks), `simulate` (one run on
+Modules: `trace` (the tracker: fake/real execution, labels, region peaks), `simulate` and `standins` (one run on
 fake tensors), `predict` (depth extrapolation, per-phase figures), `source` (configs and prompt
 lengths), `fit` (cards, fits / does not fit, the largest value that fits), `view` (tables, JSON),
 `command` (the CLI).

@@ -60,15 +60,16 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _shape(name: str) -> tuple[Any, Any]:
     try:
-        from rlbench.models.shape import shape_config
+        from rlbench.models.shape import shape_config, transformers_config
     except ImportError:
         raise UserError(f"model.name: '{name}': this version of rlbench has no shape models; give the path to a "
                         "config.json instead") from None
     from rlbench.models.tokenizer import build_tokenizer
     from rlbench.tasks.synthetic import vocabulary
 
-    data = dict(shape_config(name), **SYNTHETIC_IDS)
-    return config_from_dict(data), build_tokenizer(vocabulary())
+    # The embedded tokenizer encodes the task as the shape's synthetic tokenizer does (the same ids,
+    # padded to the vocabulary with tokens no text produces), so it measures the prompts.
+    return transformers_config(shape_config(name), SYNTHETIC_IDS), build_tokenizer(vocabulary())
 
 
 def _local_tokenizer(directory: Path, trust_remote_code: bool) -> Any | None:

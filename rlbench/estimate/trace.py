@@ -4,16 +4,19 @@
 storage accounting: every storage counted once, freed when its last tensor dies, optimizer state
 found through the optimizer hooks) that also executes every operation itself:
 
-- Work on fake tensors (weights, activations, logits, caches) runs under a `FakeTensorMode`:
-  shapes, dtypes and storages are real, no memory is allocated and no arithmetic is done.
-- Work on real tensors only (ids, attention masks, positions, the indices of the packed forward)
-  runs for real, so code that reads such values (`int(mask.sum())`, `nonzero()`) takes the branch
-  a real run takes. A result of more than `REAL_LIMIT` bytes, and a new floating-point tensor made
-  from no tensor (a cache, a buffer), are fake.
-- Data-dependent decisions on fake values are driven to the worst case: a token sampled from fake
-  logits (`multinomial`, `argmax`) is a real tensor of a token that is never EOS, so every
-  completion runs to `max_new_tokens`; a fake scalar read in Python (a loss logged with `.item()`)
-  reads 1.
+- Work on fake tensors (weights, activations, logits, caches), or on meta tensors (a model being
+  given storage), runs under a `FakeTensorMode`: shapes, dtypes and storages are real, no memory
+  is allocated and no arithmetic is done. Real tensors among its inputs are replaced by fake twins.
+- Work on small real tensors only (ids, attention masks, positions, the indices of the packed
+  forward) runs for real, so code that reads such values (`int(mask.sum())`, `nonzero()`) takes
+  the branch a real run takes. Bigger inputs are tried fake first: a result of more than
+  `REAL_LIMIT` bytes, or a new floating-point tensor made from no tensor (a cache), stays fake.
+- Data-dependent decisions on fake values are driven to the worst case: a token drawn from fake
+  probabilities (`multinomial`, `argmax`, the inverse CDF's `searchsorted`) is a real tensor of a
+  token that is never EOS, so every completion runs to `max_new_tokens`; a fake scalar read in
+  Python (a loss logged with `.item()`) reads 1.
+- Scratch memory a kernel allocates inside one call, which no operator's output shows, is added at
+  that operator (`KERNEL_SCRATCH`: logsumexp's input-sized buffer).
 
 Each storage carries a label `role/kind` (kinds: weights, gradients, optimizer, activations,
 logits, kv_cache). New storages are labelled by context: weights while a role loads, optimizer
