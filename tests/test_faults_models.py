@@ -88,7 +88,8 @@ def test_estimate_never_runs_the_code(evil_dir, capsys) -> None:
     path, marker = evil_dir
     code = main(["estimate", "--model", str(path), "--algos", "grpo_zero"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "evil_llama" in err[0]  # refused: an architecture it does not know
+    # refused before any config is read: the directory names code of its own (as `run` refuses it)
+    assert code == 2 and len(err) == 1 and "ships its own Python code" in err[0]
     assert not marker.exists()
 
 

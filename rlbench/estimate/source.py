@@ -93,12 +93,17 @@ def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSource:
     elif name.startswith(SHAPE_PREFIX):
         config, tokenizer = _shape(name)
     else:
+        from rlbench.models.loading import check_model_dir
+
         path = Path(name).expanduser()
         if path.is_file():
-            config, tokenizer = config_from_dict(_read_json(path)), _local_tokenizer(path.parent, trust_remote_code)
+            data = _read_json(path)
+            if data.get("auto_map") and not trust_remote_code:
+                raise UserError(f"model.name: {path} ships its own Python code (auto_map); rlbench runs it only "
+                                "when the suite sets model.trust_remote_code: true")
+            config, tokenizer = config_from_dict(data), _local_tokenizer(path.parent, trust_remote_code)
         elif path.is_dir():
-            if not (path / "config.json").is_file():
-                raise UserError(f"model.name: {path} has no config.json")
+            check_model_dir(path, "model.name", trust_remote_code, weights=False)  # no code of its own runs
             config = config_from_dict(_read_json(path / "config.json"))
             tokenizer = _local_tokenizer(path, trust_remote_code)
         elif name.endswith(".json") or name.startswith((".", "/", "~")):
