@@ -124,6 +124,38 @@ def test_cpu_sampling_fallback_catches_a_held_allocation() -> None:
     assert not [t for t in threading.enumerate() if t.name == "rlbench-cpu-rss-sampler"]
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc/self/status")
+def test_anonymous_peak_counts_allocations_and_not_file_backed_pages(tmp_path) -> None:
+    # 64 MiB of file pages read through mmap raise the total RSS (VmHWM) but not RssAnon; a 100 MB
+    # tensor held for 60 ms raises both. The anonymous figures are what the code allocated.
+    path = tmp_path / "pages.bin"
+    path.write_bytes(os.urandom(64 * MIB))
+    probe = CpuProbe(period_ms=2)
+    probe.snapshot()  # the baseline, before anything is allocated
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as pages:
+        with probe.phase("read_file") as file_phase:
+            checksum = sum(pages[i] for i in range(0, len(pages), 4096))  # touch every page
+        with probe.phase("allocate") as alloc_phase:
+            block = torch.ones(25_000_000)  # 100 MB
+            time.sleep(0.06)
+            del block
+    assert checksum >= 0
+    anon_rise = file_phase.extra["rss_anon_peak_bytes"] - file_phase.extra["rss_anon_start_bytes"]
+    assert file_phase.peak_bytes - file_phase.start_bytes >= 60 * MIB
+    assert anon_rise < 8 * MIB
+    assert alloc_phase.extra["rss_anon_peak_bytes"] - alloc_phase.extra["rss_anon_start_bytes"] >= 95 * MB
+    anon = probe.anon_memory()
+    assert anon is not None
+    assert anon["phase_peak_bytes"] == {"read_file": file_phase.extra["rss_anon_peak_bytes"],
+                                        "allocate": alloc_phase.extra["rss_anon_peak_bytes"]}
+    assert anon["process_peak_bytes"] >= alloc_phase.extra["rss_anon_peak_bytes"]
+    assert anon["rise_bytes"] == anon["process_peak_bytes"] - anon["baseline_bytes"] >= 95 * MB
+    assert "RssAnon" in anon["method"]
+    assert not [t for t in threading.enumerate() if t.name == "rlbench-cpu-anon-sampler"]
+
+
 def test_phases_of_one_probe_do_not_nest() -> None:
     probe = CpuProbe(use_clear_refs=False)
     with pytest.raises(AssertionError, match="do not nest"):

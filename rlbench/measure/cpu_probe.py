@@ -1,6 +1,14 @@
 """The `cpu` probe: exact phase peaks of this process's resident memory from /proc (Linux).
 
 See rlbench/measure/memory.py for how it reads memory and why workers start with CPU_WORKER_ENV.
+
+Beside the total (VmHWM/VmRSS: anonymous + file-backed + shared pages) the probe reports the
+anonymous part alone (RssAnon: heap, tensors, stacks): what the code allocates, without the pages
+of library files and memory-mapped weights that the kernel keeps resident or drops depending on
+the page cache and on how the libraries were installed. The kernel keeps no peak of RssAnon, so a
+thread samples it every period_ms (and once at phase start and end), like the RSS fallback; a peak
+shorter than the period is missed. `anon_memory()` gives the per-phase peaks, the process peak and
+the first snapshot (the worker's reading before any model is loaded: the run's baseline).
 """
 
 from __future__ import annotations
@@ -87,6 +95,12 @@ class CpuProbe:
         self._has_status = _proc_status_readable()
         # VmHWM so far is the process peak until now; read it before any reset loses it.
         self._process_peak = read_proc_status()["VmHWM"] if self._has_status else 0
+        # RssAnon: sampled per phase (no kernel peak counter); None where /proc/self/status is unreadable.
+        self._anon_phase_peaks: dict[str, int] = {}
+        self._has_anon = self._has_status and "RssAnon" in read_proc_status()
+        self._anon_process_peak = read_proc_status()["RssAnon"] if self._has_anon else 0
+        self._anon_baseline: int | None = None
+        self._anon_sampler: _Sampler | None = None
         if use_clear_refs is None:
             use_clear_refs = self._has_status and reset_peak_rss()
         self.uses_clear_refs = use_clear_refs
@@ -121,9 +135,15 @@ class CpuProbe:
         on the measured phase's own time)."""
         return {"rss": self._rss()}
 
+    def _anon_reading(self) -> dict[str, int]:
+        return {"anon": read_proc_status()["RssAnon"]}
+
     def _begin(self, mem: PhaseMemory) -> None:
         if self.release_heap:
             release_free_heap()
+        if self._has_anon:
+            self._anon_sampler = _Sampler(self._anon_reading, self.period_ms / 1000, "rlbench-cpu-anon-sampler")
+            mem.extra["rss_anon_start_bytes"] = self._anon_sampler.start()["anon"]
         if self.uses_clear_refs:
             self._process_peak = max(self._process_peak, read_proc_status()["VmHWM"])
             assert reset_peak_rss(), f"cannot write {PROC_CLEAR_REFS}; build CpuProbe(use_clear_refs=False)"
@@ -133,6 +153,15 @@ class CpuProbe:
             mem.start_bytes = self._sampler.start()["rss"]
 
     def _end(self, mem: PhaseMemory) -> None:
+        if self._anon_sampler is not None:
+            sampler, self._anon_sampler = self._anon_sampler, None
+            sampler.stop()
+            if "anon" in sampler.peaks:
+                peak = sampler.peaks["anon"]
+                mem.extra["rss_anon_peak_bytes"] = peak
+                self._anon_phase_peaks[mem.phase] = max(self._anon_phase_peaks.get(mem.phase, 0), peak)
+                self._anon_process_peak = max(self._anon_process_peak, peak)
+            mem.note = _join_notes(mem.note, sampler.error and f"RssAnon {sampler.error}")
         if self.uses_clear_refs:
             status = read_proc_status()
             mem.peak_bytes, mem.end_bytes = status["VmHWM"], status["VmRSS"]
@@ -155,10 +184,29 @@ class CpuProbe:
         self._process_peak = max(self._process_peak, mem.peak_bytes)
 
     def snapshot(self) -> int:
-        """Current RSS, after handing the free heap back (so it counts live memory)."""
+        """Current RSS, after handing the free heap back (so it counts live memory). The first
+        snapshot's RssAnon is kept as the anonymous baseline (see `anon_memory`)."""
         if self.release_heap:
             release_free_heap()
+        if self._has_anon:
+            anon = read_proc_status()["RssAnon"]
+            self._anon_process_peak = max(self._anon_process_peak, anon)
+            if self._anon_baseline is None:
+                self._anon_baseline = anon
         return self._rss()
+
+    def anon_memory(self) -> dict[str, Any] | None:
+        """Anonymous resident memory (RssAnon) of this process, sampled every period_ms: the peak of
+        each phase (the highest of its calls), the process peak, the first snapshot (the baseline)
+        and the peak's rise above it. None where /proc/self/status cannot be read."""
+        if not self._has_anon:
+            return None
+        baseline = self._anon_baseline or 0
+        peak = max(self._anon_process_peak, read_proc_status()["RssAnon"])
+        return {"method": f"RssAnon from /proc/self/status sampled every {self.period_ms:g} ms and at phase "
+                          "start and end (anonymous pages only: heap, tensors, stacks; no file-backed pages)",
+                "baseline_bytes": baseline, "process_peak_bytes": peak, "rise_bytes": peak - baseline,
+                "phase_peak_bytes": dict(self._anon_phase_peaks)}
 
     def _rss(self) -> int:
         if self._has_status:

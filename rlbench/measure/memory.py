@@ -18,6 +18,8 @@ Probes (listed in rlbench/catalog.py; each entry is a factory `(period_ms) -> pr
   phase end it reads VmHWM from /proc/self/status: an exact peak with no sampling. VmHWM counts every
   resident page: anonymous memory, file-backed pages (memory-mapped safetensors weights, shared
   library code as it is paged in) and shared memory; the end-of-phase split is in `extra`.
+  The anonymous part alone (RssAnon) has no kernel peak, so a thread samples it every period_ms:
+  `extra["rss_anon_peak_bytes"]` per phase, `anon_memory()` for the run (see cpu_probe.py).
   glibc keeps freed heap memory resident, and its mmap threshold grows with use (up to 32 MiB), so
   freed tensors would stay counted. Two things make the figures the memory that is alive: worker
   processes start with CPU_WORKER_ENV (MALLOC_MMAP_THRESHOLD_=1048576: a fixed threshold, every
@@ -88,6 +90,15 @@ class CompositeProbe:
 
     def process_peak_bytes(self) -> dict[str, int]:
         return {p.name: p.process_peak_bytes() for p in self.probes}
+
+    def anon_memory(self) -> dict[str, dict[str, Any]]:
+        """{probe name: anonymous-memory figures} for the probes that measure them (cpu)."""
+        out = {}
+        for p in self.probes:
+            figures = p.anon_memory() if hasattr(p, "anon_memory") else None
+            if figures is not None:
+                out[p.name] = figures
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {"probe": self.name, "primary": self.primary, "probes": [p.describe() for p in self.probes]}

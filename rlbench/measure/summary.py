@@ -11,6 +11,11 @@ Reconciliation: the process peak is set against what is attributed at the phase 
 of the gradients and optimizer state it created: those are static, counted once); the rest,
 libraries and allocator slack included, is reported as `other`, never dropped:
 baseline + static + transient + other = process peak.
+Anonymous memory (`memory.anon`, cpu probe only): RssAnon sampled every period_ms, the pages the
+code allocates without the file-backed pages of libraries and mapped weights (see
+rlbench/measure/cpu_probe.py): per phase, per role (its highest phase), the process peak and its
+rise above the reading before loading. Metrics memory/<role>/anon_peak_bytes,
+memory/process_anon_peak_bytes and memory/process_anon_rise_bytes (what `check` gates by default).
 """
 
 from __future__ import annotations
@@ -106,6 +111,18 @@ def _memory(run: Run, probe, roles: dict[str, Any], baseline: dict[str, int]) ->
     described = probe.describe()
     out: dict[str, Any] = {"probe": probe.name, "primary": probe.primary, "probes": described["probes"],
                            "baseline_bytes": baseline, "reconciliation": {}, "notes": run.phases.notes}
+    anon = probe.anon_memory() if hasattr(probe, "anon_memory") else {}
+    if anon:
+        out["anon"] = anon
+        for entry in roles.values():
+            for phase, figures in entry["phases"].items():
+                peaks = {p: a["phase_peak_bytes"][phase] for p, a in anon.items() if phase in a["phase_peak_bytes"]}
+                if peaks:
+                    figures["anon_peak_bytes"] = peaks
+            entry["anon_peak_bytes"] = {p: max(ph["anon_peak_bytes"][p] for ph in entry["phases"].values()
+                                               if p in ph.get("anon_peak_bytes", {}))
+                                        for p in anon if any(p in ph.get("anon_peak_bytes", {})
+                                                             for ph in entry["phases"].values())}
     process_peaks = probe.process_peak_bytes()
     static_total = sum(r["static"]["total"] for r in roles.values())
     engine_total = roles.get("rollout", {}).get("static", {}).get("total", 0)
@@ -224,6 +241,15 @@ def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, An
     recon = memory["reconciliation"].get(primary)
     if recon:
         out["memory/process_peak_bytes"] = metric("memory/process_peak_bytes", recon["process_peak_bytes"], probe=primary)
+    anon = (memory.get("anon") or {}).get(primary)
+    if anon:
+        for role, entry in roles.items():
+            if primary in entry.get("anon_peak_bytes", {}):
+                out[f"memory/{role}/anon_peak_bytes"] = metric(f"memory/{role}/anon_peak_bytes",
+                                                               entry["anon_peak_bytes"][primary], probe=primary)
+        for kind in ("peak", "rise"):
+            name = f"memory/process_anon_{kind}_bytes"
+            out[name] = metric(name, anon[f"{kind}_bytes" if kind == "rise" else "process_peak_bytes"], probe=primary)
     for name, value in throughput.items():
         out[name] = metric(name, value)
     if "after" in accuracy:
