@@ -130,13 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "check", "regression gate: exit 1 if REPORT regressed against the baseline",
         "Compare REPORT with BASELINE metric by metric. Thresholds come from the baseline's suite (its\n"
         "`check:` block) unless given here, never from REPORT. Exit 0: no regression; 1: regression (a\n"
-        "run missing or not ok, a NaN or missing metric, a change beyond its threshold); 2: unusable input.",
+        "run missing or not ok, a NaN or missing metric, a change beyond its threshold); 2: unusable input,\n"
+        "or reports run with different settings (model, task, budget, rollout, eval, seeds, algorithm\n"
+        "params; all listed) unless --allow-mismatch. Memory peaks are gated on anonymous memory\n"
+        "(RssAnon, what the code allocates) where both reports have it, on total RSS otherwise.",
         ["rlbench check results/ci/<time>/report.json --baseline results/baselines/ci-cpu.json",
-         "rlbench check new.json --baseline base.json --threshold memory:5% --threshold accuracy:0.02"])
+         "rlbench check new.json --baseline base.json --threshold memory:5% --threshold accuracy:0.02",
+         "rlbench check new.json --baseline base.json --gate-memory total"])
     check.add_argument("report", help="the new report.json")
     check.add_argument("--baseline", required=True, help="the baseline report.json")
     check.add_argument("--threshold", action="append", default=[], metavar="AREA:LIMIT",
                        help="memory:5%%, throughput:10%% or accuracy:0.02 (relative with %%, absolute otherwise)")
+    check.add_argument("--allow-mismatch", action="store_true",
+                       help="check reports run with different settings anyway (the differences are printed as a "
+                            "warning); without it such a pair is refused with exit 2")
+    check.add_argument("--gate-memory", choices=("anon", "total"), default="anon",
+                       help="which memory peaks to gate: anon (RssAnon: what the code allocates; total for a "
+                            "report without it, with a note) or total (RSS with file-backed pages); default anon")
 
     report = _command(
         sub, "report", "re-print a report's tables and re-render its plots and summary.md",
@@ -228,7 +238,8 @@ def dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "check":
         from rlbench.report.check import check_command
 
-        return check_command(args.report, args.baseline, args.threshold, console)
+        return check_command(args.report, args.baseline, args.threshold, console,
+                             allow_mismatch=args.allow_mismatch, gate_memory=args.gate_memory)
     if args.command == "report":
         from rlbench.report.views import report_command
 

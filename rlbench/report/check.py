@@ -5,9 +5,27 @@
 
 Runs are matched by label and seed. For every matched run, the gated metrics are compared:
 
-    memory       memory/* (every role's peak and static bytes, the process peak)
+    memory       memory/*: every role's static bytes, and its peak and the process peak, either
+                 anonymous (`--gate-memory anon`, the default) or total (`--gate-memory total`)
     throughput   throughput/* and time/step_s
     accuracy     eval/accuracy
+
+Memory peaks come in two kinds (rlbench/measure/cpu_probe.py). The total (memory/process_peak_bytes,
+memory/<role>/peak_bytes: VmHWM) counts file-backed pages too: the code of the libraries as it is
+paged in and memory-mapped weights, which depend on how the libraries were installed and on the page
+cache (a freshly installed venv read 12-14% lower than an older one for the same code, beyond a 2%
+threshold). The anonymous figures (memory/process_anon_peak_bytes, memory/process_anon_rise_bytes,
+memory/<role>/anon_peak_bytes: RssAnon, sampled every probe period) are what the code allocates. By
+default the gate uses the anonymous figures where both runs have them, and shows the total figures
+(not gated) beside them; `--gate-memory total` gates the total figures instead (the anonymous ones
+are then shown, not gated). A run of a report written before the anonymous figures existed (an old
+baseline) falls back to the total figures, with a note saying so.
+
+The two reports must have been run with the same settings (rlbench/report/mismatch.py: model,
+task, budget, rollout, evaluation, seeds, probe, and each matched run's algorithm settings): when
+they differ, `check` refuses (exit 2) and lists every difference; `--allow-mismatch` checks anyway
+and prints the differences as a warning above the verdict. Differences of environment (library
+versions, CPU, GPU) are listed as information.
 
 A threshold is relative ('5%') or absolute ('0.02'). The direction comes from each metric's
 `higher_is_better`: a change in the worse direction beyond the threshold is a regression, one in
@@ -16,7 +34,9 @@ value to the better one, so a time and the rate it implies agree: 'throughput:60
 that takes 1.6x as long and a tokens-per-second figure 1.6x lower (a fall of 37.5%); for small
 limits this is the familiar 'N% worse'. Metrics without a direction are never gated. An accuracy
 change smaller than the combined standard error of the two measurements, sqrt(se_new^2 +
-se_base^2), is noise and never fails. Also regressions, each with a line saying why: a run that
+se_base^2), is noise and never fails; it is listed as "within noise" with that noise level (an
+accuracy change within the threshold, as "within threshold"). `judge` gives the label, and
+`rlbench compare` labels its changes with the same function, so the two agree. Also regressions, each with a line saying why: a run that
 ended ok in the baseline and is not ok in the new report, or is missing from it; an ok run with
 no metrics; a gated metric of the baseline missing from the new report; a value that is NaN (or
 infinite) on either side, which no threshold can compare.
@@ -38,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rlbench.errors import UserError
@@ -68,6 +89,7 @@ class Finding:
     unit: str = ""
     note: str = ""  # the error of a run no longer ok; the accuracy noise level
     statuses: tuple[str, str] | None = None  # (baseline, new) run status, for a change of status
+    label: str = ""  # judge()'s label: worse, better, within noise, within threshold, unchanged
 
     @property
     def delta(self) -> float | None:
@@ -101,10 +123,53 @@ class CheckResult:
     runs: list[str] = field(default_factory=list)  # run ids compared
     metrics_compared: int = 0
     notes: list[str] = field(default_factory=list)  # unmatched runs, metrics missing on one side
+    unflagged: list[Finding] = field(default_factory=list)  # accuracy changes within noise or threshold
+    not_gated: list[Finding] = field(default_factory=list)  # memory peaks of the kind not gated
+    memory_gates: dict[str, str] = field(default_factory=dict)  # run id -> the memory kind gated
 
     @property
     def ok(self) -> bool:
         return not self.regressions
+
+
+MEMORY_GATES = ("anon", "total")
+
+
+def memory_kind(name: str) -> str | None:
+    """'anon' for an anonymous-memory peak or rise, 'total' for a total (RSS or device) peak, None
+    for the other memory figures (static bytes, computed from tensors: always gated)."""
+    if not name.startswith("memory/"):
+        return None
+    last = name.rsplit("/", 1)[-1]
+    if last in ("anon_peak_bytes", "process_anon_peak_bytes", "process_anon_rise_bytes"):
+        return "anon"
+    if last in ("peak_bytes", "process_peak_bytes"):
+        return "total"
+    return None
+
+
+def has_anon(metrics: Mapping[str, Any]) -> bool:
+    return any(memory_kind(name) == "anon" for name in metrics)
+
+
+def judge(base: Mapping[str, Any], new: Mapping[str, Any], threshold: Threshold | None) -> str:
+    """The label of one metric's change, shared by `check` and `compare`: 'unchanged'; 'within
+    noise' (no larger than the combined standard error); 'within threshold'; 'worse' or 'better'
+    (the metric's direction); 'changed' (no direction, or no threshold for a metric without one).
+    Both values must be finite numbers."""
+    base_value, new_value = base["value"], new["value"]
+    if new_value == base_value:
+        return "unchanged"
+    if abs(new_value - base_value) <= _combined_stderr(base, new):
+        return "within noise"
+    higher = base.get("higher_is_better")
+    if threshold is not None:
+        verdict = exceeds(threshold, base_value, new_value, bool(higher) if higher is not None else True)
+        if verdict == 0:
+            return "within threshold"
+    if higher is None:
+        return "changed"
+    return "better" if (new_value > base_value) == higher else "worse"
 
 
 def gated(name: str) -> str | None:
@@ -176,8 +241,12 @@ def exceeds(threshold: Threshold, base: float, new: float, higher_is_better: boo
     return 1 if worse > threshold.limit else (-1 if -worse > threshold.limit else 0)
 
 
-def check_reports(new: dict[str, Any], base: dict[str, Any], thresholds: Mapping[str, Threshold]) -> CheckResult:
-    """Compare every gated metric of every run the two reports share; pure (no I/O)."""
+def check_reports(new: dict[str, Any], base: dict[str, Any], thresholds: Mapping[str, Threshold],
+                  memory_gate: str = "anon") -> CheckResult:
+    """Compare every gated metric of every run the two reports share; pure (no I/O). `memory_gate`:
+    which memory peaks are gated ('anon' falls back to 'total' for a run without anonymous figures
+    on either side, with a note)."""
+    assert memory_gate in MEMORY_GATES, memory_gate
     pairs, only_new, only_base = match_runs(new, base)
     if not pairs:
         raise UserError("no runs in common: the new report has "
@@ -211,15 +280,28 @@ def check_reports(new: dict[str, Any], base: dict[str, Any], thresholds: Mapping
             result.regressions.append(Finding(rid, "metrics", None, None, "-",
                                               note="the run is ok but has no metrics in the new report"))
             continue
-        _check_metrics(rid, new_run["metrics"], base_run.get("metrics") or {}, thresholds, result)
+        base_metrics = base_run.get("metrics") or {}
+        kind = memory_gate
+        if kind == "anon" and not (has_anon(base_metrics) and has_anon(new_run["metrics"])):
+            kind = "total"
+            missing = " and ".join(side for side, m in (("the baseline", base_metrics),
+                                                        ("the new report", new_run["metrics"])) if not has_anon(m))
+            result.notes.append(f"{rid}: no anonymous-memory figures in {missing}: memory peaks gated on "
+                                "total RSS (file-backed pages included)")
+        result.memory_gates[rid] = kind
+        _check_metrics(rid, new_run["metrics"], base_metrics, thresholds, result, kind)
     return result
 
 
 def _check_metrics(rid: str, new: dict[str, Any], base: dict[str, Any], thresholds: Mapping[str, Threshold],
-                   result: CheckResult) -> None:
+                   result: CheckResult, memory_gate: str = "total") -> None:
     for name, base_metric in base.items():
         gate = gated(name)
         if gate is None or base_metric.get("higher_is_better") is None or base_metric.get("value") is None:
+            continue
+        kind = memory_kind(name)
+        if kind is not None and kind != memory_gate:
+            _not_gated(rid, name, base_metric, new.get(name), thresholds[gate], result)
             continue
         new_metric = new.get(name)
         if new_metric is None or new_metric.get("value") is None:
@@ -235,14 +317,25 @@ def _check_metrics(rid: str, new: dict[str, Any], base: dict[str, Any], threshol
             continue
         result.metrics_compared += 1
         threshold = thresholds[gate]
-        verdict = exceeds(threshold, base_metric["value"], new_metric["value"], base_metric["higher_is_better"])
-        noise = _combined_stderr(base_metric, new_metric) if gate == "accuracy" else 0.0
-        if verdict == 0 or abs(new_metric["value"] - base_metric["value"]) <= noise:
+        label = judge(base_metric, new_metric, threshold)
+        if label == "unchanged" or (gate != "accuracy" and label not in ("worse", "better")):
             continue
-        note = f"combined standard error {noise:.3g}" if gate == "accuracy" else ""
+        note = f"combined standard error {_combined_stderr(base_metric, new_metric):.3g}" if gate == "accuracy" else ""
         finding = Finding(rid, name, base_metric["value"], new_metric["value"], str(threshold),
-                          base_metric.get("unit", ""), note)
-        (result.regressions if verdict > 0 else result.improvements).append(finding)
+                          base_metric.get("unit", ""), note, label=label)
+        {"worse": result.regressions, "better": result.improvements}.get(label, result.unflagged).append(finding)
+
+
+def _not_gated(rid: str, name: str, base: dict[str, Any], new: dict[str, Any] | None, threshold: Threshold,
+               result: CheckResult) -> None:
+    """A memory peak of the kind not gated: shown (the process's always, a role's when it moved
+    beyond the threshold), never a regression."""
+    if new is None or not (_finite(new.get("value")) and _finite(base.get("value"))):
+        return
+    label = judge(base, new, threshold)
+    if name.startswith("memory/process_") or label in ("worse", "better"):
+        result.not_gated.append(Finding(rid, name, base["value"], new["value"], str(threshold),
+                                        base.get("unit", ""), label=label))
 
 
 def _finite(value: Any) -> bool:
@@ -284,26 +377,49 @@ def format_change(delta: float | None, relative: float | None, unit: str) -> str
     return format_value(delta, unit, signed=True) + (f", {relative:+.1%}" if relative is not None else "")
 
 
-def check_command(report: str, baseline: str, thresholds: list[str], console: Console) -> int:
-    """Load both reports, check, print every regression and improvement; 0 ok, 1 regression."""
+def check_command(report: str, baseline: str, thresholds: list[str], console: Console,
+                  allow_mismatch: bool = False, gate_memory: str = "anon") -> int:
+    """Load both reports, refuse unlike settings (unless `allow_mismatch`), check, print every
+    regression and improvement; 0 ok, 1 regression."""
+    from rlbench.report.mismatch import environment_differences, setting_differences
     from rlbench.report.schema import load_report
 
+    if gate_memory not in MEMORY_GATES:
+        raise UserError(f"--gate-memory {gate_memory!r}: expected one of {', '.join(MEMORY_GATES)}")
     new, base = load_report(report), load_report(baseline)
     limits = thresholds_for(base, thresholds)
-    result = check_reports(new, base, limits)
+    differences = setting_differences(new, base)
+    if differences and not allow_mismatch:
+        raise UserError(f"{report} and the baseline {baseline} were run with different settings, so their "
+                        f"figures are not comparable: {'; '.join(d.describe() for d in differences)} "
+                        "(--allow-mismatch checks them anyway, with these differences as a warning)")
+    result = check_reports(new, base, limits, gate_memory)
     console.print(f"[bold]rlbench check[/] {report}\n  against {baseline}\n  {len(result.runs)} run(s), "
                   f"{result.metrics_compared} metric(s) compared; thresholds: "
                   + ", ".join(f"{a} {limits[a]}" for a in AREAS)
-                  + (" (the baseline's suite, --threshold overrides)" if thresholds else " (the baseline's suite)"),
+                  + (" (the baseline's suite, --threshold overrides)" if thresholds else " (the baseline's suite)")
+                  + f"; memory peaks gated: {_gates_text(result.memory_gates)}",
                   highlight=False)
-    for warning in _environment_warnings(new, base):
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if differences:
+        console.print(f"[yellow]warning:[/] the reports were run with different settings ({len(differences)}; "
+                      "--allow-mismatch): their figures are not like for like", highlight=False)
+        for difference in differences:
+            console.print(f"[yellow]  {escape(difference.describe())}[/]", highlight=False)
+    environment = environment_differences(new, base)
+    if environment:
+        console.print("[dim]environment differs (information; memory and speed figures may move with it):[/]",
+                      highlight=False)
+        for difference in environment:
+            console.print(f"[dim]  {escape(difference.describe())}[/]", highlight=False)
     for title, findings, colour in (("regressions", result.regressions, "red"),
-                                    ("improvements", result.improvements, "green")):
+                                    ("improvements", result.improvements, "green"),
+                                    ("accuracy within noise or threshold (not a regression)", result.unflagged,
+                                     "dim"),
+                                    ("memory peaks not gated (shown for information)", result.not_gated, "dim")):
         if findings:
-            console.print(_findings_table(title, findings, colour))
+            console.print(_findings_table(title, findings, colour, labels=colour == "dim"))
     for note in result.notes:
-        console.print(f"[dim]note: {note}[/]", highlight=False)
+        console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
     if result.regressions:
         console.print(f"[bold red]FAIL[/]: {len(result.regressions)} regression(s), "
                       f"{len(result.improvements)} improvement(s)")
@@ -312,29 +428,25 @@ def check_command(report: str, baseline: str, thresholds: list[str], console: Co
     return 0
 
 
-def _findings_table(title: str, findings: list[Finding], colour: str) -> Table:
+def _gates_text(gates: Mapping[str, str]) -> str:
+    """'anon' when every run gated anonymous peaks, else which runs gated which kind."""
+    kinds = set(gates.values())
+    if len(kinds) <= 1:
+        kind = next(iter(kinds), "-")
+        return {"anon": "anonymous (RssAnon)", "total": "total RSS"}.get(kind, kind)
+    return ", ".join(f"{rid} {kind}" for rid, kind in gates.items())
+
+
+def _findings_table(title: str, findings: list[Finding], colour: str, labels: bool = False) -> Table:
     table = Table(title=f"[{colour}]{title}[/]", title_justify="left")
-    for col in ("run", "metric", "baseline", "new", "change", "threshold"):
+    for col in ("run", "metric", "baseline", "new", "change", "threshold", *(("label",) if labels else ())):
         table.add_column(col, justify="right" if col in ("baseline", "new", "change") else "left",
                          overflow="fold")
     for f in findings:
         if f.statuses is not None:
-            table.add_row(f.run, "status", f.statuses[0], f"[{colour}]{f.statuses[1]}[/]", f.note, f.threshold)
+            table.add_row(f.run, "status", f.statuses[0], f"[{colour}]{f.statuses[1]}[/]", escape(f.note), f.threshold)
             continue
         change = format_change(f.delta, f.relative_delta, f.unit) + (f" ({f.note})" if f.note else "")
         table.add_row(f.run, f.metric, format_value(f.base, f.unit), format_value(f.new, f.unit),
-                      f"[{colour}]{change}[/]", f.threshold)
+                      f"[{colour}]{escape(change)}[/]", f.threshold, *((f.label,) if labels else ()))
     return table
-
-
-def _environment_warnings(new: dict[str, Any], base: dict[str, Any]) -> list[str]:
-    """Differences of machine that make memory and speed figures incomparable."""
-    warnings = []
-    ne, be = new.get("environment") or {}, base.get("environment") or {}
-    for key, what in (("cpu", "CPU"), ("cpu_cores", "core count")):
-        if ne.get(key) != be.get(key):
-            warnings.append(f"{what} differs: {ne.get(key)!r} here, {be.get(key)!r} in the baseline")
-    new_gpu, base_gpu = (ne.get("gpu") or {}).get("name"), (be.get("gpu") or {}).get("name")
-    if new_gpu != base_gpu:
-        warnings.append(f"GPU differs: {new_gpu!r} here, {base_gpu!r} in the baseline")
-    return warnings

@@ -34,9 +34,10 @@ from rich.table import Table
 from rich.text import Text
 
 from rlbench.errors import UserError
-from rlbench.report.check import Threshold, format_value, thresholds_for
+from rlbench.report.check import Threshold, format_value, judge, thresholds_for
 from rlbench.report.format import Markdown, markdown_table, md_text
 from rlbench.report.metrics import area
+from rlbench.report.mismatch import Difference, environment_differences, setting_differences
 
 __all__ = ["markdown_table"]  # re-exported: Markdown tables of literal text, shared with summary.md
 
@@ -98,11 +99,30 @@ class Comparison:
     notes: list[str]
     rows_total: int = 0  # metric rows of the shared runs, before selection
     rows_changed: int = 0  # of those, rows whose change exceeds noise or threshold
+    settings: dict[str, list[Difference]] = field(default_factory=dict)  # report name -> settings unlike the base's
+    environment: dict[str, list[Difference]] = field(default_factory=dict)  # report name -> environment differences
+
+    def mismatch_lines(self) -> list[tuple[str, str]]:
+        """(line, 'warning' or 'information'): the settings each later report does not share with
+        the base, then its environment differences; nothing when they all ran alike."""
+        lines = []
+        for name, differences in self.settings.items():
+            if differences:
+                lines.append((f"warning: {name} was run with settings unlike the base's ({len(differences)}): its "
+                              "figures are not like for like", "warning"))
+                lines += [(f"  {d.describe('the base', name)}", "warning") for d in differences]
+        for name, differences in self.environment.items():
+            if differences:
+                lines.append((f"environment of {name} differs from the base's (information):", "information"))
+                lines += [(f"  {d.describe('the base', name)}", "information") for d in differences]
+        return lines
 
 
-def change_cells(base: dict[str, Any] | None, new: dict[str, Any] | None, noise: bool = False) -> list[Cell]:
-    """[absolute change, relative change, arrow] of one metric between two reports; `noise`: the
-    change is within noise or threshold (`beyond_noise`), so it is shown dim, neither better nor worse."""
+def change_cells(base: dict[str, Any] | None, new: dict[str, Any] | None, noise: bool = False,
+                 label: str = "") -> list[Cell]:
+    """[absolute change, relative change, arrow] of one metric between two reports. `label`: the
+    change's label from `judge` (the one `check` gives): 'within noise' or 'within threshold' is
+    shown dim, neither better nor worse; `noise` without a label: the same, worded 'noise'."""
     if base is None or new is None or base.get("value") is None or new.get("value") is None:
         return [Cell("-"), Cell("-"), Cell("")]
     delta = new["value"] - base["value"]
@@ -111,8 +131,8 @@ def change_cells(base: dict[str, Any] | None, new: dict[str, Any] | None, noise:
     if delta == 0:
         return [Cell(absolute), Cell(relative), Cell("=")]
     arrow = "↑" if delta > 0 else "↓"
-    if noise:
-        return [Cell(absolute, "dim"), Cell(relative, "dim"), Cell(f"{arrow} noise", "dim")]
+    if label.startswith("within") or (noise and not label):
+        return [Cell(absolute, "dim"), Cell(relative, "dim"), Cell(f"{arrow} {label or 'noise'}", "dim")]
     higher = base.get("higher_is_better")
     if higher is None:
         return [Cell(absolute), Cell(relative), Cell(arrow)]
@@ -134,22 +154,22 @@ def beyond_noise(name: str, base: dict[str, Any] | None, new: dict[str, Any] | N
         return (base_value is None) != (new_value is None)
     if math.isnan(base_value) or math.isnan(new_value):
         return math.isnan(base_value) != math.isnan(new_value)
-    delta = new_value - base_value
-    if delta == 0:
-        return False
-    noise = math.hypot(base.get("stderr") or 0.0, new.get("stderr") or 0.0)
-    if abs(delta) <= noise:
-        return False
+    return change_label(name, base, new, thresholds) in ("worse", "better", "changed")
+
+
+def change_label(name: str, base: dict[str, Any] | None, new: dict[str, Any] | None,
+                 thresholds: dict[str, Threshold]) -> str:
+    """`judge`'s label for the change of metric `name` (what `check` says of a gated metric), with
+    the area's threshold (none for learning metrics and accuracy figures that are not fractions);
+    '' when a value is missing or not finite on either side."""
+    values = [None if m is None else m.get("value") for m in (base, new)]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return ""
+    assert base is not None and new is not None
     gate = area(name)
     if gate == "accuracy" and base.get("unit") != "fraction":
         gate = "learning"
-    threshold = thresholds.get(gate)
-    if threshold is None:
-        return True
-    if not threshold.relative:
-        return abs(delta) > threshold.limit
-    low, high = sorted((abs(base_value), abs(new_value)))
-    return low == 0 or high / low - 1 > threshold.limit
+    return judge(base, new, thresholds.get(gate))
 
 
 def value_text(metric: dict[str, Any] | None) -> str:
@@ -198,6 +218,9 @@ def compare_reports(reports: list[dict[str, Any]], names: list[str], selection: 
     titles = {"headline": "headline metrics"} if selection.headline else AREA_TITLES
     sections = {key: Section(title, value_columns) for key, title in titles.items()}
     out = Comparison([], notes)
+    for i, report in enumerate(reports[1:], 1):
+        out.settings[f"[{i}]"] = setting_differences(report, base)
+        out.environment[f"[{i}]"] = environment_differences(report, base)
     for run in shared:
         runs = [keys.get((run["label"], run["seed"])) for keys in keyed]
         statuses = [_status_cell(r) for r in runs]
@@ -213,7 +236,9 @@ def compare_reports(reports: list[dict[str, Any]], names: list[str], selection: 
                 continue
             row = [Cell(metric_label(name)), Cell(value_text(base_metric))]
             for metrics, changed in zip(metric_sets[1:], beyond):
-                row += [Cell(value_text(metrics.get(name))), *change_cells(base_metric, metrics.get(name), not changed)]
+                label = change_label(name, base_metric, metrics.get(name), thresholds)
+                row += [Cell(value_text(metrics.get(name))),
+                        *change_cells(base_metric, metrics.get(name), not changed, label)]
             blocks["headline" if selection.headline else area(name)].rows.append(row)
         for key, block in blocks.items():
             if block.rows or (status_changed and key == next(iter(sections))):
@@ -277,6 +302,10 @@ def section_markdown(section: Section) -> str:
 def compare_markdown(comparison: Comparison, names: list[str], footer: str = "") -> str:
     parts = ["# rlbench compare", "", *[Markdown(f"- \\[{i}\\] {md_text(name)}" + (" (base)" if i == 0 else ""))
                                         for i, name in enumerate(names)]]
+    mismatch = comparison.mismatch_lines()
+    if mismatch:
+        parts += ["", *[f"- {md_text(line.strip())}" if line.startswith("  ") else md_text(line)
+                        for line, _ in mismatch]]
     for section in comparison.sections:
         parts += ["", f"## {md_text(section.title)}", "", section_markdown(section)]
     if comparison.notes or footer:
@@ -314,6 +343,8 @@ def compare_command(paths: list[str], fmt: str, console: Console, selection: Sel
     for i, (name, report) in enumerate(zip(names, reports)):
         console.print(f"[{i}] {name}: suite {report['suite']['name']}, created {report['created']}"
                       + (" (base)" if i == 0 else ""), markup=False, highlight=False)
+    for line, kind in comparison.mismatch_lines():
+        console.print(line, style="yellow" if kind == "warning" else "dim", markup=False, highlight=False)
     for section in comparison.sections:
         console.print(rich_table(section))
     for note in comparison.notes:
