@@ -17,7 +17,15 @@ from rich.console import Console
 from rlbench.cli import main
 from rlbench.errors import UserError
 from rlbench.measure.evaluation import standard_error
-from rlbench.report.check import Threshold, check_command, check_reports, exceeds, gated, thresholds_for
+from rlbench.report.check import (
+    Threshold,
+    check_command,
+    check_reports,
+    exceeds,
+    gated,
+    memory_kind,
+    thresholds_for,
+)
 from rlbench.report.schema import load_report
 
 REPORTS = Path(__file__).parent / "fixtures" / "reports"
@@ -238,3 +246,128 @@ def test_cli_exits_2_on_unusable_input(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["check", str(REPORTS / "ci_ok.json"), "--baseline", str(REPORTS / "ci_ok.json"),
                  "--threshold", "speed:5%"]) == 2
     assert main(["check", str(REPORTS / "ci_failed_run.json"), "--baseline", str(REPORTS / "ci_ok.json")]) == 1
+
+
+# ---- accuracy within noise, memory gated on anonymous figures, and agreement with compare ----------
+
+
+def test_accuracy_within_noise_is_listed_with_its_noise_level(base: dict, thresholds) -> None:
+    # 40% -> 35% on 64 problems (as above): combined se 0.0855, so "within noise", listed, not dropped.
+    baseline, new = copy.deepcopy(base), copy.deepcopy(base)
+    _set_accuracy(baseline, "grpo_zero/seed0", 0.40)
+    _set_accuracy(new, "grpo_zero/seed0", 0.35)
+    result = check_reports(new, baseline, thresholds)
+    [finding] = result.unflagged
+    assert (finding.run, finding.metric, finding.label) == ("grpo_zero/seed0", "eval/accuracy", "within noise")
+    assert finding.note == "combined standard error 0.0855"
+    assert result.ok and result.regressions == []
+
+
+def test_check_command_prints_accuracy_within_noise(tmp_path: Path) -> None:
+    baseline, new = load_report(REPORTS / "ci_ok.json"), load_report(REPORTS / "ci_ok.json")
+    _set_accuracy(baseline, "grpo_zero/seed0", 0.40)
+    _set_accuracy(new, "grpo_zero/seed0", 0.35)
+    (tmp_path / "base.json").write_text(json.dumps(baseline))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    console = _console()
+    assert check_command(str(tmp_path / "new.json"), str(tmp_path / "base.json"), [], console) == 0
+    text = console.export_text()
+    line = next(line for line in text.splitlines() if "eval/accuracy" in line)
+    assert "within noise" in line and "combined standard error 0.0855" in line and "-5.0 pts" in line
+
+
+ANON = REPORTS / "ci_anon.json"  # suites/ci.yaml with budget.steps=1, eval.size=16: has anonymous figures
+
+
+def _scaled(report: dict, run_id: str, name: str, factor: float) -> dict:
+    new = copy.deepcopy(report)
+    metric = _metric(new, run_id, name)
+    metric["value"] = int(metric["value"] * factor)
+    return new
+
+
+def test_memory_kinds() -> None:
+    assert memory_kind("memory/process_peak_bytes") == "total"
+    assert memory_kind("memory/policy/peak_bytes") == "total"
+    assert memory_kind("memory/process_anon_peak_bytes") == "anon"
+    assert memory_kind("memory/process_anon_rise_bytes") == "anon"
+    assert memory_kind("memory/value/anon_peak_bytes") == "anon"
+    assert memory_kind("memory/policy/optimizer_bytes") is None  # static: always gated
+    assert memory_kind("time/step_s") is None
+
+
+def test_anon_gate_ignores_a_total_rise_and_fails_an_anonymous_one() -> None:
+    base = load_report(ANON)
+    limits = thresholds_for(base, [])
+    total_up = _scaled(base, "ppo_rules/seed0", "memory/process_peak_bytes", 1.14)  # file pages: +14%
+    result = check_reports(total_up, base, limits)
+    assert result.ok and result.memory_gates == {"grpo_zero/seed0": "anon", "ppo_rules/seed0": "anon"}
+    shown = {(f.run, f.metric): f.label for f in result.not_gated}
+    assert shown[("ppo_rules/seed0", "memory/process_peak_bytes")] == "worse"
+    assert shown[("grpo_zero/seed0", "memory/process_peak_bytes")] == "unchanged"
+    # the same report gated on total RSS fails
+    [finding] = check_reports(total_up, base, limits, memory_gate="total").regressions
+    assert (finding.run, finding.metric) == ("ppo_rules/seed0", "memory/process_peak_bytes")
+
+    anon_up = _scaled(base, "grpo_zero/seed0", "memory/process_anon_rise_bytes", 1.10)
+    [finding] = check_reports(anon_up, base, limits).regressions
+    assert (finding.run, finding.metric) == ("grpo_zero/seed0", "memory/process_anon_rise_bytes")
+    total = check_reports(anon_up, base, limits, memory_gate="total")
+    assert total.ok and ("grpo_zero/seed0", "memory/process_anon_rise_bytes") in {
+        (f.run, f.metric) for f in total.not_gated}
+
+
+def test_a_baseline_without_anonymous_figures_falls_back_to_total_with_a_note() -> None:
+    # ci_ok.json was written before the anonymous figures existed (like results/baselines/ci-cpu.json).
+    new, base = load_report(ANON), load_report(REPORTS / "ci_ok.json")
+    result = check_reports(new, base, thresholds_for(base, []))
+    assert result.memory_gates == {"grpo_zero/seed0": "total", "ppo_rules/seed0": "total"}
+    assert "ppo_rules/seed0: no anonymous-memory figures in the baseline: memory peaks gated on total RSS " \
+           "(file-backed pages included)" in result.notes
+    assert not result.not_gated  # the baseline has no anonymous figures to show against
+
+
+def test_check_command_names_the_memory_gate(tmp_path: Path) -> None:
+    base = load_report(ANON)
+    (tmp_path / "new.json").write_text(json.dumps(_scaled(base, "ppo_rules/seed0", "memory/process_peak_bytes", 1.14)))
+    console = _console()
+    assert check_command(str(tmp_path / "new.json"), str(ANON), [], console) == 0
+    text = console.export_text()
+    assert "memory peaks gated: anonymous (RssAnon)" in text
+    assert "memory peaks not gated" in text and "+14.0%" in text
+    console = _console()
+    assert check_command(str(tmp_path / "new.json"), str(ANON), [], console, gate_memory="total") == 1
+    assert "memory peaks gated: total RSS" in console.export_text()
+
+
+@pytest.mark.parametrize("change", [
+    ("eval/accuracy", 0.35, 0.40),  # within noise
+    ("eval/accuracy", 0.05, 0.40),  # worse beyond noise and threshold
+    ("memory/process_anon_peak_bytes", 1.05, None),
+    ("memory/process_peak_bytes", 0.99, None),
+    ("time/step_s", 2.5, None),
+    ("throughput/gen_tokens_per_s", 3.5, None),
+])
+def test_check_and_compare_give_the_same_label_to_every_gated_change(change) -> None:
+    from rlbench.report.compare import Selection, compare_reports, metric_label
+
+    name, value, base_accuracy = change
+    base = load_report(ANON)
+    new = copy.deepcopy(base)
+    if base_accuracy is not None:
+        for report, accuracy in ((base, base_accuracy), (new, value)):
+            _set_accuracy(report, "grpo_zero/seed0", accuracy, n=16)
+    else:
+        new = _scaled(base, "grpo_zero/seed0", name, value)
+    result = check_reports(new, base, thresholds_for(base, []))
+    by_check = {(f.run, f.metric): f.label or "worse" for f in
+                result.regressions + result.improvements + result.unflagged + result.not_gated}
+    comparison = compare_reports([base, new], ["base", "new"], Selection(all=True))
+    by_compare = {}
+    for section in comparison.sections:
+        for block in section.blocks:
+            for row in block.rows:
+                by_compare[(block.run, row[0].text)] = row[-1].text.split(" ", 1)[-1] if row[-1].text != "=" else "unchanged"
+    assert by_check, "the change must be reported by check"
+    for (run, metric), label in by_check.items():
+        assert by_compare[(run, metric_label(metric))] == label, (run, metric)
