@@ -23,6 +23,23 @@ def test_real_report_is_valid() -> None:
     assert report["schema_version"] == 1
 
 
+def test_anonymous_memory_figures_are_valid_and_consistent() -> None:
+    # ci_anon.json: suites/ci.yaml with budget.steps=1, eval.size=16, with the cpu probe's RssAnon figures.
+    report = load_report(REPORTS / "ci_anon.json")
+    assert schema_errors(report) == []
+    for run in report["runs"]:
+        anon, metrics = run["memory"]["anon"]["cpu"], run["metrics"]
+        assert anon["rise_bytes"] == anon["process_peak_bytes"] - anon["baseline_bytes"] > 0
+        assert anon["process_peak_bytes"] >= max(anon["phase_peak_bytes"].values())  # snapshots count too
+        assert metrics["memory/process_anon_peak_bytes"]["value"] == anon["process_peak_bytes"]
+        assert metrics["memory/process_anon_rise_bytes"]["value"] == anon["rise_bytes"]
+        # anonymous pages are part of the resident total, which also holds file-backed pages
+        assert anon["process_peak_bytes"] < metrics["memory/process_peak_bytes"]["value"]
+        for role, entry in run["roles"].items():
+            peaks = [ph["anon_peak_bytes"]["cpu"] for ph in entry["phases"].values()]
+            assert entry["anon_peak_bytes"]["cpu"] == max(peaks) == metrics[f"memory/{role}/anon_peak_bytes"]["value"]
+
+
 def test_report_with_a_run_that_failed_mid_suite_is_valid_and_keeps_the_others_results() -> None:
     report = load_report(REPORTS / "ci_failed_run.json")
     failed, ok = report["runs"]

@@ -13,8 +13,8 @@ Runs are matched by label and seed. For every matched run, the gated metrics are
 Memory peaks come in two kinds (rlbench/measure/cpu_probe.py). The total (memory/process_peak_bytes,
 memory/<role>/peak_bytes: VmHWM) counts file-backed pages too: the code of the libraries as it is
 paged in and memory-mapped weights, which depend on how the libraries were installed and on the page
-cache (a freshly installed venv read 12-14% lower than an older one for the same code, beyond a 2%
-threshold). The anonymous figures (memory/process_anon_peak_bytes, memory/process_anon_rise_bytes,
+cache: the same code reads differently in two venvs, by more than a tight threshold (README,
+"Regression gate in CI"). The anonymous figures (memory/process_anon_peak_bytes, memory/process_anon_rise_bytes,
 memory/<role>/anon_peak_bytes: RssAnon, sampled every probe period) are what the code allocates. By
 default the gate uses the anonymous figures where both runs have them, and shows the total figures
 (not gated) beside them; `--gate-memory total` gates the total figures instead (the anonymous ones
