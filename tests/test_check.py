@@ -337,7 +337,7 @@ def test_check_command_names_the_memory_gate(tmp_path: Path) -> None:
     assert "memory peaks not gated" in text and "+14.0%" in text
     console = _console()
     assert check_command(str(tmp_path / "new.json"), str(ANON), [], console, gate_memory="total") == 1
-    assert "memory peaks gated: total RSS" in console.export_text()
+    assert "memory peaks gated: total (RSS or device)" in console.export_text()
 
 
 @pytest.mark.parametrize("change", [
