@@ -153,15 +153,6 @@ class CpuProbe:
             mem.start_bytes = self._sampler.start()["rss"]
 
     def _end(self, mem: PhaseMemory) -> None:
-        if self._anon_sampler is not None:
-            sampler, self._anon_sampler = self._anon_sampler, None
-            sampler.stop()
-            if "anon" in sampler.peaks:
-                peak = sampler.peaks["anon"]
-                mem.extra["rss_anon_peak_bytes"] = peak
-                self._anon_phase_peaks[mem.phase] = max(self._anon_phase_peaks.get(mem.phase, 0), peak)
-                self._anon_process_peak = max(self._anon_process_peak, peak)
-            mem.note = _join_notes(mem.note, sampler.error and f"RssAnon {sampler.error}")
         if self.uses_clear_refs:
             status = read_proc_status()
             mem.peak_bytes, mem.end_bytes = status["VmHWM"], status["VmRSS"]
@@ -182,6 +173,17 @@ class CpuProbe:
             if key in status:
                 mem.extra[extra_key] = status[key]
         self._process_peak = max(self._process_peak, mem.peak_bytes)
+        # After the total is read: the sampler thread's exit gives back a page of its stack, which
+        # would otherwise put the phase's VmHWM a page below its start.
+        if self._anon_sampler is not None:
+            sampler, self._anon_sampler = self._anon_sampler, None
+            sampler.stop()
+            if "anon" in sampler.peaks:
+                peak = sampler.peaks["anon"]
+                mem.extra["rss_anon_peak_bytes"] = peak
+                self._anon_phase_peaks[mem.phase] = max(self._anon_phase_peaks.get(mem.phase, 0), peak)
+                self._anon_process_peak = max(self._anon_process_peak, peak)
+            mem.note = _join_notes(mem.note, sampler.error and f"RssAnon {sampler.error}")
 
     def snapshot(self) -> int:
         """Current RSS, after handing the free heap back (so it counts live memory). The first
