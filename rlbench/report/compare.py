@@ -7,10 +7,14 @@
 
 The first report is the base. For every run the base shares with a later report (same label and
 same seed), each selected metric's value in every report, and for each later report the absolute
-and relative change with an arrow: green when the change is an improvement, red when it is worse
+and relative change with an arrow: green "better" when the change is an improvement, red "worse"
 (direction from the metric's `higher_is_better`), plain when the metric has no better direction,
-dim and marked "noise" when it is within noise or threshold.
-Each run's heading carries its status in every report.
+dim "within noise" or "within threshold" otherwise: the labels `rlbench check` gives the same
+change (rlbench.report.check.judge). Each run's heading carries its status in every report.
+Above the tables, every setting a later report was run with that differs from the base's (model,
+task, budget, rollout, evaluation, seeds, algorithm params: rlbench/report/mismatch.py) is listed
+as a warning, and environment differences (library versions, CPU, GPU) as information; the
+comparison always proceeds.
 
 What is shown:
 - by default, the headline metrics (process peak, step time, generated tokens/s, MFU, held-out
