@@ -14,8 +14,8 @@ baseline + static + transient + other = process peak.
 Anonymous memory (`memory.anon`, cpu probe only): RssAnon sampled every period_ms, the pages the
 code allocates without the file-backed pages of libraries and mapped weights (see
 rlbench/measure/cpu_probe.py): per phase, per role (its highest phase), the process peak and its
-rise above the reading before loading. Metrics memory/<role>/anon_peak_bytes,
-memory/process_anon_peak_bytes and memory/process_anon_rise_bytes (what `check` gates by default).
+rise above the reading before loading. Metrics memory/<role>/anon_peak_bytes and
+memory/process_anon_peak_bytes (the peaks `check` gates by default), memory/process_anon_rise_bytes.
 """
 
 from __future__ import annotations
