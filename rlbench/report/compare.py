@@ -17,7 +17,7 @@ as a warning, and environment differences (library versions, CPU, GPU) as inform
 comparison always proceeds.
 
 What is shown:
-- by default, the headline metrics (process peak, step time, generated tokens/s, MFU, held-out
+- by default, the headline metrics (process peak, total and anonymous; step time, generated tokens/s, MFU, held-out
   accuracy) in one table, and a count of the metrics that changed;
 - `--all`: every metric, one table per area (memory by role, throughput, accuracy, learning);
 - `--metrics GLOB` (repeatable, or comma-separated): the metrics whose name matches, by area;
@@ -47,7 +47,7 @@ __all__ = ["markdown_table"]  # re-exported: Markdown tables of literal text, sh
 
 AREA_TITLES = {"memory": "memory by role", "throughput": "throughput", "accuracy": "accuracy",
                "learning": "learning"}
-HEADLINE = ("memory/process_peak_bytes", "time/step_s", "throughput/gen_tokens_per_s", "throughput/mfu",
+HEADLINE = ("memory/process_peak_bytes", "memory/process_anon_peak_bytes", "time/step_s", "throughput/gen_tokens_per_s", "throughput/mfu",
             "eval/accuracy")
 
 
