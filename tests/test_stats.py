@@ -13,6 +13,7 @@ from rlbench.report.stats import (
     paired_delta,
     seed_mean,
     t_quantile,
+    weak_reward_model,
 )
 
 
@@ -91,3 +92,33 @@ def test_seed_mean_by_hand():
     assert (out["n"], out["min"], out["max"]) == (3, 0.40, 0.48)
     one = seed_mean([0.5])
     assert (one["sd"], one["ci95"], one["mean"]) == (None, None, 0.5)
+
+
+def test_weak_reward_model_by_hand():
+    # standard error at chance over the held-out pairs: sqrt(0.25 / n)
+    # 0.706 on 400 pairs: se 0.025; 0.206 > 2 x 0.025 and 0.706 >= 0.6: not weak
+    assert weak_reward_model(0.706, 400) is None
+    # 1.0 on 6 pairs: se 0.204; 0.5 > 0.408: not weak (a perfect score on few pairs still has an error)
+    assert weak_reward_model(1.0, 6) is None
+    # 0.58 on 400 pairs: above chance (0.08 > 0.05) but below 0.6
+    assert "below 0.6" in weak_reward_model(0.58, 400)
+    # 0.65 on 20 pairs: se = sqrt(0.25/20) = 0.1118; 0.15 <= 0.2236: not above chance
+    reason = weak_reward_model(0.65, 20)
+    assert "not above chance" in reason and "0.112" in reason
+
+
+def test_paired_accuracy_keeps_outcomes_and_clusters():
+    from rlbench.measure.evaluation import paired_accuracy
+
+    # problems 1 and 2 tell chain "a", 3 and 4 chain "b"; problem 2 improves, problem 4 worsens
+    out = paired_accuracy("0011", "0110", ["a", "a", "b", "b"], "arithmetic chain")
+    assert out["outcomes"] == {"before": "0011", "after": "0110", "cluster": [0, 0, 1, 1], "cluster_keys": ["a", "b"]}
+    paired = out["paired"]
+    assert (paired["improved"], paired["worsened"], paired["delta"], paired["p_value"]) == (1, 1, 0.0, 1.0)
+    # differences 0,1,0,-1 -> cluster sums 1 and -1; SE^2 = 2/1 * 2 / 16 = 0.25
+    assert paired["stderr"] == pytest.approx(0.5) and paired["clusters"] == 2
+    assert paired["cluster_by"] == "arithmetic chain"
+    # before 0,0,1,1 in clusters a,a,b,b: the clustered example above, 0.5
+    assert paired["before_stderr"] == pytest.approx(0.5)
+    one = paired_accuracy("01", "11", ["a", "a"], "arithmetic chain")["paired"]
+    assert one["stderr"] is None and one["ci95"] is None and one["delta"] == 0.5  # one cluster: no error

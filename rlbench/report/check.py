@@ -287,6 +287,7 @@ def format_change(delta: float | None, relative: float | None, unit: str) -> str
 def check_command(report: str, baseline: str, thresholds: list[str], console: Console) -> int:
     """Load both reports, check, print every regression and improvement; 0 ok, 1 regression."""
     from rlbench.report.schema import load_report
+    from rlbench.report.seeds import print_seed_means
 
     new, base = load_report(report), load_report(baseline)
     limits = thresholds_for(base, thresholds)
@@ -304,6 +305,7 @@ def check_command(report: str, baseline: str, thresholds: list[str], console: Co
             console.print(_findings_table(title, findings, colour))
     for note in result.notes:
         console.print(f"[dim]note: {note}[/]", highlight=False)
+    print_seed_means([(f"new {report}", new), (f"baseline {baseline}", base)], console)
     if result.regressions:
         console.print(f"[bold red]FAIL[/]: {len(result.regressions)} regression(s), "
                       f"{len(result.improvements)} improvement(s)")

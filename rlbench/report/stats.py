@@ -20,6 +20,8 @@ information about the change.
   the McNemar p-value.
 - `seed_mean`: the mean of a figure over seeds with a t-based 95% interval (n - 1 degrees of
   freedom) and its spread (sd, min, max).
+- `weak_reward_model`: why a reward model's held-out pairwise accuracy is too low to trust its
+  reward (below 0.6, or not above chance by two standard errors), or None.
 
     paired_delta([0, 1, 1], [1, 1, 0], ["a", "a", "b"])["p_value"]
 """
@@ -144,3 +146,26 @@ def seed_mean(values: Sequence[float]) -> dict:
     half = t_quantile(0.5 + CONFIDENCE / 2, n - 1) * sd / math.sqrt(n)
     return {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half], "min": min(values),
             "max": max(values)}
+
+
+WEAK_REWARD_MODEL_FLOOR = 0.6  # held-out pairwise accuracy below this: a weak reward model
+WEAK_REWARD_MODEL_Z = 2.0  # ... or not above chance (0.5) by this many standard errors
+
+
+def weak_reward_model(accuracy: float, pairs: int, floor: float = WEAK_REWARD_MODEL_FLOOR,
+                      z: float = WEAK_REWARD_MODEL_Z) -> str | None:
+    """Why a reward model is too weak to trust, or None when it is not.
+
+    Args:
+        accuracy: held-out pairwise accuracy (the chosen completion scored above the rejected one).
+        pairs: held-out pairs it was measured on. The standard error is binomial over them at
+            chance, sqrt(0.25 / pairs), so a perfect score on a handful of pairs still has one
+            (pairs of one prompt share completions, so the true error is somewhat larger).
+    """
+    se = binomial_stderr(0.5, pairs)
+    if accuracy - 0.5 <= z * se:
+        return (f"held-out pairwise accuracy {accuracy:.3f} on {pairs} pairs is not above chance (0.5) by "
+                f"{z:g} standard errors ({z:g} x {se:.3f})")
+    if accuracy < floor:
+        return f"held-out pairwise accuracy {accuracy:.3f} on {pairs} pairs is below {floor:g}"
+    return None
