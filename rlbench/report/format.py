@@ -87,7 +87,7 @@ def stderr_note(report: dict[str, Any]) -> str:
                 "the sum of the two standard errors")
     first = paired[0]
     by = first.get("cluster_by", "problem")
-    clusters = (f"each problem its own cluster, {first['n']:,} problems" if first.get("clusters") == first.get("n")
+    clusters = (f"each its own cluster, {first['n']:,} problems" if by == "problem"
                 else f"{first['clusters']:,} clusters among {first['n']:,} problems")
     return (f"accuracy: greedy pass@1 ± standard error clustered by {by} ({clusters}); Δ acc: after - before "
             "in points with its paired 95% interval (clustered, t on clusters - 1 degrees of freedom); "
