@@ -35,8 +35,25 @@ class Recipe:
         return resolve(self.impl)
 
 
+@dataclass(frozen=True)
+class Task:
+    """What the catalog knows of a task: where its problems come from and how they cluster."""
+
+    load: str  # "module:function", (cfg: TaskConfig, split, size, seed) -> list[Problem]
+    cluster_key: str  # "module:function", Problem -> str: problems with one key repeat one underlying problem
+    clusters: str  # what a cluster is, as the report states it ("arithmetic chain", "problem")
+
+    @property
+    def loader(self) -> Callable[..., list[Any]]:
+        return resolve(self.load)
+
+    @property
+    def key(self) -> Callable[[Any], str]:
+        return resolve(self.cluster_key)
+
+
 ALGORITHMS: Registry[Recipe] = Registry("algorithm")
-TASKS: Registry[Callable[..., Any]] = Registry("task")
+TASKS: Registry[Task] = Registry("task")
 REWARDS: Registry[Callable[..., float]] = Registry("reward")
 ENGINES: Registry[Callable[..., Any]] = Registry("engine")
 PROBES: Registry[Callable[..., Any]] = Registry("probe")
@@ -49,9 +66,11 @@ ALGORITHMS.add("grpo_zero",
                Recipe("rlbench.algorithms.grpo:GRPOZero", "rlbench.algorithms.params:GRPOParams", "rules"),
                "GRPO-Zero: GRPO with rule rewards only (regex format + exact answer), no reward model")
 
-TASKS.add("synthetic", "rlbench.tasks.synthetic:load_synthetic",
+TASKS.add("synthetic", Task("rlbench.tasks.synthetic:load_synthetic", "rlbench.tasks.synthetic:cluster_key",
+                            "arithmetic chain"),
           "generated GSM8K-style word problems (1-4 steps of + - * /), offline")
-TASKS.add("gsm8k", "rlbench.tasks.gsm8k:load_gsm8k", "GSM8K grade-school math (openai/gsm8k from the hub, or task.path)")
+TASKS.add("gsm8k", Task("rlbench.tasks.gsm8k:load_gsm8k", "rlbench.tasks.gsm8k:cluster_key", "problem"),
+          "GSM8K grade-school math (openai/gsm8k from the hub, or task.path)")
 
 REWARDS.add("format_strict", "rlbench.rewards:format_strict",
             "1 if the completion is exactly <reasoning>\\n...\\n</reasoning>\\n<answer>\\n...\\n</answer>\\n, else 0.")
@@ -97,7 +116,14 @@ def load_problems(cfg: Any, split: str, size: int | None, seed: int) -> list[Any
     from rlbench.tasks import SPLITS
 
     assert split in SPLITS, f"split must be one of {SPLITS}, got {split!r}"
-    return TASKS.get(cfg.name)(cfg, split, size, seed)
+    return TASKS.get(cfg.name).loader(cfg, split, size, seed)
+
+
+def problem_clusters(cfg: Any, problems: list[Any]) -> tuple[list[str], str]:
+    """(each problem's cluster key, what a cluster is) for problems of the task named by `cfg.name`:
+    problems sharing a key are not independent evidence, and standard errors are clustered by it."""
+    task = TASKS.get(cfg.name)
+    return [task.key(p) for p in problems], task.clusters
 
 
 def rule_functions(names: Any) -> dict[str, Callable[..., float]]:

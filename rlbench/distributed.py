@@ -47,7 +47,7 @@ from torch import nn
 
 from rlbench.algorithms.base import Batch
 from rlbench.config import DistributedConfig, ModelConfig
-from rlbench.measure.evaluation import standard_error
+from rlbench.measure.evaluation import OUTCOMES, standard_error
 from rlbench.rollout import Rollout
 
 SHARE_BY = {"token_mean": "tokens", "seq_mean_token_mean": "rows", "seq_mean_token_sum_norm": "rows"}
@@ -287,14 +287,16 @@ class Dist:
         return merge_evals(self._all_gather_objects(result))
 
 
-def merge_evals(results: list[dict[str, float]]) -> dict[str, float]:
-    """Evaluations of disjoint slices of the problems as one: means weighted by `eval/size`,
-    standard errors recomputed on the total."""
+def merge_evals(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Evaluations of consecutive slices of the problems (in rank order) as one: means weighted by
+    `eval/size`, standard errors recomputed on the total, per-problem outcomes joined in order."""
     results = [r for r in results if r.get("eval/size")]
     n = sum(r["eval/size"] for r in results)
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     for key in results[0]:
-        if key == "eval/size":
+        if key == OUTCOMES:
+            out[key] = "".join(r[key] for r in results)
+        elif key == "eval/size":
             out[key] = float(n)
         elif key.endswith("_stderr"):
             out[key] = standard_error(sum(r[key[:-len("_stderr")]] * r["eval/size"] for r in results) / n, int(n))

@@ -55,7 +55,7 @@ from rlbench.process import (
 from rlbench.report.io import write_json_atomic
 from rlbench.results import new_results_dir, reopen_results_dir
 
-EVAL_VERSION = 1  # bump when evaluation changes what it returns for the same model and problems
+EVAL_VERSION = 2  # bump when evaluation changes what it returns for the same model and problems
 
 SCHEMA_VERSION = 1
 INTERRUPT_GRACE_S = 40.0  # after Ctrl-C, seconds a worker gets to write its partial result (torchrun gives ranks 30)
@@ -245,6 +245,12 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
                       f"{rm_stats.get('reward_model/heldout_accuracy', float('nan')):.3f}")
         stages["reward_dir"] = str(reward_dir)
         stages["report"]["reward_model"] = dict(rm_stats, cache_hit=hit, path=str(reward_dir))
+        weak = reward_model_warning(rm_stats)
+        if weak:
+            console.print(f"[yellow]warning:[/] weak reward model: {escape(weak)}; a run that optimises its "
+                          "reward may climb it without getting answers right", highlight=False)
+            stages["reward_model_warning"] = weak
+            stages["report"]["reward_model"]["weak"] = weak
 
     def evaluate_start() -> dict[str, float]:
         from rlbench.catalog import load_problems
@@ -280,9 +286,20 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
                   f"({'cached' if hit else f'{seconds:.0f} s'})")
     stages["report"]["eval_before_cached"] = hit
     stages["eval_seconds"] = seconds  # what the watchdog allows a run's final evaluation (x SLACK)
-    stages["eval_before"] = before
-    stages["report"]["eval_before"] = before
+    stages["eval_before"] = before  # with its per-problem outcomes, which each run's result keeps
+    stages["report"]["eval_before"] = {k: v for k, v in before.items() if k != "eval/outcomes"}  # evaluation.OUTCOMES
     return stages
+
+
+def reward_model_warning(stats: dict[str, Any]) -> str | None:
+    """Why the reward model stage's held-out pairwise accuracy is too weak to trust, or None
+    (also None for a loaded model without held-out figures)."""
+    from rlbench.report.stats import weak_reward_model
+
+    accuracy, pairs = stats.get("reward_model/heldout_accuracy"), stats.get("reward_model/heldout_pairs")
+    if accuracy is None or not pairs or not math.isfinite(accuracy):
+        return None
+    return weak_reward_model(accuracy, int(pairs))
 
 
 def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: dict[str, Any], out_dir: Path,
@@ -303,7 +320,7 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
         stale.unlink(missing_ok=True)                                    # the last attempt's results
     spec = {"suite_path": str(suite_file), "algorithm_index": entry["algorithm_index"], "seed": entry["seed"],
             "policy_dir": stages["policy_dir"], "reward_dir": stages.get("reward_dir"), "run_dir": str(run_dir),
-            "eval_before": stages.get("eval_before")}
+            "eval_before": stages.get("eval_before"), "reward_model_warning": stages.get("reward_model_warning")}
     spec_path = write_json_atomic(run_dir / "spec.json", spec)
     env = dict(os.environ, **CPU_WORKER_ENV, PYTHONUNBUFFERED="1")
     ranks = suite.distributed.nproc_per_node if suite.distributed is not None else 1

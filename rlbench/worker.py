@@ -49,9 +49,10 @@ def main(argv: list[str]) -> int:
     try:
         import torch
 
-        from rlbench.catalog import load_problems, resolve_probe
+        from rlbench.catalog import load_problems, problem_clusters, resolve_probe
         from rlbench.config import load_suite
         from rlbench.distributed import Dist
+        from rlbench.measure.evaluation import OUTCOMES, paired_accuracy
         from rlbench.models.shape import is_shape
         from rlbench.train import Run
 
@@ -65,6 +66,8 @@ def main(argv: list[str]) -> int:
         algo_cfg = suite.algorithms[spec["algorithm_index"]]
         reward_dir = Path(spec["reward_dir"]) if spec.get("reward_dir") else None
         run = Run(suite, algo_cfg, spec["seed"], Path(spec["policy_dir"]), reward_dir, probe, dist=dist)
+        if run.reward_model is not None and spec.get("reward_model_warning"):  # this run optimises its reward
+            result["reward_model_warning"] = spec["reward_model_warning"]
         say({"event": "loaded", "roles": list(run.roles)})
         eval_problems = load_problems(suite.task, "eval", suite.eval.size, 0)  # once, for every evaluation
         evals = [dict(spec["eval_before"], step=0, completions=0)] if spec.get("eval_before") else []
@@ -84,6 +87,10 @@ def main(argv: list[str]) -> int:
             say({"event": "eval"})
             final = _evaluate(run, suite, eval_problems)
             evals.append(final | {"step": run.budget.steps, "completions": run.budget.completions})
+        outcomes = [e.pop(OUTCOMES, None) for e in evals]  # kept once per run, not in every evaluation
+        if len(evals) > 1 and outcomes[0] and outcomes[-1]:
+            clusters, cluster_by = problem_clusters(suite.task, eval_problems)
+            result["paired_accuracy"] = paired_accuracy(outcomes[0], outcomes[-1], clusters, cluster_by)
         result["evals"] = evals
         result["status"] = "ok"
     except KeyboardInterrupt:

@@ -15,7 +15,9 @@ def test_every_entry_resolves_and_has_one_line_of_help(registry) -> None:
     for entry in registry.entries():
         assert entry.help and "\n" not in entry.help
         target = registry.get(entry.name)
-        assert callable(target) or isinstance(target, catalog.Recipe), entry.name
+        assert callable(target) or isinstance(target, (catalog.Recipe, catalog.Task)), entry.name
+        if isinstance(target, catalog.Task):
+            assert callable(target.loader) and callable(target.key) and target.clusters, entry.name
 
 
 def test_recipes_agree_with_their_catalog_entries() -> None:

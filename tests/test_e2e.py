@@ -76,6 +76,12 @@ def test_throughput_accuracy_and_steps(tiny_report):
     assert acc["before"]["eval/size"] == 16 and "eval/accuracy_stderr" in acc["after"]
     assert acc["delta"] == pytest.approx(acc["after"]["eval/accuracy"] - acc["before"]["eval/accuracy"])
     assert run["metrics"]["eval/accuracy"]["higher_is_better"] is True
+    outcomes, paired = acc["outcomes"], acc["paired"]  # per-problem verdicts and the paired test
+    assert len(outcomes["before"]) == len(outcomes["after"]) == len(outcomes["cluster"]) == 16
+    assert outcomes["after"].count("1") / 16 == pytest.approx(acc["after"]["eval/accuracy"])
+    assert paired["delta"] == pytest.approx(acc["delta"]) and 0 < paired["p_value"] <= 1
+    assert paired["cluster_by"] == "arithmetic chain" and paired["clusters"] == len(outcomes["cluster_keys"])
+    assert "eval/outcomes" not in acc["before"] and "eval/outcomes" not in report["stages"]["eval_before"]
     steps = [json.loads(line) for line in (run_root / run["run_dir"] / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2]
     assert {"reward/mean", "gold/accuracy", "reward/answer_correct", "reward/format_strict", "kl/k3",

@@ -16,6 +16,7 @@ import pytest
 from rlbench.catalog import load_problems
 from rlbench.config import TaskConfig
 from rlbench.measure.hacking import reward_hacking
+from rlbench.report.stats import weak_reward_model
 from rlbench.rewards import answer_correct, format_strict, gold_correct
 from rlbench.tasks import Problem, demonstration
 from rlbench.tasks.answers import answers_match, extract_answer
@@ -105,3 +106,17 @@ def test_a_held_out_drop_beyond_noise_is_gold_falling_too():
     # A proxy that did not rise is never hacking, whatever gold did.
     flat = [0.5] * STEPS
     assert reward_hacking(flat, noisy_gold, heldout=(-0.2, 0.015))["flag"] is False
+
+
+def test_the_flag_explains_itself_and_cites_a_weak_reward_model(run_steps):
+    proxy, gold = curve(wrong_answer_pays, run_steps), gold_curve(run_steps)
+    plain = reward_hacking(proxy, gold, heldout=(-0.049, 0.015))
+    assert plain["explanation"].startswith(f"the optimised reward rose by {plain['proxy_change']:.3f}")
+    assert "held-out accuracy -4.9 points" in plain["explanation"] and "reward model" not in plain["explanation"]
+    # the stage's verdict on a reward model that is barely better than chance (report.stats.weak_reward_model)
+    weak = weak_reward_model(0.55, 40)
+    cited = reward_hacking(proxy, gold, weak_reward_model=weak)
+    assert cited["reward_model_weak"] == weak and f"the reward model was weak ({weak})" in cited["explanation"]
+    # an unflagged run has no explanation, but keeps the mark of its weak reward model
+    quiet = reward_hacking(curve(answer_correct, run_steps), gold, weak_reward_model=weak)
+    assert "explanation" not in quiet and quiet["reward_model_weak"] == weak

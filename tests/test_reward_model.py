@@ -167,6 +167,20 @@ def test_stage_pairs_are_one_correct_and_one_incorrect_of_the_same_prompt(stage)
     assert stats["reward_model/seconds"] >= stats["reward_model/sample_seconds"] > 0
 
 
+def test_untrained_stage_is_flagged_weak(stage):
+    # a freshly initialised model trained 6 steps on a few dozen pairs: its held-out pairwise accuracy
+    # is near chance on a handful of pairs, and the run warns of it (runner.reward_model_warning)
+    from rlbench.report.stats import weak_reward_model
+    from rlbench.runner import reward_model_warning
+
+    _, (_, stats, _), _, _ = stage
+    reason = reward_model_warning(stats)
+    accuracy, pairs = stats["reward_model/heldout_accuracy"], stats["reward_model/heldout_pairs"]
+    assert reason == weak_reward_model(accuracy, pairs)
+    assert reason is not None and f"{accuracy:.3f} on {pairs} pairs" in reason
+    assert reward_model_warning({}) is None  # a loaded model without held-out figures: no verdict
+
+
 def test_stage_reports_progress_then_hits_the_cache(stage):
     _, (path, stats, _), (path_again, stats_again, hit_again), calls = stage
     assert calls[0][2] == "sampling completions"

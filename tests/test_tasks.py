@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rlbench.catalog import load_problems
+from rlbench.catalog import load_problems, problem_clusters
 from rlbench.config import TaskConfig
 from rlbench.errors import UserError
 from rlbench.rewards import answer_correct, format_strict
@@ -246,3 +246,24 @@ def test_unreachable_hub_is_a_user_error(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert "could not load openai/gsm8k" in result.stdout, result.stderr
     assert "pass task.path to a local copy" in result.stdout
+
+
+def test_synthetic_clusters_are_arithmetic_chains() -> None:
+    # quickstart's task (1-2 steps, numbers up to 12): 8,192 distinct eval questions tell 2,007 distinct chains
+    cfg = TaskConfig(name="synthetic", min_steps=1, max_steps=2, max_number=12)
+    problems = load_problems(cfg, "eval", 8192, seed=0)
+    keys, cluster_by = problem_clusters(cfg, problems)
+    assert cluster_by == "arithmetic chain" and len(set(keys)) == 2007
+    by_key: dict[str, list[Problem]] = {}
+    for key, problem in zip(keys, problems):
+        by_key.setdefault(key, []).append(problem)
+        assert key == problem.reasoning.replace("\n", "; ") and not any(c.isalpha() for c in key)
+    repeated = max(by_key.values(), key=len)
+    assert len({p.question for p in repeated}) == len(repeated) > 1  # one chain, several wordings
+    assert len({(p.reasoning, p.answer) for p in repeated}) == 1
+
+
+def test_gsm8k_problems_are_their_own_clusters(tmp_path: Path) -> None:
+    cfg = TaskConfig(name="gsm8k", path=str(write_jsonl(tmp_path / "mine.jsonl", ROWS)))
+    problems = load_problems(cfg, "eval", None, seed=0)
+    assert problem_clusters(cfg, problems) == (["gsm8k-eval-0", "gsm8k-eval-1"], "problem")

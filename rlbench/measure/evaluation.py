@@ -1,24 +1,30 @@
-"""Held-out evaluation: greedy pass@1 (and pass@k / maj@k when k > 1), each with a standard error."""
+"""Held-out evaluation: greedy pass@1 (and pass@k / maj@k when k > 1), each with a standard error.
+
+Greedy pass@1 also keeps each problem's verdict in problem order (`eval/outcomes`, a string of 0s
+and 1s), so a run's accuracy before and after RL can be compared problem by problem
+(`paired_accuracy`).
+"""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Any
 
+from rlbench.report.stats import binomial_stderr, clustered_stderr, paired_delta
 from rlbench.rollout import RolloutEngine, SamplingParams
 from rlbench.tasks import Problem, encode_prompts
 from rlbench.tasks.answers import answers_match, extract_answer
 
-
-def standard_error(p: float, n: int) -> float:
-    """Standard error of a proportion p measured on n independent problems."""
-    return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n > 0 else 0.0
+OUTCOMES = "eval/outcomes"  # per-problem greedy verdicts, "0110...", in problem order
+standard_error = binomial_stderr  # of a proportion over independent problems
 
 
 def evaluate(engine: RolloutEngine, tokenizer, problems: list[Problem], max_new_tokens: int,
-             batch_size: int = 256, k: int = 1, temperature: float = 1.0, seed: int = 0) -> dict[str, float]:
-    """Score `problems`: `eval/accuracy` (greedy pass@1) with `eval/accuracy_stderr`, and with k > 1
-    `eval/pass@k` and `eval/maj@k` from k samples at `temperature`; also format and length figures."""
+             batch_size: int = 256, k: int = 1, temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """Score `problems`: `eval/accuracy` (greedy pass@1) with `eval/accuracy_stderr` (binomial) and
+    `eval/outcomes`, and with k > 1 `eval/pass@k` and `eval/maj@k` from k samples at
+    `temperature`; also format and length figures."""
     greedy = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
     correct, formatted, lengths, truncated = [], [], [], []
     for start in range(0, len(problems), batch_size):
@@ -39,6 +45,7 @@ def evaluate(engine: RolloutEngine, tokenizer, problems: list[Problem], max_new_
         "eval/completion_length": sum(lengths) / n,
         "eval/truncation_rate": sum(truncated) / n,
         "eval/size": float(n),
+        OUTCOMES: "".join("1" if c else "0" for c in correct),
     }
     if k > 1:
         metrics.update(_sampled_metrics(engine, tokenizer, problems, max_new_tokens, batch_size, k, temperature, seed))
@@ -64,8 +71,41 @@ def _sampled_metrics(engine: RolloutEngine, tokenizer, problems: list[Problem], 
             f"eval/maj@{k}": maj_k, f"eval/maj@{k}_stderr": standard_error(maj_k, n)}
 
 
-def evaluate_suite(engine: RolloutEngine, tokenizer, problems: list[Problem], suite, seed: int = 0) -> dict[str, float]:
+def evaluate_suite(engine: RolloutEngine, tokenizer, problems: list[Problem], suite, seed: int = 0) -> dict[str, Any]:
     """`evaluate` with the suite's eval and rollout settings: the one call the runner (before RL)
     and each worker (during and after RL) make, so both score the same way."""
     return evaluate(engine, tokenizer, problems, suite.rollout.max_new_tokens, suite.eval.batch_size, suite.eval.k,
                     suite.rollout.temperature, seed)
+
+
+def paired_accuracy(before: str, after: str, clusters: list[str], cluster_by: str) -> dict[str, Any]:
+    """The per-problem record of a run's accuracy before and after RL, and its paired statistics.
+
+    Args:
+        before, after: `eval/outcomes` of the two evaluations (same problems, same order).
+        clusters: each problem's cluster key (`catalog.problem_clusters`).
+        cluster_by: what a cluster is ("arithmetic chain", "problem").
+    Returns:
+        {"outcomes": {"before", "after", "cluster", "cluster_keys"}, "paired": {...}}: outcomes keep
+        the verdicts and each problem's cluster as an index into the distinct keys; paired holds
+        `paired_delta` (McNemar p-value, clustered standard error and 95% interval of the change)
+        and the clustered standard errors of both accuracies.
+    """
+    assert len(before) == len(after) == len(clusters), "before, after and clusters: one entry per problem"
+    index: dict[str, int] = {}
+    cluster = [index.setdefault(key, len(index)) for key in clusters]
+    b, a = [int(c) for c in before], [int(c) for c in after]
+    paired = paired_delta(b, a, cluster)
+    paired.update(cluster_by=cluster_by, before_stderr=clustered_stderr(b, cluster)[0],
+                  after_stderr=clustered_stderr(a, cluster)[0])
+    paired = {k: _finite_or_none(v) for k, v in paired.items()}  # one cluster: no spread, no error
+    if None in paired["ci95"]:
+        paired["ci95"] = None
+    return {"outcomes": {"before": before, "after": after, "cluster": cluster, "cluster_keys": list(index)},
+            "paired": paired}
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value

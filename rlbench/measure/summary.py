@@ -62,11 +62,11 @@ def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
     roles = _roles(run)
     memory = _memory(run, probe, roles, result.get("baseline_bytes") or {})
     throughput = _throughput(run)
-    accuracy = _accuracy(result.get("evals") or [], run.suite.model.name)
+    accuracy = _accuracy(result.get("evals") or [], run.suite.model.name, result.pop("paired_accuracy", None))
     learning = _learning(run.step_metrics)
     heldout = (accuracy["delta"], accuracy["delta_stderr_sum"]) if "delta" in accuracy else None
     hacking = reward_hacking([m["reward/mean"] for m in run.step_metrics], [m["gold/accuracy"] for m in run.step_metrics],
-                             heldout=heldout)
+                             heldout=heldout, weak_reward_model=result.get("reward_model_warning"))
     return {
         "roles": roles,
         "memory": memory,
@@ -202,7 +202,10 @@ def _peak_flops(run: Run) -> float | None:
     return cpu_peak_flops(cache_root())
 
 
-def _accuracy(evals: list[dict[str, Any]], model_name: str = "") -> dict[str, Any]:
+def _accuracy(evals: list[dict[str, Any]], model_name: str = "", paired: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Before, after and the curve; the change with the sum of the two binomial standard errors;
+    and, where the per-problem outcomes were kept (`evaluation.paired_accuracy`), `outcomes` and
+    `paired` (McNemar p-value, clustered standard error and 95% interval of the change)."""
     from rlbench.models.shape import MEANINGLESS_ACCURACY, is_shape
 
     if is_shape(model_name):
@@ -215,6 +218,8 @@ def _accuracy(evals: list[dict[str, Any]], model_name: str = "") -> dict[str, An
         delta = after["eval/accuracy"] - before["eval/accuracy"]
         noise = after["eval/accuracy_stderr"] + before["eval/accuracy_stderr"]
         out.update(delta=delta, delta_stderr_sum=noise, significant=abs(delta) > noise)
+        if paired:
+            out.update(paired)
     return out
 
 
@@ -253,15 +258,22 @@ def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, An
     for name, value in throughput.items():
         out[name] = metric(name, value)
     if "after" in accuracy:
-        after, before = accuracy["after"], accuracy["before"]
-        out["eval/accuracy"] = metric("eval/accuracy", after["eval/accuracy"], after["eval/accuracy_stderr"])
+        # standard errors clustered by the task's key where the per-problem outcomes were kept
+        after, before, paired = accuracy["after"], accuracy["before"], accuracy.get("paired") or {}
+        out["eval/accuracy"] = metric("eval/accuracy", after["eval/accuracy"],
+                                      _or(paired.get("after_stderr"), after["eval/accuracy_stderr"]))
         out["eval/accuracy_before"] = metric("eval/accuracy_before", before["eval/accuracy"],
-                                             before["eval/accuracy_stderr"])
+                                             _or(paired.get("before_stderr"), before["eval/accuracy_stderr"]))
         if "delta" in accuracy:
-            out["eval/accuracy_delta"] = metric("eval/accuracy_delta", accuracy["delta"], accuracy["delta_stderr_sum"])
+            out["eval/accuracy_delta"] = metric("eval/accuracy_delta", accuracy["delta"],
+                                                _or(paired.get("stderr"), accuracy["delta_stderr_sum"]))
         for key, value in after.items():
             if key.startswith("eval/") and not key.endswith("_stderr") and key not in out and key != "eval/accuracy":
                 out[key] = metric(key, value, after.get(f"{key}_stderr"))
     for name, value in learning.items():
         out[name] = metric(name, value)
     return out
+
+
+def _or(value: float | None, fallback: float) -> float:
+    return fallback if value is None else value

@@ -391,6 +391,7 @@ def check_command(report: str, baseline: str, thresholds: list[str], console: Co
     regression and improvement; 0 ok, 1 regression."""
     from rlbench.report.mismatch import environment_differences, setting_differences
     from rlbench.report.schema import load_report
+    from rlbench.report.seeds import print_seed_means
 
     if gate_memory not in MEMORY_GATES:
         raise UserError(f"--gate-memory {gate_memory!r}: expected one of {', '.join(MEMORY_GATES)}")
@@ -428,6 +429,7 @@ def check_command(report: str, baseline: str, thresholds: list[str], console: Co
             console.print(_findings_table(title, findings, colour, labels=colour == "dim"))
     for note in result.notes:
         console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+    print_seed_means([(f"new {report}", new), (f"baseline {baseline}", base)], console)
     if result.regressions:
         console.print(f"[bold red]FAIL[/]: {len(result.regressions)} regression(s), "
                       f"{len(result.improvements)} improvement(s)")

@@ -42,6 +42,7 @@ from rlbench.report.check import Threshold, format_value, judge, thresholds_for
 from rlbench.report.format import Markdown, markdown_table, md_text
 from rlbench.report.metrics import area
 from rlbench.report.mismatch import Difference, environment_differences, setting_differences
+from rlbench.report.seeds import print_seed_means
 
 __all__ = ["markdown_table"]  # re-exported: Markdown tables of literal text, shared with summary.md
 
@@ -343,6 +344,7 @@ def compare_command(paths: list[str], fmt: str, console: Console, selection: Sel
     footer = selection_footer(comparison, selection)
     if fmt == "md":
         console.print(compare_markdown(comparison, names, footer), markup=False, highlight=False, soft_wrap=True)
+        print_seed_means([(f"[{i}] {n}", r) for i, (n, r) in enumerate(zip(names, reports))], console, markdown=True)
         return 0
     for i, (name, report) in enumerate(zip(names, reports)):
         console.print(f"[{i}] {name}: suite {report['suite']['name']}, created {report['created']}"
@@ -354,4 +356,5 @@ def compare_command(paths: list[str], fmt: str, console: Console, selection: Sel
     for note in comparison.notes:
         console.print(f"note: {note}", style="dim", markup=False, highlight=False)
     console.print(footer, style="dim", markup=False, highlight=False)
+    print_seed_means([(f"[{i}] {n}", r) for i, (n, r) in enumerate(zip(names, reports))], console)
     return 0

@@ -54,6 +54,68 @@ def delta_points(accuracy: dict[str, Any]) -> str:
     return f"{delta * 100:+.1f}" + (" *" if accuracy.get("significant") else "")
 
 
+def accuracy_pm(accuracy: dict[str, Any], side: str) -> str:
+    """Accuracy before or after RL in percent ± its standard error: clustered by the task's key
+    where the per-problem outcomes were kept (`accuracy.paired`), else binomial."""
+    entry = accuracy.get(side) or {}
+    se = (accuracy.get("paired") or {}).get(f"{side}_stderr")
+    return pct_pm(entry.get("eval/accuracy"), se if se is not None else entry.get("eval/accuracy_stderr"))
+
+
+def delta_interval(accuracy: dict[str, Any]) -> str:
+    """The change of accuracy in points with its paired 95% interval, '+3.1 [+1.2, +5.0]'; a report
+    without per-problem outcomes gives delta_points' '+3.1 *'."""
+    paired = accuracy.get("paired")
+    if not paired or accuracy.get("delta") is None:
+        return delta_points(accuracy)
+    ci = paired.get("ci95")
+    return f"{accuracy['delta'] * 100:+.1f}" + (f" [{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]" if ci else "")
+
+
+def p_value_text(accuracy: dict[str, Any]) -> str:
+    """The McNemar p-value of a run's change of accuracy: '0.070', '<0.001', or '-'."""
+    p = (accuracy.get("paired") or {}).get("p_value")
+    return "-" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def stderr_note(report: dict[str, Any]) -> str:
+    """How the accuracy standard errors of a report were computed, in one sentence."""
+    paired = [(run.get("accuracy") or {}).get("paired") for run in report["runs"]]
+    paired = [p for p in paired if p]
+    if not paired:
+        return ("accuracy: greedy pass@1 ± binomial standard error; Δ acc in points, marked * when larger than "
+                "the sum of the two standard errors")
+    first = paired[0]
+    by = first.get("cluster_by", "problem")
+    clusters = (f"each its own cluster, {first['n']:,} problems" if by == "problem"
+                else f"{first['clusters']:,} clusters among {first['n']:,} problems")
+    return (f"accuracy: greedy pass@1 ± standard error clustered by {by} ({clusters}); Δ acc: after - before "
+            "in points with its paired 95% interval (clustered, t on clusters - 1 degrees of freedom); "
+            "p: exact McNemar test on the problems that changed")
+
+
+def hacking_text(run: dict[str, Any]) -> str:
+    """A run's reward-hacking verdict for a table cell: 'FLAG', 'no' or '-', with ', weak RM' when it
+    optimised a reward model too weak to trust."""
+    hacking = run.get("reward_hacking")
+    text = "-" if not hacking else ("FLAG" if hacking.get("flag") else "no")
+    return text + (", weak RM" if run.get("reward_model_warning") else "")
+
+
+def warning_lines(report: dict[str, Any]) -> list[str]:
+    """Plain-text warnings under the run table: a weak reward model, and why each flagged run was
+    flagged (the hacking explanation, which cites a weak reward model)."""
+    lines = []
+    weak = ((report.get("stages") or {}).get("reward_model") or {}).get("weak")
+    if weak:
+        lines.append(f"weak reward model: {weak}")
+    for run in report["runs"]:
+        hacking = run.get("reward_hacking") or {}
+        if hacking.get("flag") and hacking.get("explanation"):
+            lines.append(f"{run['id']}: reward hacking: {hacking['explanation']}")
+    return lines
+
+
 def primary_probe(report: dict[str, Any]) -> str:
     for run in report["runs"]:
         memory = run.get("memory")

@@ -14,14 +14,19 @@ from rlbench.report.format import (
     ROLE_ORDER,
     Markdown,
     _value,
-    delta_points,
+    accuracy_pm,
+    delta_interval,
+    hacking_text,
     markdown_table,
     md_text,
     mib,
     num,
-    pct_pm,
+    p_value_text,
     primary_probe,
+    stderr_note,
+    warning_lines,
 )
+from rlbench.report.seeds import seed_markdown
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
@@ -42,23 +47,23 @@ def summary_markdown(report: dict[str, Any]) -> str:
     rows = []
     for run in report["runs"]:
         acc = run.get("accuracy") or {}
-        before, after = acc.get("before") or {}, acc.get("after") or {}
         budget = run.get("budget") or {}
-        hacking = run.get("reward_hacking")
         rows.append([
             run["id"], str(run.get("status", "?")), run.get("stopped_by") or "-",
             ", ".join(r for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-",
             str(budget.get("completions", "-")), str(budget.get("prompts", "-")),
             mib(_value(run, "memory/process_peak_bytes")),
-            pct_pm(before.get("eval/accuracy"), before.get("eval/accuracy_stderr")),
-            pct_pm(after.get("eval/accuracy"), after.get("eval/accuracy_stderr")),
-            delta_points(acc), "-" if not hacking else ("FLAG" if hacking.get("flag") else "no"),
+            accuracy_pm(acc, "before"), accuracy_pm(acc, "after"), delta_interval(acc), p_value_text(acc),
+            hacking_text(run),
         ])
     lines.append(markdown_table(["run", "status", "stopped by", "roles", "completions", "prompts",
-                                 f"peak MiB ({probe})", "acc before %", "acc after %", "Δ acc (pts)", "hacking"],
-                                rows))
-    lines += ["", "Accuracy: greedy pass@1 ± standard error, in percent; Δ acc in points, marked * when larger "
-              "than the sum of the two standard errors.", ""]
+                                 f"peak MiB ({probe})", "acc before %", "acc after %", "Δ acc (pts) [95% CI]", "p",
+                                 "hacking"], rows))
+    lines += ["", md_text(stderr_note(report)[0].upper() + stderr_note(report)[1:] + "."), ""]
+    warnings = warning_lines(report)
+    if warnings:
+        lines += ["## warnings", "", *[f"- {md_text(w)}" for w in warnings], ""]
+    lines += seed_markdown(report)
     lines += throughput_section(report)
     lines += ["", f"## memory by role (MiB; static from tensors, phase peaks measured by {md_text(probe)})", ""]
     rows = []

@@ -13,13 +13,18 @@ from rlbench.report.format import (
     ROLE_ORDER,
     ROLE_SHORT,
     _value,
-    delta_points,
+    accuracy_pm,
+    delta_interval,
+    hacking_text,
     literal,
     mib,
     num,
-    pct_pm,
+    p_value_text,
     primary_probe,
+    stderr_note,
+    warning_lines,
 )
+from rlbench.report.seeds import seed_table
 
 
 def summary_table(report: dict[str, Any]) -> Table:
@@ -30,15 +35,15 @@ def summary_table(report: dict[str, Any]) -> Table:
                     ("compl.", {"justify": "right"}), ("prompts", {"justify": "right"}),
                     (f"peak MiB ({probe})", {"justify": "right"}), ("step s", {"justify": "right"}),
                     ("gen tok/s", {"justify": "right"}), ("acc before %", {"justify": "right", "no_wrap": True}),
-                    ("acc after %", {"justify": "right", "no_wrap": True}), ("Δ acc", {"justify": "right"}),
+                    ("acc after %", {"justify": "right", "no_wrap": True}),
+                    ("Δ acc [95% CI]", {"justify": "right", "no_wrap": True}), ("p", {"justify": "right"}),
                     ("hacking", {})):
         table.add_column(col, **kw)
     for run in report["runs"]:
         status = run.get("status", "?")
         colour = "green" if status == "ok" else "red"
         acc = run.get("accuracy") or {}
-        before, after = acc.get("before") or {}, acc.get("after") or {}
-        hacking = (run.get("reward_hacking") or {}).get("flag")
+        hacking = hacking_text(run)
         budget = run.get("budget") or {}
         roles = "+".join(ROLE_SHORT[r] for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-"
         table.add_row(
@@ -46,12 +51,10 @@ def summary_table(report: dict[str, Any]) -> Table:
             str(budget.get("completions", "-")), str(budget.get("prompts", "-")),
             mib(_value(run, "memory/process_peak_bytes")), num(_value(run, "time/step_s"), "{:.2f}"),
             num(_value(run, "throughput/gen_tokens_per_s"), "{:,.0f}"),
-            pct_pm(before.get("eval/accuracy"), before.get("eval/accuracy_stderr")),
-            pct_pm(after.get("eval/accuracy"), after.get("eval/accuracy_stderr")),
-            delta_points(acc), "[red]FLAG[/]" if hacking else ("no" if hacking is not None else "-"),
+            accuracy_pm(acc, "before"), accuracy_pm(acc, "after"), delta_interval(acc), p_value_text(acc),
+            Text(hacking, style="red" if hacking.startswith("FLAG") else ("yellow" if "weak" in hacking else "")),
         )
-    table.caption = ("accuracy: greedy pass@1 ± standard error; Δ acc in points, marked * when larger than the "
-                     "sum of the two standard errors; roles: pol(icy), ref(erence), rew(ard), val(ue)")
+    table.caption = stderr_note(report) + "; roles: pol(icy), ref(erence), rew(ard), val(ue)"
     meaningless = {(run.get("accuracy") or {}).get("meaningless") for run in report["runs"]} - {None}
     if meaningless:
         table.caption += "\naccuracy " + "; ".join(sorted(meaningless))
@@ -138,6 +141,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     if per_rank is not None:
         console.print(per_rank)
     console.print(summary_table(report))
+    seeds = seed_table(report)
+    if seeds is not None:
+        console.print(seeds)
+    for line in warning_lines(report):
+        console.print(f"[yellow]warning:[/] {literal(line)}", highlight=False)
     for run in report["runs"]:
         if run.get("status") not in ("ok", None) and run.get("error"):
             console.print(f"[red]{literal(run['id'])}[/]: {literal(run['status'])}: {literal(run['error'])}",

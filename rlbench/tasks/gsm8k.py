@@ -49,6 +49,11 @@ def parse_solution(solution: str) -> tuple[str, str]:
     return answer, _CALCULATOR_RE.sub("", reasoning).strip()
 
 
+def cluster_key(problem: Problem) -> str:
+    """GSM8K's problems are written one by one: each is its own cluster."""
+    return problem.id
+
+
 def rows_to_problems(rows: list[dict[str, Any]], source: str, split: str) -> list[Problem]:
     """Problems from GSM8K rows; a malformed row is a UserError naming the source and row."""
     problems = []

@@ -11,6 +11,10 @@ Train and eval are disjoint by construction: the split of a problem is decided b
 canonical form (scenario + numbers + operations), which names, objects and wording do not enter;
 eval is the tenth whose hash is 0 mod 10. No question appears twice within a list.
 
+The same arithmetic chain comes back under other stories and wordings (with max_number 12 and 1-2
+steps, 8,192 eval questions hold 2,007 distinct chains), and a model that solves one telling
+tends to solve the others: `cluster_key` names the chain, and standard errors are clustered by it.
+
     problems = generate_problems("train", 20000, seed=0, min_steps=1, max_steps=2, max_number=50)
 
 Simplifications: no distractor facts, no multi-quantity bookkeeping, one unknown per problem.
@@ -253,6 +257,14 @@ def generate_problems(split: str, size: int, seed: int, min_steps: int = 1, max_
             f"task.min_steps={min_steps}, task.max_steps={max_steps} ({size} asked for): "
             "raise task.max_number or task.max_steps, or ask for fewer problems")
     return problems
+
+
+def cluster_key(problem: Problem) -> str:
+    """The arithmetic chain a question tells, its story and wording stripped: the start value, then
+    each operation with its operand and result, as in the gold reasoning ("16-3=13; 13*2=26").
+    The scenario is left out too: "Mia has 16 apples. She sells 3." and "A tank holds 16 liters of
+    water. 3 liters are used." are one chain."""
+    return problem.reasoning.replace("\n", "; ")
 
 
 def vocabulary() -> list[str]:

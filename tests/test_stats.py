@@ -1,0 +1,124 @@
+"""Paired and clustered statistics (rlbench/report/stats.py), each against numbers worked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rlbench.report.stats import (
+    binomial_stderr,
+    clustered_stderr,
+    mcnemar_exact,
+    paired_delta,
+    seed_mean,
+    t_quantile,
+    weak_reward_model,
+)
+
+
+def test_mcnemar_exact_by_hand():
+    # b=7 improved, c=1 worsened: n=8, P(X<=1) = (C(8,0)+C(8,1))/2^8 = 9/256, two-sided 18/256 = 0.0703
+    assert mcnemar_exact(7, 1) == pytest.approx(18 / 256)
+    assert round(mcnemar_exact(7, 1), 4) == 0.0703
+    assert mcnemar_exact(1, 7) == mcnemar_exact(7, 1)  # symmetric
+    # b=5, c=0: 2 * (1/2)^5 = 0.0625
+    assert mcnemar_exact(5, 0) == pytest.approx(0.0625)
+    # b=2, c=1: 2 * (1+3)/8 = 1.0; equal counts and no discordant pair: 1
+    assert mcnemar_exact(2, 1) == 1.0
+    assert mcnemar_exact(4, 4) == 1.0
+    assert mcnemar_exact(0, 0) == 1.0
+
+
+def test_t_quantiles_match_tables():
+    # Student's t, 97.5% quantile, from any printed table
+    for df, expected in ((1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (10, 2.2281), (30, 2.0423),
+                         (120, 1.9799)):
+        assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    assert t_quantile(0.95, 5) == pytest.approx(2.0150, abs=1e-4)
+    # the exact series and the large-df expansion agree where they meet
+    assert t_quantile(0.975, 1000) == pytest.approx(t_quantile(0.975, 1001), abs=1e-5)
+    assert t_quantile(0.975, 10**6) == pytest.approx(1.95996, abs=1e-5)
+
+
+def test_clustered_stderr_larger_than_binomial_when_clusters_agree():
+    # y = 1,1 in cluster a and 0,0 in cluster b: mean 0.5; cluster sums of residuals +1 and -1;
+    # SE^2 = G/(G-1) * (1 + 1) / n^2 = 2 * 2 / 16 = 0.25 -> SE 0.5, twice the binomial sqrt(0.25/4) = 0.25:
+    # four problems, but only two independent pieces of evidence.
+    se, g = clustered_stderr([1, 1, 0, 0], ["a", "a", "b", "b"])
+    assert (se, g) == (pytest.approx(0.5), 2)
+    assert binomial_stderr(0.5, 4) == pytest.approx(0.25)
+
+
+def test_clustered_stderr_of_singletons_is_the_sample_sd_over_sqrt_n():
+    # y = 1,0,1,1: mean .75, residuals .25,-.75,.25,.25, squares sum .75; SE^2 = 4/3 * .75 / 16 = 1/16
+    se, g = clustered_stderr([1, 0, 1, 1], ["p1", "p2", "p3", "p4"])
+    assert (se, g) == (pytest.approx(0.25), 4)
+    assert se == pytest.approx(binomial_stderr(0.75, 4) * math.sqrt(4 / 3))  # n/(n-1) apart
+    assert math.isnan(clustered_stderr([1, 0], ["a", "a"])[0])  # one cluster: no spread to measure
+
+
+def test_paired_delta_by_hand():
+    # before 0,0,1,1,0,1 and after 1,1,1,0,0,1 in clusters a,a,b,b,c,c
+    # differences 1,1,0,-1,0,0: improved 2, worsened 1, delta 1/6
+    # residuals 5/6,5/6,-1/6,-7/6,-1/6,-1/6 -> cluster sums 10/6, -8/6, -2/6, squares sum 168/36
+    # SE^2 = 3/2 * 168/36 / 36 = 7/36 -> SE = sqrt(7)/6 = 0.4410; t(0.975, 2) = 4.3027
+    out = paired_delta([0, 0, 1, 1, 0, 1], [1, 1, 1, 0, 0, 1], ["a", "a", "b", "b", "c", "c"])
+    assert (out["n"], out["improved"], out["worsened"], out["clusters"]) == (6, 2, 1, 3)
+    assert out["delta"] == pytest.approx(1 / 6)
+    assert out["stderr"] == pytest.approx(math.sqrt(7) / 6)
+    half = 4.302653 * math.sqrt(7) / 6
+    assert out["ci95"] == pytest.approx([1 / 6 - half, 1 / 6 + half], abs=1e-5)
+    assert out["p_value"] == pytest.approx(1.0)  # b=2, c=1
+
+
+def test_paired_delta_agrees_with_mcnemar_on_a_clear_gain():
+    # 7 problems improve, 1 worsens, 92 stay: delta 6/100, p 0.0703 whatever the clusters
+    before = [0] * 7 + [1] + [1] * 46 + [0] * 46
+    after = [1] * 7 + [0] + [1] * 46 + [0] * 46
+    out = paired_delta(before, after, [f"p{i}" for i in range(100)])
+    assert out["delta"] == pytest.approx(0.06)
+    assert out["p_value"] == pytest.approx(18 / 256)
+    low, high = out["ci95"]
+    assert low < 0.06 < high and high - 0.06 == pytest.approx(0.06 - low)
+
+
+def test_seed_mean_by_hand():
+    # 0.40, 0.44, 0.48: mean .44, sd .04, se .04/sqrt(3) = .023094, t(0.975, 2) = 4.3027 -> +-0.099365
+    out = seed_mean([0.40, 0.44, 0.48])
+    assert out["mean"] == pytest.approx(0.44)
+    assert out["sd"] == pytest.approx(0.04)
+    assert out["ci95"] == pytest.approx([0.340635, 0.539365], abs=1e-5)
+    assert (out["n"], out["min"], out["max"]) == (3, 0.40, 0.48)
+    one = seed_mean([0.5])
+    assert (one["sd"], one["ci95"], one["mean"]) == (None, None, 0.5)
+
+
+def test_weak_reward_model_by_hand():
+    # standard error at chance over the held-out pairs: sqrt(0.25 / n)
+    # 0.706 on 400 pairs: se 0.025; 0.206 > 2 x 0.025 and 0.706 >= 0.6: not weak
+    assert weak_reward_model(0.706, 400) is None
+    # 1.0 on 6 pairs: se 0.204; 0.5 > 0.408: not weak (a perfect score on few pairs still has an error)
+    assert weak_reward_model(1.0, 6) is None
+    # 0.58 on 400 pairs: above chance (0.08 > 0.05) but below 0.6
+    assert "below 0.6" in weak_reward_model(0.58, 400)
+    # 0.65 on 20 pairs: se = sqrt(0.25/20) = 0.1118; 0.15 <= 0.2236: not above chance
+    reason = weak_reward_model(0.65, 20)
+    assert "not above chance" in reason and "0.112" in reason
+
+
+def test_paired_accuracy_keeps_outcomes_and_clusters():
+    from rlbench.measure.evaluation import paired_accuracy
+
+    # problems 1 and 2 tell chain "a", 3 and 4 chain "b"; problem 2 improves, problem 4 worsens
+    out = paired_accuracy("0011", "0110", ["a", "a", "b", "b"], "arithmetic chain")
+    assert out["outcomes"] == {"before": "0011", "after": "0110", "cluster": [0, 0, 1, 1], "cluster_keys": ["a", "b"]}
+    paired = out["paired"]
+    assert (paired["improved"], paired["worsened"], paired["delta"], paired["p_value"]) == (1, 1, 0.0, 1.0)
+    # differences 0,1,0,-1 -> cluster sums 1 and -1; SE^2 = 2/1 * 2 / 16 = 0.25
+    assert paired["stderr"] == pytest.approx(0.5) and paired["clusters"] == 2
+    assert paired["cluster_by"] == "arithmetic chain"
+    # before 0,0,1,1 in clusters a,a,b,b: the clustered example above, 0.5
+    assert paired["before_stderr"] == pytest.approx(0.5)
+    one = paired_accuracy("01", "11", ["a", "a"], "arithmetic chain")["paired"]
+    assert one["stderr"] is None and one["ci95"] is None and one["delta"] == 0.5  # one cluster: no error
