@@ -81,8 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
         for name, call in calls.items():
             start = time.perf_counter()
             tokens[name] = call(i)
+            elapsed = time.perf_counter() - start
             if i >= args.warmup:
-                seconds[name].append(time.perf_counter() - start)
+                seconds[name].append(elapsed)
+            print(f"  call {i + 1}/{args.warmup + args.repeats} {name}: {elapsed:.3f} s"
+                  f"{'' if i >= args.warmup else ' (warm-up)'}", flush=True)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
