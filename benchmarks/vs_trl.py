@@ -7,10 +7,10 @@ Run:
     .venv/bin/python benchmarks/vs_trl.py --lengths 32 --steps 10 --threads 2
     .venv/bin/python benchmarks/vs_trl.py --scaling   # rlbench alone: G in {4, 8, 16} x max_new_tokens in {32, 64, 128}
     .venv/bin/python benchmarks/vs_trl.py --ablation  # rlbench alone: what each speed-up buys, step by step
-    # at the 0.5B shape: a warm-up and a timed step each with glibc's default allocator, then a
-    # memory step each with the mmap threshold
+    # at the 0.5B shape: one timed step each with glibc's default allocator (the first: it creates
+    # AdamW's state), then one memory step each with the mmap threshold
     flock /tmp/rlbench-big.lock .venv/bin/python benchmarks/vs_trl.py --model shape:qwen2.5-0.5b --lengths 32 \
-        --group 4 --completions 8 --threads 2 --warmup 1 --steps 1 --memory-steps 1
+        --group 4 --completions 8 --threads 2 --warmup 0 --steps 1 --memory-steps 1
 
 What is compared. Both frameworks load the same exported model and tokenizer (the cached SFT
 checkpoint of the embedded model when one exists, else the freshly initialised embedded model;
