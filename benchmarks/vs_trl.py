@@ -7,11 +7,16 @@ Run:
     .venv/bin/python benchmarks/vs_trl.py --lengths 32 --steps 10 --threads 2
     .venv/bin/python benchmarks/vs_trl.py --scaling   # rlbench alone: G in {4, 8, 16} x max_new_tokens in {32, 64, 128}
     .venv/bin/python benchmarks/vs_trl.py --ablation  # rlbench alone: what each speed-up buys, step by step
+    # at the 0.5B shape: one timed step each with glibc's default allocator (the first: it creates
+    # AdamW's state), then one memory step each with the mmap threshold
+    flock /tmp/rlbench-big.lock .venv/bin/python benchmarks/vs_trl.py --model shape:qwen2.5-0.5b --lengths 32 \
+        --group 4 --completions 8 --threads 2 --warmup 0 --steps 1 --memory-steps 1
 
 What is compared. Both frameworks load the same exported model and tokenizer (the cached SFT
-checkpoint of the embedded model when one exists, else the freshly initialised embedded model),
-train on the same prompts in the same order, G = 8 completions per prompt, 64 completions per
-step, temperature 1.0, beta 0.04 (so both hold a reference model), the DAPO/token-mean loss,
+checkpoint of the embedded model when one exists, else the freshly initialised embedded model;
+`--model shape:<name>` loads a shape model's saved directory, random weights and the synthetic
+tokenizer, in both), train on the same prompts in the same order, G = 8 completions per prompt, 64
+completions per step (`--group`, `--completions`), temperature 1.0, beta 0.04 (so both hold a reference model), the DAPO/token-mean loss,
 clip epsilon 0.2, AdamW at lr 1e-4, gradient clipping at 1.0, one update per batch, fp32, the same
 torch thread count, and the same reward: answer_correct + 0.1 format_strict (rlbench's rule
 functions, called from TRL's reward function). TRL's trainer is configured so that one of its
@@ -27,7 +32,14 @@ load hits both; the first `--warmup` steps of each are dropped and the medians o
 `--steps` are reported.
 
 How memory is measured. The process is restarted with MALLOC_MMAP_THRESHOLD_=65536 (freed
-memory goes back to the kernel). Around each step the kernel's peak-RSS counter is reset
+memory goes back to the kernel). That setting makes every step slower (each large tensor is its
+own mmap, zeroed by the kernel on each allocation), so `--allocator default` skips the restart:
+use it for times, and the default for memory; the JSON records which (`settings.allocator`), and
+the table says when its memory figures are not to be trusted. `--memory-steps N` does both in one
+process, for models too slow to run twice: the warm-up and timed steps run with glibc's default
+allocator, then the same threshold is set with glibc's `mallopt(M_MMAP_THRESHOLD, 65536)` (what the
+environment variable sets at start-up), free heap pages are handed back (`malloc_trim(0)`), and N
+more steps of each framework give the memory figures (their times are recorded, not used). Around each step the kernel's peak-RSS counter is reset
 (/proc/self/clear_refs) and read back (VmHWM), giving the step's rise above the RSS it started
 from: its activations, caches, logits and gradients. Both frameworks' models live in the one
 process, so absolute RSS would count both; each framework's peak is therefore reported as its
@@ -73,8 +85,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each framework")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each framework first")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both (1 is fastest for a 1M model)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="a saved causal LM directory (default: the cached SFT checkpoint, else the fresh model)")
+    parser.add_argument("--model", default=None,
+                        help="shape:<name> or a saved causal LM directory (default: the cached SFT checkpoint of the "
+                             "embedded model, else the fresh model)")
+    parser.add_argument("--completions", type=int, default=COMPLETIONS_PER_STEP, help="completions per step")
+    parser.add_argument("--allocator", choices=("mmap", "default"), default="mmap",
+                        help="mmap: restart with MALLOC_MMAP_THRESHOLD_=65536 so that RSS figures can be trusted "
+                             "(every step slower); default: glibc's own settings, for times")
+    parser.add_argument("--memory-steps", type=int, default=0,
+                        help="after the timed steps, set the mmap threshold in this process (mallopt) and run this "
+                             "many more steps of each for the memory figures; no restart (times with the default "
+                             "allocator)")
     parser.add_argument("--fresh-model", action="store_true",
                         help="use the freshly initialised embedded model (it rarely emits EOS, so every completion "
                              "runs to max_new_tokens)")
@@ -112,7 +133,7 @@ class StepMemory:
     """Peak RSS rise of one step: clear_refs at start, VmHWM - VmRSS(start) at the end."""
 
     def __init__(self) -> None:
-        from rlbench.measure.memory import read_proc_status, reset_peak_rss
+        from rlbench.measure.cpu_probe import read_proc_status, reset_peak_rss
 
         self._read, self._reset = read_proc_status, reset_peak_rss
         self.start = 0
@@ -132,6 +153,19 @@ def static_bytes(*pairs: tuple[Any, Any]) -> int:
     from rlbench.measure.static import role_static_bytes
 
     return sum(role_static_bytes(model, optimizer)["total"] for model, optimizer in pairs if model is not None)
+
+
+def mmap_threshold_now(threshold: int = int(MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"])) -> None:
+    """Set glibc's mmap threshold in this process (as MALLOC_MMAP_THRESHOLD_ does at start-up: fixed,
+    no dynamic adjustment) and hand free heap pages back, so that later RSS rises count what a step holds."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    m_mmap_threshold = -3  # glibc malloc.h
+    assert libc.mallopt(m_mmap_threshold, threshold) == 1, "mallopt(M_MMAP_THRESHOLD) failed"
+    gc.collect()
+    libc.malloc_trim(0)
 
 
 def summarize(times: list[float], memory: list[dict[str, int]], state_bytes: int,
@@ -171,7 +205,11 @@ def export_model(source: Path | None, into: Path, fresh: bool = False) -> tuple[
     """Save the model both frameworks load (through save_pretrained_pair) and say where it came from."""
     from rlbench.models.embedded import build_embedded, load_pretrained_pair, save_pretrained_pair
 
-    source = None if fresh else source or find_sft_checkpoint()
+    if source is not None and str(source).startswith("shape:"):
+        from rlbench.models.loading import resolve_base
+
+        return resolve_base(str(source)), str(source)  # saved once in the cache: both load it from there
+    source = None if fresh else Path(source) if source else find_sft_checkpoint()
     if source is not None:
         model, tokenizer = load_pretrained_pair(source)
         origin = str(source)
@@ -181,7 +219,7 @@ def export_model(source: Path | None, into: Path, fresh: bool = False) -> tuple[
     return save_pretrained_pair(model, tokenizer, into), origin
 
 
-def make_suite(max_new_tokens: int, group: int, threads: int):
+def make_suite(max_new_tokens: int, group: int, threads: int, completions: int = COMPLETIONS_PER_STEP):
     from rlbench.config import AlgorithmConfig, BudgetConfig, ModelConfig, RolloutConfig, Suite, TaskConfig
 
     return Suite(
@@ -192,19 +230,20 @@ def make_suite(max_new_tokens: int, group: int, threads: int):
                                     params={"lr": LR, "beta": BETA, "clip_eps": CLIP_EPS, "agg": "token_mean",
                                             "max_grad_norm": MAX_GRAD_NORM})],
         budget=BudgetConfig(steps=1_000_000),
-        rollout=RolloutConfig(engine="hf", completions_per_step=COMPLETIONS_PER_STEP, group_size=group,
+        rollout=RolloutConfig(engine="hf", completions_per_step=completions, group_size=group,
                               max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0),
         threads=threads,
         probe="cpu",
     )
 
 
-def make_run(model_dir: Path, max_new_tokens: int, group: int, threads: int, seed: int):
+def make_run(model_dir: Path, max_new_tokens: int, group: int, threads: int, seed: int,
+             completions: int = COMPLETIONS_PER_STEP):
     import torch
 
     from rlbench.train import Run
 
-    suite = make_suite(max_new_tokens, group, threads)
+    suite = make_suite(max_new_tokens, group, threads, completions)
     torch.manual_seed(seed)
     return Run(suite, suite.algorithms[0], seed, model_dir, None, NoProbe())
 
@@ -231,27 +270,31 @@ def compare_length(model_dir: Path, max_new_tokens: int, args: argparse.Namespac
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from rlbench.catalog import rule_functions
     from rlbench.config import ModelConfig
     from rlbench.models.loading import load_tokenizer
     from rlbench.rewards import score_rules
     from rlbench.tasks import prompt_text
 
-    run = make_run(model_dir, max_new_tokens, args.group, args.threads, args.seed)
-    total_steps = args.warmup + args.steps
-    prompts_per_step = COMPLETIONS_PER_STEP // args.group
+    run = make_run(model_dir, max_new_tokens, args.group, args.threads, args.seed, args.completions)
+    timed_end = args.warmup + args.steps
+    total_steps = timed_end + args.memory_steps
+    prompts_per_step = args.completions // args.group
     # The prompts rlbench's run will take, in its order, so both frameworks see the same ones each step.
     ordered = [run.train_problems[i] for i in run.order[:total_steps * prompts_per_step]]
     by_id = {p.id: p for p in ordered}
     dataset = Dataset.from_list([{"prompt": prompt_text(p), "problem_id": p.id} for p in ordered])
     trl_lengths: list[float] = []
+    rules = rule_functions(REWARD_WEIGHTS)
 
     def rlbench_rules(completions: list[str], problem_id: list[str], completion_ids: list[list[int]],
                       **_: Any) -> list[float]:
         """answer_correct + 0.1 format_strict: rlbench's own rule functions."""
         trl_lengths.append(sum(len(c) for c in completion_ids) / len(completion_ids))
-        return score_rules(completions, [by_id[i] for i in problem_id], REWARD_WEIGHTS)[0]
+        return score_rules(completions, [by_id[i] for i in problem_id], REWARD_WEIGHTS, rules)[0]
 
     record: dict[str, list] = {"trl_s": [], "trl_mem": [], "rl_s": [], "rl_mem": [], "rl_len": []}
+    memory_steps = args.memory_steps
 
     class Alternate(TrainerCallback):
         """Times each TRL step, then runs one rlbench step."""
@@ -261,6 +304,8 @@ def compare_length(model_dir: Path, max_new_tokens: int, args: argparse.Namespac
             self.start = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
+            if memory_steps and len(record["trl_s"]) == timed_end:
+                mmap_threshold_now()  # the memory steps: freed memory goes back to the kernel from here on
             self.memory.begin()
             self.start = time.perf_counter()
 
@@ -277,7 +322,7 @@ def compare_length(model_dir: Path, max_new_tokens: int, args: argparse.Namespac
     with tempfile.TemporaryDirectory(prefix="vs_trl_") as output_dir:
         config = GRPOConfig(
             output_dir=output_dir,
-            per_device_train_batch_size=COMPLETIONS_PER_STEP,
+            per_device_train_batch_size=args.completions,
             num_generations=args.group,
             gradient_accumulation_steps=1,
             steps_per_generation=1,
@@ -314,17 +359,23 @@ def compare_length(model_dir: Path, max_new_tokens: int, args: argparse.Namespac
         trainer.train()
         trl_state = static_bytes((trainer.model, trainer.optimizer), (trainer.ref_model, None))
     rl_state = static_bytes(*run.role_models().values())
-    skip = args.warmup
+    timed = slice(args.warmup, timed_end)
+    measured = slice(timed_end, total_steps) if memory_steps else timed  # the steps whose memory is reported
     result = {
         "max_new_tokens": max_new_tokens,
-        "rlbench": summarize(record["rl_s"][skip:], record["rl_mem"][skip:], rl_state, record["rl_len"][skip:]),
-        "trl": summarize(record["trl_s"][skip:], record["trl_mem"][skip:], trl_state, trl_lengths[skip:]),
+        "rlbench": summarize(record["rl_s"][timed], record["rl_mem"][measured], rl_state, record["rl_len"][timed]),
+        "trl": summarize(record["trl_s"][timed], record["trl_mem"][measured], trl_state, trl_lengths[timed]),
     }
+    for name, key in (("rlbench", "rl_mem"), ("trl", "trl_mem")):
+        result[name]["step_memory_all"] = record[key]  # every step's RSS rise, warm-up included
+    result["rlbench"]["step_s_all"] = [round(t, 4) for t in record["rl_s"]]  # warm-up steps included
+    result["trl"]["step_s_all"] = [round(t, 4) for t in record["trl_s"]]
     result["speedup"] = result["trl"]["step_s_median"] / result["rlbench"]["step_s_median"]
+    result["peak_ratio"] = result["rlbench"]["peak_bytes"] / result["trl"]["peak_bytes"]
     return result
 
 
-def print_comparison(results: list[dict[str, Any]]) -> None:
+def print_comparison(results: list[dict[str, Any]], allocator: str = "mmap") -> None:
     mb = 1 / 2**20
     print()
     print(f"{'max_new_tokens':>14}  {'rlbench s/step':>14}  {'TRL s/step':>10}  {'speed-up':>8}  "
@@ -335,6 +386,12 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
               f"{r['speedup']:>7.2f}x  {rl['peak_bytes'] * mb:>15.1f}  {trl['peak_bytes'] * mb:>11.1f}  "
               f"{rl['completion_tokens_mean']:>10.1f} | {trl['completion_tokens_mean']:<8.1f}")
     print("peak MB = own state (weights, optimizer state, reference model) + the step's largest RSS rise")
+    for r in results:
+        print(f"T={r['max_new_tokens']}: every step, warm-up included: rlbench {r['rlbench']['step_s_all']} s, "
+              f"TRL {r['trl']['step_s_all']} s; peak rlbench / TRL {r['peak_ratio']:.2f}")
+    if allocator != "mmap":
+        print("allocator: glibc's default (no MALLOC_MMAP_THRESHOLD_): times are the ones to read; freed memory "
+              "may stay resident, so the peaks are not to be trusted")
 
 
 # ---- scaling (rlbench alone) ------------------------------------------------------------------
@@ -342,7 +399,7 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
 
 def scaling(model_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Step time for every (G, max_new_tokens), the configurations taking turns step by step."""
-    runs = {(g, t): make_run(model_dir, t, g, args.threads, args.seed)
+    runs = {(g, t): make_run(model_dir, t, g, args.threads, args.seed, args.completions)
             for g in args.groups for t in args.scaling_lengths}
     times: dict[tuple[int, int], list[float]] = {key: [] for key in runs}
     lengths: dict[tuple[int, int], list[float]] = {key: [] for key in runs}
@@ -403,7 +460,7 @@ def lean_forward(enabled: bool):
 def ablation(model_dir: Path, max_new_tokens: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    runs = [make_run(model_dir, max_new_tokens, args.group, threads, args.seed)
+    runs = [make_run(model_dir, max_new_tokens, args.group, threads, args.seed, args.completions)
             for _, threads, _, _ in ABLATION]
     for run, (_, _, lean_decoder, _) in zip(runs, ABLATION):
         run.engine.lean = lean_decoder
@@ -447,7 +504,8 @@ def print_ablation(results: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):  # restart so RSS figures can be trusted
+    if args.allocator == "mmap" and not args.memory_steps and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        # restart so that RSS figures can be trusted
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], {**os.environ, **MALLOC_ENV,
                                                                                        "CUDA_VISIBLE_DEVICES": ""})
     import torch
@@ -464,7 +522,12 @@ def main(argv: list[str]) -> int:
         print(f"model: {origin}; threads: {args.threads}; load average: {load_before[0]:.2f}", flush=True)
         document: dict[str, Any] = {
             "benchmark": mode,
-            "settings": {"completions_per_step": COMPLETIONS_PER_STEP, "group_size": args.group,
+            "settings": {"completions_per_step": args.completions, "group_size": args.group,
+                         "allocator": ("times: glibc default; memory: mmap threshold 65536 set by mallopt "
+                                       f"for the last {args.memory_steps} step(s)" if args.memory_steps
+                                       else "MALLOC_MMAP_THRESHOLD_=65536" if args.allocator == "mmap"
+                                       else "glibc default"),
+                         "memory_steps": args.memory_steps,
                          "temperature": 1.0, "beta": BETA, "clip_eps": CLIP_EPS, "lr": LR, "dtype": "float32",
                          "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
                          "rewards": REWARD_WEIGHTS, "model": origin},
@@ -485,7 +548,7 @@ def main(argv: list[str]) -> int:
             for max_new_tokens in args.lengths:
                 document["results"].append(compare_length(model_dir, max_new_tokens, args))
                 gc.collect()  # the finished pair's models go before the next pair loads
-            print_comparison(document["results"])
+            print_comparison(document["results"], "mmap" if args.memory_steps else args.allocator)
     load_after = os.getloadavg()
     document["load_average"] = {"before": load_before, "after": load_after}
     document["wall_seconds"] = round(time.time() - started, 1)
