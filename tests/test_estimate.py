@@ -218,17 +218,22 @@ def test_lora_reference_costs_nothing(tmp_path):
 
 
 def test_gradient_checkpointing_lowers_the_update(tmp_path):
-    # On PPO: one completion per prompt (the module forward with groups fails in a real run too).
+    # PPO (one completion per prompt, and a value model), and GRPO-Zero with groups of 4, which a run
+    # takes too (the checkpointed module keeps no cache, so its update runs every row in full).
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(dict(TINY_CONFIG, num_hidden_layers=2)))
-    ppo = [f"model.name={config_path}", "algorithms[0].name=ppo", "algorithms[0].reward=rules",
-           "algorithms[0].params={value_init: policy}"]
+    ppo = [f"model.name={config_path}", "algorithms=[{name: ppo, reward: rules, params: {value_init: policy}}, "
+           "{name: grpo_zero, params: {beta: 0.04}}]"]
     runs = {gc: estimate_suite(load_suite(suite_file(tmp_path, TINY_SUITE), [*ppo, f"model.gradient_checkpointing={gc}"]),
-                               device="cpu", prompt_tokens=20).algorithms[0] for gc in ("false", "true")}
-    assert runs["true"].error is None and runs["true"].static == runs["false"].static
+                               device="cpu", prompt_tokens=20).algorithms for gc in ("false", "true")}
+    for plain, checkpointed in zip(runs["false"], runs["true"]):
+        assert checkpointed.error is None and checkpointed.static == plain.static
     for phase, role in (("update", "policy"), ("value_update", "value")):
-        activations = {gc: a.phases[phase].by_role[role].get("activations", 0) for gc, a in runs.items()}
-        assert activations["true"] < activations["false"]
+        activations = {gc: a[0].phases[phase].by_role[role].get("activations", 0) for gc, a in runs.items()}
+        assert activations["true"] < activations["false"], (phase, activations)
+    # With groups, checkpointing gives up the shared prompt and the lean forward: at 2 layers of
+    # width 32 that costs more than the recomputation saves (what a run does: no crash, more memory).
+    assert runs["true"][1].phases["update"].peak_bytes > 0
 
 
 # ---- command line, fits and headroom ---------------------------------------------------------------
