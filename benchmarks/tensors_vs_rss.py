@@ -9,6 +9,10 @@ suite's model, with the cpu probe and, around everything, PyTorch's `MemTracker`
 tensors' rise (peak above the call's start) and what the call left (gradients and AdamW state),
 then the tokens each step held. Set MALLOC_MMAP_THRESHOLD_ as a run's worker has it (1048576) or
 lower, to see how much of a rise glibc's heap keeps resident after tensors are freed.
+
+Under MemTracker autograd does not sum a tensor's several gradients in place (a tied embedding's,
+an LM head applied a chunk at a time), as it does in a run: where that happens, the live tensors
+and the probe read one such gradient more than a run would (see rlbench/estimate/trace.py).
 """
 
 from __future__ import annotations

@@ -19,9 +19,8 @@ found through the optimizer hooks) that also executes every operation itself:
   that operator (`KERNEL_SCRATCH`: logsumexp's input-sized buffer).
 - Gradients accumulated in place: when a tensor receives several gradients in the backward pass (a
   tied embedding and LM head, the LM head applied a chunk at a time), autograd sums them in place
-  into the buffer it alone holds, but never for a tensor subclass, so on fake tensors (and under any
-  dispatch mode on real ones) it makes a new tensor for every sum: one gradient more at that
-  instant. An `add` of two like tensors in the backward pass, one of which dies before the next
+  into the buffer it alone holds, but never for a tensor subclass, so on fake tensors (and under
+  MemTracker on real ones) it makes a new tensor for every sum: one gradient more at that instant. An `add` of two like tensors in the backward pass, one of which dies before the next
   operator (the buffer it replaced), is counted as that in-place sum (`_settle_sum`).
 
 Each storage carries a label `role/kind` (kinds: weights, gradients, optimizer, activations,
