@@ -13,6 +13,13 @@ static bytes per role, then each phase's rise above its start and peak above the
 baseline, predicted vs measured, with the error. Phases that hold more than 100 MiB are the ones
 held to the 10% target (`--tolerance`); exit 1 when one misses it.
 
+The cpu probe reads resident memory. Runs start their workers with MALLOC_MMAP_THRESHOLD_=1048576,
+so glibc keeps a freed block under 1 MiB resident for reuse until the next phase starts (the probe
+trims the heap there): on the embedded model, whose activations are mostly 64 KiB to 1 MiB tensors,
+a phase then reads up to 50 MiB above its live tensors, more on later calls as the heap fragments.
+`--mmap-threshold 65536` runs the workers with a 64 KiB threshold, where the probe reads the live
+tensors to within 1% (too slow for the runs whose throughput is reported; here it is a diagnosis).
+
 At the 0.5B shape (`--set model.name=shape:qwen2.5-0.5b`, or a local directory of that
 architecture) a run needs several GiB: run it under `flock /tmp/rlbench-big.lock`. As a pytest
 file it holds one test that runs the realshape comparison only when RLBENCH_ESTIMATE_MODEL names
@@ -47,8 +54,17 @@ probe: cpu
 """
 
 
-def run_suite(suite_path: str, overrides: list[str], output: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "rlbench", "run", suite_path, "--output", str(output)]
+# `rlbench run` with the workers' glibc mmap threshold replaced (the runner sets CPU_WORKER_ENV).
+WITH_THRESHOLD = ("import sys; from rlbench.measure import cpu_probe; "
+                  "cpu_probe.CPU_WORKER_ENV['MALLOC_MMAP_THRESHOLD_'] = sys.argv.pop(1); "
+                  "from rlbench.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def run_suite(suite_path: str, overrides: list[str], output: Path, mmap_threshold: int | None = None) -> dict[str, Any]:
+    """`rlbench run` of the suite; `mmap_threshold` replaces the workers' MALLOC_MMAP_THRESHOLD_."""
+    rlbench = [sys.executable, "-m", "rlbench"] if mmap_threshold is None else \
+        [sys.executable, "-c", WITH_THRESHOLD, str(mmap_threshold)]
+    cmd = [*rlbench, "run", suite_path, "--output", str(output)]
     for o in overrides:
         cmd += ["--set", o]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -59,7 +75,8 @@ def run_suite(suite_path: str, overrides: list[str], output: Path) -> dict[str, 
 
 
 def compare_suite(suite_path: str, overrides: list[str], probe: str, report: dict[str, Any] | None = None,
-                  device: str = "cpu") -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+                  device: str = "cpu", mmap_threshold: int | None = None,
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """(rows, estimate JSON, report) for a suite: run it (unless `report` is given) and estimate it."""
     from rlbench.config import load_suite
     from rlbench.estimate import estimate_suite
@@ -70,7 +87,7 @@ def compare_suite(suite_path: str, overrides: list[str], probe: str, report: dic
     estimate = as_json(estimate_suite(suite, device=device, prompt_tokens=run_prompt_tokens(suite)), None, None, None)
     if report is None:
         with tempfile.TemporaryDirectory(prefix="rlbench-estimate-run-") as tmp:
-            report = run_suite(suite_path, overrides, Path(tmp))
+            report = run_suite(suite_path, overrides, Path(tmp), mmap_threshold)
     return compare(estimate, report, probe), estimate, report
 
 
@@ -99,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", help="compare this report.json (or an earlier --json file) instead of running")
     parser.add_argument("--json", help="write rows, estimate and settings to this file")
     parser.add_argument("--tolerance", type=float, default=0.10)
+    parser.add_argument("--mmap-threshold", type=int, help="the workers' MALLOC_MMAP_THRESHOLD_ in bytes (runs use "
+                        "1048576; 65536 hands every freed tensor of 64 KiB or more back at once, see the module "
+                        "docstring)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         suite = args.suite
@@ -108,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(Path(args.report).read_text()) if args.report else None
         report = report.get("report", report) if report else None  # a --json file of an earlier comparison
         overrides = ([f"model.name={args.model}"] if args.model else []) + args.overrides
-        rows, estimate, report = compare_suite(suite, overrides, args.probe, report)
+        rows, estimate, report = compare_suite(suite, overrides, args.probe, report,
+                                               mmap_threshold=args.mmap_threshold)
     console = Console(width=150)
     print_rows(rows, console, f"predicted vs measured ({args.probe} probe); dim: phases under 100 MiB")
     static_ok = all(r["predicted_bytes"] == r["measured_bytes"] for r in rows if r["what"] == "static")

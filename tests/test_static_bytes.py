@@ -117,6 +117,32 @@ def test_dedupe_counts_each_storage_once() -> None:
     assert dedupe_bytes([base[:3], torch.zeros(2)], seen) == 8
 
 
+@pytest.mark.filterwarnings("ignore:Accessing the data pointer of FakeTensor")
+def test_fake_tensors_are_told_apart() -> None:
+    # Fake tensors (what `rlbench estimate` traces on) all have data pointer 0; each storage still
+    # counts once: 4 * 100 + 4 * 100, the view of the first adding nothing.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        a, b = torch.zeros(100), torch.zeros(100)
+        view = a[10:]
+    assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() == 0
+    assert dedupe_bytes([a, b, view, a]) == 800
+
+
+def test_fake_llama_with_adamw_matches_the_real_count() -> None:
+    # The same hand count as the real model (weights, gradients, AdamW state), on fake tensors.
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    with FakeTensorMode():
+        model = tiny_llama()
+        optimizer = one_adamw_step(model)
+    assert all(isinstance(p, FakeTensor) for p in model.parameters())
+    static = role_static_bytes(model, optimizer)
+    assert static["weights"] == static["gradients"] == WEIGHT_BYTES
+    assert static["optimizer"] == 2 * WEIGHT_BYTES + PARAMETER_TENSORS * 4
+
+
 @pytest.mark.parametrize("nested", [False, True])
 def test_optimizer_state_tensors_walks_nested_state(nested: bool) -> None:
     weight = torch.nn.Parameter(torch.zeros(3))

@@ -65,17 +65,12 @@ class TracedProbe:
 
 
 class TracedRun(Run):
-    """`Run` whose role loads are labelled as each role's weights, and whose static bytes (read at
-    each phase's start and end) come from the tracker's labels: a fake tensor has no data pointer to
-    tell one storage from another."""
+    """`Run` whose role loads are labelled as each role's weights (its static bytes, read at each
+    phase's start and end, are `Run`'s own: `rlbench.measure.static` tells fake storages apart)."""
 
     def _measure_load(self, role: str, load: Any) -> Any:
         with self.probe.tracker.loading(role):
             return super()._measure_load(role, load)
-
-    def static_bytes(self) -> int:
-        parts = self.probe.tracker.live().parts
-        return sum(v for k, v in parts.items() if k.split("/")[1] in ("weights", "gradients", "optimizer"))
 
 
 class TraceFailed(Exception):

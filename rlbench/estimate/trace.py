@@ -17,6 +17,11 @@ found through the optimizer hooks) that also executes every operation itself:
   Python (a loss logged with `.item()`) reads 1.
 - Scratch memory a kernel allocates inside one call, which no operator's output shows, is added at
   that operator (`KERNEL_SCRATCH`: logsumexp's input-sized buffer).
+- Gradients accumulated in place: when a tensor receives several gradients in the backward pass (a
+  tied embedding and LM head, the LM head applied a chunk at a time), autograd sums them in place
+  into the buffer it alone holds, but never for a tensor subclass, so on fake tensors (and under
+  MemTracker on real ones) it makes a new tensor for every sum: one gradient more at that instant. An `add` of two like tensors in the backward pass, one of which dies before the next
+  operator (the buffer it replaced), is counted as that in-place sum (`_settle_sum`).
 
 Each storage carries a label `role/kind` (kinds: weights, gradients, optimizer, activations,
 logits, kv_cache). New storages are labelled by context: weights while a role loads, optimizer
@@ -36,6 +41,7 @@ kernels). In each region the peak is an affine function of the number of layers,
 from __future__ import annotations
 
 import re
+import weakref
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,6 +126,7 @@ class PhaseTracker(MemTracker):
         self.starts: dict[tuple[str, int], Peak] = {}  # live bytes when each phase call began, and ended
         self.ends: dict[tuple[str, int], Peak] = {}
         self.peaks: dict[tuple, Peak] = {}
+        self._pending_sum: tuple | None = None  # an add that may be autograd's in-place sum (`_settle_sum`)
         self._pass = self._pass_base = 0
         self._pass_kind = "forward"
         self._segment = "before"
@@ -161,6 +168,7 @@ class PhaseTracker(MemTracker):
             self.failed_phase = self.failed_phase or name
             raise
         finally:
+            self._settle_sum()
             self.ends[key] = self.live()
             self.phase_name, self.phase_role = None, "other"
             self._new_pass("forward")
@@ -215,15 +223,51 @@ class PhaseTracker(MemTracker):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if func is torch.ops.prim.device.default:  # `tensor.device`: asked often, allocates nothing
             return args[0].device
+        self._settle_sum()
         kwargs = kwargs or {}
         tensors = _tensors(args) + _tensors(tuple(kwargs.values()))
         result = self._execute(func, args, kwargs, tensors)
         reftype = _MemRefType.OPT if self._in_opt else _MemRefType.ACT
         for t in _tensors(result if isinstance(result, (tuple, list)) else (result,)):
             self._track(reftype, t)
+        if self._may_sum_in_place(func, args, kwargs, result):
+            self._pending_sum = (self._region_key(tensors), self._live_total(), self.live(),
+                                 result.untyped_storage().nbytes(), self._label_new(_MemRefType.ACT, result).value,
+                                 [weakref.ref(t.untyped_storage()) for t in args[:2]])
+            return result
         scratch = KERNEL_SCRATCH.get(func)
         self._note_region(tensors, scratch(args) if scratch is not None else 0, args[0] if scratch else None)
         return result
+
+    def _may_sum_in_place(self, func, args, kwargs, result) -> bool:  # type: ignore[no-untyped-def]
+        """An add autograd may do in place: two like, dense tensors summed in the backward pass."""
+        if func is not torch.ops.aten.add.Tensor or kwargs.get("alpha", 1) != 1 or self.phase_name is None:
+            return False
+        if torch.is_grad_enabled() or torch._C._current_autograd_node() is None or self._in_opt:
+            return False
+        a, b = args[:2]
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and isinstance(result, torch.Tensor)
+                and a.shape == b.shape == result.shape and a.dtype == b.dtype == result.dtype
+                and a.is_contiguous() and b.is_contiguous() and a.numel() > 0)
+
+    def _settle_sum(self) -> None:
+        """Count the pending add's instant: in place (less the new tensor) when one of its operands
+        died right after it, as autograd's buffer does when it holds the only reference; else as it was."""
+        if self._pending_sum is None:
+            return
+        key, total, parts, nbytes, name, operands = self._pending_sum
+        self._pending_sum = None
+        if key is None:
+            return
+        if any(ref() is None for ref in operands):
+            parts = {**parts.parts, name: parts.parts.get(name, 0) - nbytes}
+            total -= nbytes
+            self._commit_peak(key, total, lambda: Peak(total, {k: v for k, v in parts.items() if v}))
+        else:
+            self._commit_peak(key, total, lambda: parts)
+
+    def _live_total(self) -> int:
+        return sum(snap[TOTAL] for snap in self._curr_mem_snap.values())
 
     def _execute(self, func, args, kwargs, tensors):  # type: ignore[no-untyped-def]
         if any(isinstance(t, FakeTensor) or t.is_meta for t in tensors):  # meta: a model being given storage
@@ -273,8 +317,24 @@ class PhaseTracker(MemTracker):
         self._pass_kind, self._segment = kind, "before"
 
     def _note_region(self, tensors: list[torch.Tensor], scratch: int = 0, like: torch.Tensor | None = None) -> None:
-        if self.phase_name is None:
+        key = self._region_key(tensors)
+        if key is None:
             return
+        total = self._live_total() + scratch
+
+        def now() -> Peak:
+            live = self.live()
+            if scratch:  # the kernel's buffer, counted as what its input is
+                name = self._label_new(_MemRefType.ACT, like).value
+                return Peak(live.total + scratch, {**live.parts, name: live.parts.get(name, 0) + scratch})
+            return live
+
+        self._commit_peak(key, total, now)
+
+    def _region_key(self, tensors: list[torch.Tensor]) -> tuple | None:
+        """The region the operator on `tensors` is in (passes and segments advanced); None outside phases."""
+        if self.phase_name is None:
+            return None
         kind = "optimizer" if self._in_opt else ("backward" if torch._C._current_autograd_node() is not None
                                                  else "forward")
         if kind != self._pass_kind:
@@ -288,12 +348,9 @@ class PhaseTracker(MemTracker):
             self._segment = "first" if k == 0 else "last" if k == self.depth - 1 else "middle"
         elif layers and self._segment != "before":
             self._segment = "after"
-        total = sum(snap[TOTAL] for snap in self._curr_mem_snap.values()) + scratch
-        key = (self.phase_name, self.calls[self.phase_name], self._pass - self._pass_base, self._segment)
+        return (self.phase_name, self.calls[self.phase_name], self._pass - self._pass_base, self._segment)
+
+    def _commit_peak(self, key: tuple, total: int, now: Any) -> None:
         peak = self.peaks.get(key)
         if peak is None or total > peak.total:
-            now = self.live()
-            if scratch:  # the kernel's buffer, counted as what its input is
-                name = self._label_new(_MemRefType.ACT, like).value
-                now = Peak(now.total + scratch, {**now.parts, name: now.parts.get(name, 0) + scratch})
-            self.peaks[key] = now
+            self.peaks[key] = now()

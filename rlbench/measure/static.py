@@ -2,8 +2,11 @@
 
 This is the part of a role's memory that can be computed without running anything; the probes in
 memory.py measure the rest (activations, caches, allocator overhead). Every figure counts each
-untyped storage once (keyed by device and data pointer), so tied embeddings, shared tensors and
-views are not double-counted; a view counts the whole storage it keeps alive. Categories are
+untyped storage once, so tied embeddings, shared tensors and views are not double-counted; a view
+counts the whole storage it keeps alive. A storage is known by its identity (the storage object
+every view of it shares), which fake and meta tensors have too (their data pointer is 0 for all of
+them), and, when it has real memory, also by its device and data pointer (two storage objects over
+the same memory count once). Categories are
 counted in the order weights, master, gradients, optimizer, buffers, and a storage already counted
 in an earlier category is not counted again, so `total` is the sum of the five.
 
@@ -32,11 +35,15 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return to_local() if callable(to_local) else tensor
 
 
-def _storage_key(storage: torch.UntypedStorage, device: torch.device) -> tuple[str, int]:
-    # Meta tensors have no data pointer (it is 0 for all of them): key them by their storage object.
-    if device.type == "meta":
-        return ("meta", storage._cdata)
-    return (str(device), storage.data_ptr())
+def _storage_keys(storage: torch.UntypedStorage, device: torch.device) -> tuple[tuple[str, int], ...]:
+    """The keys a storage is known by: its identity (`_cdata`, the address of the storage object all
+    its views share: real, fake and meta alike) and, for real memory, the tensor's device and the
+    data pointer. A fake tensor's storage is a meta storage (as a meta tensor's is): no memory, a
+    data pointer of 0 for all of them, so its identity alone tells it apart."""
+    keys: tuple[tuple[str, int], ...] = (("storage", storage._cdata),)
+    if storage.device.type != "meta" and storage.data_ptr():
+        keys += ((str(device), storage.data_ptr()),)
+    return keys
 
 
 def dedupe_bytes(tensors: Iterable[torch.Tensor], seen: set[tuple[str, int]] | None = None) -> int:
@@ -49,10 +56,10 @@ def dedupe_bytes(tensors: Iterable[torch.Tensor], seen: set[tuple[str, int]] | N
     for tensor in tensors:
         local = _local(tensor)
         storage = local.untyped_storage()
-        key = _storage_key(storage, local.device)
-        if key in seen:
+        keys = _storage_keys(storage, local.device)
+        if any(key in seen for key in keys):
             continue
-        seen.add(key)
+        seen.update(keys)
         total += storage.nbytes()
     return total
 

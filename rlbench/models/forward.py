@@ -4,7 +4,8 @@ A group of G completions of one prompt shares that prompt. With `group_size > 1`
 once per group (with gradients, when training), its key/value cache is repeated for the group's
 G rows, and only the completion tokens are run per row. The result equals a full forward of
 every row (the same attention, positions and masks), at a fraction of the FLOPs when prompts are
-longer than completions: prompt positions cost 1/G of what they cost row by row.
+longer than completions: prompt positions cost 1/G of what they cost row by row. A module training
+under gradient checkpointing keeps no cache, so it runs every row in full (`recomputes_in_backward`).
 
 For Llama-architecture models the forward is `rlbench.models.lean_llama`'s: the same math on the
 module's weights, with per-token work done on real tokens only (no compute on padding after EOS
@@ -34,10 +35,17 @@ from rlbench.models.lean_llama import llama_parts, packed_completion_hidden, pac
 LOGITS_CHUNK_BYTES = 64 * 2**20  # float32 logits computed at once by the chunked log-probs
 
 
+def recomputes_in_backward(model: torch.nn.Module) -> bool:
+    """Whether `model` is training with gradient (activation) checkpointing on: its layers then
+    run without a key/value cache (transformers drops it, since a layer recomputed in the backward
+    pass would append to the cache a second time), so a prompt cannot be run once and shared."""
+    return model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 def _module_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                               prompt_width: int, group_size: int) -> torch.Tensor:
     positions = position_ids_from_mask(attention_mask)
-    if group_size == 1 or input_ids.shape[1] == prompt_width:
+    if group_size == 1 or input_ids.shape[1] == prompt_width or recomputes_in_backward(model):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
         return logits[:, prompt_width - 1: -1]
     n, p = input_ids.shape[0], prompt_width
@@ -46,6 +54,7 @@ def _module_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, a
     prefix = model(input_ids=input_ids[heads, :p], attention_mask=attention_mask[heads, :p],
                    position_ids=positions[heads, :p], use_cache=True)
     cache = prefix.past_key_values
+    assert cache is not None, f"{type(model).__name__} returned no key/value cache for the shared prompts"
     cache.batch_repeat_interleave(group_size)
     rest = model(input_ids=input_ids[:, p:-1], attention_mask=attention_mask[:, :-1],
                  position_ids=positions[:, p:-1], past_key_values=cache, use_cache=True).logits
