@@ -48,13 +48,13 @@ def summary_markdown(report: dict[str, Any]) -> str:
         rows.append([
             run["id"], str(run.get("status", "?")), run.get("stopped_by") or "-",
             ", ".join(r for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-",
-            str(budget.get("completions", "-")), str(budget.get("prompts", "-")),
+            str(budget.get("completions", "-")), str(budget.get("prompts", "-")), num(budget.get("flops"), "{:.3g}"),
             mib(_value(run, "memory/process_peak_bytes")),
             pct_pm(before.get("eval/accuracy"), before.get("eval/accuracy_stderr")),
             pct_pm(after.get("eval/accuracy"), after.get("eval/accuracy_stderr")),
             delta_points(acc), "-" if not hacking else ("FLAG" if hacking.get("flag") else "no"),
         ])
-    lines.append(markdown_table(["run", "status", "stopped by", "roles", "completions", "prompts",
+    lines.append(markdown_table(["run", "status", "stopped by", "roles", "completions", "prompts", "FLOPs",
                                  f"peak MiB ({probe})", "acc before %", "acc after %", "Δ acc (pts)", "hacking"],
                                 rows))
     lines += ["", "Accuracy: greedy pass@1 ± standard error, in percent; Δ acc in points, marked * when larger "
