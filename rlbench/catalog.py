@@ -65,6 +65,9 @@ ALGORITHMS.add("grpo", Recipe("rlbench.algorithms.grpo:GRPO", "rlbench.algorithm
 ALGORITHMS.add("grpo_zero",
                Recipe("rlbench.algorithms.grpo:GRPOZero", "rlbench.algorithms.params:GRPOParams", "rules"),
                "GRPO-Zero: GRPO with rule rewards only (regex format + exact answer), no reward model")
+ALGORITHMS.add("sft_more",
+               Recipe("rlbench.algorithms.sft_more:SFTMore", "rlbench.algorithms.params:SFTMoreParams", "rules"),
+               "control arm: the same budget spent on more SFT on gold demonstrations (policy only)")
 
 TASKS.add("synthetic", Task("rlbench.tasks.synthetic:load_synthetic", "rlbench.tasks.synthetic:cluster_key",
                             "arithmetic chain"),

@@ -272,7 +272,7 @@ class Dist:
             return self._budget_reduce(counts, seconds)
 
     def _budget_reduce(self, counts: dict[str, int], seconds: float) -> tuple[dict[str, int], float]:
-        summed = self._all_reduce(torch.tensor(list(counts.values()), dtype=torch.float64), "SUM")
+        summed = self._all_reduce(torch.tensor(list(counts.values()), dtype=torch.int64), "SUM")  # exact (FLOPs)
         slowest = self._all_reduce(torch.tensor([seconds], dtype=torch.float64), "MAX")
         return dict(zip(counts, (int(v) for v in summed.tolist()))), float(slowest[0])
 

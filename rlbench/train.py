@@ -10,7 +10,13 @@ This is the shared loop for every recipe. Each step:
     update        policy optimisation (policy)
     value_update  value optimisation (value)
 
+A recipe whose `completion_source` is "gold" (sft_more) trains on the task's demonstrations
+instead: no generate phase, the step's problems with their gold solutions become the batch, and
+the update is supervised.
+
 Each phase runs inside the memory probe and a timer; the budget is checked after every step.
+Model FLOPs are counted per phase from token counts and model shapes (`measure/flops.py`), so a
+`budget.flops` limit stops every run at the same step on any machine.
 The runner starts this in a fresh process per run (`python -m rlbench.worker`), so memory
 figures belong to this run alone.
 """
@@ -55,12 +61,21 @@ class Budget:
     prompts: int = 0
     tokens: int = 0
     trained_tokens: int = 0
-    sequence_tokens: int = 0  # prompt + completion positions processed (for model FLOPs)
+    sequence_tokens: int = 0  # prompt + completion positions processed
     seconds: float = 0.0
+    flops_by_phase: dict[str, int] = field(default_factory=dict)  # model FLOPs, exact integers
+
+    @property
+    def flops(self) -> int:
+        return sum(self.flops_by_phase.values())
+
+    def used(self) -> dict[str, float]:
+        """Consumption in each limit's unit."""
+        return {"steps": self.steps, "completions": self.completions, "tokens": self.tokens,
+                "wall_seconds": self.seconds, "flops": self.flops}
 
     def exhausted(self) -> str | None:
-        for name, used in (("steps", self.steps), ("completions", self.completions), ("tokens", self.tokens),
-                           ("wall_seconds", self.seconds)):
+        for name, used in self.used().items():
             limit = getattr(self.limits, name)
             if limit is not None and used >= limit:
                 return name
@@ -68,15 +83,15 @@ class Budget:
 
     def fraction(self) -> float:
         """How much of the tightest limit is used, 0..1."""
-        used = {"steps": self.steps, "completions": self.completions, "tokens": self.tokens,
-                "wall_seconds": self.seconds}
+        used = self.used()
         fractions = [used[k] / v for k, v in vars(self.limits).items() if v]
         return min(1.0, max(fractions)) if fractions else 0.0
 
-    def consumed(self) -> dict[str, float]:
+    def consumed(self) -> dict[str, Any]:
         return {"steps": self.steps, "prompts": self.prompts, "completions": self.completions,
                 "tokens_generated": self.tokens, "tokens_trained": self.trained_tokens,
-                "wall_seconds": round(self.seconds, 3)}
+                "wall_seconds": round(self.seconds, 3), "flops": self.flops,
+                "flops_by_phase": dict(self.flops_by_phase)}
 
 
 @dataclass
@@ -124,6 +139,10 @@ class Run:
         self.suite, self.algo_cfg, self.seed = suite, algo_cfg, seed
         self.algorithm = algorithm if algorithm is not None else make_algorithm(algo_cfg)
         self.schedule = self.algorithm.schedule()
+        self.supervised = self.algorithm.completion_source == "gold"
+        # Log-probs the update trains on: at the sampling temperature for sampled completions, at
+        # temperature 1 (plain cross-entropy) for demonstrations.
+        self.logprob_temperature = 1.0 if self.supervised else suite.rollout.temperature
         self.passes = self.schedule.passes  # optimisation passes over each batch (read by measure/)
         self.probe, self.emit = probe, emit
         self.phases = PhaseStats()
@@ -220,6 +239,17 @@ class Run:
             sleep_between_phases=rollout.sleep_between_phases, dtype=model_cfg.dtype, model_path=str(policy_dir),
             max_model_len=model_cfg.max_prompt_tokens + rollout.max_new_tokens, seed=self.seed,
             trust_remote_code=model_cfg.trust_remote_code))
+        self.flop_shapes = self._flop_shapes()
+
+    def _flop_shapes(self) -> dict[str, Any]:
+        """Each role's N, L, d for the FLOP count; a LoRA reference is the policy's module."""
+        from rlbench.measure.flops import flop_shape
+        from rlbench.models.loading import AdapterDisabledReference
+
+        shapes = {role: flop_shape(model) for role, (model, _) in self.role_models().items()}
+        if isinstance(self.reference, AdapterDisabledReference):
+            shapes["reference"] = shapes["policy"]
+        return shapes
 
     def role_models(self) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]]:
         models = {"policy": (self.policy, self.optimizer), "reference": (self.reference, None),
@@ -269,14 +299,19 @@ class Run:
         prompt_ids, prompt_truncation = truncate_prompts(encode_prompts(self.tokenizer, prompts),
                                                          self.suite.model.max_prompt_tokens)
 
-        with self.phase("generate"), self.dist.rollout_context(self.policy):
-            rollout = self.engine.generate(prompt_ids, self.group_size, self.sampling,
-                                           seed=self.dist.sampling_seed(self.seed * 1_000_003 + self.budget.steps))
+        if self.supervised:  # the demonstrations, as a rollout: nothing is generated
+            from rlbench.models.sft import demonstration_rollout
+
+            rollout = demonstration_rollout(self.tokenizer, prompts, prompt_ids, self.group_size, self.device)
+        else:
+            with self.phase("generate"), self.dist.rollout_context(self.policy):
+                rollout = self.engine.generate(prompt_ids, self.group_size, self.sampling,
+                                               seed=self.dist.sampling_seed(self.seed * 1_000_003 + self.budget.steps))
         with self.phase("score"):
             rewards, reward_parts = self._score(rollout, problems)
             gold = torch.tensor(gold_correct(rollout.texts, problems), device=rewards.device)
         old_logprobs = rollout.logprobs
-        if self.engine.has_own_weights:  # e.g. vLLM: its log-probs are not the policy's
+        if self.engine.has_own_weights and not self.supervised:  # e.g. vLLM: its log-probs are not the policy's
             with self.phase("old_logprobs"), torch.no_grad():
                 old_logprobs = self._logprobs(self.policy, rollout)
         batch = Batch(rollout, problems, self.group_size, rewards, gold, old_logprobs)
@@ -286,8 +321,10 @@ class Run:
         if self.value_model is not None:
             with self.phase("values"), torch.no_grad():
                 batch.values = self._in_micro_batches(rollout, self._values)
+        lengths = rollout.attention_mask.sum(-1).tolist()  # this rank's sequences, real tokens each
         counts = {"prompts": len(prompts), "completions": len(problems), "tokens": rollout.num_tokens,
-                  "sequence_tokens": int(rollout.attention_mask.sum())}
+                  "sequence_tokens": sum(lengths),
+                  **{f"flops/{phase}": n for phase, n in self.step_flops(lengths).items()}}
         # Every rank's rows, so that advantages see the whole batch (a no-op in one process).
         batch, reward_parts = self.dist.gather_batch(batch, reward_parts, self.tokenizer.pad_token_id)
         rollout, rewards, gold = batch.rollout, batch.rewards, batch.gold
@@ -305,12 +342,17 @@ class Run:
         counts, step_seconds = self.dist.budget_reduce(counts, time.perf_counter() - step_start)
         self.budget.steps += 1
         for name, count in counts.items():
-            setattr(self.budget, name, getattr(self.budget, name) + count)
+            if name.startswith("flops/"):
+                phase = name.removeprefix("flops/")
+                self.budget.flops_by_phase[phase] = self.budget.flops_by_phase.get(phase, 0) + count
+            else:
+                setattr(self.budget, name, getattr(self.budget, name) + count)
         self.budget.trained_tokens += counts["tokens"] * self.passes
         self.budget.seconds += step_seconds
         metrics: dict[str, Any] = {
             "step": self.budget.steps,
             "completions": self.budget.completions,
+            "flops": self.budget.flops,
             "reward/mean": float(rewards.mean()),
             "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
             "gold/accuracy": float(gold.mean()),
@@ -327,6 +369,27 @@ class Run:
         }
         self.step_metrics.append(metrics)
         return metrics
+
+    def step_flops(self, lengths: list[int]) -> dict[str, int]:
+        """Model FLOPs of one step's phases over sequences of these lengths, each phase that ran
+        with its role's shape: forwards for generation, reward scores, old and reference log-probs
+        and values; trained passes (fwd + bwd) for every optimisation pass of the policy and value."""
+        from rlbench.measure.flops import sequence_flops
+
+        shapes = self.flop_shapes
+        forwards = {
+            "generate": "policy" if not self.supervised else None,
+            "score": "reward" if self.algorithm.reward_source in ("model", "both") else None,
+            "old_logprobs": "policy" if self.engine.has_own_weights and not self.supervised else None,
+            "ref_logprobs": "reference" if "reference" in self.roles else None,
+            "values": "value" if self.value_model is not None else None,
+        }
+        out = {phase: sequence_flops(shapes[role], lengths, training=False)
+               for phase, role in forwards.items() if role is not None}
+        out["update"] = self.passes * sequence_flops(shapes["policy"], lengths, training=True)
+        if self.value_model is not None:
+            out["value_update"] = self.passes * sequence_flops(shapes["value"], lengths, training=True)
+        return out
 
     def _score(self, rollout, problems: list[Problem]) -> tuple[torch.Tensor, dict[str, list[float]]]:
         source = self.algorithm.reward_source
@@ -357,7 +420,7 @@ class Run:
     def _policy_logprobs(self, rollout, group: int) -> tuple[torch.Tensor, torch.Tensor]:
         return completion_logprobs_and_entropy(self.policy, rollout.input_ids, rollout.attention_mask,
                                                rollout.prompt_width, rollout.completion_ids,
-                                               self.suite.rollout.temperature, group)
+                                               self.logprob_temperature, group)
 
     def _values(self, rollout, group: int) -> torch.Tensor:
         return self.value_model.completion_values(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)

@@ -356,7 +356,7 @@ def test_field_help_covers_every_field() -> None:
 def test_resolved_dict_is_plain_and_complete(tmp_path: Path) -> None:
     suite = load_suite(write(tmp_path, MINIMAL))
     data = resolved_dict(suite)
-    assert data["budget"] == {"steps": 5, "completions": None, "tokens": None, "wall_seconds": None}
+    assert data["budget"] == {"steps": 5, "completions": None, "tokens": None, "wall_seconds": None, "flops": None}
     assert data["model"]["sft"]["steps"] == 400
     assert data["algorithms"][0]["label"] == "grpo_zero"
     # A suite made in code (not loaded) gets its label filled too.

@@ -35,6 +35,11 @@ def test_report_is_complete_and_valid(tiny_report):
     assert run["stopped_by"] == "steps"
     assert run["budget"]["steps"] == 2 and run["budget"]["completions"] == 32 and run["budget"]["prompts"] == 8
     assert run["budget"]["tokens_generated"] > 0
+    # GRPO-Zero with a reference: generate and ref_logprobs forwards, one trained pass of the policy.
+    by_phase = run["budget"]["flops_by_phase"]
+    assert set(by_phase) == {"generate", "ref_logprobs", "update"}
+    assert by_phase["generate"] == by_phase["ref_logprobs"] and by_phase["update"] == 3 * by_phase["generate"]
+    assert run["budget"]["flops"] == sum(by_phase.values())
 
 
 def test_roles_and_exact_static_bytes(tiny_report):

@@ -176,11 +176,11 @@ def test_summary_markdown_tables() -> None:
     report = json.loads((REPORTS / "ci_ok.json").read_text())
     summary = summary_markdown(report)
     assert summary.startswith("# rlbench: ci")
-    assert ("| run | status | stopped by | roles | completions | prompts | peak MiB (cpu) | acc before % "
-            "| acc after % | Δ acc (pts) | hacking |") in summary
+    assert ("| run | status | stopped by | roles | completions | prompts | FLOPs | peak MiB (cpu) | acc before % "
+            "| acc after % | Δ acc (pts) \\[95% CI\\] | p | hacking |") in summary
     # Δ accuracy in points as in the terminal tables: 1.6% -> 0.0% is -1.6 points, marked *
-    assert ("| ppo\\_rules/seed0 | ok | steps | policy, reference, value | 96 | 96 | 524.7 | 1.6±1.6 | 0.0±0.0 "
-            "| -1.6 \\* | no |") in summary
+    assert ("| ppo\\_rules/seed0 | ok | steps | policy, reference, value | 96 | 96 | - | 524.7 | 1.6±1.6 | 0.0±0.0 "
+            "| -1.6 \\* | - | no |") in summary
     assert ("| run | step s | generate s | score s | ref\\_logprobs s | values s | advantages s | update s "
             "| value\\_update s | eval s | gen tok/s | trained tok/s | completions/s | MFU % |") in summary
     tp = report["runs"][1]["throughput"]

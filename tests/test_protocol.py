@@ -41,6 +41,7 @@ class Reinforce:
     """REINFORCE with a batch-mean baseline (Williams 1992), no reference, no value model."""
 
     name: ClassVar[str] = "reinforce"
+    completion_source: ClassVar[str] = "sampled"
 
     def __init__(self) -> None:
         self.params = ReinforceParams()

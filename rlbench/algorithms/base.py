@@ -1,7 +1,7 @@
 """What the shared training loop needs from an algorithm, and the batch it hands over.
 
-The loop (`rlbench/train.py`) is the same for every recipe: sample, score, reference
-log-probs, values, advantages, update. An algorithm says which roles it holds, how many
+The loop (`rlbench/train.py`) is the same for every recipe: sample (or take the gold
+demonstrations, for a supervised recipe), score, reference log-probs, values, advantages, update. An algorithm says which roles it holds, how many
 completions it samples per prompt, how it turns rewards into advantages, and which losses it
 minimises. The math lives in `advantages.py` and `losses.py`; an algorithm only wires it up.
 """
@@ -74,6 +74,10 @@ class Algorithm(Protocol):
     name: ClassVar[str]
     params: Any  # its hyper-parameters (reported; the loop reads them only through schedule())
     reward_source: str  # rules | model | both
+    # "sampled": the policy generates the step's completions (RL); "gold": the task's demonstrations
+    # are the completions and nothing is generated (supervised recipes such as sft_more, the control
+    # arm that spends the same budget on more SFT). The rest of the loop is the same for both.
+    completion_source: str
 
     def roles(self) -> tuple[str, ...]:
         """Model roles held in memory, e.g. ("policy", "reference"); "value" means a trained value model."""

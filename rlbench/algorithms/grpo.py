@@ -36,6 +36,7 @@ class GRPO:
     name: ClassVar[str] = "grpo"
     Params: ClassVar[type] = GRPOParams
     default_reward: ClassVar[str] = "model"
+    completion_source: ClassVar[str] = "sampled"
 
     def __init__(self, params: GRPOParams, reward_source: str | None = None) -> None:
         self.params = params

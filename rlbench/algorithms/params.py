@@ -48,3 +48,14 @@ class PPOParams:
     group_size: int = f(1, "completions per prompt", ge=1)
     max_grad_norm: float = f(1.0, "gradient clipping norm", gt=0)
     weight_decay: float = f(0.0, "AdamW weight decay", ge=0)
+
+
+@dataclass(frozen=True)
+class SFTMoreParams:
+    lr: float = f(4e-4, "AdamW learning rate of the policy (the default is where the SFT stage's cosine schedule "
+                        "ends: 10% of its 4e-3 peak)", gt=0, lt=1)
+    passes: int = f(1, "optimisation passes over each batch of demonstrations", ge=1)
+    num_minibatches: int = f(1, "optimizer steps per pass", ge=1)
+    group_size: int = f(1, "sequences per problem in a step (1: every sequence a different problem)", ge=1)
+    max_grad_norm: float = f(1.0, "gradient clipping norm", gt=0)
+    weight_decay: float = f(0.0, "AdamW weight decay", ge=0)

@@ -51,6 +51,7 @@ class PPO:
     name: ClassVar[str] = "ppo"
     Params: ClassVar[type] = PPOParams
     default_reward: ClassVar[str] = "model"
+    completion_source: ClassVar[str] = "sampled"
 
     def __init__(self, params: PPOParams, reward_source: str | None = None) -> None:
         self.params = params

@@ -92,7 +92,7 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    name: str = f("grpo_zero", "registered algorithm: ppo, grpo or grpo_zero")
+    name: str = f("grpo_zero", "registered algorithm: ppo, grpo, grpo_zero or sft_more")
     label: str | None = f(None, "display name in reports (default: the algorithm name); unique; letters, digits, "
                                 "'.', '_', '-'")
     reward: str | None = f(None, "reward source: rules, model or both (default: rules for grpo_zero, model otherwise)",
@@ -111,6 +111,9 @@ class BudgetConfig:
     completions: int | None = f(None, "generated sequences (the default fairness unit)", gt=0)
     tokens: int | None = f(None, "generated tokens", gt=0)
     wall_seconds: float | None = f(None, "wall-clock seconds of RL (evaluation excluded)", gt=0)
+    flops: float | None = f(None, "model FLOPs of every role and phase (PaLM's 2N+4LdT per token forward, "
+                                  "6N+12LdT trained), counted from token counts and model shapes: the same on "
+                                  "every machine; e.g. 2.0e12", gt=0)
 
 
 @dataclass(frozen=True)

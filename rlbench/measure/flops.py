@@ -18,6 +18,13 @@ to the input embedding; `flop_params` computes it. The attention term ignores th
 the sequence length for a training sequence; for tokens generated with a KV cache, the mean
 context length (prompt + half the completion).
 
+Run accounting (`sequence_flops`, used by budget.flops and by MFU) counts every pass over a
+sequence of T real tokens (prompt + completion, padding excluded) as T tokens each attending to
+T positions, each role with its own shape (`flop_shape`): a forward for generation, the reward
+model's score, the reference's and the value model's estimates; a trained pass for each
+optimisation pass of the policy and the value model. Integer arithmetic throughout: the count is
+exact and the same on every machine.
+
 Peaks: `gpu_peak_flops` looks the device up in a table of datasheet figures (dense, no
 sparsity); `cpu_peak_flops` measures a large fp32 matmul once per machine and caches the result.
 """
@@ -30,6 +37,8 @@ import platform
 import re
 import tempfile
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -68,6 +77,28 @@ def flop_params(model: Any) -> int:
         if isinstance(m, torch.nn.Embedding) and id(m.weight) not in linear_weights
     }
     return sum(p.numel() for p in model.parameters() if id(p) not in embedding_only)
+
+
+@dataclass(frozen=True)
+class FlopShape:
+    """What model_flops_per_token needs of a model: N, L and d."""
+
+    n_params: int
+    n_layers: int
+    hidden: int
+
+
+def flop_shape(model: Any) -> FlopShape:
+    """N (flop_params), layers and hidden size of a causal LM or a scalar-head model (its backbone's config)."""
+    config = getattr(model, "config", None) or model.backbone.config
+    return FlopShape(flop_params(model), config.num_hidden_layers, config.hidden_size)
+
+
+def sequence_flops(shape: FlopShape, lengths: Iterable[int], training: bool) -> int:
+    """Model FLOPs of one pass over whole sequences of these lengths (real tokens each): every one
+    of a sequence's T tokens attends to T positions. Exact integers for integer shapes and lengths."""
+    return sum(t * model_flops_per_token(shape.n_params, shape.n_layers, shape.hidden, t, training)
+               for t in lengths)
 
 
 def mfu(flops: float, seconds: float, peak_flops: float) -> float:

@@ -23,7 +23,6 @@ from __future__ import annotations
 from statistics import fmean
 from typing import Any, Protocol
 
-from rlbench.measure.flops import flop_params, model_flops_per_token
 from rlbench.measure.hacking import reward_hacking
 from rlbench.report.metrics import metric
 
@@ -44,7 +43,7 @@ class Run(Protocol):
     """What a summary reads of a finished run (rlbench.train.Run provides it; measure/ knows no recipe)."""
 
     suite: Any
-    budget: Any  # .consumed(), .steps, .completions, .tokens, .trained_tokens, .sequence_tokens
+    budget: Any  # .consumed(), .steps, .completions, .tokens, .trained_tokens, .flops
     phases: Any  # PhaseStats: seconds, calls, peak_bytes, rise_bytes, peak_call, notes
     step_metrics: list[dict[str, Any]]
     role_load_bytes: dict[str, dict[str, int]]
@@ -175,19 +174,10 @@ def _throughput(run: Run) -> dict[str, float]:
 
 
 def _rl_flops(run: Run) -> float:
-    """Model FLOPs of the RL steps: forward passes over every sequence position (generation,
-    reference, reward, values) and forward+backward for each optimisation pass."""
-    b = run.budget
-    if not b.sequence_tokens:
-        return 0.0
-    config = run.policy.config
-    seq_len = b.sequence_tokens / max(b.completions, 1)
-    n = flop_params(run.policy)
-    fwd = model_flops_per_token(n, config.num_hidden_layers, config.hidden_size, seq_len, training=False)
-    train = model_flops_per_token(n, config.num_hidden_layers, config.hidden_size, seq_len, training=True)
-    forwards = 1 + sum(m is not None for m in (run.reference, run.reward_model, run.value_model))
-    trains = run.passes * (1 + (run.value_model is not None))
-    return b.sequence_tokens * (forwards * fwd + trains * train)
+    """Model FLOPs of the steps, as the budget counted them phase by phase (Run.step_flops):
+    forward passes for generation, reward, reference and values, forward+backward for each
+    optimisation pass of the policy and the value model."""
+    return run.budget.flops
 
 
 def _peak_flops(run: Run) -> float | None:

@@ -25,6 +25,7 @@ from rlbench.config import SFTConfig, TaskConfig
 from rlbench.device import default_device, module_device
 from rlbench.models.forward import packed_logits
 from rlbench.models.optim import adamw
+from rlbench.rollout import Rollout
 from rlbench.tasks import Problem, demonstration, encode_prompts
 
 SFT_VERSION = 2  # 2: the packed completion-only forward
@@ -32,9 +33,29 @@ SFT_VERSION = 2  # 2: the packed completion-only forward
 
 def encode_demonstrations(tokenizer, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, completion ids + EOS) per problem, tokenized exactly as in RL."""
-    prompts = encode_prompts(tokenizer, problems)
+    return list(zip(encode_prompts(tokenizer, problems), encode_completions(tokenizer, problems)))
+
+
+def encode_completions(tokenizer, problems: list[Problem]) -> list[list[int]]:
+    """Each problem's gold demonstration, tokenized, + EOS."""
     completions = tokenizer([demonstration(p) for p in problems], add_special_tokens=False)["input_ids"]
-    return [(p, c + [tokenizer.eos_token_id]) for p, c in zip(prompts, completions)]
+    return [c + [tokenizer.eos_token_id] for c in completions]
+
+
+def demonstration_rollout(tokenizer, problems: list[Problem], prompt_ids: list[list[int]], group_size: int,
+                          device: torch.device | str) -> Rollout:
+    """The problems' gold demonstrations as a Rollout (what supervised recipes train on): each of
+    `prompt_ids` (one per problem, as the loop encoded and truncated them) `group_size` times, its
+    demonstration as the completion. Log-probs are 0: nothing was sampled."""
+    problems = [p for p in problems for _ in range(group_size)]
+    prompts = [ids for ids in prompt_ids for _ in range(group_size)]
+    ids, mask, width = collate(list(zip(prompts, encode_completions(tokenizer, problems))), tokenizer.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    completion_mask = mask[:, width:].float()
+    return Rollout(input_ids=ids, attention_mask=mask, prompt_width=width, completion_ids=ids[:, width:],
+                   completion_mask=completion_mask, logprobs=torch.zeros_like(completion_mask),
+                   texts=[demonstration(p) for p in problems],
+                   truncated=torch.zeros(len(problems), dtype=torch.bool, device=device))
 
 
 def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -193,7 +193,7 @@ PANELS = (
 )
 FRACTIONS = {"gold/accuracy", "eval", "clip_fraction"}
 UNIT_LABELS = {"completions": "completions consumed", "tokens": "tokens generated (mean length x completions)",
-               "wall_seconds": "seconds of RL (sum of step times)"}
+               "wall_seconds": "seconds of RL (sum of step times)", "flops": "model FLOPs (every role and phase)"}
 
 
 def read_steps(report_dir: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -213,10 +213,11 @@ def read_steps(report_dir: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def budget_unit(report: dict[str, Any]) -> str:
-    """The suite's budget unit: the first of completions, tokens, wall_seconds it sets; completions
-    (the default fairness unit) when it sets steps only."""
+    """The suite's budget unit: the first of completions, tokens, flops, wall_seconds it sets;
+    completions (the default fairness unit) when it sets steps only."""
     budget = (report.get("suite") or {}).get("budget") or {}
-    return next((k for k in ("completions", "tokens", "wall_seconds") if budget.get(k) is not None), "completions")
+    units = ("completions", "tokens", "flops", "wall_seconds")
+    return next((k for k in units if budget.get(k) is not None), "completions")
 
 
 def consumed(steps: list[dict[str, Any]], unit: str) -> list[float]:
@@ -229,6 +230,8 @@ def consumed(steps: list[dict[str, Any]], unit: str) -> list[float]:
             now = float(s.get("completions", 0))
             total += (now - before) * float(s.get("learning/completion_length", 0.0))
             before = now
+        elif unit == "flops":
+            total = float(s.get("flops", 0))  # cumulative, as each step records it
         else:
             total += float(s.get("time/step_s", 0.0))
         out.append(total)

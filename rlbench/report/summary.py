@@ -51,12 +51,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
         rows.append([
             run["id"], str(run.get("status", "?")), run.get("stopped_by") or "-",
             ", ".join(r for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-",
-            str(budget.get("completions", "-")), str(budget.get("prompts", "-")),
+            str(budget.get("completions", "-")), str(budget.get("prompts", "-")), num(budget.get("flops"), "{:.3g}"),
             mib(_value(run, "memory/process_peak_bytes")),
             accuracy_pm(acc, "before"), accuracy_pm(acc, "after"), delta_interval(acc), p_value_text(acc),
             hacking_text(run),
         ])
-    lines.append(markdown_table(["run", "status", "stopped by", "roles", "completions", "prompts",
+    lines.append(markdown_table(["run", "status", "stopped by", "roles", "completions", "prompts", "FLOPs",
                                  f"peak MiB ({probe})", "acc before %", "acc after %", "Δ acc (pts) [95% CI]", "p",
                                  "hacking"], rows))
     lines += ["", md_text(stderr_note(report)[0].upper() + stderr_note(report)[1:] + "."), ""]

@@ -32,7 +32,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     probe = primary_probe(report)
     table = Table(title=Text(f"rlbench: {report['suite']['name']}"), title_justify="left")
     for col, kw in (("run", {"no_wrap": True}), ("status", {}), ("stopped by", {}), ("roles", {"no_wrap": True}),
-                    ("compl.", {"justify": "right"}), ("prompts", {"justify": "right"}),
+                    ("compl.", {"justify": "right"}), ("prompts", {"justify": "right"}), ("FLOPs", {"justify": "right"}),
                     (f"peak MiB ({probe})", {"justify": "right"}), ("step s", {"justify": "right"}),
                     ("gen tok/s", {"justify": "right"}), ("acc before %", {"justify": "right", "no_wrap": True}),
                     ("acc after %", {"justify": "right", "no_wrap": True}),
@@ -48,7 +48,7 @@ def summary_table(report: dict[str, Any]) -> Table:
         roles = "+".join(ROLE_SHORT[r] for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-"
         table.add_row(
             Text(run["id"]), Text(str(status), style=colour), Text(str(run.get("stopped_by") or "-")), roles,
-            str(budget.get("completions", "-")), str(budget.get("prompts", "-")),
+            str(budget.get("completions", "-")), str(budget.get("prompts", "-")), num(budget.get("flops"), "{:.3g}"),
             mib(_value(run, "memory/process_peak_bytes")), num(_value(run, "time/step_s"), "{:.2f}"),
             num(_value(run, "throughput/gen_tokens_per_s"), "{:,.0f}"),
             accuracy_pm(acc, "before"), accuracy_pm(acc, "after"), delta_interval(acc), p_value_text(acc),

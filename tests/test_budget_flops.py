@@ -1,0 +1,134 @@
+"""budget.flops: model FLOPs counted per phase from token counts and shapes, and a run that stops on them.
+
+The embedded model by hand (4 layers, d = 128, MLP 384, 398-token vocabulary, tied LM head):
+per layer q, k, v, o 4 x 128 x 128 = 65,536, MLP 3 x 128 x 384 = 147,456, two norms 256: 213,248;
+x 4 = 852,992, + final norm 128 = 853,120 (the backbone); + the LM head 398 x 128 = 50,944 gives
+the policy's N = 904,064; a scalar-head model (reward, value) has the backbone + a 128 -> 1 head
+with bias: N = 853,249.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+
+from rlbench.config import load_suite
+from rlbench.errors import UserError
+from rlbench.models.embedded import build_embedded, save_pretrained_pair
+from rlbench.train import Run
+
+POLICY_N, SCALAR_N, LAYERS, HIDDEN = 904_064, 853_249, 4, 128
+
+SUITE = """
+name: flops
+model: {name: embedded, sft: {steps: 0}}
+task: {name: synthetic, train_size: 200}
+algorithms:
+  - {name: ppo, reward: model, params: {ppo_epochs: 2, num_minibatches: 2}}
+  - {name: grpo_zero}
+budget: {BUDGET}
+rollout: {completions_per_step: 8, group_size: 4, max_new_tokens: 12}
+eval: {size: 8}
+"""
+
+
+class NoProbe:
+    name = primary = "none"
+
+    @contextmanager
+    def phase(self, name: str):
+        yield {}
+
+    def snapshot(self) -> dict[str, int]:
+        return {}
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    model, tokenizer = build_embedded(seed=0)
+    return save_pretrained_pair(model, tokenizer, tmp_path_factory.mktemp("flops") / "policy")
+
+
+def make_run(tmp_path, policy_dir, budget: str, index: int = 0) -> Run:
+    path = tmp_path / f"suite-{budget}-{index}.yaml".replace(" ", "")
+    path.write_text(SUITE.replace("{BUDGET}", budget))
+    suite = load_suite(path)
+    # A scalar head on the policy's backbone stands in for a trained reward model (shapes are what count).
+    return Run(suite, suite.algorithms[index], 0, policy_dir, policy_dir, NoProbe())
+
+
+def by_hand(n: int, t: int, trained: bool) -> int:
+    """One sequence of t tokens: t x (2N + 4LdT), three times that trained."""
+    return t * (2 * n + 4 * LAYERS * HIDDEN * t) * (3 if trained else 1)
+
+
+def test_one_step_counts_every_phase_by_hand(tmp_path, policy_dir):
+    run = make_run(tmp_path, policy_dir, "{steps: 1}")
+    assert {role: s.n_params for role, s in run.flop_shapes.items()} == {
+        "policy": POLICY_N, "reference": POLICY_N, "reward": SCALAR_N, "value": SCALAR_N}
+    lengths = []
+    generate = run.engine.generate
+
+    def recording(*args, **kwargs):
+        rollout = generate(*args, **kwargs)
+        lengths.extend(rollout.attention_mask.sum(-1).tolist())
+        return rollout
+
+    run.engine.generate = recording
+    metrics = run.step()
+    assert len(lengths) == 8
+    fwd_policy = sum(by_hand(POLICY_N, t, False) for t in lengths)
+    fwd_scalar = sum(by_hand(SCALAR_N, t, False) for t in lengths)
+    expected = {
+        "generate": fwd_policy, "score": fwd_scalar, "ref_logprobs": fwd_policy, "values": fwd_scalar,
+        "update": 2 * sum(by_hand(POLICY_N, t, True) for t in lengths),  # ppo_epochs: 2 trained passes
+        "value_update": 2 * sum(by_hand(SCALAR_N, t, True) for t in lengths),
+    }
+    assert run.budget.flops_by_phase == expected
+    assert run.budget.flops == sum(expected.values()) == metrics["flops"]
+    assert run.budget.consumed()["flops"] == run.budget.flops
+    # MFU divides the same count (one source of truth).
+    from rlbench.measure.summary import _rl_flops
+
+    assert _rl_flops(run) == run.budget.flops
+
+
+def steps_until_exhausted(run: Run) -> list[dict]:
+    steps = []
+    while run.budget.exhausted() is None:
+        steps.append(run.step())
+    return steps
+
+
+def deterministic(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+
+
+def test_a_flops_budget_stops_at_the_step_the_flops_decide(tmp_path, policy_dir):
+    reference = make_run(tmp_path, policy_dir, "{steps: 3}", index=1)
+    ref_steps = steps_until_exhausted(reference)
+    after = [s["flops"] for s in ref_steps]
+    assert after[0] < after[1] < after[2]
+    # Exactly two steps' worth stops after step 2; one FLOP more needs a third step.
+    for budget, expected_steps in ((after[1], 2), (after[1] - 1, 2), (after[1] + 1, 3), (after[0] + 1, 2)):
+        run = make_run(tmp_path, policy_dir, f"{{flops: {budget}}}", index=1)
+        steps = steps_until_exhausted(run)
+        assert len(steps) == expected_steps
+        assert run.budget.exhausted() == "flops"
+        assert [deterministic(s) for s in steps] == [deterministic(s) for s in ref_steps[:expected_steps]]
+
+
+@pytest.mark.parametrize(("text", "value"), [("2.0e12", 2.0e12), ("2e12", 2.0e12), ("1000000", 1e6)])
+def test_flops_limits_accept_human_numbers(tmp_path, text, value):
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE.replace("{BUDGET}", f"{{flops: {text}}}"))
+    assert load_suite(path).budget.flops == value
+
+
+@pytest.mark.parametrize("text", ["0", "-1.0e9", "lots"])
+def test_bad_flops_limits_are_refused(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE.replace("{BUDGET}", f"{{flops: {text}}}"))
+    with pytest.raises(UserError, match="budget.flops"):
+        load_suite(path)
