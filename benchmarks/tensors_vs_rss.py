@@ -24,7 +24,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -33,31 +32,19 @@ MIB = 2**20
 
 def main(argv: list[str] | None = None) -> None:
     import torch
-    from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.distributed._tools.mem_tracker import _MemRefType
 
     from rlbench.config import load_suite
+    from rlbench.estimate.trace import HooklessMemTracker
     from rlbench.measure.cpu_probe import CpuProbe
     from rlbench.models.loading import resolve_base
     from rlbench.train import Run
 
-    class LiveTensors(MemTracker):
-        """MemTracker without its module hooks (a decode loop calls the root module many times),
+    class LiveTensors(HooklessMemTracker):
+        """The estimator's hookless MemTracker (a decode loop calls the root module many times),
         keeping the highest live total since `peak` was last reset."""
 
         peak = 0
-
-        def __enter__(self) -> LiveTensors:
-            self._fake_mode_on_entry = None
-            self._register_global_optimizer_hook()
-            self._track_resize()
-            TorchDispatchMode.__enter__(self)
-            return self
-
-        def __exit__(self, *args: Any) -> None:
-            self._deregister_param_and_optimizer_hooks()
-            self._restore_resize()
-            TorchDispatchMode.__exit__(self, *args)
 
         def total(self) -> int:
             return sum(snap["Total"] for snap in self._curr_mem_snap.values())

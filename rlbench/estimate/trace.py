@@ -100,7 +100,25 @@ class Peak:
     parts: dict[str, int] = field(default_factory=dict)
 
 
-class PhaseTracker(MemTracker):
+class HooklessMemTracker(MemTracker):
+    """MemTracker without its module tracker (see the module docstring): storages and optimizer
+    state are still tracked, but no per-module hooks run, so a module may be called any number of
+    times (a decode loop calls the root module once per token)."""
+
+    def __enter__(self) -> HooklessMemTracker:
+        self._fake_mode_on_entry = None
+        self._register_global_optimizer_hook()
+        self._track_resize()
+        TorchDispatchMode.__enter__(self)
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self._deregister_param_and_optimizer_hooks()
+        self._restore_resize()
+        TorchDispatchMode.__exit__(self, *args)
+
+
+class PhaseTracker(HooklessMemTracker):
     """MemTracker that runs fake/real as described in the module docstring and keeps region peaks.
 
     Use it as a context manager around everything traced (model loading included). `phase(name,
@@ -132,19 +150,6 @@ class PhaseTracker(MemTracker):
         self._segment = "before"
 
     # -- the tracker's own state ----------------------------------------------------------------
-    def __enter__(self) -> PhaseTracker:
-        # MemTracker.__enter__ without its module tracker (see the module docstring).
-        self._fake_mode_on_entry = None
-        self._register_global_optimizer_hook()
-        self._track_resize()
-        TorchDispatchMode.__enter__(self)
-        return self
-
-    def __exit__(self, *args: Any) -> None:
-        self._deregister_param_and_optimizer_hooks()
-        self._restore_resize()
-        TorchDispatchMode.__exit__(self, *args)
-
     def live(self) -> Peak:
         """What is alive now: total bytes and bytes by label."""
         parts: dict[str, int] = defaultdict(int)
