@@ -159,7 +159,8 @@ class Run:
         self.order = torch.randperm(len(self.train_problems), generator=torch.Generator().manual_seed(seed)).tolist()
         self.cursor = 0
         self.budget = Budget(suite.budget)
-        self.sampling = SamplingParams(suite.rollout.max_new_tokens, suite.rollout.temperature, suite.rollout.top_p)
+        self.sampling = SamplingParams(suite.rollout.max_new_tokens, suite.rollout.temperature, suite.rollout.top_p,
+                                       ignore_eos=suite.rollout.ignore_eos)
 
     # -- loading --------------------------------------------------------------------------------
     def _measure_load(self, role: str, load: Callable[[], Any]) -> Any:

@@ -91,6 +91,20 @@ def test_rollout_layout_and_masks():
     assert len(r.texts) == n
 
 
+def test_ignore_eos_runs_every_completion_to_max_new_tokens():
+    """Same seed with and without ignore_eos: the same tokens up to each row's first EOS, then the
+    fixed-length rollout keeps sampling (mask all ones, every row cut by max_new_tokens)."""
+    model, tokenizer, ids, stopped = _rollout()
+    prompts = list(dict.fromkeys(map(tuple, ids)))
+    fixed = HFEngine(model, tokenizer).generate([list(p) for p in prompts], 4, SamplingParams(24, ignore_eos=True),
+                                                seed=1)
+    assert fixed.completion_ids.shape == (16, 24) and bool(fixed.completion_mask.eq(1).all())
+    assert bool(fixed.truncated.all()) and not bool(stopped.truncated.all())  # seed 1: two rows end early
+    for i in range(16):
+        length = int(stopped.lengths[i])
+        assert torch.equal(fixed.completion_ids[i, :length], stopped.completion_ids[i, :length])
+
+
 @pytest.mark.parametrize("lean", [True, False])
 def test_sampled_logprobs_match_a_full_forward_pass(lean):
     model, _, _, r = _rollout(lean=lean)

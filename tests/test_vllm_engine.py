@@ -73,6 +73,7 @@ class StandInSamplingParams:  # the vllm.SamplingParams keyword fields the engin
     prompt_logprobs: int | None = None
     seed: int | None = None
     stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
     detokenize: bool = True
 
 
@@ -164,10 +165,12 @@ def _engine(**options):
 def test_sampling_kwargs():
     sampled = sampling_kwargs(SamplingParams(32, temperature=0.7, top_p=0.9), n=4, seed=11, eos_id=2)
     assert sampled == {"n": 4, "temperature": 0.7, "top_p": 0.9, "max_tokens": 32, "logprobs": 0, "seed": 11,
-                       "stop_token_ids": [2], "detokenize": False}
+                       "stop_token_ids": [2], "ignore_eos": False, "detokenize": False}
     greedy = sampling_kwargs(SamplingParams(8, temperature=0.7, top_p=0.9, greedy=True), n=1, seed=None, eos_id=2)
     assert greedy["temperature"] == 0.0 and greedy["top_p"] == 1.0
     StandInSamplingParams(**sampled)  # every key is a SamplingParams field
+    fixed = sampling_kwargs(SamplingParams(8, ignore_eos=True), n=2, seed=None, eos_id=2)
+    assert fixed["ignore_eos"] is True and fixed["stop_token_ids"] == []
 
 
 def test_generate_builds_one_request_per_group_and_unpacks_in_order():

@@ -124,6 +124,9 @@ class RolloutConfig:
     max_new_tokens: int = f(48, "most tokens generated per completion", gt=0)
     temperature: float = f(1.0, "sampling temperature", gt=0)
     top_p: float = f(1.0, "nucleus sampling threshold", gt=0, le=1)
+    ignore_eos: bool = f(False, "keep sampling past EOS so that every training completion runs to max_new_tokens "
+                                "(fixed-length runs: the shapes `rlbench estimate` assumes; the reward sees the "
+                                "whole text); evaluation still stops at EOS")
     gpu_memory_utilization: float = f(0.3, "vllm: fraction of GPU memory the engine may take", gt=0, le=1)
     sleep_between_phases: bool = f(False, "vllm: free the KV cache while the policy updates")
 

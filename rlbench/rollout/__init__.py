@@ -49,6 +49,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     greedy: bool = False
+    ignore_eos: bool = False  # keep sampling past EOS: every completion runs to max_new_tokens
 
 
 class RolloutEngine(Protocol):

@@ -101,7 +101,8 @@ def sample(
     lean: bool = True,
     group: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode up to max_new_tokens. Returns (tokens [N,T], logprobs [N,T], mask [N,T], truncated [N]).
+    """Decode up to max_new_tokens (exactly that many with `params.ignore_eos`).
+    Returns (tokens [N,T], logprobs [N,T], mask [N,T], truncated [N]).
 
     Rows come in runs of `group` copies of one prompt, whose prompt is prefilled once.
     `lean=False` forces the module's own forward (the lean decoder is used only where it applies).
@@ -125,7 +126,8 @@ def sample(
         tokens.append(token)
         logprobs.append(torch.where(alive, logp_all.gather(-1, token[:, None]).squeeze(-1), 0.0))
         masks.append(alive)
-        finished = finished | (token == eos_id)
+        if not params.ignore_eos:
+            finished = finished | (token == eos_id)
         if step == params.max_new_tokens - 1 or bool(finished.all()):
             break
         logits = decoder.step(token, ~finished)

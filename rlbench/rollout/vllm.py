@@ -199,7 +199,8 @@ def sampling_kwargs(params: SamplingParams, n: int, seed: int | None, eos_id: in
         "max_tokens": params.max_new_tokens,
         "logprobs": 0,  # the sampled token's log-prob only
         "seed": seed,
-        "stop_token_ids": [eos_id],
+        "stop_token_ids": [] if params.ignore_eos else [eos_id],
+        "ignore_eos": params.ignore_eos,
         "detokenize": False,  # texts are decoded from the ids, exactly as the hf engine does
     }
 
