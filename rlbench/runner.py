@@ -309,7 +309,7 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
     Ctrl-C (through `gate`) forwards SIGINT to the worker and waits up to INTERRUPT_GRACE_S for it
     to write its partial result; further Ctrl-Cs meanwhile are only counted. The watchdog ends a
     worker past its time limit (process.time_limit) with status `timeout`."""
-    from rlbench.measure.memory import CPU_WORKER_ENV
+    from rlbench.measure.memory import cpu_worker_env
     from rlbench.report.io import read_json
 
     gate = gate or InterruptGate()
@@ -322,7 +322,7 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
             "policy_dir": stages["policy_dir"], "reward_dir": stages.get("reward_dir"), "run_dir": str(run_dir),
             "eval_before": stages.get("eval_before"), "reward_model_warning": stages.get("reward_model_warning")}
     spec_path = write_json_atomic(run_dir / "spec.json", spec)
-    env = dict(os.environ, **CPU_WORKER_ENV, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **cpu_worker_env(suite.probe_heap), PYTHONUNBUFFERED="1")
     ranks = suite.distributed.nproc_per_node if suite.distributed is not None else 1
     if ranks > 1:  # torchrun warns unless OMP_NUM_THREADS is set; each rank sets its own
         env.setdefault("OMP_NUM_THREADS", "1")

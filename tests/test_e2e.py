@@ -17,7 +17,9 @@ TINY = Path(__file__).parent / "data" / "tiny.yaml"
 def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
     env = dict(os.environ, RLBENCH_CACHE=str(out / "cache"))
-    proc = subprocess.run([sys.executable, "-m", "rlbench", "run", str(TINY), "--output", str(out / "results")],
+    # The probe's exact heap and fixed-length rollouts: both settings must reach the run's worker.
+    proc = subprocess.run([sys.executable, "-m", "rlbench", "run", str(TINY), "--output", str(out / "results"),
+                           "--set", "probe_heap=exact", "--set", "rollout.ignore_eos=true"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [path] = list((out / "results" / "tiny").glob("*/report.json"))
@@ -34,7 +36,7 @@ def test_report_is_complete_and_valid(tiny_report):
     assert run["status"] == "ok" and run["error"] is None
     assert run["stopped_by"] == "steps"
     assert run["budget"]["steps"] == 2 and run["budget"]["completions"] == 32 and run["budget"]["prompts"] == 8
-    assert run["budget"]["tokens_generated"] > 0
+    assert run["budget"]["tokens_generated"] == 32 * 16  # ignore_eos: every completion 16 tokens
     # GRPO-Zero with a reference: generate and ref_logprobs forwards, one trained pass of the policy.
     by_phase = run["budget"]["flops_by_phase"]
     assert set(by_phase) == {"generate", "ref_logprobs", "update"}
@@ -61,6 +63,7 @@ def test_memory_phases_and_reconciliation(tiny_report):
     [run] = report["runs"]
     memory = run["memory"]
     assert memory["primary"] == "cpu"
+    assert "MALLOC_MMAP_THRESHOLD_=65536 (probe_heap exact)" in memory["probes"][0]["method"]
     phases = run["roles"]["policy"]["phases"]
     assert {"generate", "update"} <= set(phases)
     assert "ref_logprobs" in run["roles"]["reference"]["phases"]

@@ -28,6 +28,7 @@ from rlbench.measure.memory import (
     PhaseMemory,
     TorchCudaProbe,
     available_probe_names,
+    cpu_worker_env,
     reset_peak_rss,
 )
 
@@ -83,6 +84,35 @@ def test_cpu_probe_sees_a_200_mib_peak_and_a_lower_one_after_freeing() -> None:
     # the kernel, so the idle phase starts and peaks that much lower.
     assert second["peak_bytes"] < first["peak_bytes"] - 150 * MB
     assert second["peak_bytes"] - second["start_bytes"] < 5 * MB
+
+
+HOLES_THEN_BIGGER_BLOCKS = """
+    import json, torch
+    from rlbench.measure.memory import CpuProbe
+    probe = CpuProbe()
+    with probe.phase("fragment") as phase:
+        blocks = [torch.ones(131_072) for _ in range(100)]  # 100 x 512 KiB
+        kept = blocks[::2]  # 25 MiB stay alive, 25 MiB freed between them: holes of 512 KiB
+        del blocks
+        bigger = [torch.ones(230_400) for _ in range(100)]  # 100 x 900 KiB: no hole fits one
+    print(json.dumps(vars(phase)))
+"""
+
+
+@needs_clear_refs
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the retained-heap behaviour is glibc's")
+def test_probe_heap_exact_returns_freed_blocks_that_fast_keeps_resident() -> None:
+    # Live tensors peak at 25 MiB kept + 87.9 MiB new = 112.9 MiB. Under `fast` (1 MiB threshold)
+    # the 50 freed 512 KiB blocks are holes in the heap that no 900 KiB block fits: they stay
+    # resident, and the phase reads about 25 MiB more. Under `exact` (64 KiB) every block is its own
+    # mmap and goes back to the kernel when freed.
+    fast = run_python(HOLES_THEN_BIGGER_BLOCKS, cpu_worker_env("fast"))
+    exact = run_python(HOLES_THEN_BIGGER_BLOCKS, cpu_worker_env("exact"))
+    assert "(probe_heap fast)" in fast["method"] and "(probe_heap exact)" in exact["method"]
+    live = (25 + 100 * 900 / 1024) * MIB
+    fast_rise, exact_rise = (r["peak_bytes"] - r["start_bytes"] for r in (fast, exact))
+    assert live - 1 * MIB <= exact_rise <= live + 8 * MIB  # measured: 115.9 MiB against 112.9
+    assert fast_rise >= exact_rise + 15 * MIB  # measured: 139.9 MiB
 
 
 @needs_clear_refs

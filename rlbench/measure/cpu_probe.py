@@ -42,8 +42,15 @@ def _proc_status_readable() -> bool:
         return False
 
 
-CPU_WORKER_ENV: dict[str, str] = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+HEAP_THRESHOLDS = {"fast": "1048576", "exact": "65536"}
+"""glibc's mmap threshold for each `probe_heap` setting (see rlbench/measure/memory.py)."""
+CPU_WORKER_ENV: dict[str, str] = {"MALLOC_MMAP_THRESHOLD_": HEAP_THRESHOLDS["fast"]}
 """Environment for worker processes whose RSS the cpu probe can trust (see the module docstring)."""
+
+
+def cpu_worker_env(heap: str = "fast") -> dict[str, str]:
+    """CPU_WORKER_ENV for a suite's `probe_heap` (fast: 1 MiB threshold; exact: 64 KiB)."""
+    return {**CPU_WORKER_ENV, "MALLOC_MMAP_THRESHOLD_": HEAP_THRESHOLDS[heap]}
 
 
 def release_free_heap() -> bool:
@@ -115,8 +122,9 @@ class CpuProbe:
                 "(clear_refs not writable; peaks shorter than the period are missed)"
             )
         threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-        if threshold == CPU_WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]:
-            method += f"; process started with MALLOC_MMAP_THRESHOLD_={threshold}"
+        heap = {v: k for k, v in HEAP_THRESHOLDS.items()}.get(threshold or "")
+        if heap is not None:
+            method += f"; process started with MALLOC_MMAP_THRESHOLD_={threshold} (probe_heap {heap})"
         else:
             method += (f"; MALLOC_MMAP_THRESHOLD_ is {'unset' if threshold is None else repr(threshold)} "
                        f"(not {CPU_WORKER_ENV['MALLOC_MMAP_THRESHOLD_']}): freed large tensors may stay resident "

@@ -22,14 +22,17 @@ Probes (listed in rlbench/catalog.py; each entry is a factory `(period_ms) -> pr
   `extra["rss_anon_peak_bytes"]` per phase, `anon_memory()` for the run (see cpu_probe.py).
   glibc keeps freed heap memory resident, and its mmap threshold grows with use (up to 32 MiB), so
   freed tensors would stay counted. Two things make the figures the memory that is alive: worker
-  processes start with CPU_WORKER_ENV (MALLOC_MMAP_THRESHOLD_=1048576: a fixed threshold, every
-  allocation of 1 MiB or more is its own mmap and goes back to the kernel when freed), and before
-  each reset (and each snapshot) the probe calls glibc's `malloc_trim(0)`, which hands the free
-  pages of smaller allocations back too. Measured: a Llama train step's rise reads 84.2 MB against
-  82.4 MB of tensors in PyTorch's profiler (110 MB with glibc's defaults, 102 MB with a 4 MiB
-  threshold). A 64 KiB threshold is as exact but makes every medium tensor a fresh mmap: 1.00 s per
-  quickstart RL step against 0.56 s with 1 MiB (0.54 s with no threshold), and 27 s against 16 s
-  to evaluate 4,096 problems, so it would halve the throughput the report shows.
+  processes start with a fixed mmap threshold (`cpu_worker_env(suite.probe_heap)`: every allocation
+  at or above it is its own mmap and goes back to the kernel when freed), and before each reset (and
+  each snapshot) the probe calls glibc's `malloc_trim(0)`, which hands the free pages of smaller
+  allocations back too. `probe_heap: fast` (the default) sets 1 MiB: a Llama train step's rise reads
+  84.2 MB against 82.4 MB of tensors in PyTorch's profiler (110 MB with glibc's defaults, 102 MB with
+  a 4 MiB threshold), but within a phase glibc keeps a freed block under 1 MiB resident for reuse,
+  and where activations are such blocks (the embedded model's) a phase reads 21 to 39 MiB above
+  about 110 MiB of live tensors (benchmarks/tensors_vs_rss.py). `probe_heap: exact` sets 64 KiB:
+  the rise follows the live tensors to within 1% there, but every medium tensor is a fresh mmap,
+  and a quickstart RL step took 1.38 to 1.59 s against 0.98 to 1.04 s with 1 MiB (README, "Will it
+  fit?"), so throughput suites keep `fast`.
   Where clear_refs is not writable (not Linux, some sandboxes) a thread samples RSS with psutil
   every period_ms instead, which misses peaks shorter than the period. `method` says which was
   used, whether the variable was set and whether the free heap was released.
@@ -53,13 +56,13 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from rlbench.errors import UserError
-from rlbench.measure.cpu_probe import CPU_WORKER_ENV, CpuProbe, reset_peak_rss
+from rlbench.measure.cpu_probe import CPU_WORKER_ENV, CpuProbe, cpu_worker_env, reset_peak_rss
 from rlbench.measure.gpu_probes import NO_DRIVER_MESSAGE, NVML_MISSING_MESSAGE, NvmlProbe, TorchCudaProbe
 from rlbench.measure.probing import MemoryProbe, PhaseMemory
 
 __all__ = ["CPU_WORKER_ENV", "NO_DRIVER_MESSAGE", "NVML_MISSING_MESSAGE", "CompositeProbe", "CpuProbe",
            "MemoryProbe", "NvmlProbe", "PhaseMemory", "TorchCudaProbe", "auto_probe", "available_probe_names",
-           "cpu_probe", "nvml_probe", "reset_peak_rss", "torch_cuda_probe"]
+           "cpu_probe", "cpu_worker_env", "nvml_probe", "reset_peak_rss", "torch_cuda_probe"]
 
 
 class CompositeProbe:

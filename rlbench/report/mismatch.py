@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SUITE_SETTINGS = ("model", "task", "budget", "rollout", "eval", "seeds", "probe", "probe_period_ms", "threads",
-                  "distributed")
+SUITE_SETTINGS = ("model", "task", "budget", "rollout", "eval", "seeds", "probe", "probe_period_ms", "probe_heap",
+                  "threads", "distributed")
 """Top-level keys of a report's `suite` block that shape every run's figures."""
 
 ENVIRONMENT_KEYS = ("packages", "python", "os", "cpu", "cpu_cores", "torch_threads", "gpu")
