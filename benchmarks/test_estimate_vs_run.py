@@ -7,18 +7,18 @@ Without a SUITE, `REALSHAPE` below: GRPO-Zero, 2 steps of 8 completions x 32 new
 cpu probe; `--model shape:qwen2.5-0.5b` runs it at the 0.5B shape.
 
 Runs the suite (each run in its worker, as always), estimates the same suite on fake tensors with
-the prompts the run really drew (the estimate's default is the task's longest prompt; here the
-width of the widest step's prompts, so both sides see the same shapes), and prints one table:
-static bytes per role, then each phase's rise above its start and peak above the worker's
-baseline, predicted vs measured, with the error. Phases that hold more than 100 MiB are the ones
-held to the 10% target (`--tolerance`); exit 1 when one misses it.
+the prompts the run really drew, each at its own length (the estimate's default is every prompt as
+long as the task's longest), and prints one table: static bytes per role, then each phase's rise
+above its start and peak above the worker's baseline, predicted vs measured, with the error.
+Phases that hold more than 100 MiB are the ones held to the 10% target (`--tolerance`); exit 1 when
+one misses it.
 
-The cpu probe reads resident memory. Runs start their workers with MALLOC_MMAP_THRESHOLD_=1048576,
-so glibc keeps a freed block under 1 MiB resident for reuse until the next phase starts (the probe
-trims the heap there): on the embedded model, whose activations are mostly 64 KiB to 1 MiB tensors,
-a phase then reads up to 50 MiB above its live tensors, more on later calls as the heap fragments.
-`--mmap-threshold 65536` runs the workers with a 64 KiB threshold, where the probe reads the live
-tensors to within 1% (too slow for the runs whose throughput is reported; here it is a diagnosis).
+Like for like, the comparison's runs are what the estimate predicts: `rollout.ignore_eos: true`
+(every completion runs to max_new_tokens, the estimate's worst case) and `probe_heap: exact` (the
+cpu probe reads resident memory; with the default `fast` heap glibc keeps a freed block under 1 MiB
+resident until the phase ends, and where activations are such blocks, the embedded model's, a phase
+reads a fifth to a third above its live tensors). `--set probe_heap=fast` or `--set
+rollout.ignore_eos=false` measures what those settings change.
 
 At the 0.5B shape (`--set model.name=shape:qwen2.5-0.5b`, or a local directory of that
 architecture) a run needs several GiB: run it under `flock /tmp/rlbench-big.lock`. As a pytest
@@ -52,19 +52,12 @@ rollout: {engine: hf, completions_per_step: 8, group_size: 4, max_new_tokens: 32
 eval: {size: 8, batch_size: 8}
 probe: cpu
 """
+LIKE_FOR_LIKE = ["rollout.ignore_eos=true", "probe_heap=exact"]  # before the user's --set: theirs win
 
 
-# `rlbench run` with the workers' glibc mmap threshold replaced (the runner sets CPU_WORKER_ENV).
-WITH_THRESHOLD = ("import sys; from rlbench.measure import cpu_probe; "
-                  "cpu_probe.CPU_WORKER_ENV['MALLOC_MMAP_THRESHOLD_'] = sys.argv.pop(1); "
-                  "from rlbench.cli import main; sys.exit(main(sys.argv[1:]))")
-
-
-def run_suite(suite_path: str, overrides: list[str], output: Path, mmap_threshold: int | None = None) -> dict[str, Any]:
-    """`rlbench run` of the suite; `mmap_threshold` replaces the workers' MALLOC_MMAP_THRESHOLD_."""
-    rlbench = [sys.executable, "-m", "rlbench"] if mmap_threshold is None else \
-        [sys.executable, "-c", WITH_THRESHOLD, str(mmap_threshold)]
-    cmd = [*rlbench, "run", suite_path, "--output", str(output)]
+def run_suite(suite_path: str, overrides: list[str], output: Path) -> dict[str, Any]:
+    """`rlbench run` of the suite."""
+    cmd = [sys.executable, "-m", "rlbench", "run", suite_path, "--output", str(output)]
     for o in overrides:
         cmd += ["--set", o]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -75,19 +68,18 @@ def run_suite(suite_path: str, overrides: list[str], output: Path, mmap_threshol
 
 
 def compare_suite(suite_path: str, overrides: list[str], probe: str, report: dict[str, Any] | None = None,
-                  device: str = "cpu", mmap_threshold: int | None = None,
-                  ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+                  device: str = "cpu") -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """(rows, estimate JSON, report) for a suite: run it (unless `report` is given) and estimate it."""
     from rlbench.config import load_suite
     from rlbench.estimate import estimate_suite
-    from rlbench.estimate.check import compare, run_prompt_tokens
+    from rlbench.estimate.check import compare, run_prompt_lengths
     from rlbench.estimate.view import as_json
 
     suite = load_suite(suite_path, overrides)
-    estimate = as_json(estimate_suite(suite, device=device, prompt_tokens=run_prompt_tokens(suite)), None, None, None)
+    estimate = as_json(estimate_suite(suite, device=device, prompt_lengths=run_prompt_lengths(suite)), None, None, None)
     if report is None:
         with tempfile.TemporaryDirectory(prefix="rlbench-estimate-run-") as tmp:
-            report = run_suite(suite_path, overrides, Path(tmp), mmap_threshold)
+            report = run_suite(suite_path, overrides, Path(tmp))
     return compare(estimate, report, probe), estimate, report
 
 
@@ -98,7 +90,8 @@ def test_estimate_within_tolerance_at_real_shape(tmp_path: Path) -> None:
 
     suite = tmp_path / "realshape.yaml"
     suite.write_text(REALSHAPE)
-    rows, _, _ = compare_suite(str(suite), [f"model.name={os.environ['RLBENCH_ESTIMATE_MODEL']}"], "cpu")
+    rows, _, _ = compare_suite(str(suite), [*LIKE_FOR_LIKE, f"model.name={os.environ['RLBENCH_ESTIMATE_MODEL']}"],
+                               "cpu")
     assert all(r["predicted_bytes"] == r["measured_bytes"] for r in rows if r["what"] == "static")
     assert worst_error(rows, "rise") <= 0.10
 
@@ -116,9 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", help="compare this report.json (or an earlier --json file) instead of running")
     parser.add_argument("--json", help="write rows, estimate and settings to this file")
     parser.add_argument("--tolerance", type=float, default=0.10)
-    parser.add_argument("--mmap-threshold", type=int, help="the workers' MALLOC_MMAP_THRESHOLD_ in bytes (runs use "
-                        "1048576; 65536 hands every freed tensor of 64 KiB or more back at once, see the module "
-                        "docstring)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         suite = args.suite
@@ -127,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(suite).write_text(REALSHAPE)
         report = json.loads(Path(args.report).read_text()) if args.report else None
         report = report.get("report", report) if report else None  # a --json file of an earlier comparison
-        overrides = ([f"model.name={args.model}"] if args.model else []) + args.overrides
-        rows, estimate, report = compare_suite(suite, overrides, args.probe, report,
-                                               mmap_threshold=args.mmap_threshold)
+        overrides = [*LIKE_FOR_LIKE, *([f"model.name={args.model}"] if args.model else []), *args.overrides]
+        rows, estimate, report = compare_suite(suite, overrides, args.probe, report)
     console = Console(width=150)
     print_rows(rows, console, f"predicted vs measured ({args.probe} probe); dim: phases under 100 MiB")
     static_ok = all(r["predicted_bytes"] == r["measured_bytes"] for r in rows if r["what"] == "static")

@@ -16,11 +16,12 @@ import torch
 from rlbench.config import load_suite
 from rlbench.errors import UserError
 from rlbench.estimate import estimate_suite
-from rlbench.estimate.check import compare, run_prompt_tokens
+from rlbench.estimate.check import compare, run_prompt_lengths
 from rlbench.estimate.fit import CARDS, card_gib, largest_fitting, with_value
 from rlbench.estimate.predict import assemble
 from rlbench.estimate.simulate import trace_run
-from rlbench.estimate.source import config_from_dict
+from rlbench.estimate.source import config_from_dict, resolve_model
+from rlbench.estimate.standins import WorstCaseTokenizer
 from rlbench.estimate.trace import PhaseTracker
 from rlbench.estimate.view import as_json
 
@@ -126,16 +127,34 @@ def test_gradients_of_a_tensor_used_several_times_are_summed_in_place():
 # ---- the estimate against a run on the embedded model ----------------------------------------------
 
 
+def test_prompt_lengths_of_a_run_reach_the_tokenizer_stand_in(tmp_path):
+    suite = load_suite(suite_file(tmp_path))
+    lengths = run_prompt_lengths(suite)
+    tokenizer = resolve_model(suite.model.name).tokenizer
+    # 16 prompts a step (64 completions in groups of 4) for 2 steps, then the evaluation batch of 16.
+    assert 16 < len(lengths) <= 16 * 2 + 16
+    assert all(len(tokenizer([text])["input_ids"][0]) == n for text, n in lengths.items())
+    assert len(set(lengths.values())) > 1  # the synthetic task's prompts differ in length
+    stand_in = WorstCaseTokenizer(398, 50, 0, 2, 1, lengths)
+    text, n = next(iter(lengths.items()))
+    assert [len(ids) for ids in stand_in([text, "a prompt it does not know"])["input_ids"]] == [n, 50]
+
+
+LIKE_FOR_LIKE = ["rollout.ignore_eos=true", "probe_heap=exact"]  # the estimate's worst case; live tensors
+
+
 @pytest.fixture(scope="module")
 def small_pair(tmp_path_factory):
-    """A real run of the small suite and its estimate on the prompts that run drew."""
+    """A real run of the small suite, run as the estimate predicts (fixed-length completions, the
+    exact heap), and its estimate on the prompts that run drew."""
     tmp = tmp_path_factory.mktemp("estimate")
     path = suite_file(tmp)
-    proc = rlbench("run", str(path), "--output", str(tmp / "results"))
+    sets = [arg for o in LIKE_FOR_LIKE for arg in ("--set", o)]
+    proc = rlbench("run", str(path), "--output", str(tmp / "results"), *sets)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     [report_path] = (tmp / "results").glob("*/*/report.json")
-    suite = load_suite(path)
-    estimate = estimate_suite(suite, device="cpu", prompt_tokens=run_prompt_tokens(suite))
+    suite = load_suite(path, LIKE_FOR_LIKE)
+    estimate = estimate_suite(suite, device="cpu", prompt_lengths=run_prompt_lengths(suite))
     return json.loads(report_path.read_text()), as_json(estimate, None, None, None), estimate
 
 
@@ -147,8 +166,9 @@ def test_static_bytes_are_exact_and_phases_agree_with_a_run(small_pair):
     assert all(r["predicted_bytes"] == r["measured_bytes"] for r in static), static
     rises = {r["phase"]: r for r in rows if r["what"] == "rise"}
     assert {"generate", "ref_logprobs", "update", "eval"} <= set(rises)
-    # The update holds more than 100 MiB (gradients and AdamW state made, logits and the backward): within 10%.
-    assert rises["update"]["predicted_bytes"] > 100 * MIB and abs(rises["update"]["error"]) < 0.10, rises["update"]
+    # The update holds more than 100 MiB (gradients and AdamW state made, logits and the backward): within
+    # 10% is the target; like for like it reads 0.9% over the prediction here (146.4 against 145.1 MiB).
+    assert rises["update"]["predicted_bytes"] > 100 * MIB and abs(rises["update"]["error"]) < 0.05, rises["update"]
     for r in rises.values():  # the probe also sees memory that is no tensor: code paged in, small heap blocks
         # ...and the allocator may reuse a freed block inside a phase: measured reads up to 3% under (seen: 1.7%)
         floor = max(2 * MIB, 0.03 * r["predicted_bytes"])

@@ -62,9 +62,12 @@ class SuiteEstimate:
 
 
 def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int | None = None,
-                   exact: bool = False, model: Any = None) -> SuiteEstimate:
+                   exact: bool = False, model: Any = None, prompt_lengths: dict[str, int] | None = None,
+                   ) -> SuiteEstimate:
     """Predict every algorithm of `suite` (see the module docstring). `model` reuses a resolved
-    `source.ModelSource` (the headroom search estimates one model many times)."""
+    `source.ModelSource` (the headroom search estimates one model many times). `prompt_lengths`
+    (prompt text -> tokens, `check.run_prompt_lengths`) traces the prompts a run drew, each at its
+    own length, instead of every prompt at the widest: to compare with that run."""
     import time
 
     import torch
@@ -75,12 +78,15 @@ def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int |
 
     start = time.perf_counter()
     model = model or resolve_model(suite.model.name, suite.model.trust_remote_code)
-    if prompt_tokens is None:
+    if prompt_lengths:
+        prompt_tokens = max(prompt_lengths.values())
+        note = f"the run's own prompts, each at its length: {min(prompt_lengths.values())} to {prompt_tokens} tokens"
+    elif prompt_tokens is None:
         prompt_tokens, note = longest_prompt(suite, model.tokenizer)
     else:
         note = "given"
     traced_on = torch.device(device) if device else default_device()
-    algorithms = [estimate_algorithm(suite, algo, model.config, prompt_tokens, traced_on, exact)
+    algorithms = [estimate_algorithm(suite, algo, model.config, prompt_tokens, traced_on, exact, prompt_lengths)
                   for algo in suite.algorithms]
     notes = []
     if suite.rollout.engine != "hf":

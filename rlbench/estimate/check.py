@@ -14,8 +14,8 @@ exactly) and, for every phase the report attributes to a role, two rows:
     rows = compare(estimate_json, report_json, probe="cpu")
     print_rows(rows, console)
 
-`run_prompt_tokens(suite)` gives the prompt width the run really drew, to estimate on the same
-shapes (the estimate's default is the task's longest prompt).
+`run_prompt_lengths(suite)` gives the prompts the run really drew, to estimate on the same shapes
+(the estimate's default is every prompt as long as the task's longest).
 """
 
 from __future__ import annotations
@@ -43,30 +43,31 @@ def _rise_field() -> str:
 RISE = _rise_field()
 
 
-def run_prompt_tokens(suite: Any) -> int:
-    """The widest step's prompt width in a run of `suite` (problems, order and steps drawn as
-    `rlbench.train.Run` draws them), to estimate with the prompts a run really saw."""
+def run_prompt_lengths(suite: Any) -> dict[str, int]:
+    """The prompts a run of `suite` draws (problems, order and steps as `rlbench.train.Run` draws
+    them, for every algorithm; then the first evaluation batch), each prompt's text mapped to its
+    length in tokens: `estimate_suite(..., prompt_lengths=...)` then traces the run's own prompts."""
     import torch
 
     from rlbench.catalog import load_problems
     from rlbench.estimate.source import resolve_model
-    from rlbench.tasks import encode_prompts, truncate_prompts
+    from rlbench.tasks import encode_prompts, prompt_text, truncate_prompts
     from rlbench.train import make_algorithm
 
     tokenizer = resolve_model(suite.model.name).tokenizer
     seed = suite.seeds[0]
     problems = load_problems(suite.task, "train", suite.task.train_size, seed)
     order = torch.randperm(len(problems), generator=torch.Generator().manual_seed(seed)).tolist()
-    widest = 0
+    drawn: dict[str, Any] = {}
     for algo in suite.algorithms:
         per_step = suite.rollout.completions_per_step // make_algorithm(algo).group_size(suite.rollout.group_size)
-        steps = suite.budget.steps or 1
-        drawn = [problems[order[i % len(order)]] for i in range(per_step * steps)]
-        for s in range(steps):
-            prompts, _ = truncate_prompts(encode_prompts(tokenizer, drawn[s * per_step:(s + 1) * per_step]),
-                                          suite.model.max_prompt_tokens)
-            widest = max(widest, max(len(p) for p in prompts))
-    return widest
+        for i in range(per_step * (suite.budget.steps or 1)):
+            problem = problems[order[i % len(order)]]
+            drawn[prompt_text(problem)] = problem
+    for problem in load_problems(suite.task, "eval", min(suite.eval.size, suite.eval.batch_size), 0):
+        drawn[prompt_text(problem)] = problem
+    ids, _ = truncate_prompts(encode_prompts(tokenizer, list(drawn.values())), suite.model.max_prompt_tokens)
+    return {text: len(prompt) for text, prompt in zip(drawn, ids)}
 
 
 def _error(predicted: int, measured: int) -> float | None:

@@ -152,11 +152,13 @@ def trace_depths(depth: int, exact: bool) -> tuple[int, ...]:
 
 
 def estimate_algorithm(suite: Suite, algo: AlgorithmConfig, config: Any, prompt_tokens: int,
-                       device: torch.device, exact: bool = False) -> AlgorithmEstimate:
-    """Trace `algo` of `suite` on a model of `config` and predict each phase at the full depth."""
+                       device: torch.device, exact: bool = False,
+                       prompt_lengths: dict[str, int] | None = None) -> AlgorithmEstimate:
+    """Trace `algo` of `suite` on a model of `config` and predict each phase at the full depth
+    (`prompt_lengths`: a run's own prompts, see `rlbench.estimate.simulate.trace_run`)."""
     depth = config.num_hidden_layers
     try:
-        traces = [trace_run(suite, algo, config, d, prompt_tokens, device, skip_decode=not exact)
+        traces = [trace_run(suite, algo, config, d, prompt_tokens, device, not exact, prompt_lengths)
                   for d in trace_depths(depth, exact)]
     except TraceFailed as failed:
         return AlgorithmEstimate(algo.label or algo.name, algo.name, (), {}, {}, (), error=str(failed))

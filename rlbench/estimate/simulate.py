@@ -9,6 +9,7 @@ repeats), then the evaluation, under a `PhaseTracker`. What is replaced, and onl
   tokenizer); the rest of loading is rlbench's own (dtype, LoRA adapters, gradient checkpointing,
   scalar heads for the reward and value roles, AdamW);
 - prompts: every prompt is `prompt_tokens` long (the worst case), one distinct prompt per group;
+  or, to compare with a run, the suite's own task with each prompt at the length it has in that run;
 - sampling: every completion runs to `max_new_tokens` (see `PhaseTracker`), and the decoder skips
   the middle of the decode loop (`FastForwardDecoder`): its cache is allocated for all tokens up
   front, and the last step, whose attention is the widest, is run for real;
@@ -170,25 +171,30 @@ def fewer_passes(schedule: Any) -> Any:
     return dataclasses.replace(schedule, passes=1 if schedule.num_minibatches > 1 else min(schedule.passes, 2))
 
 
-def traced_suite(suite: Suite, algo: AlgorithmConfig) -> Suite:
-    """The suite as traced: a small synthetic task, the hf engine, one seed."""
+def traced_suite(suite: Suite, algo: AlgorithmConfig, own_task: bool = False) -> Suite:
+    """The suite as traced: a small synthetic task (`own_task`: the suite's, whose prompts the
+    tokenizer stand-in knows the lengths of), the hf engine, one seed."""
     from rlbench.config import TaskConfig
 
-    return dataclasses.replace(suite, task=TaskConfig(name="synthetic", train_size=64), seeds=[suite.seeds[0]],
+    task = suite.task if own_task else TaskConfig(name="synthetic", train_size=64)
+    return dataclasses.replace(suite, task=task, seeds=[suite.seeds[0]],
                                rollout=dataclasses.replace(suite.rollout, engine="hf"), algorithms=[algo])
 
 
 def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prompt_tokens: int,
-              device: torch.device, skip_decode: bool = True) -> Trace:
-    """Trace two steps and the evaluation of `algo` with `config` cut to `depth` decoder layers."""
+              device: torch.device, skip_decode: bool = True, prompt_lengths: dict[str, int] | None = None) -> Trace:
+    """Trace two steps and the evaluation of `algo` with `config` cut to `depth` decoder layers;
+    with `prompt_lengths` (prompt text -> tokens, `rlbench.estimate.check.run_prompt_lengths`) on the
+    suite's own task, each prompt at its own length."""
     from rlbench.catalog import load_problems
     from rlbench.measure.evaluation import evaluate_suite
 
     config = _with_depth(config, depth)
     tokenizer = WorstCaseTokenizer(config.vocab_size, prompt_tokens, _token(config, "pad_token_id", 0),
-                                   _token(config, "eos_token_id", 2), _token(config, "bos_token_id", None))
+                                   _token(config, "eos_token_id", 2), _token(config, "bos_token_id", None),
+                                   prompt_lengths)
     tracker = PhaseTracker(device, config.vocab_size, depth, tokenizer.worst_token)
-    run_suite = traced_suite(suite, algo)
+    run_suite = traced_suite(suite, algo, own_task=prompt_lengths is not None)
     with tempfile.TemporaryDirectory(prefix="rlbench-estimate-") as tmp, ExitStack() as stack:
         config.save_pretrained(tmp)
         stack.enter_context(mock.patch("rlbench.device.default_device", lambda: device))

@@ -12,16 +12,18 @@ from rlbench.estimate.trace import PhaseTracker
 
 
 class WorstCaseTokenizer:
-    """Stands in for a tokenizer: every prompt encodes to `prompt_tokens` ids (one distinct first id
-    per distinct text, so a group's rows share a prompt and groups do not), decoding gives ''."""
+    """Stands in for a tokenizer: every prompt encodes to `prompt_tokens` ids, or to its length in
+    `lengths` (text -> tokens) when that has it (one distinct first id per distinct text, so a
+    group's rows share a prompt and groups do not); decoding gives ''."""
 
     chat_template = None
     padding_side = "left"
     pad_token = "<pad>"
     eos_token = "<eos>"
 
-    def __init__(self, vocab_size: int, prompt_tokens: int, pad_id: int, eos_id: int, bos_id: int | None) -> None:
-        self.vocab_size, self.prompt_tokens = vocab_size, prompt_tokens
+    def __init__(self, vocab_size: int, prompt_tokens: int, pad_id: int, eos_id: int, bos_id: int | None,
+                 lengths: dict[str, int] | None = None) -> None:
+        self.vocab_size, self.prompt_tokens, self.lengths = vocab_size, prompt_tokens, lengths or {}
         self.pad_token_id, self.eos_token_id, self.bos_token_id = pad_id, eos_id, bos_id
         special = {pad_id, eos_id, bos_id}
         self.ordinary = [i for i in range(min(vocab_size, 4096)) if i not in special]
@@ -33,7 +35,7 @@ class WorstCaseTokenizer:
 
     def _encode(self, text: str) -> list[int]:
         first = self.ordinary[self._texts.setdefault(text, len(self._texts)) % len(self.ordinary)]
-        return [first] + [self.worst_token] * (self.prompt_tokens - 1)
+        return [first] + [self.worst_token] * (self.lengths.get(text, self.prompt_tokens) - 1)
 
     def __call__(self, texts: list[str] | str, **_: Any) -> dict[str, Any]:
         return {"input_ids": [self._encode(t) for t in texts] if isinstance(texts, list) else self._encode(texts)}
