@@ -7,9 +7,10 @@ For a machine with an NVIDIA GPU, torch and transformers (no vLLM, no hub needed
 
 1. `pytest -m gpu tests/gpu` (tests that need vLLM or the hub skip themselves);
 2. for each model (default: the 0.5B and 1.5B Qwen2.5 shapes), suites/gpu-memory.yaml with the hf
-   engine, the synthetic task, bf16-mixed precision where this rlbench has it, 2 steps and a short
-   eval, run with the `auto` probe (nvml and torch_cuda), and estimated on fake tensors (traced on
-   the same device's kernels);
+   engine, the synthetic task, bf16-mixed precision where this rlbench has it, 2 steps, fixed-length
+   completions (`rollout.ignore_eos`) and a short eval, run with the `auto` probe (nvml and
+   torch_cuda), and estimated on fake tensors (traced on the same device's kernels) with the prompts
+   that run drew;
 3. one JSON (`--output`, default gpu_check.json): the tests' outcome and, per model, the estimate,
    and for every probe the rows predicted vs measured per phase and role (static bytes, each
    phase's rise above its start and its peak; torch_cuda peaks are the allocator's absolute
@@ -38,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "suites" / "gpu-memory.yaml"
 MODELS = ("shape:qwen2.5-0.5b", "shape:qwen2.5-1.5b")
 OVERRIDES = ("rollout.engine=hf", "task.name=synthetic", "task.path=null", "budget.steps=2", "eval.size=32",
-             "eval.batch_size=32", "model.sft.steps=0", "seeds=[0]")
+             "eval.batch_size=32", "model.sft.steps=0", "seeds=[0]",
+             "rollout.ignore_eos=true")  # every completion to max_new_tokens: the shapes the estimate traces
 
 
 def run_gpu_tests(timeout: int) -> dict[str, Any]:
@@ -56,6 +58,8 @@ def suite_overrides(model: str, device: str, extra: list[str]) -> list[str]:
     from rlbench.config import ModelConfig
 
     overrides = [*OVERRIDES, f"model.name={model}", f"probe={'auto' if device == 'cuda' else 'cpu'}"]
+    if device != "cuda":
+        overrides.append("probe_heap=exact")  # the cpu probe reads live tensors, not glibc's kept blocks
     dtypes = [o.split("=", 1)[1] for o in extra if o.startswith("model.dtype=")]
     if "precision" in {f.name for f in dataclasses.fields(ModelConfig)} and dtypes[-1:] in ([], ["bfloat16"]):
         overrides.append("model.precision=bf16-mixed")  # where this rlbench has it, and the dtype is bf16
@@ -81,7 +85,7 @@ def device_overhead(report: dict[str, Any]) -> dict[str, Any]:
 def check_model(model: str, device: str, extra: list[str], workdir: Path) -> dict[str, Any]:
     from rlbench.config import load_suite
     from rlbench.estimate import estimate_suite
-    from rlbench.estimate.check import compare, worst_error
+    from rlbench.estimate.check import compare, run_prompt_lengths, worst_error
     from rlbench.estimate.view import as_json
 
     overrides = suite_overrides(model, device, extra)
@@ -96,7 +100,7 @@ def check_model(model: str, device: str, extra: list[str], workdir: Path) -> dic
     if proc.returncode != 0 or not reports:
         return {"model": model, "error": (proc.stdout[-2000:] + proc.stderr[-2000:]), "overrides": overrides}
     report = json.loads(reports[-1].read_text())
-    estimate = as_json(estimate_suite(suite, device=device), None, None, None)
+    estimate = as_json(estimate_suite(suite, device=device, prompt_lengths=run_prompt_lengths(suite)), None, None, None)
     probes = sorted({p for run in report["runs"] for e in run.get("roles", {}).values()
                      for ph in e.get("phases", {}).values() for p in ph["peak_bytes"]})
     rows = {probe: compare(estimate, report, probe) for probe in probes}
