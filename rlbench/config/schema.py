@@ -177,10 +177,10 @@ class Suite:
     probe_period_ms: float = f(10.0, "sampling period of sampling probes (nvml, psutil fallback)", gt=0)
     probe_heap: str = f("fast", "cpu probe: how a worker's C heap (glibc) returns freed tensors. fast: mmap "
                                 "threshold 1 MiB, a freed block under 1 MiB stays resident until the phase ends, "
-                                "so a phase can read a fifth to a third above its live tensors on the embedded "
-                                "model; exact: 64 KiB, resident memory follows the live tensors (what `rlbench "
-                                "estimate` predicts) but steps take about 1.5x as long on the embedded model",
-                        choices=("fast", "exact"))
+                                "so a phase can read 10% to 55% above its live tensors on the embedded model and "
+                                "11% at the 0.5B shape; exact: 64 KiB, resident memory follows the live tensors "
+                                "(what `rlbench estimate` predicts) but steps take about 1.5x as long on the "
+                                "embedded model", choices=("fast", "exact"))
     threads: int | None = f(None, "torch threads per run, shared by its ranks (default: all cores)", gt=0)
     distributed: DistributedConfig | None = f(None, "run each algorithm x seed on several processes with torchrun "
                                               "and FSDP2; null: one process")

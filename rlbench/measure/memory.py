@@ -31,8 +31,8 @@ Probes (listed in rlbench/catalog.py; each entry is a factory `(period_ms) -> pr
   and where activations are such blocks (the embedded model's) a phase reads 21 to 39 MiB above
   about 110 MiB of live tensors (benchmarks/tensors_vs_rss.py). `probe_heap: exact` sets 64 KiB:
   the rise follows the live tensors to within 1% there, but every medium tensor is a fresh mmap,
-  and a quickstart RL step took 1.38 to 1.59 s against 0.98 to 1.04 s with 1 MiB (README, "Will it
-  fit?"), so throughput suites keep `fast`.
+  and a quickstart RL step took 1.57 and 1.59 s against 0.98 and 1.04 s with 1 MiB (README,
+  "Reading the memory table"), so throughput suites keep `fast`.
   Where clear_refs is not writable (not Linux, some sandboxes) a thread samples RSS with psutil
   every period_ms instead, which misses peaks shorter than the period. `method` says which was
   used, whether the variable was set and whether the free heap was released.
