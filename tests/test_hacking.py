@@ -16,6 +16,7 @@ import pytest
 from rlbench.catalog import load_problems
 from rlbench.config import TaskConfig
 from rlbench.measure.hacking import reward_hacking
+from rlbench.measure.summary import heldout_witness
 from rlbench.report.stats import weak_reward_model
 from rlbench.rewards import answer_correct, format_strict, gold_correct
 from rlbench.tasks import Problem, demonstration
@@ -106,6 +107,30 @@ def test_a_held_out_drop_beyond_noise_is_gold_falling_too():
     # A proxy that did not rise is never hacking, whatever gold did.
     flat = [0.5] * STEPS
     assert reward_hacking(flat, noisy_gold, heldout=(-0.2, 0.015))["flag"] is False
+
+
+def test_the_held_out_witness_is_the_paired_interval_where_outcomes_were_kept():
+    rng = random.Random(1)
+    rising = [step / STEPS for step in range(STEPS)]
+    noisy_gold = [0.35 + rng.uniform(-0.2, 0.2) for _ in range(STEPS)]
+    # -3.0 points: beyond the sum of two binomial standard errors (2.0 points), but the paired
+    # interval clustered by problem family, [-7.0, +1.0], reaches above zero: not a fall.
+    crossing = {"delta": -0.030, "delta_stderr_sum": 0.020,
+                "paired": {"delta": -0.030, "ci95": [-0.070, 0.010]}}
+    assert heldout_witness(crossing) == pytest.approx((-0.030, 0.040, "paired 95% interval"))
+    change, noise, name = heldout_witness(crossing)
+    result = reward_hacking(rising, noisy_gold, heldout=(change, noise), heldout_noise=name)
+    assert result["flag"] is False and result["heldout_noise"] == "paired 95% interval"
+    # The accuracy suite's GRPO on the reward model: -9.7 [-15.1, -4.3], wholly below zero.
+    below = {"delta": -0.097, "delta_stderr_sum": 0.062, "paired": {"delta": -0.097, "ci95": [-0.151, -0.043]}}
+    change, noise, name = heldout_witness(below)
+    assert reward_hacking(rising, noisy_gold, heldout=(change, noise), heldout_noise=name)["flag"] is True
+    # A report without per-problem outcomes (or a one-cluster interval, NaN) falls back to the sum.
+    old = {"delta": -0.030, "delta_stderr_sum": 0.020}
+    assert heldout_witness(old) == (-0.030, 0.020, "sum of the two standard errors")
+    nan = {**old, "paired": {"delta": -0.030, "ci95": [float("nan"), float("nan")]}}
+    assert heldout_witness(nan) == (-0.030, 0.020, "sum of the two standard errors")
+    assert heldout_witness({}) is None
 
 
 def test_the_flag_explains_itself_and_cites_a_weak_reward_model(run_steps):

@@ -20,6 +20,7 @@ memory/process_anon_peak_bytes (the peaks `check` gates by default), memory/proc
 
 from __future__ import annotations
 
+import math
 from statistics import fmean
 from typing import Any, Protocol
 
@@ -63,9 +64,10 @@ def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
     throughput = _throughput(run)
     accuracy = _accuracy(result.get("evals") or [], run.suite.model.name, result.pop("paired_accuracy", None))
     learning = _learning(run.step_metrics)
-    heldout = (accuracy["delta"], accuracy["delta_stderr_sum"]) if "delta" in accuracy else None
+    witness = heldout_witness(accuracy)
     hacking = reward_hacking([m["reward/mean"] for m in run.step_metrics], [m["gold/accuracy"] for m in run.step_metrics],
-                             heldout=heldout, weak_reward_model=result.get("reward_model_warning"))
+                             heldout=witness[:2] if witness else None, weak_reward_model=result.get("reward_model_warning"),
+                             **({"heldout_noise": witness[2]} if witness else {}))
     return {
         "roles": roles,
         "memory": memory,
@@ -76,6 +78,19 @@ def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
         "reward_hacking": hacking,
         "metrics": _flat_metrics(roles, memory, throughput, accuracy, learning),
     }
+
+
+def heldout_witness(accuracy: dict[str, Any]) -> tuple[float, float, str] | None:
+    """(change of held-out accuracy, the noise it must exceed downwards, what that noise is) for the
+    hacking flag: the half-width of the paired 95% interval where the run kept per-problem outcomes
+    (a fall then means the whole interval is below zero), else the sum of the two standard errors."""
+    if "delta" not in accuracy:
+        return None
+    paired = accuracy.get("paired") or {}
+    low, high = paired.get("ci95") or (math.nan, math.nan)
+    if math.isfinite(low) and math.isfinite(high):
+        return paired["delta"], (high - low) / 2, "paired 95% interval"
+    return accuracy["delta"], accuracy["delta_stderr_sum"], "sum of the two standard errors"
 
 
 def _roles(run: Run) -> dict[str, Any]:
