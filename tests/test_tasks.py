@@ -7,7 +7,6 @@ import os
 import string
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -100,12 +99,10 @@ def test_all_four_operations_appear() -> None:
     assert any("$" in p.question for p in problems)
 
 
-def test_twenty_thousand_problems_in_under_two_seconds() -> None:
-    start = time.process_time()
+def test_twenty_thousand_distinct_problems() -> None:
+    # How long it takes is benchmarks/test_micro.py::test_generate_twenty_thousand_problems's figure.
     problems = generate_problems("train", 20000, seed=0, min_steps=1, max_steps=4)
-    elapsed = time.process_time() - start
-    assert len(problems) == 20000
-    assert elapsed < 2.0, f"{elapsed:.2f} s"
+    assert len(problems) == 20000 and len({p.question for p in problems}) == 20000
 
 
 def test_demonstrations_score_full_marks() -> None:
