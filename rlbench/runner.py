@@ -282,13 +282,29 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
     else:
         before = evaluate_start()
     seconds = before.pop("seconds")
-    console.print(f"starting accuracy: {before['eval/accuracy']:.1%} ± {before['eval/accuracy_stderr']:.1%} "
-                  f"({'cached' if hit else f'{seconds:.0f} s'})")
+    stderr, by = starting_stderr(suite, before)
+    console.print(f"starting accuracy: {before['eval/accuracy']:.1%} ± {stderr:.1%} ({by}; "
+                  f"{'cached' if hit else f'{seconds:.0f} s'})")
     stages["report"]["eval_before_cached"] = hit
     stages["eval_seconds"] = seconds  # what the watchdog allows a run's final evaluation (x SLACK)
     stages["eval_before"] = before  # with its per-problem outcomes, which each run's result keeps
     stages["report"]["eval_before"] = {k: v for k, v in before.items() if k != "eval/outcomes"}  # evaluation.OUTCOMES
     return stages
+
+
+def starting_stderr(suite: Suite, before: dict[str, Any]) -> tuple[float, str]:
+    """The starting accuracy's standard error as the report's tables give it: clustered by the
+    task's key (problems telling one arithmetic chain are one piece of evidence) where the
+    per-problem outcomes are there, else binomial; and which it is."""
+    from rlbench.catalog import load_problems, problem_clusters
+    from rlbench.report.stats import clustered_stderr
+
+    outcomes = before.get("eval/outcomes")
+    if outcomes:
+        clusters, by = problem_clusters(suite.task, load_problems(suite.task, "eval", suite.eval.size, 0))
+        if len(clusters) == len(outcomes) and len(set(clusters)) > 1:
+            return clustered_stderr([int(c) for c in outcomes], clusters)[0], f"clustered by {by}"
+    return before["eval/accuracy_stderr"], "binomial"
 
 
 def reward_model_warning(stats: dict[str, Any]) -> str | None:

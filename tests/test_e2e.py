@@ -32,6 +32,8 @@ def test_report_is_complete_and_valid(tiny_report):
     assert report["status"] == "complete"
     assert report["environment"]["packages"]["torch"]
     assert "memory by role" in stdout and "grpo_zero/seed0" in stdout
+    # The starting accuracy's error is the tables' (clustered by chain), not a binomial one beside them.
+    assert "starting accuracy:" in stdout and "(clustered by arithmetic chain;" in stdout
     [run] = report["runs"]
     assert run["status"] == "ok" and run["error"] is None
     assert run["stopped_by"] == "steps"

@@ -136,3 +136,20 @@ def test_a_weak_reward_model_is_marked_in_tables_and_summary():
     console = _console()
     print_report(report, console)
     assert f"warning: weak reward model: {weak}" in console.export_text()
+
+
+def test_the_starting_accuracy_line_uses_the_tables_standard_error():
+    from rlbench.catalog import load_problems, problem_clusters
+    from rlbench.config import load_suite
+    from rlbench.runner import starting_stderr
+
+    suite = load_suite(Path(__file__).parent / "data" / "tiny.yaml")
+    problems = load_problems(suite.task, "eval", suite.eval.size, 0)
+    outcomes = "1100101001110010"[:len(problems)]
+    before = {"eval/accuracy": outcomes.count("1") / len(outcomes), "eval/accuracy_stderr": 0.125,
+              "eval/outcomes": outcomes}
+    clusters, by = problem_clusters(suite.task, problems)
+    se, how = starting_stderr(suite, before)
+    assert how == f"clustered by {by}" and se == clustered_stderr([int(c) for c in outcomes], clusters)[0]
+    # an evaluation cached before outcomes were kept: the binomial error it stored
+    assert starting_stderr(suite, {k: v for k, v in before.items() if k != "eval/outcomes"}) == (0.125, "binomial")
