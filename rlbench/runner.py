@@ -425,22 +425,28 @@ def _tail(path: Path, lines: int = 1) -> str:
 
 
 class _bar:
-    """A one-task Rich progress bar with a free-text info column."""
+    """A one-task Rich progress bar with a free-text info column. It appears at its first update,
+    so a stage that comes from the cache (no step to show) leaves no empty bar behind."""
 
     def __init__(self, console: Console, label: str, total: float, fraction: bool = False) -> None:
         columns = [TextColumn("[bold]{task.description}"), BarColumn(),
                    TextColumn("{task.percentage:>3.0f}%") if fraction else TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
         self.progress = Progress(*columns, console=console, transient=False)
-        self.label, self.total = label, total
+        self.label, self.total, self.started = label, total, False
 
-    def __enter__(self):
-        self.progress.__enter__()
-        task = self.progress.add_task(self.label, total=self.total, info="")
-        return self.progress, task
+    def __enter__(self) -> tuple[_bar, Any]:
+        return self, self.progress.add_task(self.label, total=self.total, info="")
 
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+    def update(self, task: Any, **fields: Any) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        self.progress.update(task, **fields)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.started:
+            self.progress.stop()
 
 
 def _last_line(exc: BaseException | None) -> str:
