@@ -11,12 +11,12 @@ They are not part of `make test` (pytest's testpaths is tests/).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+
+from rlbench.measure.probing import NullProbe
 
 OVERHEAD_KEY = pytest.StashKey[dict]()
 
@@ -33,26 +33,6 @@ budget: {steps: 1000}
 rollout: {engine: hf, completions_per_step: 64, group_size: 4, max_new_tokens: 40}
 eval: {size: 16}
 """
-
-
-class NoProbe:
-    """A memory probe that measures nothing: the baseline against which a probe's cost is timed."""
-
-    name = "none"
-    primary = "none"
-
-    @contextmanager
-    def phase(self, name: str):
-        yield {}
-
-    def snapshot(self) -> dict[str, int]:
-        return {}
-
-    def process_peak_bytes(self) -> dict[str, int]:
-        return {}
-
-    def describe(self) -> dict[str, Any]:
-        return {"probe": self.name, "primary": self.primary, "probes": []}
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +66,8 @@ def make_run(run_suite, embedded_dir: Path):
 
 
 @pytest.fixture
-def no_probe() -> NoProbe:
-    return NoProbe()
+def no_probe() -> NullProbe:
+    return NullProbe()
 
 
 @pytest.fixture

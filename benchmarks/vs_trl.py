@@ -115,19 +115,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # ---- measurement helpers ----------------------------------------------------------------------
 
 
-class NoProbe:
-    """The per-phase probe handed to rlbench's Run: measures nothing, so that the step-level peak
-    reset below is not reset again by every phase."""
-
-    name = primary = "none"
-
-    @contextmanager
-    def phase(self, name: str):
-        yield {}
-
-    def snapshot(self) -> dict[str, int]:
-        return {}
-
 
 class StepMemory:
     """Peak RSS rise of one step: clear_refs at start, VmHWM - VmRSS(start) at the end."""
@@ -241,11 +228,12 @@ def make_run(model_dir: Path, max_new_tokens: int, group: int, threads: int, see
              completions: int = COMPLETIONS_PER_STEP):
     import torch
 
+    from rlbench.measure.probing import NullProbe
     from rlbench.train import Run
 
     suite = make_suite(max_new_tokens, group, threads, completions)
     torch.manual_seed(seed)
-    return Run(suite, suite.algorithms[0], seed, model_dir, None, NoProbe())
+    return Run(suite, suite.algorithms[0], seed, model_dir, None, NullProbe())
 
 
 def rlbench_step(run) -> tuple[float, dict[str, int], float]:

@@ -9,12 +9,11 @@ with bias: N = 853,249.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import pytest
 
 from rlbench.config import load_suite
 from rlbench.errors import UserError
+from rlbench.measure.probing import NullProbe
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
 from rlbench.train import Run
 
@@ -33,16 +32,6 @@ eval: {size: 8}
 """
 
 
-class NoProbe:
-    name = primary = "none"
-
-    @contextmanager
-    def phase(self, name: str):
-        yield {}
-
-    def snapshot(self) -> dict[str, int]:
-        return {}
-
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
@@ -55,7 +44,7 @@ def make_run(tmp_path, policy_dir, budget: str, index: int = 0) -> Run:
     path.write_text(SUITE.replace("{BUDGET}", budget))
     suite = load_suite(path)
     # A scalar head on the policy's backbone stands in for a trained reward model (shapes are what count).
-    return Run(suite, suite.algorithms[index], 0, policy_dir, policy_dir, NoProbe())
+    return Run(suite, suite.algorithms[index], 0, policy_dir, policy_dir, NullProbe())
 
 
 def by_hand(n: int, t: int, trained: bool) -> int:

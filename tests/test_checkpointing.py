@@ -56,14 +56,14 @@ def test_checkpointed_logprobs_with_groups_equal_the_shared_prompt_forward() -> 
 
 def test_a_step_with_checkpointing_and_groups_runs(tmp_path) -> None:
     # Raised AttributeError ('NoneType' object has no attribute 'batch_repeat_interleave') before.
-    from test_protocol import NoProbe
+    from rlbench.measure.probing import NullProbe
 
     path = tmp_path / "suite.yaml"
     path.write_text(SUITE)
     suite = load_suite(path)
     model, tokenizer = build_embedded(seed=0)
     run = Run(suite, suite.algorithms[0], 0, save_pretrained_pair(model, tokenizer, tmp_path / "policy"), None,
-              NoProbe())
+              NullProbe())
     assert recomputes_in_backward(run.policy) and run.group_size == 4
     stats = run.step()
     assert stats["completions"] == 8 and torch.isfinite(torch.tensor(stats["learning/grad_norm"]))

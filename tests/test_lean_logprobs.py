@@ -89,9 +89,9 @@ def one_update(tmp_path, micro: str) -> tuple[Run, dict]:
     suite = load_suite(path)
     model, tokenizer = build_embedded(seed=0)
     policy_dir = save_pretrained_pair(model, tokenizer, tmp_path / "policy")
-    from test_protocol import NoProbe
+    from rlbench.measure.probing import NullProbe
 
-    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, NoProbe())
+    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, NullProbe())
     return run, run.step()
 
 

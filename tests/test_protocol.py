@@ -8,7 +8,6 @@ protocol, so this test fails as soon as the loop starts reading something a reci
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -17,6 +16,7 @@ import torch
 from rlbench.algorithms.base import Batch, UpdateSchedule
 from rlbench.algorithms.losses import masked_mean
 from rlbench.config import load_suite
+from rlbench.measure.probing import NullProbe
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
 from rlbench.train import Run
 
@@ -74,16 +74,6 @@ class Reinforce:
         raise AssertionError("no value model")
 
 
-class NoProbe:
-    name = primary = "none"
-
-    @contextmanager
-    def phase(self, name: str):
-        yield {}
-
-    def snapshot(self) -> dict[str, int]:
-        return {}
-
 
 def test_a_recipe_built_from_the_protocol_runs_two_steps_of_the_loop(tmp_path):
     (tmp_path / "suite.yaml").write_text(SUITE)
@@ -91,7 +81,7 @@ def test_a_recipe_built_from_the_protocol_runs_two_steps_of_the_loop(tmp_path):
     model, tokenizer = build_embedded(seed=0)
     policy_dir = save_pretrained_pair(model, tokenizer, tmp_path / "policy")
     recipe = Reinforce()
-    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, NoProbe(), algorithm=recipe)
+    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, NullProbe(), algorithm=recipe)
     before = [p.detach().clone() for p in run.policy.parameters()]
     steps = [run.step() for _ in range(2)]
 

@@ -57,6 +57,26 @@ class MemoryProbe(Protocol):
         ...
 
 
+class NullProbe:
+    """What `rlbench.train.Run` measures its phases with when memory is not the point: it measures
+    nothing (the baseline a probe's cost is timed against; tests and benchmarks that drive steps)."""
+
+    name = primary = "none"
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[dict[str, PhaseMemory]]:
+        yield {}
+
+    def snapshot(self) -> dict[str, int]:
+        return {}
+
+    def process_peak_bytes(self) -> dict[str, int]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"probe": self.name, "primary": self.primary, "probes": []}
+
+
 @contextmanager
 def _measured_phase(probe: Any, name: str) -> Iterator[PhaseMemory]:
     """The phase protocol shared by the probes: `probe._begin(mem)`, the body, `probe._end(mem)` in a finally."""
