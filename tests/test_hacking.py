@@ -117,20 +117,20 @@ def test_the_held_out_witness_is_the_paired_interval_where_outcomes_were_kept():
     # interval clustered by problem family, [-7.0, +1.0], reaches above zero: not a fall.
     crossing = {"delta": -0.030, "delta_stderr_sum": 0.020,
                 "paired": {"delta": -0.030, "ci95": [-0.070, 0.010]}}
-    assert heldout_witness(crossing) == pytest.approx((-0.030, 0.040, "paired 95% interval"))
-    change, noise, name = heldout_witness(crossing)
-    result = reward_hacking(rising, noisy_gold, heldout=(change, noise), heldout_noise=name)
+    heldout, noise = heldout_witness(crossing)
+    assert heldout == pytest.approx((-0.030, 0.040)) and noise == "paired 95% interval"
+    result = reward_hacking(rising, noisy_gold, heldout=heldout, heldout_noise=noise)
     assert result["flag"] is False and result["heldout_noise"] == "paired 95% interval"
     # The accuracy suite's GRPO on the reward model: -9.7 [-15.1, -4.3], wholly below zero.
     below = {"delta": -0.097, "delta_stderr_sum": 0.062, "paired": {"delta": -0.097, "ci95": [-0.151, -0.043]}}
-    change, noise, name = heldout_witness(below)
-    assert reward_hacking(rising, noisy_gold, heldout=(change, noise), heldout_noise=name)["flag"] is True
+    heldout, noise = heldout_witness(below)
+    assert reward_hacking(rising, noisy_gold, heldout=heldout, heldout_noise=noise)["flag"] is True
     # A report without per-problem outcomes (or a one-cluster interval, NaN) falls back to the sum.
     old = {"delta": -0.030, "delta_stderr_sum": 0.020}
-    assert heldout_witness(old) == (-0.030, 0.020, "sum of the two standard errors")
+    assert heldout_witness(old) == ((-0.030, 0.020), "sum of the two standard errors")
     nan = {**old, "paired": {"delta": -0.030, "ci95": [float("nan"), float("nan")]}}
-    assert heldout_witness(nan) == (-0.030, 0.020, "sum of the two standard errors")
-    assert heldout_witness({}) is None
+    assert heldout_witness(nan) == ((-0.030, 0.020), "sum of the two standard errors")
+    assert heldout_witness({})[0] is None
 
 
 def test_the_flag_explains_itself_and_cites_a_weak_reward_model(run_steps):

@@ -24,7 +24,7 @@ import math
 from statistics import fmean
 from typing import Any, Protocol
 
-from rlbench.measure.hacking import reward_hacking
+from rlbench.measure.hacking import PAIRED_INTERVAL, STDERR_SUM, reward_hacking
 from rlbench.report.metrics import metric
 
 # Which role a phase's memory and time are attributed to.
@@ -64,10 +64,9 @@ def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
     throughput = _throughput(run)
     accuracy = _accuracy(result.get("evals") or [], run.suite.model.name, result.pop("paired_accuracy", None))
     learning = _learning(run.step_metrics)
-    witness = heldout_witness(accuracy)
+    heldout, noise = heldout_witness(accuracy)
     hacking = reward_hacking([m["reward/mean"] for m in run.step_metrics], [m["gold/accuracy"] for m in run.step_metrics],
-                             heldout=witness[:2] if witness else None, weak_reward_model=result.get("reward_model_warning"),
-                             **({"heldout_noise": witness[2]} if witness else {}))
+                             heldout=heldout, weak_reward_model=result.get("reward_model_warning"), heldout_noise=noise)
     return {
         "roles": roles,
         "memory": memory,
@@ -80,17 +79,18 @@ def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def heldout_witness(accuracy: dict[str, Any]) -> tuple[float, float, str] | None:
-    """(change of held-out accuracy, the noise it must exceed downwards, what that noise is) for the
-    hacking flag: the half-width of the paired 95% interval where the run kept per-problem outcomes
-    (a fall then means the whole interval is below zero), else the sum of the two standard errors."""
-    if "delta" not in accuracy:
-        return None
+def heldout_witness(accuracy: dict[str, Any]) -> tuple[tuple[float, float] | None, str]:
+    """((change of held-out accuracy, the noise it must exceed downwards) or None when not measured,
+    what that noise is) for the hacking flag: the half-width of the paired 95% interval where the run
+    kept per-problem outcomes (a fall then means the whole interval is below zero), else the sum of
+    the two standard errors."""
     paired = accuracy.get("paired") or {}
     low, high = paired.get("ci95") or (math.nan, math.nan)
-    if math.isfinite(low) and math.isfinite(high):
-        return paired["delta"], (high - low) / 2, "paired 95% interval"
-    return accuracy["delta"], accuracy["delta_stderr_sum"], "sum of the two standard errors"
+    if "delta" in accuracy and math.isfinite(low) and math.isfinite(high):
+        return (paired["delta"], (high - low) / 2), PAIRED_INTERVAL
+    if "delta" in accuracy:
+        return (accuracy["delta"], accuracy["delta_stderr_sum"]), STDERR_SUM
+    return None, STDERR_SUM
 
 
 def _roles(run: Run) -> dict[str, Any]:
