@@ -44,13 +44,16 @@ def _proc_status_readable() -> bool:
 
 HEAP_THRESHOLDS = {"fast": "1048576", "exact": "65536"}
 """glibc's mmap threshold for each `probe_heap` setting (see rlbench/measure/memory.py)."""
-CPU_WORKER_ENV: dict[str, str] = {"MALLOC_MMAP_THRESHOLD_": HEAP_THRESHOLDS["fast"]}
-"""Environment for worker processes whose RSS the cpu probe can trust (see the module docstring)."""
 
 
 def cpu_worker_env(heap: str = "fast") -> dict[str, str]:
-    """CPU_WORKER_ENV for a suite's `probe_heap` (fast: 1 MiB threshold; exact: 64 KiB)."""
-    return {**CPU_WORKER_ENV, "MALLOC_MMAP_THRESHOLD_": HEAP_THRESHOLDS[heap]}
+    """Environment for worker processes whose RSS the cpu probe can trust, for a suite's
+    `probe_heap` (fast: 1 MiB threshold; exact: 64 KiB; see the module docstring)."""
+    return {"MALLOC_MMAP_THRESHOLD_": HEAP_THRESHOLDS[heap]}
+
+
+CPU_WORKER_ENV: dict[str, str] = cpu_worker_env("fast")
+"""The default worker environment (`probe_heap: fast`)."""
 
 
 def release_free_heap() -> bool:
