@@ -122,7 +122,7 @@ def cli_runs() -> dict[str, subprocess.CompletedProcess[str]]:
 
     def validate(fixture: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "rlbench", "validate", str(FIXTURES / fixture)],
-                              capture_output=True, text=True, cwd=REPO, timeout=120)
+                              capture_output=True, text=True, cwd=REPO, timeout=600)
 
     names = [fixture for fixture, _ in CLI_CASES]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:

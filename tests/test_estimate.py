@@ -6,8 +6,10 @@ errors, fits and the headroom search, and the GPU calibration script run on the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -144,21 +146,72 @@ LIKE_FOR_LIKE = ["rollout.ignore_eos=true", "probe_heap=exact"]  # the estimate'
 
 
 @pytest.fixture(scope="module")
-def small_pair(tmp_path_factory):
-    """A real run of the small suite, run as the estimate predicts (fixed-length completions, the
-    exact heap), and its estimate on the prompts that run drew."""
+def small_report(tmp_path_factory) -> Path:
+    """report.json of a real run of the small suite, run as the estimate predicts (fixed-length
+    completions, the exact heap)."""
     tmp = tmp_path_factory.mktemp("estimate")
     path = suite_file(tmp)
     sets = [arg for o in LIKE_FOR_LIKE for arg in ("--set", o)]
     proc = rlbench("run", str(path), "--output", str(tmp / "results"), *sets)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     [report_path] = (tmp / "results").glob("*/*/report.json")
-    suite = load_suite(path, LIKE_FOR_LIKE)
+    return report_path
+
+
+@pytest.fixture(scope="module")
+def small_pair(small_report):
+    """The small run's report and its estimate on the prompts that run drew."""
+    suite = load_suite(suite_file(small_report.parent, name="estimated.yaml"), LIKE_FOR_LIKE)
     estimate = estimate_suite(suite, device="cpu", prompt_lengths=run_prompt_lengths(suite))
-    return json.loads(report_path.read_text()), as_json(estimate, None, None, None), estimate
+    return json.loads(small_report.read_text()), as_json(estimate, None, None, None), estimate
 
 
-def test_static_bytes_are_exact_and_phases_agree_with_a_run(small_pair):
+RISES_BY_CALL = """
+    import json, sys
+    from pathlib import Path
+
+    import torch
+
+    from rlbench.catalog import resolve_probe
+    from rlbench.config import load_suite
+    from rlbench.train import Run
+
+    spec = json.loads(Path(sys.argv[1]).read_text())  # the run's own: suite as resolved, seed, policy
+    suite = load_suite(spec["suite_path"])
+    torch.set_num_threads(suite.threads)
+    probe = resolve_probe(suite.probe, suite.probe_period_ms)
+    probe.snapshot()
+    run = Run(suite, suite.algorithms[spec["algorithm_index"]], spec["seed"], Path(spec["policy_dir"]), None, probe)
+    rises, add = {}, run.phases.add
+
+    def each_call(phase, seconds, memory=None, static_created=0, static_end=0):
+        mem = (memory or {}).get("cpu")  # the rise PhaseStats.add keeps the largest of, call by call
+        if mem is not None:
+            rises.setdefault(phase, []).append(max(0, mem.peak_bytes - mem.start_bytes - static_created))
+        add(phase, seconds, memory, static_created, static_end)
+
+    run.phases.add = each_call
+    for _ in range(suite.budget.steps):
+        run.step()
+    print(json.dumps(rises))
+"""
+
+
+@pytest.fixture(scope="module")
+def rises_by_call(small_report) -> dict[str, list[int]]:
+    """The small run's steps again, as its worker runs them (same suite, seed, policy, heap setting),
+    with each phase's rise call by call: what the report's largest-over-calls figure hides."""
+    from rlbench.measure.memory import cpu_worker_env
+
+    [spec] = small_report.parent.glob("runs/*/spec.json")
+    suite = load_suite(json.loads(spec.read_text())["suite_path"])
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(RISES_BY_CALL), str(spec)], capture_output=True,
+                          text=True, cwd=ROOT, env=dict(os.environ, **cpu_worker_env(suite.probe_heap)), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_static_bytes_are_exact_and_phases_agree_with_a_run(small_pair, rises_by_call):
     report, estimate, _ = small_pair
     rows = compare(estimate, report, "cpu")
     static = [r for r in rows if r["what"] == "static"]
@@ -169,10 +222,26 @@ def test_static_bytes_are_exact_and_phases_agree_with_a_run(small_pair):
     # The update holds more than 100 MiB (gradients and AdamW state made, logits and the backward): within
     # 10% is the target; like for like it reads 0.9% over the prediction here (146.4 against 145.1 MiB).
     assert rises["update"]["predicted_bytes"] > 100 * MIB and abs(rises["update"]["error"]) < 0.05, rises["update"]
-    for r in rises.values():  # the probe also sees memory that is no tensor: code paged in, small heap blocks
-        # ...and the allocator may reuse a freed block inside a phase: measured reads up to 3% under (seen: 1.7%)
+    # A phase's first call also pages in the code of the kernels it is the first to run (file-backed
+    # pages of libtorch_cpu.so, which VmHWM counts), and makes one-time heap (lazy imports, arenas):
+    # the worker's first generate read 8.6 MB of library pages and 2.6 MB of heap more than its second,
+    # which read what was predicted (14.8 against 14.9 MB; AMD EPYC, AVX2). How much code depends on
+    # the kernels the CPU's ISA selects, so the report's rise (the largest over calls: the first, for
+    # generate) reads 23 to 38 MB by machine. The later calls are held to the prediction; the report,
+    # to the prediction plus the first call's excess over the later ones, measured on this machine.
+    for phase, calls in rises_by_call.items():
+        if phase not in rises or len(calls) < 2:
+            continue
+        predicted, later = rises[phase]["predicted_bytes"], max(calls[1:])
+        # The probe also sees memory that is no tensor (small heap blocks, malloc's headers), and the
+        # allocator may reuse a freed block inside a phase: measured reads up to 3% under (seen: 1.7%).
+        floor = max(2 * MIB, 0.03 * predicted)
+        assert -floor < later - predicted < 16 * MIB, (phase, calls, predicted)
+    for phase, r in rises.items():
+        calls = rises_by_call.get(phase, [])
+        warm_up = max(0, calls[0] - min(calls[1:])) if len(calls) > 1 else 0
         floor = max(2 * MIB, 0.03 * r["predicted_bytes"])
-        assert -floor < r["measured_bytes"] - r["predicted_bytes"] < 16 * MIB, r
+        assert -floor < r["measured_bytes"] - r["predicted_bytes"] < 16 * MIB + warm_up, (r, calls)
 
 
 def test_estimate_json_has_every_phase_by_role_and_kind(small_pair):

@@ -101,9 +101,8 @@ def test_a_hung_worker_ends_as_timeout_with_its_result(tmp_path: Path) -> None:
     fifo = tmp_path / "suite-that-never-comes.yaml"
     os.mkfifo(fifo)  # the worker blocks opening it: a real hang, in a system call
     [entry] = plan_runs(suite)
-    start = time.monotonic()
     result = execute_run(suite, fifo, entry, {"policy_dir": str(tmp_path)}, tmp_path / "out", quiet())
-    assert time.monotonic() - start < 30
+    # That the watchdog, at its 2 s, ended it (not a wall-clock bound, which a busy machine stretches):
     assert result["status"] == "timeout"
     assert result["error"].startswith("stopped by the watchdog after 2 s")
     assert "finished" in result  # the worker wrote what it had when SIGTERM came
@@ -119,7 +118,7 @@ def test_the_watchdog_kills_the_whole_group_even_when_sigterm_is_ignored(tmp_pat
         proc.stdout.read()  # returns once the group is gone
     code = finish_group(proc)
     assert watchdog.expired == 0.5 and code == -signal.SIGKILL
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a wait, not a bound: it ends as soon as the kernel has reaped it
     while alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(grandchild)
