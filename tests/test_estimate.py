@@ -223,12 +223,14 @@ def test_static_bytes_are_exact_and_phases_agree_with_a_run(small_pair, rises_by
     # 10% is the target; like for like it reads 0.9% over the prediction here (146.4 against 145.1 MiB).
     assert rises["update"]["predicted_bytes"] > 100 * MIB and abs(rises["update"]["error"]) < 0.05, rises["update"]
     # A phase's first call also pages in the code of the kernels it is the first to run (file-backed
-    # pages of libtorch_cpu.so, which VmHWM counts), and makes one-time heap (lazy imports, arenas):
+    # pages of libtorch_cpu.so, which VmHWM counts) and makes one-time heap (lazy imports, arenas):
     # the worker's first generate read 8.6 MB of library pages and 2.6 MB of heap more than its second,
-    # which read what was predicted (14.8 against 14.9 MB; AMD EPYC, AVX2). How much code depends on
-    # the kernels the CPU's ISA selects, so the report's rise (the largest over calls: the first, for
-    # generate) reads 23 to 38 MB by machine. The later calls are held to the prediction; the report,
-    # to the prediction plus the first call's excess over the later ones, measured on this machine.
+    # which read what was predicted (14.8 against 14.9 MB; AMD EPYC, AVX2, from /proc/self/smaps).
+    # The code paged in depends on the kernels the CPU's ISA selects, and the report's rise is the
+    # largest over calls, the first for generate: 23 MB in a run on its own here, 35 MB once in a
+    # full `make test` here, 38 MB on an Intel AVX-512 machine, against 14.9 predicted. So the later
+    # calls are held to the prediction, and the report to the prediction plus the first call's excess
+    # over the later ones, measured call by call on this machine (`rises_by_call`).
     for phase, calls in rises_by_call.items():
         if phase not in rises or len(calls) < 2:
             continue
