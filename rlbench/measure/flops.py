@@ -23,7 +23,11 @@ sequence of T real tokens (prompt + completion, padding excluded) as T tokens ea
 T positions, each role with its own shape (`flop_shape`): a forward for generation, the reward
 model's score, the reference's and the value model's estimates; a trained pass for each
 optimisation pass of the policy and the value model. Integer arithmetic throughout: the count is
-exact and the same on every machine.
+exact and the same on every machine. It is per sequence: a group's shared prompt is counted once
+for each of its completions, although rlbench computes it once per group (prefill, and the packed
+log-prob passes), so MFU can pass 1 where the kernels run close to their peak: a bf16-mixed step
+on an AVX2 CPU (no bf16 units: nearly all its time is bf16 matmul) read 1.06 on the AMD EPYC machine,
+with about 2.6 GFLOP counted against 0.85 GFLOP of matmuls executed per step (torch.profiler).
 
 Peaks, per compute dtype (MFU divides by the peak of the dtype the matmuls run in: bf16 under
 bf16-mixed, where an AMX CPU's bf16 peak is about 7x its fp32 one and an AVX2 CPU's is far below
