@@ -12,7 +12,7 @@ FIND_LINKS_ARGS := $(foreach d,$(FIND_LINKS),--find-links $(d))
 UV_PIP = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: demo test lint bench bench-compare vs-trl memory accuracy gpu-check clean
+.PHONY: demo test lint bench bench-compare vs-trl memory accuracy gpu-check baseline clean
 
 # uv installs in seconds what pip takes a minute for; pip stays the fallback. uv does not read pip's
 # configuration, so a local wheel folder pip is set up with (find-links) is passed on to it.
@@ -60,6 +60,16 @@ vs-trl: $(BIN)/.installed
 # `rlbench estimate` against `rlbench run` at the 0.5B and 1.5B shapes (nvml and torch_cuda), one JSON.
 gpu-check: $(BIN)/.installed
 	$(BIN)/python benchmarks/gpu_check.py --output gpu_check.json
+
+# The CI baseline of this machine's hardware class: suites/ci.yaml run afresh, its report copied to
+# results/baselines/<class>.json (the class from the report's environment, e.g. cpu-amd-epyc-avx2),
+# which .ci/run picks on a machine of that class. Commit the file after reading `git diff --stat`.
+baseline: $(BIN)/.installed
+	rm -rf /tmp/rlbench-baseline
+	$(BIN)/rlbench run suites/ci.yaml --output /tmp/rlbench-baseline
+	report=$$(find /tmp/rlbench-baseline -name report.json | head -n 1); \
+	class=$$($(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["environment"]["hardware_class"])' "$$report"); \
+	mkdir -p results/baselines && cp "$$report" "results/baselines/$$class.json" && echo "wrote results/baselines/$$class.json"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -35,7 +35,7 @@ EPILOG = """examples:
   rlbench run --resume results/memory/20261124T032253Z      # rerun what did not end ok
   rlbench validate suites/my.yaml
   rlbench compare results/memory/A/report.json results/memory/B/report.json --changed
-  rlbench check results/new/report.json --baseline results/baselines/ci-cpu.json --threshold memory:5%
+  rlbench check results/new/report.json --baseline results/baselines/cpu-amd-epyc-avx2.json --threshold memory:5%
   rlbench export results/memory/A/report.json --to tensorboard
 
 `rlbench COMMAND --help` describes each command, with an example.
@@ -133,8 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run missing or not ok, a NaN or missing metric, a change beyond its threshold); 2: unusable input,\n"
         "or reports run with different settings (model, task, budget, rollout, eval, seeds, algorithm\n"
         "params; all listed) unless --allow-mismatch. Memory peaks are gated on anonymous memory\n"
-        "(RssAnon, what the code allocates) where both reports have it, on total RSS otherwise.",
-        ["rlbench check results/ci/<time>/report.json --baseline results/baselines/ci-cpu.json",
+        "(RssAnon, what the code allocates) where both reports have it, on total RSS otherwise.\n"
+        "Static bytes and the work counts the settings fix are gated against any baseline; times,\n"
+        "throughput, memory peaks and accuracy only against one of the same hardware class (and torch\n"
+        "threads), else listed as not comparable: hardware differs (exit 2 with --require-same-hardware).",
+        ["rlbench check results/ci/<time>/report.json --baseline results/baselines/cpu-amd-epyc-avx2.json",
          "rlbench check new.json --baseline base.json --threshold memory:5% --threshold accuracy:0.02",
          "rlbench check new.json --baseline base.json --gate-memory total"])
     check.add_argument("report", help="the new report.json")
@@ -144,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--allow-mismatch", action="store_true",
                        help="check reports run with different settings anyway (the differences are printed as a "
                             "warning); without it such a pair is refused with exit 2")
+    check.add_argument("--require-same-hardware", action="store_true",
+                       help="exit 2 when the baseline was made on another hardware class or with other torch "
+                            "threads (without it, their machine-bound figures are listed, not gated)")
     check.add_argument("--gate-memory", choices=("anon", "total"), default="anon",
                        help="which memory peaks to gate: anon (RssAnon: what the code allocates; total for a "
                             "report without it, with a note) or total (RSS with file-backed pages); default anon")
@@ -239,7 +245,8 @@ def dispatch(args: argparse.Namespace, console: Console) -> int:
         from rlbench.report.check import check_command
 
         return check_command(args.report, args.baseline, args.threshold, console,
-                             allow_mismatch=args.allow_mismatch, gate_memory=args.gate_memory)
+                             allow_mismatch=args.allow_mismatch, gate_memory=args.gate_memory,
+                             require_same_hardware=args.require_same_hardware)
     if args.command == "report":
         from rlbench.report.views import report_command
 

@@ -298,8 +298,9 @@ def merge_evals(results: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = "".join(r[key] for r in results)
         elif key == "eval/size":
             out[key] = float(n)
-        elif key.endswith("_stderr"):
-            out[key] = standard_error(sum(r[key[:-len("_stderr")]] * r["eval/size"] for r in results) / n, int(n))
+        elif key.endswith("_stderr_binomial"):
+            out[key] = standard_error(sum(r[key.removesuffix("_stderr_binomial")] * r["eval/size"] for r in results) / n,
+                                      int(n))
         else:
             out[key] = sum(r[key] * r["eval/size"] for r in results) / n
     return out

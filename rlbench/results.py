@@ -59,8 +59,11 @@ def new_results_dir(root: Path, name: str, field: str) -> Path:
 
 
 def reopen_results_dir(where: str) -> tuple[Path, dict[str, Any], Suite]:
-    """(results directory, its report, its suite.resolved.yaml) for `--resume`."""
-    from rlbench.report.schema import load_report
+    """(results directory, its report, its suite.resolved.yaml) for `--resume`. The report is read
+    like any other (load_report: an unreadable, non-UTF-8 or too deeply nested one is one line and
+    exit 2) and must be of the schema this rlbench writes: resuming an older report would mix two
+    schemas in one file."""
+    from rlbench.report.schema import SCHEMA_VERSION, load_report
 
     out_dir = Path(where)
     if out_dir.is_file():
@@ -69,6 +72,9 @@ def reopen_results_dir(where: str) -> tuple[Path, dict[str, Any], Suite]:
         raise UserError(f"--resume {where}: no report.json there; give a results directory such as "
                         "results/<suite>/<timestamp>")
     report = load_report(out_dir / "report.json")
+    if report.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"--resume {where}: the report was written by an older rlbench (schema "
+                        f"{report.get('schema_version')}, this one writes {SCHEMA_VERSION}); run the suite afresh")
     suite_file = out_dir / "suite.resolved.yaml"
     if not suite_file.is_file():
         raise UserError(f"--resume {where}: no suite.resolved.yaml beside the report")

@@ -53,11 +53,11 @@ from rlbench.process import (
     worker_command,
 )
 from rlbench.report.io import write_json_atomic
+from rlbench.report.schema import SCHEMA_VERSION
 from rlbench.results import new_results_dir, reopen_results_dir
 
-EVAL_VERSION = 2  # bump when evaluation changes what it returns for the same model and problems
+EVAL_VERSION = 3  # bump when evaluation changes what it returns for the same model and problems
 
-SCHEMA_VERSION = 1
 INTERRUPT_GRACE_S = 40.0  # after Ctrl-C, seconds a worker gets to write its partial result (torchrun gives ranks 30)
 RUN_STATUSES = ("ok", "failed", "oom", "interrupted", "timeout")
 
@@ -304,7 +304,7 @@ def starting_stderr(suite: Suite, before: dict[str, Any]) -> tuple[float, str]:
         clusters, by = problem_clusters(suite.task, load_problems(suite.task, "eval", suite.eval.size, 0))
         if len(clusters) == len(outcomes) and len(set(clusters)) > 1:
             return clustered_stderr([int(c) for c in outcomes], clusters)[0], f"clustered by {by}"
-    return before["eval/accuracy_stderr"], "binomial"
+    return before["eval/accuracy_stderr_binomial"], "binomial"
 
 
 def reward_model_warning(stats: dict[str, Any]) -> str | None:

@@ -2,7 +2,9 @@
 
 The fixtures are real reports of `rlbench run suites/ci.yaml` (see test_report_schema.py); a
 regression is made by changing one figure of a copy, the way a slower or larger build would.
-The suite's `check:` block gives memory 2%, throughput 100%, accuracy 0.01.
+The suite's `check:` block gives memory 2%, throughput 200%, accuracy 0.02. The base is ci_v2.json
+(schema 2: it names its hardware class, so a copy of it is from the same class and its times,
+peaks and accuracy are gated; see test_check_hardware.py for reports from other machines).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from rlbench.report.check import (
 from rlbench.report.schema import load_report
 
 REPORTS = Path(__file__).parent / "fixtures" / "reports"
+V2 = REPORTS / "ci_v2.json"  # suites/ci.yaml, budget.steps=1, eval.size=16, rollout.ignore_eos=true
 
 
 @pytest.fixture
 def base() -> dict:
-    return load_report(REPORTS / "ci_ok.json")
+    return load_report(V2)
 
 
 @pytest.fixture
@@ -47,21 +50,23 @@ def _metric(report: dict, run_id: str, name: str) -> dict:
 
 
 def _set_accuracy(report: dict, run_id: str, accuracy: float, n: int = 64) -> None:
+    """Accuracy on n problems, with its binomial standard error (the check recomputes the new side's)."""
     metric = _metric(report, run_id, "eval/accuracy")
     metric["value"], metric["stderr"] = accuracy, standard_error(accuracy, n)
+    _metric(report, run_id, "eval/size")["value"] = float(n)
 
 
 def test_thresholds_come_from_the_suite_check_block(thresholds: dict[str, Threshold]) -> None:
-    assert thresholds == {"memory": Threshold(0.02, True), "throughput": Threshold(1.0, True),
-                          "accuracy": Threshold(0.01, False)}
-    assert [str(thresholds[a]) for a in ("memory", "throughput", "accuracy")] == ["2%", "100%", "0.01"]
+    assert thresholds == {"memory": Threshold(0.02, True), "throughput": Threshold(2.0, True),
+                          "accuracy": Threshold(0.02, False)}
+    assert [str(thresholds[a]) for a in ("memory", "throughput", "accuracy")] == ["2%", "200%", "0.02"]
 
 
 def test_threshold_flags_override_the_suite(base: dict) -> None:
     limits = thresholds_for(base, ["memory:25%", "accuracy:0.05"])
     assert limits["memory"] == Threshold(0.25, True)
     assert limits["accuracy"] == Threshold(0.05, False)
-    assert limits["throughput"] == Threshold(1.0, True)
+    assert limits["throughput"] == Threshold(2.0, True)
 
 
 @pytest.mark.parametrize("text,message", [
@@ -92,22 +97,25 @@ def test_unchanged_report_passes(base: dict, thresholds: dict[str, Threshold]) -
     assert result.ok
     assert result.regressions == [] and result.improvements == []
     assert result.runs == ["grpo_zero/seed0", "ppo_rules/seed0"]
-    # grpo_zero: 2 roles x 5 memory figures + process peak; ppo_rules: 3 roles x 5 + process peak;
+    # grpo_zero: 2 roles x 5 static figures (weights, master, gradients, optimizer, total) + 2 role
+    # anonymous peaks + the process's (its rise is shown, not gated); ppo_rules: 3 x 5 + 3 + 1;
     # each: 6 throughput/* (completions, tokens, generated and trained tokens per s, FLOPs per s,
-    # MFU) + time/step_s, and eval/accuracy.
-    assert result.metrics_compared == (11 + 7 + 1) + (16 + 7 + 1)
+    # MFU) + time/step_s, eval/accuracy, and the 6 work counts fixed-length rollouts fix (steps,
+    # completions, prompts, generated and trained tokens, FLOPs).
+    assert result.metrics_compared == (10 + 3 + 7 + 1 + 6) + (15 + 4 + 7 + 1 + 6)
 
 
 def test_policy_peak_raised_20_percent_fails_and_names_metric_and_run(base: dict, thresholds) -> None:
     new = copy.deepcopy(base)
-    peak = _metric(new, "ppo_rules/seed0", "memory/policy/peak_bytes")
+    peak = _metric(new, "ppo_rules/seed0", "memory/policy/anon_peak_bytes")
     peak["value"] = int(peak["value"] * 1.2)  # +20% against a 2% threshold
     result = check_reports(new, base, thresholds)
     assert not result.ok
     [finding] = result.regressions
-    assert (finding.run, finding.metric, finding.threshold) == ("ppo_rules/seed0", "memory/policy/peak_bytes", "2%")
+    assert (finding.run, finding.metric, finding.threshold) == ("ppo_rules/seed0", "memory/policy/anon_peak_bytes",
+                                                                "2%")
     assert finding.relative_delta == pytest.approx(0.2, abs=1e-6)
-    assert "ppo_rules/seed0: memory/policy/peak_bytes" in finding.describe()
+    assert "ppo_rules/seed0: memory/policy/anon_peak_bytes" in finding.describe()
     assert result.improvements == []
 
 
@@ -121,7 +129,7 @@ def test_memory_rise_within_threshold_passes(base: dict, thresholds) -> None:
 def test_accuracy_fall_of_5_standard_errors_fails(base: dict, thresholds) -> None:
     # Baseline 40% on 64 problems: se = sqrt(0.4 * 0.6 / 64) = 0.0612. Five of them lower: 9.4%,
     # se = sqrt(0.094 * 0.906 / 64) = 0.0365; combined se = sqrt(0.0612^2 + 0.0365^2) = 0.0713.
-    # A fall of 0.306 is beyond both the 0.01 threshold and the combined se: a regression.
+    # A fall of 0.306 is beyond both the 0.02 threshold and the combined se: a regression.
     baseline, new = copy.deepcopy(base), copy.deepcopy(base)
     _set_accuracy(baseline, "grpo_zero/seed0", 0.40)
     _set_accuracy(new, "grpo_zero/seed0", 0.40 - 5 * standard_error(0.40, 64))
@@ -133,7 +141,7 @@ def test_accuracy_fall_of_5_standard_errors_fails(base: dict, thresholds) -> Non
 
 
 def test_accuracy_fall_within_the_combined_standard_error_passes(base: dict, thresholds) -> None:
-    # 40% -> 35% on 64 problems: a fall of 0.05 is beyond the 0.01 threshold, but the combined se is
+    # 40% -> 35% on 64 problems: a fall of 0.05 is beyond the 0.02 threshold, but the combined se is
     # sqrt(0.0612^2 + 0.0596^2) = 0.0855: noise, never a failure.
     baseline, new = copy.deepcopy(base), copy.deepcopy(base)
     _set_accuracy(baseline, "grpo_zero/seed0", 0.40)
@@ -143,12 +151,12 @@ def test_accuracy_fall_within_the_combined_standard_error_passes(base: dict, thr
 
 def test_every_regression_and_improvement_is_listed(base: dict, thresholds) -> None:
     new = copy.deepcopy(base)
-    # Relative thresholds are ratios of the worse value to the better one (throughput 100%: 2x).
-    _metric(new, "grpo_zero/seed0", "time/step_s")["value"] *= 2.5  # 2.5x as long > 2x: regression
+    # Relative thresholds are ratios of the worse value to the better one (throughput 200%: 3x).
+    _metric(new, "grpo_zero/seed0", "time/step_s")["value"] *= 3.5  # 3.5x as long > 3x: regression
     _metric(new, "ppo_rules/seed0", "throughput/gen_tokens_per_s")["value"] *= 0.3  # 3.3x lower: regression
     _metric(new, "ppo_rules/seed0", "memory/value/optimizer_bytes")["value"] //= 2  # 2x smaller > 2%: improvement
-    _metric(new, "ppo_rules/seed0", "throughput/completions_per_s")["value"] *= 1.9  # 1.9x < 2x: neither
-    _metric(new, "ppo_rules/seed0", "time/step_s")["value"] *= 0.55  # 1/0.55 = 1.82x faster < 2x: neither
+    _metric(new, "ppo_rules/seed0", "throughput/completions_per_s")["value"] *= 2.9  # 2.9x < 3x: neither
+    _metric(new, "ppo_rules/seed0", "time/step_s")["value"] *= 0.35  # 1/0.35 = 2.86x faster < 3x: neither
     _metric(new, "ppo_rules/seed0", "learning/entropy")["value"] *= 10  # no direction: never gated
     result = check_reports(new, base, thresholds)
     assert sorted((f.run, f.metric) for f in result.regressions) == [
@@ -219,25 +227,25 @@ def _console() -> Console:
 
 
 def test_check_command_exit_codes_and_output(tmp_path: Path) -> None:
-    report = json.loads((REPORTS / "ci_ok.json").read_text())
-    peak = _metric(report, "ppo_rules/seed0", "memory/policy/peak_bytes")
+    report = json.loads(V2.read_text())
+    peak = _metric(report, "ppo_rules/seed0", "memory/policy/anon_peak_bytes")
     peak["value"] = int(peak["value"] * 1.2)
     raised = tmp_path / "raised.json"
     raised.write_text(json.dumps(report))
 
     console = _console()
-    assert check_command(str(REPORTS / "ci_ok.json"), str(REPORTS / "ci_ok.json"), [], console) == 0
+    assert check_command(str(V2), str(V2), [], console) == 0
     assert "ok: no regression" in console.export_text()
 
     console = _console()
-    assert check_command(str(raised), str(REPORTS / "ci_ok.json"), [], console) == 1
+    assert check_command(str(raised), str(V2), [], console) == 1
     text = console.export_text()
-    assert "ppo_rules/seed0" in text and "memory/policy/peak_bytes" in text and "+20.0%" in text
+    assert "ppo_rules/seed0" in text and "memory/policy/anon_peak_bytes" in text and "+20.0%" in text
     assert "FAIL: 1 regression(s)" in text
 
     console = _console()
-    assert check_command(str(raised), str(REPORTS / "ci_ok.json"), ["memory:25%"], console) == 0
-    assert "thresholds: memory 25%, throughput 100%, accuracy 0.01" in console.export_text()
+    assert check_command(str(raised), str(V2), ["memory:25%"], console) == 0
+    assert "thresholds: memory 25%, throughput 200%, accuracy 0.02" in console.export_text()
 
 
 def test_cli_exits_2_on_unusable_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -264,7 +272,7 @@ def test_accuracy_within_noise_is_listed_with_its_noise_level(base: dict, thresh
 
 
 def test_check_command_prints_accuracy_within_noise(tmp_path: Path) -> None:
-    baseline, new = load_report(REPORTS / "ci_ok.json"), load_report(REPORTS / "ci_ok.json")
+    baseline, new = load_report(V2), load_report(V2)
     _set_accuracy(baseline, "grpo_zero/seed0", 0.40)
     _set_accuracy(new, "grpo_zero/seed0", 0.35)
     (tmp_path / "base.json").write_text(json.dumps(baseline))
@@ -276,7 +284,7 @@ def test_check_command_prints_accuracy_within_noise(tmp_path: Path) -> None:
     assert "within noise" in line and "combined standard error 0.0855" in line and "-5.0 pts" in line
 
 
-ANON = REPORTS / "ci_anon.json"  # suites/ci.yaml with budget.steps=1, eval.size=16: has anonymous figures
+ANON = V2  # has anonymous figures (and a hardware class, so its peaks are gated against a copy of itself)
 
 
 def _scaled(report: dict, run_id: str, name: str, factor: float) -> dict:
@@ -323,8 +331,8 @@ def test_anon_gate_ignores_a_total_rise_and_fails_an_anonymous_one() -> None:
 
 
 def test_a_baseline_without_anonymous_figures_falls_back_to_total_with_a_note() -> None:
-    # ci_ok.json was written before the anonymous figures existed (like results/baselines/ci-cpu.json).
-    new, base = load_report(ANON), load_report(REPORTS / "ci_ok.json")
+    # ci_ok.json was written before the anonymous figures existed (ci_anon.json, same schema, has them).
+    new, base = load_report(REPORTS / "ci_anon.json"), load_report(REPORTS / "ci_ok.json")
     result = check_reports(new, base, thresholds_for(base, []))
     assert result.memory_gates == {"grpo_zero/seed0": "total", "ppo_rules/seed0": "total"}
     assert "ppo_rules/seed0: no anonymous-memory figures in the baseline: memory peaks gated on total RSS " \

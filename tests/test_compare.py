@@ -1,11 +1,15 @@
 """`rlbench compare` on real reports: two runs of suites/ci.yaml, both runs ok (ci_ok.json) and with
 the first run's worker killed mid-run (ci_failed_run.json), and two runs of the three-run suite
 tests/fixtures/reports/three.yaml on the same code (three_a.json, three_b.json: learning and
-accuracy figures repeat exactly, memory and times do not)."""
+accuracy figures repeat exactly, memory and times do not). These are schema-1 reports, written
+before reports named their hardware class: `_same_machine` stamps copies with one class (they
+ran on one machine) where a test is about labels that need like hardware; test_check_hardware.py
+covers reports from different classes."""
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ from rich.console import Console
 
 from rlbench.cli import main
 from rlbench.errors import UserError
+from rlbench.report.changes import Pairing
 from rlbench.report.check import Threshold
 from rlbench.report.compare import (
     HEADLINE,
@@ -24,6 +29,7 @@ from rlbench.report.compare import (
     markdown_table,
     metric_label,
 )
+from rlbench.report.gate import problem_count
 from rlbench.report.schema import load_report
 
 REPORTS = Path(__file__).parent / "fixtures" / "reports"
@@ -31,6 +37,21 @@ OK, FAILED = str(REPORTS / "ci_ok.json"), str(REPORTS / "ci_failed_run.json")
 THREE_A, THREE_B = str(REPORTS / "three_a.json"), str(REPORTS / "three_b.json")
 MIB = 2**20
 THRESHOLDS = {"memory": Threshold(0.02, True), "throughput": Threshold(1.0, True), "accuracy": Threshold(0.02, False)}
+
+
+def _same_machine(report: dict) -> dict:
+    stamped = copy.deepcopy(report)
+    stamped["environment"]["hardware_class"] = "cpu-amd-epyc-avx2"
+    return stamped
+
+
+def _same_machine_files(tmp_path: Path, *paths: str) -> list[str]:
+    out = []
+    for i, path in enumerate(paths):
+        target = tmp_path / f"{i}_{Path(path).name}"
+        target.write_text(json.dumps(_same_machine(load_report(path))))
+        out.append(str(target))
+    return out
 
 
 def _console() -> Console:
@@ -94,9 +115,9 @@ def test_beyond_noise_uses_thresholds_and_standard_errors() -> None:
     assert not beyond_noise("eval/accuracy", None, None, THRESHOLDS)
 
 
-def test_default_output_fits_a_screen_with_every_run_and_headline() -> None:
+def test_default_output_fits_a_screen_with_every_run_and_headline(tmp_path: Path) -> None:
     console = _console()
-    assert compare_command([THREE_A, THREE_B], "table", console) == 0
+    assert compare_command(_same_machine_files(tmp_path, THREE_A, THREE_B), "table", console) == 0
     text = console.export_text()
     lines = text.splitlines()
     assert len(lines) <= 40, text
@@ -109,10 +130,17 @@ def test_default_output_fits_a_screen_with_every_run_and_headline() -> None:
     peak = next(line for line in lines if "process_peak" in line)
     assert "-0.2%" in peak and "↓ within threshold" in peak
     assert "metric rows changed beyond noise or threshold" in lines[-1] and "--all" in lines[-1]
+    # as written, neither report names its hardware: the same change is not comparable
+    console = _console()
+    assert compare_command([THREE_A, THREE_B], "table", console) == 0
+    text = console.export_text()
+    peak = next(line for line in text.splitlines() if "process_peak" in line)
+    assert "-0.2%" in peak and "↓ not comparable" in peak
+    assert "ran on other hardware than the base (the baseline and the new report record no hardware class" in text
 
 
 def test_changed_shows_exactly_the_rows_beyond_noise() -> None:
-    reports = [load_report(THREE_A), load_report(THREE_B)]
+    reports = [_same_machine(load_report(THREE_A)), _same_machine(load_report(THREE_B))]
     thresholds = {"memory": Threshold(0.05, True), "throughput": Threshold(0.10, True),
                   "accuracy": Threshold(0.02, False)}  # three.yaml has no check: block: CheckConfig's defaults
     changed = compare_reports(reports, ["a", "b"], Selection(changed=True))
@@ -123,8 +151,9 @@ def test_changed_shows_exactly_the_rows_beyond_noise() -> None:
     keyed = {r["id"]: r for r in reports[0]["runs"]}, {r["id"]: r for r in reports[1]["runs"]}
     expected = set()
     for run_id, base_run in keyed[0].items():
+        pairing = Pairing(problem_count(base_run, reports[0]["suite"]), True, reports[1], reports[0])
         for name, metric in base_run["metrics"].items():
-            if beyond_noise(name, metric, keyed[1][run_id]["metrics"].get(name), thresholds):
+            if beyond_noise(name, metric, keyed[1][run_id]["metrics"].get(name), thresholds, pairing):
                 expected.add((run_id, metric_label(name)))
     assert set(shown) == expected and expected  # times moved beyond 10% on this shared machine
     # the same code and seeds: no accuracy or learning figure changed

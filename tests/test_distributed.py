@@ -220,13 +220,13 @@ def test_distributed_checks_name_each_unsupported_combination():
 def test_evaluations_of_slices_merge_into_one():
     from rlbench.distributed import merge_evals
 
-    a = {"eval/accuracy": 0.5, "eval/accuracy_stderr": 0.25, "eval/completion_length": 10.0, "eval/size": 4.0,
+    a = {"eval/accuracy": 0.5, "eval/accuracy_stderr_binomial": 0.25, "eval/completion_length": 10.0, "eval/size": 4.0,
          "eval/outcomes": "1010"}
-    b = {"eval/accuracy": 0.25, "eval/accuracy_stderr": 0.2, "eval/completion_length": 4.0, "eval/size": 12.0,
+    b = {"eval/accuracy": 0.25, "eval/accuracy_stderr_binomial": 0.2, "eval/completion_length": 4.0, "eval/size": 12.0,
          "eval/outcomes": "000000000111"}
     merged = merge_evals([a, b, {}])  # a rank with no problems scores nothing
     assert merged["eval/outcomes"] == "1010000000000111"  # rank 0's slice first: the problems' order
     # 2 + 3 correct of 16; lengths (40 + 48) / 16; stderr sqrt(p (1 - p) / 16) on the merged p.
     assert merged["eval/accuracy"] == pytest.approx(5 / 16) and merged["eval/size"] == 16
     assert merged["eval/completion_length"] == pytest.approx(5.5)
-    assert merged["eval/accuracy_stderr"] == pytest.approx(((5 / 16) * (11 / 16) / 16) ** 0.5)
+    assert merged["eval/accuracy_stderr_binomial"] == pytest.approx(((5 / 16) * (11 / 16) / 16) ** 0.5)

@@ -83,7 +83,7 @@ def test_throughput_accuracy_and_steps(tiny_report):
     assert tp["time/generate_s"] > 0 and tp["time/update_s"] > 0 and tp["throughput/gen_tokens_per_s"] > 0
     assert 0 < tp["throughput/mfu"] < 1
     acc = run["accuracy"]
-    assert acc["before"]["eval/size"] == 16 and "eval/accuracy_stderr" in acc["after"]
+    assert acc["before"]["eval/size"] == 16 and "eval/accuracy_stderr_binomial" in acc["after"]
     assert acc["delta"] == pytest.approx(acc["after"]["eval/accuracy"] - acc["before"]["eval/accuracy"])
     assert run["metrics"]["eval/accuracy"]["higher_is_better"] is True
     outcomes, paired = acc["outcomes"], acc["paired"]  # per-problem verdicts and the paired test

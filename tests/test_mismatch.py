@@ -75,7 +75,7 @@ def test_dtype_precision_seeds_and_a_filled_block_against_null_differ() -> None:
 
 
 def test_a_setting_recorded_on_one_side_only_is_not_a_difference() -> None:
-    # results/baselines/ci-cpu.json records distributed and run_timeout_s; ci_ok.json predates them.
+    # newer reports record distributed and budget.flops; ci_ok.json predates them.
     base = load_report(REPORTS / "ci_ok.json")
     new = copy.deepcopy(base)
     new["suite"]["distributed"] = None

@@ -146,7 +146,7 @@ def test_the_starting_accuracy_line_uses_the_tables_standard_error():
     suite = load_suite(Path(__file__).parent / "data" / "tiny.yaml")
     problems = load_problems(suite.task, "eval", suite.eval.size, 0)
     outcomes = "1100101001110010"[:len(problems)]
-    before = {"eval/accuracy": outcomes.count("1") / len(outcomes), "eval/accuracy_stderr": 0.125,
+    before = {"eval/accuracy": outcomes.count("1") / len(outcomes), "eval/accuracy_stderr_binomial": 0.125,
               "eval/outcomes": outcomes}
     clusters, by = problem_clusters(suite.task, problems)
     se, how = starting_stderr(suite, before)

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from rlbench.errors import UserError
-from rlbench.report.schema import load_report, schema, schema_errors, validate_report
+from rlbench.report import schema as schema_module
+from rlbench.report.schema import (
+    SCHEMA_VERSION,
+    SCHEMA_VERSIONS,
+    load_report,
+    schema,
+    schema_errors,
+    validate_report,
+)
 
 REPORTS = Path(__file__).parent / "fixtures" / "reports"
 
@@ -21,6 +29,7 @@ def test_real_report_is_valid() -> None:
     assert schema_errors(report) == []
     assert [r["status"] for r in report["runs"]] == ["ok", "ok"]
     assert report["schema_version"] == 1
+    assert load_report(REPORTS / "ci_v2.json")["schema_version"] == 2
 
 
 def test_anonymous_memory_figures_are_valid_and_consistent() -> None:
@@ -72,17 +81,53 @@ def test_every_key_is_documented() -> None:
     assert len(list(_walk(schema(), ""))) > 100  # the walk reached the nested definitions
 
 
-def test_schema_version_is_one() -> None:
-    assert schema()["properties"]["schema_version"]["const"] == 1
+def test_rlbench_writes_schema_2_and_reads_1_and_2() -> None:
+    assert SCHEMA_VERSION == 2 and SCHEMA_VERSIONS == (1, 2)
+    assert schema()["properties"]["schema_version"]["enum"] == [1, 2]
+    assert "CHANGELOG" in schema_module.__doc__ and "eval/accuracy_stderr -> eval/accuracy_stderr_binomial" in \
+        " ".join(schema_module.__doc__.split())
 
 
 def test_other_schema_version_is_refused(tmp_path: Path) -> None:
     report = json.loads((REPORTS / "ci_ok.json").read_text())
-    report["schema_version"] = 2
+    report["schema_version"] = 3
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
-    with pytest.raises(UserError, match="schema_version 2 is not the supported 1"):
+    with pytest.raises(UserError, match=r"schema_version 3 is not one this rlbench reads \(1, 2\)"):
         load_report(path)
+
+
+def test_a_schema_1_report_is_read_with_todays_key_names() -> None:
+    raw = json.loads((REPORTS / "ci_ok.json").read_text())
+    assert "eval/accuracy_stderr" in raw["runs"][0]["accuracy"]["before"]
+    report = load_report(REPORTS / "ci_ok.json")
+    assert report["schema_version"] == 1  # as written: check and compare know which keys it could have
+    before = report["runs"][0]["accuracy"]["before"]
+    assert before["eval/accuracy_stderr_binomial"] == raw["runs"][0]["accuracy"]["before"]["eval/accuracy_stderr"]
+    assert "eval/accuracy_stderr" not in before
+    assert all("eval/accuracy_stderr" not in e for e in report["runs"][0]["evals"])
+
+
+def test_schema_2_keeps_one_meaning_per_key() -> None:
+    report = load_report(REPORTS / "ci_v2.json")
+    run = report["runs"][0]
+    before = run["accuracy"]["before"]
+    assert "eval/accuracy_stderr" not in before and "eval/accuracy_stderr_binomial" in before
+    # the binomial error, sqrt(p(1-p)/n), where it says binomial
+    p, n = before["eval/accuracy"], before["eval/size"]
+    assert before["eval/accuracy_stderr_binomial"] == pytest.approx((p * (1 - p) / n) ** 0.5, rel=1e-12)
+    # the metric's error says which it is: clustered where the per-problem outcomes were kept
+    metric = run["metrics"]["eval/accuracy"]
+    assert metric["stderr_kind"] == f"clustered by {run['accuracy']['paired']['cluster_by']}"
+    assert metric["stderr"] == run["accuracy"]["paired"]["after_stderr"]
+
+
+def test_a_schema_2_report_must_carry_the_fingerprint(tmp_path: Path) -> None:
+    report = json.loads((REPORTS / "ci_v2.json").read_text())
+    del report["environment"]["hardware_class"]
+    assert any("'hardware_class' is a required property" in e for e in schema_errors(report))
+    report["schema_version"] = 1  # a schema-1 report never had it
+    assert not any("hardware_class" in e for e in schema_errors(report))
 
 
 def test_mismatch_names_the_field(tmp_path: Path) -> None:
@@ -114,3 +159,12 @@ def test_validate_report_accepts_what_the_runner_writes_before_any_run() -> None
     report["runs"] = [{k: r[k] for k in ("id", "algorithm", "label", "seed", "algorithm_index")} | {"status": "pending"}
                       for r in report["runs"]]
     validate_report(report)
+
+
+def test_resume_refuses_a_report_of_an_older_schema(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rlbench.cli import main
+
+    (tmp_path / "report.json").write_text((REPORTS / "ci_ok.json").read_text())
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "written by an older rlbench (schema 1, this one writes 2); run the suite afresh" in line

@@ -22,7 +22,7 @@ standard_error = binomial_stderr  # of a proportion over independent problems
 
 def evaluate(engine: RolloutEngine, tokenizer, problems: list[Problem], max_new_tokens: int,
              batch_size: int = 256, k: int = 1, temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
-    """Score `problems`: `eval/accuracy` (greedy pass@1) with `eval/accuracy_stderr` (binomial) and
+    """Score `problems`: `eval/accuracy` (greedy pass@1) with `eval/accuracy_stderr_binomial` and
     `eval/outcomes`, and with k > 1 `eval/pass@k` and `eval/maj@k` from k samples at
     `temperature`; also format and length figures."""
     greedy = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
@@ -40,7 +40,7 @@ def evaluate(engine: RolloutEngine, tokenizer, problems: list[Problem], max_new_
     accuracy = sum(correct) / n
     metrics = {
         "eval/accuracy": accuracy,
-        "eval/accuracy_stderr": standard_error(accuracy, n),
+        "eval/accuracy_stderr_binomial": standard_error(accuracy, n),
         "eval/format_rate": sum(formatted) / n,
         "eval/completion_length": sum(lengths) / n,
         "eval/truncation_rate": sum(truncated) / n,
@@ -67,8 +67,8 @@ def _sampled_metrics(engine: RolloutEngine, tokenizer, problems: list[Problem], 
             majority_correct += bool(votes) and answers_match(votes.most_common(1)[0][0], problem.answer)
     n = len(problems)
     pass_k, maj_k = any_correct / n, majority_correct / n
-    return {f"eval/pass@{k}": pass_k, f"eval/pass@{k}_stderr": standard_error(pass_k, n),
-            f"eval/maj@{k}": maj_k, f"eval/maj@{k}_stderr": standard_error(maj_k, n)}
+    return {f"eval/pass@{k}": pass_k, f"eval/pass@{k}_stderr_binomial": standard_error(pass_k, n),
+            f"eval/maj@{k}": maj_k, f"eval/maj@{k}_stderr_binomial": standard_error(maj_k, n)}
 
 
 def evaluate_suite(engine: RolloutEngine, tokenizer, problems: list[Problem], suite, seed: int = 0) -> dict[str, Any]:

@@ -23,17 +23,27 @@ sequence of T real tokens (prompt + completion, padding excluded) as T tokens ea
 T positions, each role with its own shape (`flop_shape`): a forward for generation, the reward
 model's score, the reference's and the value model's estimates; a trained pass for each
 optimisation pass of the policy and the value model. Integer arithmetic throughout: the count is
-exact and the same on every machine.
+exact and the same on every machine. It is per sequence: a group's shared prompt is counted once
+for each of its completions, although rlbench computes it once per group (prefill, and the packed
+log-prob passes), so MFU can pass 1 where the kernels run close to their peak: a bf16-mixed step
+on an AVX2 CPU (no bf16 units: nearly all its time is bf16 matmul) read 1.06 on the AMD EPYC machine,
+with about 2.6 GFLOP counted against 0.85 GFLOP of matmuls executed per step (torch.profiler).
 
-Peaks: `gpu_peak_flops` looks the device up in a table of datasheet figures (dense, no
-sparsity); `cpu_peak_flops` measures a large fp32 matmul once per machine and caches the result.
+Peaks, per compute dtype (MFU divides by the peak of the dtype the matmuls run in: bf16 under
+bf16-mixed, where an AMX CPU's bf16 peak is about 7x its fp32 one and an AVX2 CPU's is far below
+it): `gpu_peak_flops` looks a GPU up in a table of datasheet figures (dense, no sparsity);
+`cpu_peak_flops` measures a matmul in the dtype once per machine and caches it; `peak_flops` picks
+one and says which (value, dtype, measured or datasheet: the report's `mfu_peak`).
+`cpu_read_bandwidth` measures the memory read bandwidth once and caches it beside the peaks (the
+floor of a phase that streams its weights). The cache key is the CPU's identity (model, vendor,
+ISA features, torch's kernels and threads, `cpu_identity`): a cache copied to another machine never
+lends it this one's figures.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import tempfile
 import time
@@ -43,7 +53,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-CPU_PEAK_CACHE_FILE = "cpu_peak_flops.json"
+from rlbench.environment import cpu_model_name
+
+CPU_PEAK_CACHE_FILE = "cpu_peaks.json"  # peak FLOP/s per dtype and read bandwidth, per CPU identity
 
 
 def model_flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: float, training: bool) -> float:
@@ -110,64 +122,124 @@ def mfu(flops: float, seconds: float, peak_flops: float) -> float:
 
 # ----------------------------------------------------------------------------------------- CPU
 
-
-def cpu_model_name() -> str:
-    """The CPU's model name ("model name" in /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+CPU_DTYPES = ("fp32", "bf16", "fp16")
 
 
-def measure_matmul_flops(n: int = 2048, reps: int = 3) -> float:
-    """FLOP/s of the fastest of `reps` fp32 n x n matmuls (2n^3 FLOPs each), after one warm-up."""
+def cpu_identity() -> str:
+    """What a cached CPU measurement belongs to: the CPU (model, vendor, ISA features), the kernels
+    torch uses on it (capability, ISA limits), the torch build and its threads. A cache copied to
+    another machine, or read under other threads or kernels, measures afresh."""
     import torch
 
-    a = torch.randn(n, n, dtype=torch.float32)
-    b = torch.randn(n, n, dtype=torch.float32)
-    torch.mm(a, b)  # warm-up: thread pool start, first-touch of the output
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
+    from rlbench.environment import cpu_capability, cpu_features, cpu_vendor, numeric_env
+
+    limits = ",".join(f"{k}={v}" for k, v in numeric_env().items() if v is not None and "THREADS" not in k)
+    return (f"{cpu_model_name()} | {cpu_vendor()} | {'+'.join(cpu_features()) or 'no listed features'} | "
+            f"capability {cpu_capability()}{' ' + limits if limits else ''} | torch {torch.__version__} | "
+            f"threads {torch.get_num_threads()}")
+
+
+def measure_matmul_flops(dtype: str = "fp32", max_n: int = 2048, reps: int = 3, min_seconds: float = 0.2,
+                         min_total_seconds: float = 1.0) -> float:
+    """FLOP/s of the fastest n x n matmul in `dtype` (2n^3 FLOPs each) of at least `reps` timed calls
+    per layout, after one warm-up call each, and more (up to 50) until min_total_seconds have passed:
+    on a shared machine the best of many calls is the one least slowed by other processes, and a
+    peak measured low would let a run's MFU pass 1.
+
+    Two layouts, as a model computes them: `a @ b` (torch.mm) and `x @ w.T` (F.linear, weights
+    stored transposed), which torch sends to different kernels: on an AVX2 CPU without bf16 units
+    the bf16 linear ran 3-7x faster than the bf16 mm (measured under load, 2 cores). The peak is
+    the best of both, so no run's model FLOP/s can pass it for a layout it was not measured in.
+    n starts at 256 and doubles up to max_n while a call takes under min_seconds: large enough for
+    the kernels' steady rate, small enough that a dtype this CPU has no units for (bf16 on AVX2:
+    tens of times slower than fp32) is measured in seconds, not minutes.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    layouts = [torch.mm, F.linear]
+    n = min(256, max_n)
+    while True:
+        a = torch.randn(n, n).to(torch_dtype)
+        b = torch.randn(n, n).to(torch_dtype)
+        seconds = {}
+        for layout in layouts:
+            layout(a, b)  # warm-up: thread pool start, first-touch of the output, kernel selection
+            start = time.perf_counter()
+            layout(a, b)
+            seconds[layout] = time.perf_counter() - start
+        best = min(seconds.values())
+        layouts = [f for f in layouts if seconds[f] < 3 * best]  # a layout 3x slower is not the peak's
+        if n >= max_n or best >= min_seconds:
+            break
+        n *= 2
+    began, calls = time.perf_counter(), 0
+    while calls < reps or (time.perf_counter() - began < min_total_seconds and calls < 50):
+        calls += 1
+        for layout in layouts:
+            start = time.perf_counter()
+            layout(a, b)
+            best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
 
-def cpu_peak_flops(cache_dir: str | os.PathLike[str], n: int = 2048, reps: int = 3) -> float:
-    """Peak fp32 FLOP/s of this CPU, measured once with a matmul and cached in cache_dir.
-
-    The cache (cpu_peak_flops.json) is keyed by CPU model, torch threads, torch version and matrix
-    size, so a different machine, thread count or BLAS measures again. On a shared machine the
-    figure drops while other processes run; best-of-reps limits that.
-    """
+def measure_read_bandwidth(nbytes: int = 2**30, reps: int = 3) -> float:
+    """Bytes per second read by the fastest of `reps` sums over an fp32 tensor of `nbytes` (with
+    torch's threads), after one warm-up. 1 GiB is larger than any CPU's last-level cache."""
     import torch
 
-    key = f"{cpu_model_name()} | threads {torch.get_num_threads()} | torch {torch.__version__} | fp32 matmul {n}"
+    x = torch.ones(max(nbytes // 4, 1), dtype=torch.float32)  # ones: the pages are written, so resident
+    x.sum()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best
+
+
+def _cached(cache_dir: str | os.PathLike[str], key: str, measure: Any, **details: Any) -> float:
+    """The value cached under `key` in cache_dir/CPU_PEAK_CACHE_FILE, else `measure()` stored there
+    (atomically: a reader never sees half a file)."""
     path = Path(cache_dir) / CPU_PEAK_CACHE_FILE
     try:
         cache = json.loads(path.read_text())
-    except (OSError, ValueError):
+        assert isinstance(cache, dict)
+    except (OSError, ValueError, AssertionError):
         cache = {}
-    if key in cache:
-        return float(cache[key]["flops_per_s"])
-    flops_per_s = measure_matmul_flops(n, reps)
-    cache[key] = {
-        "flops_per_s": flops_per_s,
-        "matmul_size": n,
-        "reps": reps,
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    entry = cache.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("value"), (int, float)) and entry["value"] > 0:
+        return float(entry["value"])
+    value = float(measure())
+    cache[key] = {"value": value, **details,
+                  "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
         json.dump(cache, tmp, indent=2)
-    os.replace(tmp.name, path)  # atomic: a reader never sees half a file
-    return flops_per_s
+    os.replace(tmp.name, path)
+    return value
+
+
+def cpu_peak_flops(cache_dir: str | os.PathLike[str], dtype: str = "fp32", max_n: int = 2048, reps: int = 3) -> float:
+    """Peak FLOP/s of this CPU in `dtype` (fp32, bf16, fp16), measured once with a matmul
+    (measure_matmul_flops) and cached in cache_dir under cpu_identity(), the dtype and max_n.
+
+    On a shared machine the figure drops while other processes run; best-of-reps limits that.
+    """
+    assert dtype in CPU_DTYPES, f"dtype {dtype!r}: expected one of {CPU_DTYPES}"
+    key = f"{cpu_identity()} | {dtype} mm and linear up to {max_n}"
+    return _cached(cache_dir, key, lambda: measure_matmul_flops(dtype, max_n, reps), kind="peak_flops_per_s",
+                   dtype=dtype, max_n=max_n, reps=reps)
+
+
+def cpu_read_bandwidth(cache_dir: str | os.PathLike[str], nbytes: int = 2**30, reps: int = 3) -> float:
+    """This machine's memory read bandwidth in bytes per second (measure_read_bandwidth), measured
+    once and cached beside the peaks, under cpu_identity() and the size read: the floor of a phase
+    that streams its weights (decode) is its bytes over this figure."""
+    key = f"{cpu_identity()} | read {nbytes} bytes"
+    return _cached(cache_dir, key, lambda: measure_read_bandwidth(nbytes, reps), kind="read_bytes_per_s",
+                   nbytes=nbytes, reps=reps)
 
 
 # ----------------------------------------------------------------------------------------- GPU
@@ -243,9 +315,41 @@ def gpu_peak_flops(device_name: str, dtype: Any) -> float | None:
     cores; pass "tf32" when fp32 matmuls use TF32 (torch.backends.cuda.matmul.allow_tf32, or
     torch.set_float32_matmul_precision("high")).
     """
-    key = _DTYPE_ALIASES.get(str(dtype).lower())
-    assert key is not None, (
-        f"unknown dtype {dtype!r}; expected one of bf16, fp16, fp32, tf32 or a torch dtype"
-    )
     chip = gpu_chip(device_name)
-    return None if chip is None else GPU_PEAK_FLOPS[chip].get(key)
+    return None if chip is None else GPU_PEAK_FLOPS[chip].get(dtype_key(dtype))
+
+
+def dtype_key(dtype: Any) -> str:
+    """'bf16', 'fp16', 'fp32' or 'tf32' for a torch dtype or one of their names."""
+    key = _DTYPE_ALIASES.get(str(dtype).lower())
+    assert key is not None, f"unknown dtype {dtype!r}; expected one of bf16, fp16, fp32, tf32 or a torch dtype"
+    return key
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The peak FLOP/s MFU divides by, and where it came from (recorded in the report: `mfu_peak`)."""
+
+    flops_per_s: float
+    dtype: str  # the compute dtype: bf16, fp16, fp32 or tf32
+    source: str  # "measured" (a CPU matmul, cached per machine) or "datasheet" (GPU_PEAK_FLOPS)
+    device: str  # the CPU model or GPU name
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"flops_per_s": self.flops_per_s, "dtype": self.dtype, "source": self.source, "device": self.device}
+
+
+def peak_flops(device: Any, dtype: Any, cache_dir: str | os.PathLike[str]) -> Peak | None:
+    """The peak of `device` (a torch.device or 'cpu'/'cuda') in compute dtype `dtype`: a CUDA GPU's
+    datasheet figure (None for a GPU or dtype not in the table), a CPU's measured and cached one
+    (tf32 is a GPU mode: on a CPU it is fp32)."""
+    import torch
+
+    device = torch.device(device)
+    key = dtype_key(dtype)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        value = gpu_peak_flops(name, key)
+        return None if value is None else Peak(value, key, "datasheet", name)
+    key = "fp32" if key == "tf32" else key
+    return Peak(cpu_peak_flops(cache_dir, key), key, "measured", cpu_model_name())

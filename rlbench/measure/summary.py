@@ -61,7 +61,8 @@ class Run(Protocol):
 def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
     roles = _roles(run)
     memory = _memory(run, probe, roles, result.get("baseline_bytes") or {})
-    throughput = _throughput(run)
+    peak = _peak_flops(run)
+    throughput = _throughput(run, peak)
     accuracy = _accuracy(result.get("evals") or [], run.suite.model.name, result.pop("paired_accuracy", None))
     learning = _learning(run.step_metrics)
     heldout, noise = heldout_witness(accuracy)
@@ -72,6 +73,7 @@ def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
         "memory": memory,
         "budget": run.budget.consumed(),
         "throughput": throughput,
+        **({"mfu_peak": peak.as_dict()} if peak and "throughput/mfu" in throughput else {}),
         "accuracy": accuracy,
         "learning": learning,
         "reward_hacking": hacking,
@@ -164,7 +166,7 @@ def _memory(run: Run, probe, roles: dict[str, Any], baseline: dict[str, int]) ->
     return out
 
 
-def _throughput(run: Run) -> dict[str, float]:
+def _throughput(run: Run, peak: Any = None) -> dict[str, float]:
     b, seconds = run.budget, run.phases.seconds
     rl_seconds = max(b.seconds, 1e-9)
     out = {f"time/{phase}_s": s for phase, s in seconds.items() if phase != "eval"}
@@ -182,9 +184,8 @@ def _throughput(run: Run) -> dict[str, float]:
     flops = _rl_flops(run)
     if flops and b.steps:
         out["throughput/model_flops_per_s"] = flops / rl_seconds
-        peak = _peak_flops(run)
         if peak:
-            out["throughput/mfu"] = flops / rl_seconds / peak
+            out["throughput/mfu"] = flops / rl_seconds / peak.flops_per_s
     return out
 
 
@@ -195,16 +196,17 @@ def _rl_flops(run: Run) -> float:
     return run.budget.flops
 
 
-def _peak_flops(run: Run) -> float | None:
-    import torch
-
+def _peak_flops(run: Run) -> Any:
+    """The peak of the policy's device in the dtype its matmuls run in (flops.peak_flops): bf16
+    under bf16-mixed autocast, else the parameters' dtype."""
     from rlbench.cache import cache_root
-    from rlbench.measure.flops import cpu_peak_flops, gpu_peak_flops
+    from rlbench.measure.flops import peak_flops
+    from rlbench.models.precision import compute_dtype
 
+    if not run.budget.steps:
+        return None
     device = next(run.policy.parameters()).device
-    if device.type == "cuda":
-        return gpu_peak_flops(torch.cuda.get_device_name(device), run.suite.model.dtype)
-    return cpu_peak_flops(cache_root())
+    return peak_flops(device, compute_dtype(run.suite.model) or run.suite.model.dtype, cache_root())
 
 
 def _accuracy(evals: list[dict[str, Any]], model_name: str = "", paired: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -221,7 +223,7 @@ def _accuracy(evals: list[dict[str, Any]], model_name: str = "", paired: dict[st
     out: dict[str, Any] = {"before": before, "after": after, "curve": evals}
     if len(evals) > 1:
         delta = after["eval/accuracy"] - before["eval/accuracy"]
-        noise = after["eval/accuracy_stderr"] + before["eval/accuracy_stderr"]
+        noise = after["eval/accuracy_stderr_binomial"] + before["eval/accuracy_stderr_binomial"]
         out.update(delta=delta, delta_stderr_sum=noise, significant=abs(delta) > noise)
         if paired:
             out.update(paired)
@@ -265,20 +267,25 @@ def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, An
     if "after" in accuracy:
         # standard errors clustered by the task's key where the per-problem outcomes were kept
         after, before, paired = accuracy["after"], accuracy["before"], accuracy.get("paired") or {}
+        by = f"clustered by {paired.get('cluster_by', 'problem')}"
         out["eval/accuracy"] = metric("eval/accuracy", after["eval/accuracy"],
-                                      _or(paired.get("after_stderr"), after["eval/accuracy_stderr"]))
+                                      **_or(paired.get("after_stderr"), by, after["eval/accuracy_stderr_binomial"], "binomial"))
         out["eval/accuracy_before"] = metric("eval/accuracy_before", before["eval/accuracy"],
-                                             _or(paired.get("before_stderr"), before["eval/accuracy_stderr"]))
+                                             **_or(paired.get("before_stderr"), by,
+                                                  before["eval/accuracy_stderr_binomial"], "binomial"))
         if "delta" in accuracy:
             out["eval/accuracy_delta"] = metric("eval/accuracy_delta", accuracy["delta"],
-                                                _or(paired.get("stderr"), accuracy["delta_stderr_sum"]))
+                                                **_or(paired.get("stderr"), by, accuracy["delta_stderr_sum"],
+                                                     "sum of the two binomial standard errors"))
         for key, value in after.items():
-            if key.startswith("eval/") and not key.endswith("_stderr") and key not in out and key != "eval/accuracy":
-                out[key] = metric(key, value, after.get(f"{key}_stderr"))
+            if key.startswith("eval/") and "_stderr" not in key and key not in out and key != "eval/accuracy":
+                se = after.get(f"{key}_stderr_binomial")
+                out[key] = metric(key, value, se, stderr_kind=None if se is None else "binomial")
     for name, value in learning.items():
         out[name] = metric(name, value)
     return out
 
 
-def _or(value: float | None, fallback: float) -> float:
-    return fallback if value is None else value
+def _or(value: float | None, kind: str, fallback: float, fallback_kind: str) -> dict[str, Any]:
+    """metric()'s stderr and stderr_kind: `value` where there is one, else the fallback."""
+    return {"stderr": fallback, "stderr_kind": fallback_kind} if value is None else {"stderr": value, "stderr_kind": kind}

@@ -14,7 +14,12 @@ change (rlbench.report.check.judge). Each run's heading carries its status in ev
 Above the tables, every setting a later report was run with that differs from the base's (model,
 task, budget, rollout, evaluation, seeds, algorithm params: rlbench/report/mismatch.py) is listed
 as a warning, and environment differences (library versions, CPU, GPU) as information; the
-comparison always proceeds.
+comparison always proceeds. Each report's machine is named (its fingerprint and hardware class,
+rlbench/report/machine.py); when a later report ran on other hardware than the base, a warning says
+so, and its times, throughput, memory peaks and accuracy are labelled "not comparable" (the label
+`rlbench check` gives them) rather than better or worse. A metric only one report has, because the
+other's schema predates it, is new: shown, not counted as a change. Reports holding impossible
+figures or units unlike the base's are refused (exit 2, rlbench/report/sanity.py).
 
 What is shown:
 - by default, the headline metrics (process peak, total and anonymous; step time, generated tokens/s, MFU, held-out
@@ -28,7 +33,6 @@ What is shown:
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,26 +42,30 @@ from rich.table import Table
 from rich.text import Text
 
 from rlbench.errors import UserError
-from rlbench.report.check import Threshold, format_value, judge, thresholds_for
+from rlbench.report.changes import (
+    Cell,
+    Pairing,
+    beyond_noise,
+    change_cells,
+    change_label,
+    metric_label,
+    value_text,
+)
 from rlbench.report.format import Markdown, markdown_table, md_text
+from rlbench.report.gate import gated, problem_count, thresholds_for
+from rlbench.report.machine import fingerprint_text, hardware_difference
 from rlbench.report.metrics import area
 from rlbench.report.mismatch import Difference, environment_differences, setting_differences
+from rlbench.report.sanity import require_same_units, require_usable
 from rlbench.report.seeds import print_seed_means
 
-__all__ = ["markdown_table"]  # re-exported: Markdown tables of literal text, shared with summary.md
+__all__ = ["Cell", "beyond_noise", "change_cells", "change_label", "markdown_table", "metric_label", "value_text"]
+# re-exported: the change labels (rlbench/report/changes.py) and Markdown tables, shared with summary.md
 
 AREA_TITLES = {"memory": "memory by role", "throughput": "throughput", "accuracy": "accuracy",
                "learning": "learning"}
 HEADLINE = ("memory/process_peak_bytes", "memory/process_anon_peak_bytes", "time/step_s", "throughput/gen_tokens_per_s", "throughput/mfu",
             "eval/accuracy")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """A table cell: its text (literal, never markup) and, for Rich, a style ('' for none)."""
-
-    text: str
-    style: str = ""
 
 
 @dataclass
@@ -106,11 +114,17 @@ class Comparison:
     rows_changed: int = 0  # of those, rows whose change exceeds noise or threshold
     settings: dict[str, list[Difference]] = field(default_factory=dict)  # report name -> settings unlike the base's
     environment: dict[str, list[Difference]] = field(default_factory=dict)  # report name -> environment differences
+    hardware: dict[str, str | None] = field(default_factory=dict)  # report name -> hardware_difference from the base
+    machines: list[str] = field(default_factory=list)  # each report's fingerprint_text, in order
 
     def mismatch_lines(self) -> list[tuple[str, str]]:
         """(line, 'warning' or 'information'): the settings each later report does not share with
         the base, then its environment differences; nothing when they all ran alike."""
         lines = []
+        for name, why in self.hardware.items():
+            if why:
+                lines.append((f"warning: {name} ran on other hardware than the base ({why}): its times, throughput, "
+                              "memory peaks and accuracy are not comparable", "warning"))
         for name, differences in self.settings.items():
             if differences:
                 lines.append((f"warning: {name} was run with settings unlike the base's ({len(differences)}): its "
@@ -121,80 +135,6 @@ class Comparison:
                 lines.append((f"environment of {name} differs from the base's (information):", "information"))
                 lines += [(f"  {d.describe('the base', name)}", "information") for d in differences]
         return lines
-
-
-def change_cells(base: dict[str, Any] | None, new: dict[str, Any] | None, noise: bool = False,
-                 label: str = "") -> list[Cell]:
-    """[absolute change, relative change, arrow] of one metric between two reports. `label`: the
-    change's label from `judge` (the one `check` gives): 'within noise' or 'within threshold' is
-    shown dim, neither better nor worse; `noise` without a label: the same, worded 'noise'."""
-    if base is None or new is None or base.get("value") is None or new.get("value") is None:
-        return [Cell("-"), Cell("-"), Cell("")]
-    delta = new["value"] - base["value"]
-    absolute = format_value(delta, base.get("unit", ""), signed=True)
-    relative = f"{delta / abs(base['value']):+.1%}" if base["value"] else "-"
-    if delta == 0:
-        return [Cell(absolute), Cell(relative), Cell("=")]
-    arrow = "↑" if delta > 0 else "↓"
-    if label.startswith("within") or (noise and not label):
-        return [Cell(absolute, "dim"), Cell(relative, "dim"), Cell(f"{arrow} {label or 'noise'}", "dim")]
-    higher = base.get("higher_is_better")
-    if higher is None:
-        return [Cell(absolute), Cell(relative), Cell(arrow)]
-    better = (delta > 0) == higher
-    return [Cell(absolute), Cell(relative), Cell(f"{arrow} {'better' if better else 'worse'}",
-                                                 "green" if better else "red")]
-
-
-def beyond_noise(name: str, base: dict[str, Any] | None, new: dict[str, Any] | None,
-                 thresholds: dict[str, Threshold]) -> bool:
-    """Whether a metric changed beyond noise: present on one side only, or a change larger than
-    the combined standard error and larger than the area's threshold (memory, throughput and
-    fraction-valued accuracy metrics; relative thresholds as ratios both ways, as `check` reads
-    them). Metrics of other areas (learning, losses, KL) have no threshold: seeded runs repeat
-    them exactly, so any change counts."""
-    base_value = None if base is None else base.get("value")
-    new_value = None if new is None else new.get("value")
-    if base_value is None or new_value is None:
-        return (base_value is None) != (new_value is None)
-    if math.isnan(base_value) or math.isnan(new_value):
-        return math.isnan(base_value) != math.isnan(new_value)
-    return change_label(name, base, new, thresholds) in ("worse", "better", "changed")
-
-
-def change_label(name: str, base: dict[str, Any] | None, new: dict[str, Any] | None,
-                 thresholds: dict[str, Threshold]) -> str:
-    """`judge`'s label for the change of metric `name` (what `check` says of a gated metric), with
-    the area's threshold (none for learning metrics and accuracy figures that are not fractions);
-    '' when a value is missing or not finite on either side."""
-    values = [None if m is None else m.get("value") for m in (base, new)]
-    if any(v is None or not math.isfinite(v) for v in values):
-        return ""
-    assert base is not None and new is not None
-    gate = area(name)
-    if gate == "accuracy" and base.get("unit") != "fraction":
-        gate = "learning"
-    return judge(base, new, thresholds.get(gate))
-
-
-def value_text(metric: dict[str, Any] | None) -> str:
-    if metric is None:
-        return "-"
-    text = format_value(metric.get("value"), metric.get("unit", ""))
-    stderr = metric.get("stderr")
-    if stderr and metric.get("unit") == "fraction":
-        text += f" ± {stderr:.1%}"
-    return text
-
-
-def metric_label(name: str) -> str:
-    """memory/policy/peak_bytes -> 'policy peak'; other names are shown as they are."""
-    parts = name.split("/")
-    if len(parts) == 3 and parts[0] == "memory":
-        return f"{parts[1]} {parts[2].removesuffix('_bytes')}"
-    if len(parts) == 2 and parts[0] == "memory":
-        return parts[1].removesuffix("_bytes")
-    return name
 
 
 def compare_reports(reports: list[dict[str, Any]], names: list[str], selection: Selection | None = None) -> Comparison:
@@ -215,6 +155,10 @@ def compare_reports(reports: list[dict[str, Any]], names: list[str], selection: 
             notes.append(f"{name}: has no {', '.join(missing)}")
         if extra:
             notes.append(f"{name}: {', '.join(extra)} not in the base report, not compared")
+    for name, report in zip(names, reports):
+        require_usable(report, name, gated)
+    for name, report in zip(names[1:], reports[1:]):
+        require_same_units(report, base, (name, names[0]))
     thresholds = thresholds_for(base, [])
     short = [f"[{i}]" for i in range(len(reports))]
     value_columns = [f"{short[0]} base"]
@@ -222,26 +166,31 @@ def compare_reports(reports: list[dict[str, Any]], names: list[str], selection: 
         value_columns += [s, f"Δ {s}", f"Δ% {s}", ""]
     titles = {"headline": "headline metrics"} if selection.headline else AREA_TITLES
     sections = {key: Section(title, value_columns) for key, title in titles.items()}
-    out = Comparison([], notes)
+    out = Comparison([], notes, machines=[fingerprint_text(r.get("environment") or {}) for r in reports])
     for i, report in enumerate(reports[1:], 1):
         out.settings[f"[{i}]"] = setting_differences(report, base)
         out.environment[f"[{i}]"] = environment_differences(report, base)
+        out.hardware[f"[{i}]"] = hardware_difference(report, base)
     for run in shared:
         runs = [keys.get((run["label"], run["seed"])) for keys in keyed]
         statuses = [_status_cell(r) for r in runs]
         status_changed = len({c.text for c in statuses}) > 1
         metric_sets = [(r or {}).get("metrics") or {} for r in runs]
+        problems = problem_count(run, base.get("suite") or {})
+        pairings = [Pairing(problems, out.hardware[f"[{i}]"] is None, report, base)
+                    for i, report in enumerate(reports[1:], 1)]
         blocks = {key: RunBlock(run["id"], statuses) for key in sections}
         for name in _ordered_names(metric_sets):
             base_metric = metric_sets[0].get(name)
-            beyond = [beyond_noise(name, base_metric, m.get(name), thresholds) for m in metric_sets[1:]]
+            beyond = [beyond_noise(name, base_metric, m.get(name), thresholds, p)
+                      for m, p in zip(metric_sets[1:], pairings)]
             out.rows_total += 1
             out.rows_changed += any(beyond)
             if not selection.wants(name) or (selection.changed and not any(beyond)):
                 continue
             row = [Cell(metric_label(name)), Cell(value_text(base_metric))]
-            for metrics, changed in zip(metric_sets[1:], beyond):
-                label = change_label(name, base_metric, metrics.get(name), thresholds)
+            for metrics, changed, pairing in zip(metric_sets[1:], beyond, pairings):
+                label = change_label(name, base_metric, metrics.get(name), thresholds, pairing)
                 row += [Cell(value_text(metrics.get(name))),
                         *change_cells(base_metric, metrics.get(name), not changed, label)]
             blocks["headline" if selection.headline else area(name)].rows.append(row)
@@ -305,8 +254,10 @@ def section_markdown(section: Section) -> str:
 
 
 def compare_markdown(comparison: Comparison, names: list[str], footer: str = "") -> str:
-    parts = ["# rlbench compare", "", *[Markdown(f"- \\[{i}\\] {md_text(name)}" + (" (base)" if i == 0 else ""))
-                                        for i, name in enumerate(names)]]
+    machines = comparison.machines or [""] * len(names)
+    parts = ["# rlbench compare", "", *[Markdown(f"- \\[{i}\\] {md_text(name)}" + (" (base)" if i == 0 else "")
+                                                 + (f": {md_text(machine)}" if machine else ""))
+                                        for i, (name, machine) in enumerate(zip(names, machines))]]
     mismatch = comparison.mismatch_lines()
     if mismatch:
         parts += ["", *[f"- {md_text(line.strip())}" if line.startswith("  ") else md_text(line)
@@ -349,6 +300,7 @@ def compare_command(paths: list[str], fmt: str, console: Console, selection: Sel
     for i, (name, report) in enumerate(zip(names, reports)):
         console.print(f"[{i}] {name}: suite {report['suite']['name']}, created {report['created']}"
                       + (" (base)" if i == 0 else ""), markup=False, highlight=False)
+        console.print(f"    {comparison.machines[i]}", markup=False, highlight=False, soft_wrap=True)
     for line, kind in comparison.mismatch_lines():
         console.print(line, style="yellow" if kind == "warning" else "dim", markup=False, highlight=False)
     for section in comparison.sections:

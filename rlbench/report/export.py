@@ -8,7 +8,7 @@ The source is a report directory: report.json and each run's steps.jsonl. Each r
 one logged run, named after its run id:
 - every numeric field of steps.jsonl as a scalar against the step (`reward/mean`, `kl/k1`,
   `time/generate_s`, ...; `completions` as `budget/completions`);
-- the held-out evaluations (`eval/accuracy`, `eval/accuracy_stderr`, ...) at the step they ran;
+- the held-out evaluations (`eval/accuracy`, `eval/accuracy_stderr_binomial`, ...) at the step they ran;
 - the run's configuration (suite, model, budget, rollout, the algorithm with its params, seed)
   as text and as hyper-parameters, and its final report metrics as `final/<metric>`.
 

@@ -34,6 +34,33 @@ def num(x: float | None, fmt: str = "{:,.2f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
+def format_value(value: float | None, unit: str, signed: bool = False) -> str:
+    """A metric's value for people: bytes in MiB, fractions in percent (points when `signed`, for a
+    change), seconds with 3 decimals, rates with a k/M/G prefix."""
+    if value is None:
+        return "-"
+    sign = "+" if signed else ""
+    if unit == "bytes":
+        return f"{value / 2**20:{sign},.1f} MiB"
+    if unit == "fraction":
+        return f"{value * 100:{sign}.1f} pts" if signed else f"{value:.1%}"
+    if unit == "s":
+        return f"{value:{sign}.3f} s"
+    if unit == "1/s":
+        for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= factor:
+                return f"{value / factor:{sign}.2f} {prefix}/s"
+        return f"{value:{sign}.1f}/s"
+    return f"{value:{sign}.4g}"
+
+
+def format_change(delta: float | None, relative: float | None, unit: str) -> str:
+    """'+2.0 MiB, +20.0%': a change in the metric's unit, then relative to the baseline where defined."""
+    if delta is None:
+        return "-"
+    return format_value(delta, unit, signed=True) + (f", {relative:+.1%}" if relative is not None else "")
+
+
 def _value(run: dict[str, Any], name: str) -> float | None:
     entry = (run.get("metrics") or {}).get(name)
     return None if entry is None else entry.get("value")
@@ -59,7 +86,7 @@ def accuracy_pm(accuracy: dict[str, Any], side: str) -> str:
     where the per-problem outcomes were kept (`accuracy.paired`), else binomial."""
     entry = accuracy.get(side) or {}
     se = (accuracy.get("paired") or {}).get(f"{side}_stderr")
-    return pct_pm(entry.get("eval/accuracy"), se if se is not None else entry.get("eval/accuracy_stderr"))
+    return pct_pm(entry.get("eval/accuracy"), se if se is not None else entry.get("eval/accuracy_stderr_binomial"))
 
 
 def delta_interval(accuracy: dict[str, Any]) -> str:

@@ -36,12 +36,16 @@ def direction(name: str) -> tuple[bool | None, str]:
     return DIRECTIONS[best] if best else (None, "")
 
 
-def metric(name: str, value: float | int | None, stderr: float | None = None, probe: str | None = None) -> dict[str, Any]:
-    """One report metric: its value with direction, unit and (where known) standard error and probe."""
+def metric(name: str, value: float | int | None, stderr: float | None = None, probe: str | None = None,
+           stderr_kind: str | None = None) -> dict[str, Any]:
+    """One report metric: its value with direction, unit and (where known) standard error, how that
+    error was computed ('binomial', 'clustered by arithmetic chain', ...) and probe."""
     higher, unit = direction(name)
     out: dict[str, Any] = {"value": value, "higher_is_better": higher, "unit": unit}
     if stderr is not None:
         out["stderr"] = stderr
+        if stderr_kind is not None:
+            out["stderr_kind"] = stderr_kind
     if probe is not None:
         out["probe"] = probe
     return out

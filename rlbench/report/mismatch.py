@@ -13,9 +13,11 @@ setting recorded in one report only (an older report written before the setting 
 a difference: nothing says what the older run used. The suite's name, description, output folder
 and `check:` block say nothing about the runs and are not compared.
 
-Environment differences (library versions, Python, CPU model and cores, torch threads, GPU, OS)
-move memory and speed figures too, but are expected between machines and over time: they are
-listed as information, never a reason to refuse.
+Environment differences (hardware class, library versions, Python, CPU model, features and
+kernels, threads, GPU, OS) move memory and speed figures too, but are expected between machines and
+over time: they are listed as information, never a reason to refuse. Which figures another
+hardware class makes incomparable is rlbench/report/machine.py's business (`check` lists those as
+not comparable).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ SUITE_SETTINGS = ("model", "task", "budget", "rollout", "eval", "seeds", "probe"
                   "threads", "distributed")
 """Top-level keys of a report's `suite` block that shape every run's figures."""
 
-ENVIRONMENT_KEYS = ("packages", "python", "os", "cpu", "cpu_cores", "torch_threads", "gpu")
+ENVIRONMENT_KEYS = ("hardware_class", "packages", "python", "os", "cpu", "cpu_vendor", "cpu_features", "cpu_capability",
+                    "math_libraries", "numeric_env", "cpu_cores", "torch_threads", "ram_bytes", "gpu")
 """Keys of a report's `environment` block listed when they differ (not git or hostname)."""
 
 

@@ -329,7 +329,7 @@ def _eval_points(ax: Any, run: dict[str, Any], steps: list[dict[str, Any]], xs: 
     else:  # the budget consumed at the evaluation's step (0 before the first)
         at = {float(s["step"]): v for s, v in zip(steps, xs)}
         x = [at.get(float(e["step"]), 0.0) for e in points]
-    ax.errorbar(x, [e["eval/accuracy"] for e in points], yerr=[e.get("eval/accuracy_stderr", 0.0) for e in points],
+    ax.errorbar(x, [e["eval/accuracy"] for e in points], yerr=[e.get("eval/accuracy_stderr_binomial", 0.0) for e in points],
                 color=colour, marker="o", markersize=4, capsize=3, linewidth=1.4)
 
 

@@ -26,6 +26,7 @@ from rlbench.report.format import (
     stderr_note,
     warning_lines,
 )
+from rlbench.report.machine import fingerprint_text, peak_text
 from rlbench.report.seeds import seed_markdown
 
 
@@ -42,6 +43,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
     lines += [f"- created {md_text(report.get('created'))}, status {md_text(report.get('status'))}",
               f"- device: {md_text(gpu or env.get('cpu'))} ({md_text(env.get('cpu_cores'))} CPU cores); "
               f"memory probe {md_text(probe)}",
+              f"- machine: {md_text(fingerprint_text(env))}",
               f"- git {md_text(git.get('commit') or 'unknown')}" + (" (dirty)" if git.get("dirty") else ""),
               f"- budget: {md_text(_budget_text(suite.get('budget') or {}))}", "", "## runs", ""]
     rows = []
@@ -126,9 +128,11 @@ def throughput_section(report: dict[str, Any]) -> list[str]:
                      num(None if mfu is None else mfu * 100, "{:.1f}")])
     table = markdown_table(["run", "step s", *[f"{p} s" for p in phases], "gen tok/s", "trained tok/s",
                             "completions/s", "MFU %"], rows)
+    peaks = sorted({text for text in map(peak_text, report["runs"]) if text})
     return ["## time and throughput", "", table, "",
             "Phase columns: seconds spent in each phase over the whole run (every step); step s: mean "
-            "seconds per RL step; MFU: model FLOPs per second over the device's measured peak."]
+            "seconds per RL step; MFU: model FLOPs per second over the device's peak in the compute dtype"
+            + (f" ({md_text('; '.join(peaks))})." if peaks else ".")]
 
 
 def _budget_text(budget: dict[str, Any]) -> str:
