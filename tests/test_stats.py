@@ -62,6 +62,12 @@ def test_t_quantile_is_exact_up_to_1000_degrees_of_freedom(df, quantiles):
         assert t_quantile(q, df) == pytest.approx(exact, rel=1e-11, abs=0), (q, df)
 
 
+def test_t_quantile_below_one():
+    # q = 0.6: quantiles under 1 (df 1: tan(0.1 pi) = 0.3249197), from the same mpmath root
+    for df, exact in ((1, 0.3249196962329063), (3, 0.2766706623326899), (30, 0.2556053649519128)):
+        assert t_quantile(0.6, df) == pytest.approx(exact, rel=1e-11, abs=0), df
+
+
 def test_t_quantile_expansion_error_is_its_next_term():
     # Beyond 1000 degrees of freedom the Cornish-Fisher expansion stops at the 1/df^2 term; what it
     # leaves is the 1/df^3 term (3z^7 + 19z^5 + 17z^3 - 15z) / (384 df^3): at q 0.975 (z = 1.959964)
@@ -75,6 +81,16 @@ def test_t_quantile_rejects_what_it_cannot_answer():
     for q, df in ((0.5, 3), (1.0, 3), (0.975, 0)):
         with pytest.raises(AssertionError, match="0.5 < q < 1 and df >= 1"):
             t_quantile(q, df)
+
+
+def test_clustered_stderr_and_binomial_stderr_of_almost_nothing():
+    se, g = clustered_stderr([], [])
+    assert math.isnan(se) and g == 0  # no values: no clusters
+    se, g = clustered_stderr([1.0], ["a"])
+    assert math.isnan(se) and g == 1  # one value: one cluster, no spread
+    assert binomial_stderr(0.5, 0) == 0.0  # no problems: 0, not a division by zero
+    assert binomial_stderr(0.5, 1) == 0.5  # sqrt(0.25 / 1)
+    assert binomial_stderr(1.0, 9) == 0.0 and binomial_stderr(0.1, 1) == pytest.approx(0.3)  # sqrt(0.09)
 
 
 def test_clustered_stderr_larger_than_binomial_when_clusters_agree():
@@ -108,6 +124,14 @@ def test_paired_delta_by_hand():
     assert out["p_value"] == pytest.approx(1.0)  # b=2, c=1
 
 
+def test_paired_delta_with_two_clusters_has_an_interval():
+    # before 0,1,0,1 and after 1,1,0,0 in clusters a,a,b,b: differences 1,0,0,-1, delta 0;
+    # cluster sums +1 and -1, SE^2 = 2/1 x 2 / 16 = 0.25 -> SE 0.5; t(0.975, 1) = 12.7062047
+    out = paired_delta([0, 1, 0, 1], [1, 1, 0, 0], ["a", "a", "b", "b"])
+    assert out["clusters"] == 2 and out["delta"] == 0.0 and out["stderr"] == pytest.approx(0.5)
+    assert out["ci95"] == pytest.approx([-6.35310237, 6.35310237], abs=1e-7)
+
+
 def test_paired_delta_agrees_with_mcnemar_on_a_clear_gain():
     # 7 problems improve, 1 worsens, 92 stay: delta 6/100, p 0.0703 whatever the clusters
     before = [0] * 7 + [1] + [1] * 46 + [0] * 46
@@ -126,6 +150,11 @@ def test_seed_mean_by_hand():
     assert out["sd"] == pytest.approx(0.04)
     assert out["ci95"] == pytest.approx([0.340635, 0.539365], abs=1e-5)
     assert (out["n"], out["min"], out["max"]) == (3, 0.40, 0.48)
+    # two seeds 0.4, 0.5: mean 0.45, sd sqrt(0.005) = 0.0707107, t(0.975, 1) = 12.7062047 x 0.0707107 / sqrt(2)
+    # = 12.7062047 x 0.05 = 0.6353102
+    two = seed_mean([0.4, 0.5])
+    assert two["sd"] == pytest.approx(math.sqrt(0.005))
+    assert two["ci95"] == pytest.approx([0.45 - 0.63531024, 0.45 + 0.63531024], abs=1e-7)
     one = seed_mean([0.5])
     assert (one["sd"], one["ci95"], one["mean"]) == (None, None, 0.5)
 
