@@ -142,8 +142,33 @@ class Planted:
         _clear_backup()
 
 
-def _run_tests(tests: list[str], timeout: float, log: Path) -> tuple[str, float, str]:
-    """Run the tests in a forked child: ("killed" | "survived" | "timeout" | "error", seconds, first failure)."""
+def _tracer(module: Path, out: Path):
+    """A pytest plugin recording, for each function of `module`, the tests that call it (each test from
+    its setup on). Only 'call' events are seen (no line tracing), so the clean run stays fast."""
+    filename, calls, current = str(module), {}, [""]
+
+    def trace(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename == filename:
+            tests = calls.setdefault(frame.f_code.co_name, [])
+            if not tests or tests[-1] != current[0]:
+                tests.append(current[0])
+
+    class Tracer:
+        def pytest_runtest_logstart(self, nodeid, location):
+            current[0] = nodeid
+            sys.settrace(trace)
+
+        def pytest_sessionfinish(self, session):
+            sys.settrace(None)
+            out.write_text(json.dumps({name: list(dict.fromkeys(tests)) for name, tests in calls.items()}))
+
+    return Tracer()
+
+
+def _run_tests(tests: list[str], timeout: float, log: Path, trace: tuple[Path, Path] | None = None,
+               ) -> tuple[str, float, str]:
+    """Run the tests in a forked child: ("killed" | "survived" | "timeout" | "error", seconds, first failure).
+    `trace` (module, output file): also record which tests call each function of the module."""
     read_fd, write_fd = os.pipe()
     start = time.monotonic()
     pid = os.fork()
@@ -166,8 +191,9 @@ def _run_tests(tests: list[str], timeout: float, log: Path) -> tuple[str, float,
                     if report.failed:
                         os.write(write_fd, report.nodeid.encode() + b"\n")
 
+            plugins = [FirstFailure(), *([_tracer(*trace)] if trace else [])]
             code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests],
-                                   plugins=[FirstFailure()]))
+                                   plugins=plugins))
         finally:
             os._exit(code)
     os.close(write_fd)
@@ -282,17 +308,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in chosen:
             tests = targets[path]
-            status, clean_seconds, failure = _run_tests(tests, 900, logs / "clean.log")
+            calls_file = logs / "calls.json"
+            status, clean_seconds, failure = _run_tests(tests, 900, logs / "clean.log", (ROOT / path, calls_file))
             if status != "survived":
                 print(f"{path}: its tests fail without a mutant ({failure or status}); see {logs / 'clean.log'}")
                 results[path] = {"error": f"tests fail without a mutant: {failure or status}"}
                 continue
+            calls = json.loads(calls_file.read_text()) if calls_file.exists() else {}
             timeout = args.timeout_factor * clean_seconds + 30
             mutants = plan[path]
             print(f"{path}: {len(mutants)} mutants, tests {' '.join(tests)} ({clean_seconds:.1f} s clean)", flush=True)
             for i, mutant in enumerate(mutants):
+                # First the tests that call the mutated function (all of them for module-level code); a
+                # mutant they all pass is tried against every covering test before it counts as a survivor.
+                callers = calls.get(mutant.function) if mutant.function != "<module>" else None
                 with Planted(mutant):
-                    mutant.status, mutant.seconds, mutant.failed_test = _run_tests(tests, timeout, logs / "mutant.log")
+                    if callers is not None:
+                        mutant.status, mutant.seconds, mutant.failed_test = _run_tests(callers, timeout,
+                                                                                       logs / "mutant.log")
+                    if callers is None or mutant.status == "survived":
+                        mutant.status, seconds, mutant.failed_test = _run_tests(tests, timeout, logs / "mutant.log")
+                        mutant.seconds += seconds
                 if mutant.status == "survived" and mutant.equivalent:
                     mutant.status = "equivalent"
                 if mutant.status in ("survived", "error") or mutant.name:

@@ -79,4 +79,6 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
         "the one-seed branch: min and max of a single value are that value",
     ("rlbench/report/stats.py", "seed_mean", '"ci95": None, "min": min(values), "max": max(values)}', "`max(values)` -> `min(values)`"):
         "the one-seed branch: min and max of a single value are that value",
+    ("rlbench/algorithms/advantages.py", "group_advantages", "torch.zeros_like(rewards[0])", "`0` -> `-1`"):
+        "the branch of a single reward: rewards[0] and rewards[-1] are the same element",
 }
