@@ -93,6 +93,8 @@ def _is_text(node: ast.AST) -> bool:
 
 def _skipped(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     """In an assert, an annotation, a decorator, an f-string, text building or a module-level data table."""
+    if isinstance(node, ast.BinOp) and (_is_text(node.left) or _is_text(node.right)):
+        return True
     child, node = node, parents.get(node)
     while node is not None:
         if isinstance(node, (ast.Assert, ast.JoinedStr)):

@@ -19,7 +19,7 @@ MODULES: dict[str, list[str]] = {
     "rlbench/algorithms/sft_more.py": ["tests/test_sft_more_loss.py"],
     "rlbench/measure/static.py": ["tests/test_static_bytes.py"],
     "rlbench/measure/summary.py": ["tests/test_summary.py", "tests/test_reconciliation.py"],
-    "rlbench/measure/flops.py": ["tests/test_flops.py", "tests/test_budget_flops.py"],
+    "rlbench/measure/flops.py": ["tests/test_flops_measurement.py", "tests/test_flops.py", "tests/test_budget_flops.py"],
     "rlbench/report/stats.py": ["tests/test_stats.py"],
     "rlbench/report/check.py": ["tests/test_check.py", "tests/test_faults_check.py"],
     "rlbench/tasks/answers.py": ["tests/test_answers.py"],
@@ -81,4 +81,6 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
         "the one-seed branch: min and max of a single value are that value",
     ("rlbench/algorithms/advantages.py", "group_advantages", "torch.zeros_like(rewards[0])", "`0` -> `-1`"):
         "the branch of a single reward: rewards[0] and rewards[-1] are the same element",
+    ("rlbench/measure/flops.py", "cpu_peak_flops", "json.dump(cache, tmp, indent=2)", "`2` -> `3`"):
+        "the indentation of the cache file: the same JSON document",
 }
