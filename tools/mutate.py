@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import select
+import shutil
 import signal
 import sys
 import tempfile
@@ -161,6 +162,9 @@ def _tracer(module: Path, out: Path):
         def pytest_sessionfinish(self, session):
             sys.settrace(None)
             out.write_text(json.dumps({name: list(dict.fromkeys(tests)) for name, tests in calls.items()}))
+            # what the tests imported (lazily too: assert_close's first call imports sympy, 7 s), for _warm_up
+            skip = ("rlbench", "tests", "conftest", "test_", "transformers_modules", "__main__")
+            out.with_suffix(".modules").write_text("\n".join(n for n in list(sys.modules) if not n.startswith(skip)))
 
     return Tracer()
 
@@ -226,34 +230,17 @@ def _run_tests(tests: list[str], timeout: float, log: Path, trace: tuple[Path, P
     return {0: "survived", 1: "killed", 2: "killed"}.get(code, "error"), seconds, first
 
 
-def _warm_up(tests: list[str], log: Path) -> None:
-    """Import in this process what the tests import, except rlbench and the tests themselves, so each
-    forked child starts with torch and transformers loaded. Learned from one clean run of the tests."""
-    listing = log.with_suffix(".modules")
-    pid = os.fork()
-    if pid == 0:
-        code = 3
-        try:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            import pytest
-
-            pytest.main(["-q", "-p", "no:cacheprovider", "--collect-only", *tests])
-            names = [n for n in list(sys.modules) if not n.startswith(("rlbench", "tests", "conftest", "test_",
-                                                                          "transformers_modules", "__main__"))]
-            listing.write_text("\n".join(names))
-            code = 0
-        finally:
-            os._exit(code)
-    os.waitpid(pid, 0)
+def _warm_up(listing: Path) -> None:
+    """Import in this process what a clean run of the tests imported (rlbench and the tests excepted), so
+    each forked child starts with torch, transformers and their lazily loaded parts in memory."""
     import importlib
 
     for name in listing.read_text().splitlines() if listing.exists() else []:
-        try:
-            importlib.import_module(name)
-        except BaseException:  # noqa: BLE001 - a module that only imports in its own context is simply not warmed
-            pass
+        if name not in sys.modules:
+            try:
+                importlib.import_module(name)
+            except BaseException:  # noqa: BLE001 - a module that only imports in its own context is simply not warmed
+                pass
 
 
 def _fmt_rate(killed: int, counted: int) -> str:
@@ -300,9 +287,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     logs = Path(tempfile.mkdtemp(prefix="rlbench-mutate-logs-"))
-    all_tests = sorted({t for path in chosen for t in targets[path]})
-    print(f"warming up: importing what {len(all_tests)} test file(s) import ...", flush=True)
-    _warm_up([t.split("::")[0] for t in all_tests], logs / "warm-up.log")
     results: dict[str, dict] = {}
     started = time.monotonic()
     try:
@@ -315,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[path] = {"error": f"tests fail without a mutant: {failure or status}"}
                 continue
             calls = json.loads(calls_file.read_text()) if calls_file.exists() else {}
+            _warm_up(calls_file.with_suffix(".modules"))
             timeout = args.timeout_factor * clean_seconds + 30
             mutants = plan[path]
             print(f"{path}: {len(mutants)} mutants, tests {' '.join(tests)} ({clean_seconds:.1f} s clean)", flush=True)
@@ -339,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"\ninterrupted ({type(exc).__name__} {exc}); the source is restored", file=sys.stderr)
         return 130
-    return _report(plan, results, problems, time.monotonic() - started, args)
+    code = _report(plan, results, problems, time.monotonic() - started, args)
+    if code == 0:
+        shutil.rmtree(logs, ignore_errors=True)
+    else:
+        print(f"the last clean and mutant test logs: {logs}")
+    return code
 
 
 def _report(plan: dict[str, list[Mutant]], results: dict[str, dict], problems: list[str], seconds: float,
