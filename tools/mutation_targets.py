@@ -83,4 +83,7 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
         "the branch of a single reward: rewards[0] and rewards[-1] are the same element",
     ("rlbench/measure/flops.py", "cpu_peak_flops", "json.dump(cache, tmp, indent=2)", "`2` -> `3`"):
         "the indentation of the cache file: the same JSON document",
+    ("rlbench/algorithms/losses.py", "masked_mean", "total / count.clamp_min(1.0)", "`1.0` -> `0.5`"):
+        "a mask's count is a whole number: clamped at 0.5 or at 1, an empty mask gives 0 / c = 0 and any other "
+        "count is unchanged",
 }
