@@ -43,6 +43,11 @@ def test_token_rewards_without_kl_is_the_score_alone():
     expected = torch.tensor([[0.0, 0.0, 2.0], [0.0, 1.0, 0.0]])
     assert_close(token_rewards(SCORES, LOGPROBS, None, MASK, kl_coef=0.1), expected)  # no reference
     assert_close(token_rewards(SCORES, LOGPROBS, REF_LOGPROBS, MASK, kl_coef=0.0), expected)
+    # kl_coef 0 means no penalty at all, not 0 x KL: a token the reference gives no probability
+    # (log-prob -inf, KL inf) must not turn the rewards into NaN (0 x inf)
+    impossible = REF_LOGPROBS.clone()
+    impossible[0, 1] = -math.inf
+    assert_close(token_rewards(SCORES, LOGPROBS, impossible, MASK, kl_coef=0.0), expected)
 
 
 # ---- roles and group size -------------------------------------------------------------------------
@@ -54,6 +59,27 @@ def test_ppo_roles_by_reward_source():
     assert set(PPO(PPOParams(), "both").roles()) == {"policy", "value", "reference", "reward"}
     assert set(PPO(PPOParams(), "rules").roles()) == {"policy", "value", "reference"}
     assert set(PPO(PPOParams(kl_coef=0.0), "rules").roles()) == {"policy", "value"}  # no KL, no reference
+
+
+def test_value_model_starts_from_the_reward_model_when_the_run_holds_one():
+    assert PPO(PPOParams(), "model").value_init() == "reward"  # InstructGPT
+    assert PPO(PPOParams(), "both").value_init() == "reward"
+    assert PPO(PPOParams(), "rules").value_init() == "policy"  # no reward model: the SFT policy, fresh head
+    assert PPO(PPOParams(value_init="policy"), "model").value_init() == "policy"
+    assert PPO(PPOParams(value_init="reward"), "rules").value_init() == "reward"
+
+
+def test_a_one_token_completion_gets_its_score_on_that_token():
+    # mask [[1, 0]]: the last real token is t = 0, so the score 2 lands there (not on the pad), no KL;
+    # values 0, gamma 1: A = [2, 0], returns [2, 0]; the mean token reward over 1 real token: 2
+    mask = torch.tensor([[1.0, 0.0]])
+    batch = hand_batch(mask, torch.zeros(1, 2), rewards=torch.tensor([2.0]), values=torch.zeros(1, 2))
+    PPO(PPOParams(kl_coef=0.0, whiten_advantages=False)).compute_advantages(batch)
+    assert_close(batch.advantages, torch.tensor([[2.0, 0.0]]))
+    assert batch.stats["ppo/token_reward_mean"] == 2.0
+    # an empty completion (no real token) still holds its score at t = 0 rather than losing it
+    assert_close(token_rewards(torch.tensor([3.0]), torch.zeros(1, 2), None, torch.zeros(1, 2), 0.1),
+                 torch.tensor([[3.0, 0.0]]))
 
 
 def test_ppo_samples_one_completion_per_prompt_by_default():

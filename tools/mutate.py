@@ -34,6 +34,7 @@ killed, else 1. Not part of `make test`: it takes minutes (numbers in the README
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -80,6 +81,7 @@ def mutants_of(path: str, generated: bool) -> tuple[list[Mutant], list[str]]:
 # ---- running them ------------------------------------------------------------------------------
 
 BACKUP_DIR = Path(tempfile.gettempdir()) / f"rlbench-mutate-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
+LOCK_FILE = BACKUP_DIR.with_suffix(".lock")
 
 
 class Interrupted(Exception):
@@ -265,7 +267,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    restore_leftovers()
 
     targets = {**MODULES, **NAMED_ONLY}
     chosen = args.modules or list(targets)
@@ -286,6 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sum(len(v) for v in plan.values())} mutants", *problems, sep="\n")
         return 0
 
+    lock = open(LOCK_FILE, "w")  # noqa: SIM115 - held, with its lock, until this process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"another mutation run holds {LOCK_FILE}: one run per tree at a time", file=sys.stderr)
+        return 2
+    restore_leftovers()  # only with the lock held: a running mutation's file is not a leftover
     logs = Path(tempfile.mkdtemp(prefix="rlbench-mutate-logs-"))
     results: dict[str, dict] = {}
     started = time.monotonic()

@@ -86,4 +86,6 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
     ("rlbench/algorithms/losses.py", "masked_mean", "total / count.clamp_min(1.0)", "`1.0` -> `0.5`"):
         "a mask's count is a whole number: clamped at 0.5 or at 1, an empty mask gives 0 / c = 0 and any other "
         "count is unchanged",
+    ("rlbench/algorithms/ppo.py", "token_rewards", "last = (mask.sum(-1).long() - 1).clamp(min=0)", "`-1` -> `1`"):
+        "the mask is [N, T]: dimension -1 is dimension 1",
 }
