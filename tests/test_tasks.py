@@ -39,6 +39,19 @@ def calculator_lines(reasoning: str) -> list[tuple[int, str, int, int]]:
 # --- synthetic -------------------------------------------------------------------------------
 
 
+def test_same_seed_same_problems_in_another_process() -> None:
+    # Within one process a hash-order dependence (iterating a set of strings) cannot show: compare with a
+    # process started under another hash seed.
+    code = ("import hashlib; from rlbench.tasks.synthetic import generate_problems; "
+            "print(hashlib.sha256(repr([(p.question, p.answer) for p in "
+            "generate_problems('train', 300, seed=0)]).encode()).hexdigest())")
+    here = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONHASHSEED": "1"}).stdout
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "2"}).stdout
+    assert here == there and len(here.strip()) == 64
+
+
 def test_same_seed_same_list_and_different_seed_different_list() -> None:
     first = generate_problems("train", 300, seed=0)
     assert first == generate_problems("train", 300, seed=0)
