@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
 
-    targets = {**MODULES, **NAMED_ONLY}
+    targets = {**NAMED_ONLY, **MODULES}
     chosen = args.modules or list(targets)
     unknown = [m for m in chosen if m not in targets]
     if unknown:
@@ -330,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"({mutant.function}) {mutant.edit}{tag}", flush=True)
             results[path] = {"mutants": [asdict(m) for m in mutants], "clean_seconds": clean_seconds}
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\ninterrupted ({type(exc).__name__} {exc}); the source is restored", file=sys.stderr)
+        print(f"\ninterrupted ({type(exc).__name__} {exc}); the source is restored; the mutants tried so far:",
+              flush=True)
+        tried = {path: [m for m in mutants if m.status != "pending"] for path, mutants in plan.items()}
+        _report({path: ms for path, ms in tried.items() if ms}, results, problems, time.monotonic() - started, args)
         return 130
     code = _report(plan, results, problems, time.monotonic() - started, args)
     if code == 0:
