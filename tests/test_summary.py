@@ -64,12 +64,13 @@ class FinishedRun:
             return {"cpu": SimpleNamespace(start_bytes=start, peak_bytes=peak, note="")}
 
         # generate rises 4,000 to 5,000; the reference 1,800 to 3,000; the first update reaches the peak,
-        # 9,000, rising 7,000 of which 128 are the gradients and AdamW state it created (static, not
-        # transient): 6,872, with 208 static bytes held when it ended; a second, lower update.
+        # 9,000, rising 7,000 of which 100 are gradients and AdamW state it created (static, not
+        # transient): 6,900, with 180 static bytes held when it ended; a second update peaks lower (8,000)
+        # but rises more (from 0, 28 bytes of state created: 7,972), ending with the final 208 static bytes.
         self.phases.add("generate", 2.0, reading(1000, 5000), 0, 80)
         self.phases.add("ref_logprobs", 1.0, reading(1200, 3000), 0, 80)
-        self.phases.add("update", 3.0, reading(2000, 9000), 128, 208)
-        self.phases.add("update", 1.0, reading(2100, 7000), 0, 208)
+        self.phases.add("update", 3.0, reading(2000, 9000), 100, 180)
+        self.phases.add("update", 1.0, reading(0, 8000), 28, 208)
         self.phases.add("eval", 0.5)
         self.step_metrics = [{"reward/mean": 0.1 * i, "gold/accuracy": 0.05 * i, "kl/k3": 0.01 * i,
                               "time/step_s": 5.0} for i in range(1, evals_steps + 1)]
@@ -122,7 +123,7 @@ def test_roles_static_bytes_and_peaks(summary):
     # policy's phases: generate (peak 5,000), update (9,000) and eval (no reading); reference: ref_logprobs
     assert set(roles["policy"]["phases"]) == {"generate", "update", "eval"}
     assert roles["policy"]["phases"]["update"] == {"seconds": 4.0, "calls": 2, "peak_bytes": {"cpu": 9000},
-                                                   "rise_bytes": {"cpu": 6872}, "anon_peak_bytes": {"cpu": 8000}}
+                                                   "rise_bytes": {"cpu": 7972}, "anon_peak_bytes": {"cpu": 8000}}
     assert roles["policy"]["phases"]["eval"]["peak_bytes"] == {}
     assert roles["policy"]["peak_bytes"] == {"cpu": 9000}  # the higher of its phases
     assert roles["reference"]["peak_bytes"] == {"cpu": 3000}
@@ -131,12 +132,12 @@ def test_roles_static_bytes_and_peaks(summary):
 
 
 def test_reconciliation_by_hand(summary):
-    # peak phase update (9,000); process peak max(9,000, the probe's 9,500) = 9,500; static when the peak
-    # call ended 208 + the engine's 1,000 = 1,208; transient 6,872; attributed 8,080;
-    # other = 9,500 - baseline 800 - 8,080 = 620
+    # peak phase update (9,000); process peak max(9,000, the probe's 9,500) = 9,500. The call that reached
+    # the peak, not the phase's largest rise nor the roles' final static bytes: static when it ended 180
+    # + the engine's 1,000 = 1,180; its transient 6,900; attributed 8,080; other = 9,500 - 800 - 8,080 = 620
     assert summary["memory"]["reconciliation"]["cpu"] == {
-        "process_peak_bytes": 9500, "peak_phase": "update", "baseline_bytes": 800, "static_bytes": 1208,
-        "peak_phase_transient_bytes": 6872, "attributed_bytes": 8080, "other_bytes": 620}
+        "process_peak_bytes": 9500, "peak_phase": "update", "baseline_bytes": 800, "static_bytes": 1180,
+        "peak_phase_transient_bytes": 6900, "attributed_bytes": 8080, "other_bytes": 620}
     assert summary["memory"]["probe"] == "cpu" and summary["memory"]["baseline_bytes"] == {"cpu": 800}
 
 
