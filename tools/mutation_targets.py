@@ -88,4 +88,8 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
         "count is unchanged",
     ("rlbench/algorithms/ppo.py", "token_rewards", "last = (mask.sum(-1).long() - 1).clamp(min=0)", "`-1` -> `1`"):
         "the mask is [N, T]: dimension -1 is dimension 1",
+    ("rlbench/measure/summary.py", "_roles", 'max(ph["peak_bytes"].get(p, 0) for ph in phases.values())',
+     "`0` -> `1`"):
+        "p is a probe some phase of the role has a peak for (bytes of a process, far above 1): a phase without "
+        "that probe's reading counts 0 or 1, below the maximum either way",
 }
