@@ -198,9 +198,21 @@ def test_learning_of_a_short_run_is_its_last_step(suite):
     out = summarize_run(FinishedRun(suite, evals_steps=3), RecordedProbe(), {"evals": evals(0.3, 0.02, 0.4, 0.025)})
     assert out["learning"]["reward/mean"] == pytest.approx(0.3)
     assert out["memory"]["baseline_bytes"] == {}
+    # no baseline reading: 0, so other = 9,500 - 8,080 = 1,420
+    recon = out["memory"]["reconciliation"]["cpu"]
+    assert (recon["baseline_bytes"], recon["other_bytes"]) == (0, 1420)
     # without paired outcomes the binomial errors are the metrics' errors
     assert out["metrics"]["eval/accuracy"]["stderr"] == 0.025 and out["metrics"]["eval/accuracy_delta"]["stderr"] \
         == pytest.approx(0.045)
+
+
+def test_a_run_that_took_no_measurable_time_still_has_finite_rates(suite):
+    # 2 steps in 0 s (a clock too coarse): rates over 1 ns, 16 completions -> 1.6e10 per second
+    run = FinishedRun(suite)
+    run.budget.seconds = 0.0
+    throughput = summarize_run(run, RecordedProbe(), {})["throughput"]
+    assert throughput["throughput/completions_per_s"] == pytest.approx(1.6e10)
+    assert throughput["time/step_s"] == 0.0
 
 
 def test_a_change_equal_to_its_noise_is_not_significant(suite):

@@ -92,4 +92,9 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
      "`0` -> `1`"):
         "p is a probe some phase of the role has a peak for (bytes of a process, far above 1): a phase without "
         "that probe's reading counts 0 or 1, below the maximum either way",
+    ("rlbench/measure/summary.py", "_memory", "process_peak = max(peaks[peak_phase], process_peaks.get(name, 0))",
+     "`0` -> `1`"):
+        "the phase's peak is the bytes of a process, far above 1: max(peak, 0) = max(peak, 1)",
+    ("rlbench/measure/summary.py", "_memory", "run.phases.rise_bytes[name].get(peak_phase, 0)", "`0` -> `1`"):
+        "PhaseStats.add sets a phase's rise whenever it sets its peak, so peak_phase is always there",
 }
