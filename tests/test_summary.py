@@ -215,6 +215,21 @@ def test_a_run_that_took_no_measurable_time_still_has_finite_rates(suite):
     assert throughput["time/step_s"] == 0.0
 
 
+def test_a_run_without_flops_counted_has_no_flops_rate_or_mfu(suite):
+    run = FinishedRun(suite)
+    run.budget.flops_by_phase = {}
+    throughput = summarize_run(run, RecordedProbe(), {})["throughput"]
+    assert "throughput/model_flops_per_s" not in throughput and "throughput/mfu" not in throughput
+    assert throughput["time/step_s"] == 5.0
+
+
+def test_two_evaluations_give_a_change(suite):
+    # before and after only: 0.3 -> 0.4, noise 0.02 + 0.025
+    two = evals(0.3, 0.02, 0.4, 0.025)
+    out = summarize_run(FinishedRun(suite), RecordedProbe(), {"evals": [two[0], two[2]]})
+    assert out["accuracy"]["delta"] == pytest.approx(0.1) and out["accuracy"]["delta_stderr_sum"] == pytest.approx(0.045)
+
+
 def test_a_change_equal_to_its_noise_is_not_significant(suite):
     # 0.25 -> 0.5 with standard errors 0.125 each: delta 0.25 = noise 0.25 (exact in binary): not significant
     out = summarize_run(FinishedRun(suite), RecordedProbe(), {"evals": evals(0.25, 0.125, 0.5, 0.125)})
