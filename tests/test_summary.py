@@ -95,9 +95,11 @@ def suite(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _recorded_matmul_rate(monkeypatch):
+def _recorded_matmul_rate(monkeypatch, tmp_path):
     """The CPU's fp32 peak as measured once on a machine (2e10 FLOP/s), instead of timing a 2048 x 2048
-    matmul again under a shared CPU (10-20 s): the MFU below is then a figure worked by hand."""
+    matmul again under a shared CPU (10-20 s): the MFU below is then a figure worked by hand. A cache of
+    this test's own, so a peak another test measured and cached is not read instead."""
+    monkeypatch.setenv("RLBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("rlbench.measure.flops.measure_matmul_flops", lambda n=2048, reps=3: 2e10)
 
 
