@@ -12,7 +12,7 @@ FIND_LINKS_ARGS := $(foreach d,$(FIND_LINKS),--find-links $(d))
 UV_PIP = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: demo test lint bench bench-compare vs-trl memory accuracy gpu-check baseline clean
+.PHONY: demo test lint bench bench-compare vs-trl memory accuracy gpu-check baseline mutate clean
 
 # uv installs in seconds what pip takes a minute for; pip stays the fallback. uv does not read pip's
 # configuration, so a local wheel folder pip is set up with (find-links) is passed on to it.
@@ -70,6 +70,11 @@ baseline: $(BIN)/.installed
 	report=$$(find /tmp/rlbench-baseline -name report.json | head -n 1); \
 	class=$$($(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["environment"]["hardware_class"])' "$$report"); \
 	mkdir -p results/baselines && cp "$$report" "results/baselines/$$class.json" && echo "wrote results/baselines/$$class.json"
+
+# Mutation check (not part of `make test`; minutes): plants single-edit bugs in the modules behind the
+# numbers, one at a time, runs their tests, prints each module's kill rate and every survivor.
+mutate: $(BIN)/.installed
+	$(BIN)/python tools/mutate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -44,6 +44,20 @@ def test_batch_scale_divides_by_std_of_all_rewards():
     )
 
 
+def test_batch_scale_with_the_default_eps():
+    # [0, 0 | 0, 4] as above: std 2, plus eps 1e-4 -> +-2 / 2.0001 = +-0.99995
+    rewards = torch.tensor([0.0, 0.0, 0.0, 4.0])
+    assert_close(group_advantages(rewards, 2, scale="batch"), torch.tensor([0.0, 0.0, -2.0, 2.0]) / 2.0001)
+
+
+def test_batch_scale_of_two_rewards_and_of_one():
+    # one group [0, 4]: centered [-2, 2], Bessel std of the batch sqrt(8) = 2.8284 -> +-2 / 2.8285 = +-0.70708
+    assert_close(group_advantages(torch.tensor([0.0, 4.0]), 2, scale="batch"),
+                 torch.tensor([-2.0, 2.0]) / (math.sqrt(8) + 1e-4))
+    # a single reward: its own group mean, std taken as 0 -> 0, not NaN
+    assert_close(group_advantages(torch.tensor([5.0]), 1, scale="batch"), torch.zeros(1))
+
+
 def test_none_scale_only_subtracts_group_mean():
     # Dr. GRPO: [0, 0 | 0, 4] -> [0, 0, -2, 2]
     rewards = torch.tensor([0.0, 0.0, 0.0, 4.0])
@@ -122,6 +136,13 @@ def test_gae_sequence_ending_before_t_does_not_bootstrap_past_its_end():
     assert_close(returns, torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]))
 
 
+def test_gae_of_one_token_completions():
+    # T = 1: A = r - V = 2 - 0.5 = 1.5 and 1 - 0 = 1; returns = r
+    advantages, returns = gae(torch.tensor([[2.0], [1.0]]), torch.tensor([[0.5], [0.0]]), torch.ones(2, 1), 1.0, 0.95)
+    assert_close(advantages, torch.tensor([[1.5], [1.0]]))
+    assert_close(returns, torch.tensor([[2.0], [1.0]]))
+
+
 def test_gae_rejects_a_mask_that_is_not_right_padded():
     with pytest.raises(AssertionError, match="right-padded"):
         gae(REWARDS, VALUES, torch.tensor([[1, 0, 1]]), gamma=1.0, lam=1.0)
@@ -136,6 +157,13 @@ def test_whiten_uses_masked_positions_only():
     assert_close(whiten(x, mask, eps=0.0), torch.tensor([[-s, 0.0, s, 0.0]]))
     # shift_mean=False keeps the mean 2: [0.7753, 2, 3.2247, 0]
     assert_close(whiten(x, mask, shift_mean=False, eps=0.0), torch.tensor([[2 - s, 2.0, 2 + s, 0.0]]))
+
+
+def test_whiten_eps_damps_a_batch_that_barely_varies():
+    # [0, 2e-4]: mean 1e-4, population variance 1e-8, as large as the default eps 1e-8:
+    # +-1e-4 / sqrt(1e-8 + 1e-8) = +-0.70711 (not +-1)
+    whitened = whiten(torch.tensor([[0.0, 2e-4]]), torch.ones(1, 2))
+    assert_close(whitened, torch.tensor([[-1.0, 1.0]]) / math.sqrt(2), atol=1e-4, rtol=0)  # float32 of 1e-4 steps
 
 
 def test_whiten_gives_zero_mean_unit_variance_over_mask():

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 
-from rlbench.config import load_suite
+from rlbench.config import BudgetConfig, load_suite
 from rlbench.errors import UserError
 from rlbench.measure.probing import NullProbe
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
-from rlbench.train import Run
+from rlbench.train import Budget, Run
 
 POLICY_N, SCALAR_N, LAYERS, HIDDEN = 904_064, 853_249, 4, 128
 
@@ -121,3 +121,15 @@ def test_bad_flops_limits_are_refused(tmp_path, text):
     path.write_text(SUITE.replace("{BUDGET}", f"{{flops: {text}}}"))
     with pytest.raises(UserError, match="budget.flops"):
         load_suite(path)
+
+
+def test_budget_fraction_is_the_tightest_limit():
+    # steps 5 of 10 = 0.5, completions 100 of 1,000 = 0.1: the run is half done (the tightest limit)
+    budget = Budget(BudgetConfig(steps=10, completions=1000), steps=5, completions=100)
+    assert budget.fraction() == 0.5
+    # a limit passed counts as done (1.0, not 1.2); no limit set: nothing to be a fraction of
+    assert Budget(BudgetConfig(tokens=100), tokens=120).fraction() == 1.0
+    assert Budget(BudgetConfig()).fraction() == 0.0
+    # flops 3e11 of 1e12 = 0.3 beside wall seconds 1 of 10 = 0.1
+    assert Budget(BudgetConfig(flops=1e12, wall_seconds=10.0), seconds=1.0,
+                  flops_by_phase={"generate": 10**11, "update": 2 * 10**11}).fraction() == pytest.approx(0.3)

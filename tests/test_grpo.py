@@ -1,4 +1,5 @@
-"""GRPO and GRPO-Zero: roles, group size, and one real optimisation step on a toy group."""
+"""GRPO and GRPO-Zero: roles, group size, the full loss (clipped surrogate + beta x k3 KL) by hand under
+every `agg`, and one real optimisation step on a toy group."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch.testing import assert_close
 
 from rlbench.algorithms.base import Batch
 from rlbench.algorithms.grpo import GRPO, GRPOParams, GRPOZero
+from rlbench.algorithms.params import AGG_MODES
 from rlbench.catalog import load_problems
 from rlbench.config import TaskConfig
 from rlbench.models.batching import left_pad
@@ -42,6 +44,97 @@ def test_group_size_defaults_to_the_rollout_setting():
 def test_grpo_has_no_value_loss():
     with pytest.raises(AssertionError, match="no value model"):
         GRPO(GRPOParams()).value_loss(torch.zeros(1, 1), None)
+
+
+# ---- the full loss by hand, with a reference that differs from the policy ------------------------
+#
+# Two completions of T = 2 tokens; the second ends after one token (its pad holds garbage that the
+# mask must hide). Advantages +1 and -1, clip_eps 0.2, beta 0.1. Per masked token:
+#
+#   token      logp - old   ratio            A    surrogate -min(ratio A, clip(ratio) A)   d/dlogp
+#   (0, 0)     0.5          e^0.5 = 1.6487   +1   clipped to 1.2        -> -1.2             0 (clipped)
+#   (0, 1)     0            1                +1   -1                                         -ratio A = -1
+#   (1, 0)     0            1                -1   +1                                         -ratio A = +1
+#
+#   token      ref - logp   k3 = e^x - x - 1                 d k3 / d logp = 1 - e^x
+#   (0, 0)     ln 2         2 - ln 2 - 1 = 1 - ln 2 = 0.30685   1 - 2 = -1
+#   (0, 1)     0            0                                   0
+#   (1, 0)     -ln 2        1/2 + ln 2 - 1 = 0.19315             1 - 1/2 = +0.5
+#   (k3 sums to exactly 0.5 over the three tokens)
+#
+# Aggregation weights w per token: token_mean 1/3 each; seq_mean_token_mean 1/(2 x 2) for row 0's two
+# tokens, 1/(2 x 1) for row 1's; seq_mean_token_sum_norm 1/(N T) = 1/4 each. The KL term is
+# aggregated the same way as the surrogate.
+#   token_mean:              policy (-1.2 - 1 + 1) / 3 = -0.4;   KL 0.5 / 3 = 0.166667
+#                            loss -0.4 + 0.1 x 0.166667 = -0.383333
+#   seq_mean_token_mean:     policy ((-1.2 - 1) / 2 + 1) / 2 = -0.05;   KL ((1 - ln 2) / 2 + ln 2 - 1/2) / 2
+#                            = ln 2 / 4 = 0.173287;  loss -0.05 + 0.0173287 = -0.0326713
+#   seq_mean_token_sum_norm: policy -1.2 / 4 = -0.3;   KL 0.5 / 4 = 0.125;   loss -0.3 + 0.0125 = -0.2875
+# Gradient per token = w x (surrogate gradient + beta x KL gradient):
+#   (0, 0) w x (0 + 0.1 x -1) = -0.1 w;   (0, 1) w x (-1 + 0) = -w;   (1, 0) w x (1 + 0.1 x 0.5) = 1.05 w
+#   token_mean (w = 1/3):       [[-0.033333, -0.333333], [0.35, 0]]
+#   seq_mean_token_mean:        [[-0.025, -0.25], [0.525, 0]]   (w = 1/4 in row 0, 1/2 in row 1)
+#   seq_mean_token_sum_norm:    [[-0.025, -0.25], [0.2625, 0]]  (w = 1/4)
+LN2 = math.log(2)
+HAND_OLD = torch.tensor([[-1.0, -1.0], [-1.0, -1.0]])
+HAND_LOGP = torch.tensor([[-0.5, -1.0], [-1.0, -4.0]])  # (1, 1) is padding
+HAND_REF = torch.tensor([[-0.5 + LN2, -1.0], [-1.0 - LN2, 2.0]])
+HAND_MASK = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+HAND_ADVANTAGES = torch.tensor([1.0, -1.0])
+HAND_GRPO = {  # agg: (loss, surrogate alone, aggregated k3, gradient)
+    "token_mean": (-0.4 + 0.1 * 0.5 / 3, -0.4, 0.5 / 3, [[-0.1 / 3, -1 / 3], [1.05 / 3, 0.0]]),
+    "seq_mean_token_mean": (-0.05 + 0.1 * LN2 / 4, -0.05, LN2 / 4, [[-0.025, -0.25], [0.525, 0.0]]),
+    "seq_mean_token_sum_norm": (-0.3 + 0.1 * 0.125, -0.3, 0.125, [[-0.025, -0.25], [0.2625, 0.0]]),
+}
+# float32 over a few operations on values of order 1: rounding error < 1e-6
+TOL = {"atol": 1e-6, "rtol": 1e-6}
+
+
+def hand_batch(advantages: torch.Tensor, old: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor | None = None,
+               **fields) -> Batch:
+    """A batch carrying only what the losses read (log-probs, advantages, mask): the rollout is a shell."""
+    n, t = mask.shape
+    rollout = Rollout(input_ids=torch.zeros(n, t, dtype=torch.long), attention_mask=mask.long(), prompt_width=0,
+                      completion_ids=torch.zeros(n, t, dtype=torch.long), completion_mask=mask, logprobs=old,
+                      texts=[""] * n, truncated=torch.zeros(n, dtype=torch.bool))
+    rewards = torch.zeros(n)
+    return Batch(rollout, [None] * n, 1, rewards, rewards, old, ref_logprobs=ref, advantages=advantages, **fields)
+
+
+def test_every_agg_mode_has_a_hand_worked_loss():
+    assert set(HAND_GRPO) == set(AGG_MODES)
+
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+@pytest.mark.parametrize("algorithm", [GRPO, GRPOZero])
+def test_grpo_loss_and_gradient_by_hand(agg, algorithm):
+    expected_loss, expected_policy, expected_kl, expected_grad = HAND_GRPO[agg]
+    logp = HAND_LOGP.clone().requires_grad_()
+    batch = hand_batch(HAND_ADVANTAGES, HAND_OLD, HAND_MASK, HAND_REF)
+    loss, stats = algorithm(GRPOParams(beta=0.1, clip_eps=0.2, agg=agg)).policy_loss(logp, batch)
+    assert_close(loss, torch.tensor(expected_loss), **TOL)
+    assert stats["loss/policy"] == pytest.approx(expected_policy, abs=1e-6)  # the surrogate alone
+    assert stats["kl/k3"] == pytest.approx(expected_kl, abs=1e-6)
+    # clipped: token (0, 0) of 3 masked tokens (A > 0 with ratio > 1.2)
+    assert stats["clip_fraction"] == pytest.approx(1 / 3)
+    loss.backward()
+    assert_close(logp.grad, torch.tensor(expected_grad), **TOL)
+
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+def test_grpo_loss_without_kl_is_the_surrogate_alone(agg):
+    # beta 0: no reference is held (its log-probs are None), the loss is the surrogate above and its
+    # gradient w x [[0, -1], [+1, 0]]
+    _, expected_policy, _, _ = HAND_GRPO[agg]
+    weights = {"token_mean": [[1 / 3, 1 / 3], [1 / 3, 0]], "seq_mean_token_mean": [[0.25, 0.25], [0.5, 0]],
+               "seq_mean_token_sum_norm": [[0.25, 0.25], [0.25, 0]]}[agg]
+    logp = HAND_LOGP.clone().requires_grad_()
+    loss, stats = GRPOZero(GRPOParams(beta=0.0, agg=agg)).policy_loss(logp, hand_batch(HAND_ADVANTAGES, HAND_OLD,
+                                                                                          HAND_MASK))
+    assert_close(loss, torch.tensor(expected_policy), **TOL)
+    assert "kl/k3" not in stats
+    loss.backward()
+    assert_close(logp.grad, torch.tensor(weights) * torch.tensor([[0.0, -1.0], [1.0, 0.0]]), **TOL)
 
 
 # ---- one step on a group of two -------------------------------------------------------------------

@@ -167,6 +167,40 @@ def test_policy_loss_stats():
     assert stats["approx_kl"] == pytest.approx(expected_kl, rel=1e-5)
 
 
+def test_defaults_clip_at_0_2():
+    # clip_eps defaults to 0.2 (PPO's paper value): ratio e^0.5 = 1.6487, A = +1 -> clipped to 1.2, loss -1.2;
+    # the same token is counted as clipped by the stats' default
+    logp, old, advantages, mask = torch.tensor([[0.5]]), torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1)
+    assert_close(clipped_policy_loss(logp, old, advantages, mask), torch.tensor(-1.2))
+    # ratio e^0.15 = 1.1618: inside 1 +- 0.2, so not clipped under the default (it would be under 0.1)
+    assert policy_loss_stats(torch.tensor([[0.5, 0.15]]), torch.zeros(1, 2), advantages, torch.ones(1, 2)) \
+        ["clip_fraction"] == 0.5
+
+
+def test_clip_fraction_counts_only_tokens_whose_gradient_the_clip_stops():
+    # eps 0.2; (log ratio, A): ratio e^0.5 = 1.65 or e^-0.5 = 0.61, both outside [0.8, 1.2]
+    #   (0.5, 0)    A = 0: no gradient to stop, not counted       (-0.5, 0)    likewise
+    #   (0.5, 0.5)  A > 0 and ratio > 1.2: clipped                 (-0.5, 0.5)  A > 0 at a low ratio: not clipped
+    #   (-0.5, -0.5) A < 0 and ratio < 0.8: clipped                (0.5, -0.5)  A < 0 at a high ratio: not clipped
+    # -> 2 of 6
+    logp = torch.tensor([[0.5, -0.5, 0.5, -0.5, -0.5, 0.5]])
+    advantages = torch.tensor([[0.0, 0.0, 0.5, 0.5, -0.5, -0.5]])
+    stats = policy_loss_stats(logp, torch.zeros(1, 6), advantages, torch.ones(1, 6), clip_eps=0.2)
+    assert stats["clip_fraction"] == pytest.approx(2 / 6)
+
+
+def test_a_ratio_exactly_at_the_clip_boundary_is_not_clipped():
+    # At ratio = 1 +- eps exactly the clipped and unclipped terms are equal and the gradient still flows:
+    # not counted as clipped. eps is taken from the ratio this machine computes, so the tie is exact.
+    logp = torch.tensor([[0.3, -0.3]])
+    ratio = torch.exp(logp)
+    upper, lower = float(ratio[0, 0]) - 1, 1 - float(ratio[0, 1])
+    stats = policy_loss_stats(logp[:, :1], torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1), clip_eps=upper)
+    assert stats["clip_fraction"] == 0.0  # A > 0 at ratio 1 + eps
+    stats = policy_loss_stats(logp[:, 1:], torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), clip_eps=lower)
+    assert stats["clip_fraction"] == 0.0  # A < 0 at ratio 1 - eps
+
+
 def test_clipped_value_loss_clip_active():
     # V 1.0, V_old 0.5, c 0.2 -> clipped V 0.7; R 2: max((1 - 2)^2, (0.7 - 2)^2) = max(1, 1.69) -> 0.5 * 1.69
     values = torch.tensor([[1.0]], requires_grad=True)

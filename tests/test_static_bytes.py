@@ -117,6 +117,18 @@ def test_dedupe_counts_each_storage_once() -> None:
     assert dedupe_bytes([base[:3], torch.zeros(2)], seen) == 8
 
 
+def test_two_storage_objects_over_the_same_memory_count_once() -> None:
+    import numpy as np
+
+    array = np.zeros(100, dtype=np.float32)  # 400 bytes
+    a, b = torch.from_numpy(array), torch.from_numpy(array)  # two storages, one buffer
+    assert a.untyped_storage()._cdata != b.untyped_storage()._cdata
+    assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    assert dedupe_bytes([a, b]) == 400
+    seen: set[tuple[str, int]] = set()
+    assert dedupe_bytes([a], seen) == 400 and dedupe_bytes([b], seen) == 0  # known by its memory too
+
+
 @pytest.mark.filterwarnings("ignore:Accessing the data pointer of FakeTensor")
 def test_fake_tensors_are_told_apart() -> None:
     # Fake tensors (what `rlbench estimate` traces on) all have data pointer 0; each storage still

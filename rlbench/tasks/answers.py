@@ -8,8 +8,13 @@ The first filter that finds something wins:
 2. `hash_marks`     the number after the last `#### ` (GSM8K's solution format)
 3. `boxed`          the last number inside the last `\\boxed{...}`
 4. `the_answer_is`  the number after the last "The answer is" (or "The final answer is")
-5. `a_line`         a last line of the form `A: N`
-6. `last_number`    the last number anywhere in the text
+5. `last_number`    the last number anywhere in the text
+
+Version 1 also had an `a_line` filter (a last line `A: N`) before `last_number`. It was removed
+without changing any result, so the version stays 1: where that filter matched, the text's last
+line is "A:", the number, at most a period and spaces, so its number is the last number of the
+text and the last-number filter returns the same string (checked on 400,000 random texts built from those
+characters; tests/test_answers.py keeps such inputs).
 
 A number may carry a leading minus, a `$`, `,` thousands separators, a decimal part and a `%`.
 Numbers come back in canonical form (`"$1,000.50"` -> `"1000.5"`), so equal answers are equal
@@ -38,7 +43,6 @@ _ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _HASH_MARKS_RE = re.compile(r"####\s*(" + _NUMBER + ")")
 _BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
 _THE_ANSWER_IS_RE = re.compile(r"the (?:final )?answer is\s*:?\s*(" + _NUMBER + ")", re.IGNORECASE)
-_A_LINE_RE = re.compile(r"^\s*A:\s*(" + _NUMBER + r")\s*\.?\s*$")
 
 # A whole answer string that is a number: "$1,000", "18.00.", "-3", "50%", "26 dollars".
 _NUMERIC_ANSWER_RE = re.compile(
@@ -91,18 +95,11 @@ def _from_the_answer_is(text: str) -> str | None:
     return canonical_number(found[-1]) if found else None
 
 
-def _from_a_line(text: str) -> str | None:
-    lines = text.strip().splitlines()
-    match = _A_LINE_RE.match(lines[-1]) if lines else None
-    return canonical_number(match[1]) if match else None
-
-
 EXTRACTION_PIPELINE: tuple[tuple[str, Callable[[str], str | None]], ...] = (
     ("answer_tag", _from_answer_tag),
     ("hash_marks", _from_hash_marks),
     ("boxed", _from_boxed),
     ("the_answer_is", _from_the_answer_is),
-    ("a_line", _from_a_line),
     ("last_number", _last_number),
 )
 
