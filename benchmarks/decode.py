@@ -15,8 +15,8 @@ so all generate the same number of tokens. They alternate call by call; the firs
 of each are dropped and medians of the next `--repeats` are reported as generated tokens per
 second, with the median of each back-to-back pair's ratio (the figure least moved by load that
 drifts). The vLLM engine runs inline (its engine core and worker in this process: no idle child
-processes polling beside the other two), its OpenMP threads bound to the `--threads` first cores
-this process may use, eager (no compilation), its KV cache sized to the rows. Writes
+processes polling beside the other two), its OpenMP threads unpinned as the engine sets them, eager
+(no compilation), its KV cache sized to the rows. Writes
 results/decode.json (results/decode-<dtype>.json with --vllm) and prints a table; `--markdown`
 prints it as a Markdown table too, headed by the machine's fingerprint and the command.
 """
@@ -142,7 +142,6 @@ def vllm_call(model, tokenizer, base: Path, prompts: list[list[int]], args: argp
     from rlbench.rollout.vllm import VLLMEngine
     from rlbench.rollout.vllm_options import VLLMOptions
 
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:args.threads]))
     start = time.perf_counter()
     engine = VLLMEngine(model, tokenizer, model_path=base, options=VLLMOptions(dtype=args.dtype, inline=True,
                                                                                  kv_rows=args.rows),

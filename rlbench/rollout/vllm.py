@@ -53,14 +53,19 @@ CPU_SLEEP_REFUSED = ("rollout.sleep_between_phases: vLLM's CPU worker has no sle
                      "wake_up and keeps its weights and KV cache); set it to false on a CPU")
 
 
-def create_llm(kwargs: dict[str, Any], environment: dict[str, str]) -> Any:
-    """A `vllm.LLM` built with `kwargs`, after setting `environment` (values already set by the user win)."""
-    for name, value in environment.items():
-        os.environ.setdefault(name, value)
+def create_llm(kwargs: dict[str, Any], environment: dict[str, str], layout: dict[str, str]) -> Any:
+    """A `vllm.LLM` built with `kwargs`, with `environment` set where the user has not set it and `layout`
+    (the process layout this engine asks for) set regardless. vLLM caches its environment once an
+    engine core has started in this process (an inline engine's): the cache is dropped first, so that
+    a second engine here reads the layout it asks for."""
     try:
         import vllm
+        import vllm.envs
     except ImportError:
         raise UserError(VLLM_MISSING) from None
+    os.environ.update({name: value for name, value in environment.items() if name not in os.environ} | layout)
+    if hasattr(vllm.envs, "disable_envs_cache"):
+        vllm.envs.disable_envs_cache()
     return vllm.LLM(**kwargs)
 
 
@@ -101,7 +106,8 @@ class VLLMEngine:
             kwargs = llm_kwargs(self.options, on_gpu=self.on_gpu, model_path=str(path), max_model_len=max_model_len,
                                 seed=seed, gpu_memory_utilization=gpu_memory_utilization, sleep=sleep_between_phases,
                                 trust_remote_code=trust_remote_code, kv_cache_bytes=self.kv_request_bytes)
-            environment = {} if self.on_gpu else cpu_environment(self.options.inline)
+            environment = {} if self.on_gpu else cpu_environment()
+            layout = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if self.options.inline else "1"}
             if api is not None:
                 from vllm.config import WeightTransferConfig
 
@@ -109,7 +115,7 @@ class VLLMEngine:
                 # CUDA IPC handles hold a rebuild function: they reach vLLM's engine process (a child of
                 # this one) only through its pickle fallback.
                 environment["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
-            llm = create_llm(kwargs, environment)
+            llm = create_llm(kwargs, environment, layout)
         if sampling_params is None:
             from vllm import SamplingParams as sampling_params
         self.llm, self.sampling_params = llm, sampling_params
