@@ -24,28 +24,29 @@ pytestmark = VLLM
 
 SUITE = """
 name: NAME
-model: {name: MODEL, sft: {steps: 0}, max_prompt_tokens: 96}
+model: {name: MODEL, sft: {steps: 0}, max_prompt_tokens: 64}
 task: {name: synthetic, max_steps: 1, max_number: 20, train_size: 200}
 algorithms:
   - {name: grpo_zero, params: {lr: 1.0e-4, beta: 0.04}}
   - {name: ppo, reward: rules}
 budget: {steps: 2}
-rollout: {engine: vllm, completions_per_step: 8, group_size: 4, max_new_tokens: 12, vllm_inline: INLINE}
+rollout: {engine: vllm, completions_per_step: ROWS, group_size: 4, max_new_tokens: TOKENS, vllm_inline: INLINE}
 eval: {size: 8, batch_size: 8}
 seeds: [0]
 probe: cpu
 """
 
 
-def _run(tmp_path_factory, name: str, model: str, inline: bool) -> dict:
+def _run(tmp_path_factory, name: str, model: str, inline: bool, rows: int, tokens: int) -> dict:
     out = tmp_path_factory.mktemp(name)
     if model == "qwen2-2layer":
         model = "shape:" + str(write_qwen2_config(out / "qwen2-2layer"))
     suite = out / "suite.yaml"
-    suite.write_text(SUITE.replace("NAME", name).replace("MODEL", model).replace("INLINE", str(inline).lower()))
+    suite.write_text(SUITE.replace("NAME", name).replace("MODEL", model).replace("INLINE", str(inline).lower())
+                     .replace("ROWS", str(rows)).replace("TOKENS", str(tokens)))
     env = dict(os.environ, RLBENCH_CACHE=str(out / "cache"))
     proc = subprocess.run([sys.executable, "-m", "rlbench", "run", str(suite), "--output", str(out / "results")],
-                          capture_output=True, text=True, env=env, timeout=900)
+                          capture_output=True, text=True, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [path] = list((out / "results" / name).glob("*/report.json"))
     return json.loads(path.read_text())
@@ -53,12 +54,14 @@ def _run(tmp_path_factory, name: str, model: str, inline: bool) -> dict:
 
 @pytest.fixture(scope="module")
 def embedded_report(tmp_path_factory):
-    return _run(tmp_path_factory, "vllm-embedded", "embedded", inline=False)
+    return _run(tmp_path_factory, "vllm-embedded", "embedded", inline=False, rows=8, tokens=12)
 
 
 @pytest.fixture(scope="module")
 def shape_report(tmp_path_factory):
-    return _run(tmp_path_factory, "vllm-qwen2", "qwen2-2layer", inline=True)
+    # One group of 4 completions (GRPO-Zero), 4 prompts (PPO), 8 tokens: every role's forward and the
+    # update go through the 151,936-wide LM head, the cost of a step at this shape.
+    return _run(tmp_path_factory, "vllm-qwen2", "qwen2-2layer", inline=True, rows=4, tokens=8)
 
 
 def _check_runs(report: dict, processes: str) -> None:
@@ -72,6 +75,7 @@ def _check_runs(report: dict, processes: str) -> None:
         assert engine["device"] == "cpu" and engine["processes"] == processes
         assert engine["weight_sync"] == ("collective_rpc:file" if processes == "child" else "collective_rpc:inline")
         assert engine["weight_version"] == 2  # one sync after each of the 2 updates
+        assert run["budget"]["tokens_generated"] > 0
         static = rollout["static"]
         assert static["weights"] > 0 and static["kv_cache"] > 0
         assert static["total"] == static["weights"] + static["kv_cache"]
