@@ -108,6 +108,11 @@ class VLLMEngine:
                                 trust_remote_code=trust_remote_code, kv_cache_bytes=self.kv_request_bytes)
             environment = {} if self.on_gpu else cpu_environment()
             layout = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if self.options.inline else "1"}
+            longest = getattr(self.config, "max_position_embeddings", None)
+            if max_model_len and longest and max_model_len > longest:
+                # max_prompt_tokens + max_new_tokens past the model's positions (the embedded model's 512):
+                # the hf engine runs such positions, so vLLM is allowed to as well rather than refusing to start.
+                environment["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
             if api is not None:
                 from vllm.config import WeightTransferConfig
 
