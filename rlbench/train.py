@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,13 +233,15 @@ class Run:
             assert schedule.value_lr is not None, "a recipe with a value role sets schedule().value_lr"
             self.value_optimizer = adamw(self.value_model.parameters(), lr=schedule.value_lr,
                                          weight_decay=schedule.weight_decay)
+        from rlbench.rollout.vllm_options import vllm_options
+
         rollout = self.suite.rollout
         engine_factory = ENGINES.get(rollout.engine)
         self.engine = self._measure_load("rollout", lambda: engine_factory(
             self.policy, self.tokenizer, gpu_memory_utilization=rollout.gpu_memory_utilization,
             sleep_between_phases=rollout.sleep_between_phases, dtype=model_cfg.dtype, model_path=str(policy_dir),
             max_model_len=model_cfg.max_prompt_tokens + rollout.max_new_tokens, seed=self.seed,
-            trust_remote_code=model_cfg.trust_remote_code))
+            trust_remote_code=model_cfg.trust_remote_code, options=vllm_options(self.suite)))
         self.flop_shapes = self._flop_shapes()
 
     def _flop_shapes(self) -> dict[str, Any]:
@@ -337,7 +339,8 @@ class Run:
         if self.value_model is not None:
             with self.phase("value_update"):
                 update_stats.update(self._update_value(batch))
-        self.engine.sync_weights(self.policy)
+        with self.phase("sync_weights") if self.engine.has_own_weights else nullcontext():  # e.g. vLLM's copy
+            self.engine.sync_weights(self.policy)
 
         # Counts summed and seconds maxed over ranks: every rank stops on the same step.
         counts, step_seconds = self.dist.budget_reduce(counts, time.perf_counter() - step_start)

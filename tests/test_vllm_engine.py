@@ -5,8 +5,9 @@ The stand-ins copy the shapes of vLLM's classes: `vllm.outputs.RequestOutput` (`
 `dict[token_id, Logprob]` per generated token, `finish_reason`), `vllm.logprobs.Logprob`
 (`logprob`, `rank`, `decoded_token`), the keyword fields of `vllm.SamplingParams`, and the
 `vllm.LLM` methods the engine calls (`generate`, `sleep`, `wake_up`, `reset_prefix_cache`, the RL
-weight-update methods, and `llm_engine.model_executor.driver_worker.worker.model_runner.model`,
-`llm_engine.vllm_config.cache_config`). vLLM itself is not installed here.
+weight-update methods, `collective_rpc` into rlbench's worker extension, `update_weight_version`,
+and `llm_engine.vllm_config.cache_config`). The real engine is tested in tests/test_vllm_cpu.py
+(marked `vllm`, run by `make test-vllm`).
 """
 
 from __future__ import annotations
@@ -24,14 +25,11 @@ from rlbench.errors import UserError
 from rlbench.models.embedded import build_embedded
 from rlbench.models.forward import completion_logprobs
 from rlbench.rollout import SamplingParams
-from rlbench.rollout.vllm import (
-    LLMWeightSyncClient,
-    PolicyWeights,
-    VLLMEngine,
-    engine_weights,
-    kv_bytes_per_token,
-    sampling_kwargs,
-)
+from rlbench.rollout.vllm import CPU_SLEEP_REFUSED, VLLMEngine
+from rlbench.rollout.vllm_options import AUTO_KV_CAP_GIB, VLLMOptions, auto_kv_cache_bytes
+from rlbench.rollout.vllm_requests import kv_bytes_per_token, sampling_kwargs
+from rlbench.rollout.vllm_weights import LLMWeightSyncClient, PolicyWeights, engine_weights
+from rlbench.rollout.vllm_worker import safetensors_weights
 from tests.tolerances import assert_reordered_close, llama_chain_terms
 
 # ---- stand-ins for vLLM's objects -------------------------------------------------------------
@@ -102,11 +100,26 @@ class StandInLLM:
     calls: list[tuple] = field(default_factory=list)
     model: RecordingModel = field(default_factory=RecordingModel)
 
+    weight_version: str = "0"
+
     def __post_init__(self) -> None:
         cache_config = SimpleNamespace(num_gpu_blocks=10, block_size=16, cache_dtype="auto")
-        worker = SimpleNamespace(model_runner=SimpleNamespace(model=self.model))
-        self.llm_engine = SimpleNamespace(vllm_config=SimpleNamespace(cache_config=cache_config),
-                                          model_executor=SimpleNamespace(driver_worker=SimpleNamespace(worker=worker)))
+        self.llm_engine = SimpleNamespace(vllm_config=SimpleNamespace(cache_config=cache_config))
+
+    def collective_rpc(self, method: str, timeout=None, args=(), kwargs=None) -> list:
+        """rlbench's worker extension on one worker: weights from a folder of safetensors files (or
+        the tensors), the KV bytes its cache config implies."""
+        kwargs = kwargs or {}
+        if method == "rlbench_load_weights":
+            self.calls.append(("collective_rpc", method, sorted(kwargs)))
+            weights = kwargs.get("weights") or safetensors_weights(kwargs["weights_path"])
+            self.model.load_weights(weights)
+            return [0]
+        assert method == "rlbench_kv_cache_bytes", method
+        return [10 * 16 * 2 * 4 * 4 * 32 * 2]  # blocks x block size x (K and V x layers x heads x dim x 2 bytes)
+
+    def update_weight_version(self, version: str) -> None:
+        self.weight_version = version
 
     def generate(self, prompts, sampling_params, use_tqdm=True):
         self.calls.append(("generate", prompts, sampling_params))
@@ -250,6 +263,7 @@ def test_engine_weights_of_a_plain_model_are_its_checkpoint_names():
 
 def test_sync_loads_every_weight_into_the_engine_model_and_resets_the_prefix_cache():
     engine, llm, policy, _ = _engine()
+    assert engine.describe()["weight_sync"] == "collective_rpc:file"  # a CPU engine in child processes
     with torch.no_grad():
         policy.model.layers[0].mlp.down_proj.weight.add_(1.0)  # an "update"
     engine.sync_weights(policy)
@@ -257,19 +271,39 @@ def test_sync_loads_every_weight_into_the_engine_model_and_resets_the_prefix_cac
     assert_close(llm.model.loaded["model.layers.0.mlp.down_proj.weight"],
                  policy.model.layers[0].mlp.down_proj.weight.detach())
     engine.generate([[1, 5]], 1, SamplingParams(4))
-    assert [c[0] for c in llm.calls] == ["reset_prefix_cache", "generate"]  # stale prompt KV dropped first
+    assert [c[0] for c in llm.calls] == ["collective_rpc", "reset_prefix_cache", "generate"]  # stale KV dropped first
+    assert llm.calls[0] == ("collective_rpc", "rlbench_load_weights", ["weights_path"])  # a path, no tensors
+    engine.sync_weights(policy)
+    assert engine.version == 2 and llm.weight_version == "2" and engine.describe()["weight_version"] == 2
+
+
+def test_inline_sync_passes_the_tensors_themselves():
+    engine, llm, policy, _ = _engine(options=VLLMOptions(dtype="float32", inline=True))
+    engine.sync_weights(policy)
+    assert engine.describe()["weight_sync"] == "collective_rpc:inline"
+    assert llm.calls == [("collective_rpc", "rlbench_load_weights", ["weights"])]
+    assert set(llm.model.loaded) == {name for name, _ in policy.named_parameters()}
+
+
+def test_sleep_is_refused_on_a_cpu_with_one_line():
+    policy, tokenizer = build_embedded(0)
+    with pytest.raises(UserError) as error:
+        VLLMEngine(policy, tokenizer, llm=StandInLLM(), sampling_params=StandInSamplingParams,
+                   sleep_between_phases=True)
+    assert str(error.value) == CPU_SLEEP_REFUSED and "\n" not in CPU_SLEEP_REFUSED
 
 
 def test_sleep_between_phases_frees_the_engine_and_wakes_weights_before_loading():
-    engine, llm, policy, _ = _engine(sleep_between_phases=True)
+    engine, llm, policy, _ = _engine()
+    engine.sleep_between_phases = True  # what a GPU engine does (a CPU one refuses it, above)
     engine.generate([[1, 5]], 1, SamplingParams(4))
     engine.sync_weights(policy)
     engine.generate([[1, 5]], 1, SamplingParams(4))
-    assert [c[0] for c in llm.calls] == ["generate", "sleep", "wake_up", "wake_up", "reset_prefix_cache",
-                                         "generate", "sleep"]
+    assert [c[0] for c in llm.calls] == ["generate", "sleep", "wake_up", "collective_rpc", "wake_up",
+                                         "reset_prefix_cache", "generate", "sleep"]
     assert llm.calls[1] == ("sleep", 1)
     assert llm.calls[2] == ("wake_up", ["weights"])  # weights back before they are overwritten
-    assert llm.calls[3] == ("wake_up", ["kv_cache"])  # the KV cache only when generating again
+    assert llm.calls[4] == ("wake_up", ["kv_cache"])  # the KV cache only when generating again
     assert len(llm.model.loaded) > 0
 
 
@@ -335,6 +369,14 @@ def test_kv_bytes_per_token_by_hand():
     # Qwen2.5-0.5B: 24 layers, 2 KV heads, head dim 896 / 14 = 64, bf16: 2 x 24 x 2 x 64 x 2 = 12,288 bytes.
     qwen = SimpleNamespace(num_hidden_layers=24, num_key_value_heads=2, hidden_size=896, num_attention_heads=14)
     assert kv_bytes_per_token(qwen, 2) == 12_288
+
+
+def test_auto_kv_cache_holds_the_rows_at_the_longest_length():
+    # Embedded model in fp32: 2 x 4 layers x 4 heads x 32 dims x 4 bytes = 4,096 bytes per token. 64 rows of
+    # 560 tokens, each rounded up to 5 blocks of 128 = 640 tokens: 64 x 640 x 4,096 = 167,772,160 = 160 MiB.
+    assert auto_kv_cache_bytes(64, 560, 4096) == 160 << 20
+    assert auto_kv_cache_bytes(1, 10, 4096) == 1 << 20  # 128 x 4,096 = 512 KiB, rounded up to whole MiB
+    assert auto_kv_cache_bytes(10**6, 560, 4096) == int(AUTO_KV_CAP_GIB * (1 << 30))  # capped
 
 
 def test_memory_bytes_are_the_engine_weights_and_its_kv_cache():

@@ -128,7 +128,14 @@ class RolloutConfig:
                                 "(fixed-length runs: the shapes `rlbench estimate` assumes; the reward sees the "
                                 "whole text); evaluation still stops at EOS")
     gpu_memory_utilization: float = f(0.3, "vllm: fraction of GPU memory the engine may take", gt=0, le=1)
-    sleep_between_phases: bool = f(False, "vllm: free the KV cache while the policy updates")
+    sleep_between_phases: bool = f(False, "vllm: free the KV cache while the policy updates (GPU only)")
+    # vllm engine: device-specific settings (resolved in rlbench/rollout/vllm_options.py)
+    vllm_dtype: str = f("auto", "vllm: engine dtype; auto: the policy's compute dtype", choices=("auto", *DTYPES))
+    vllm_kv_cache_gib: float | None = f(None, "vllm on a CPU: GiB of KV cache; null: sized to the rows generated "
+                                              "at once at the longest length (at most 4 GiB)", gt=0)
+    vllm_enforce_eager: bool | None = f(None, "vllm: no torch.compile or CUDA graphs; null: on a CPU (compiling "
+                                              "takes minutes there), off on a GPU")
+    vllm_inline: bool = f(False, "vllm: run its engine core and worker in this process instead of child processes")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The `cpu` probe: exact phase peaks of this process's resident memory from /proc (Linux).
+"""The `cpu` probe: exact phase peaks of this process's resident memory from /proc (Linux), its
+child processes' included.
 
 See rlbench/measure/memory.py for how it reads memory and why workers start with CPU_WORKER_ENV.
 
@@ -9,6 +10,16 @@ the page cache and on how the libraries were installed. The kernel keeps no peak
 thread samples it every period_ms (and once at phase start and end), like the RSS fallback; a peak
 shorter than the period is missed. `anon_memory()` gives the per-phase peaks, the process peak and
 the first snapshot (the worker's reading before any model is loaded: the run's baseline).
+
+The process tree: an engine such as vLLM runs its engine core and worker in child processes, which
+hold its weight copy, KV cache and workspace. Every reading adds the descendants of this process
+(listed again at each phase start and end): at phase start each one's peak is reset through its
+own /proc/<pid>/clear_refs, at phase end its VmHWM is read, so a phase's peak is this process's
+peak plus the sum of the children's peaks (an upper bound of the tree's simultaneous peak: the
+children's peaks may fall at different moments; a child that exits within the phase is not
+counted). The children's share is kept apart (`children_memory()`: per phase, the call that reached
+the phase's peak, its children's start, peak and end bytes, and each child's resident bytes at the
+last phase end by process name), for the summary to give it to the rollout engine's role.
 """
 
 from __future__ import annotations
@@ -23,10 +34,10 @@ PROC_CLEAR_REFS = "/proc/self/clear_refs"
 PROC_STATUS = "/proc/self/status"
 
 
-def read_proc_status() -> dict[str, int]:
-    """The kB fields of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile, RssShmem, ...) in bytes."""
+def read_proc_status(pid: int | str = "self") -> dict[str, int]:
+    """The kB fields of /proc/<pid>/status (VmRSS, VmHWM, RssAnon, RssFile, RssShmem, ...) in bytes."""
     fields = {}
-    with open(PROC_STATUS) as status:
+    with open(PROC_STATUS if pid == "self" else f"/proc/{pid}/status") as status:
         for line in status:
             key, _, value = line.partition(":")
             parts = value.split()
@@ -78,14 +89,69 @@ def release_free_heap() -> bool:
 _malloc_trim = None  # the C function once looked up, False where there is none
 
 
-def reset_peak_rss() -> bool:
-    """Writes "5" to /proc/self/clear_refs (VmHWM := current RSS); False where that is not allowed."""
+def reset_peak_rss(pid: int | str = "self") -> bool:
+    """Writes "5" to /proc/<pid>/clear_refs (VmHWM := current RSS); False where that is not allowed."""
     try:
-        with open(PROC_CLEAR_REFS, "w") as clear_refs:
+        with open(PROC_CLEAR_REFS if pid == "self" else f"/proc/{pid}/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
         return True
     except OSError:
         return False
+
+
+def descendant_pids() -> list[int]:
+    """Every live descendant of this process (children, their children, ...)."""
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process().children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+class ChildProcesses:
+    """The descendants of this process and their /proc readings (each field summed over them)."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self.names: dict[int, str] = {}
+
+    def refresh(self) -> list[int]:
+        """List the descendants again (engines start theirs while loading); returns the pids."""
+        self.pids = descendant_pids()
+        return self.pids
+
+    def statuses(self) -> dict[int, dict[str, int]]:
+        """/proc/<pid>/status of each listed child still alive."""
+        out = {}
+        for pid in self.pids:
+            try:
+                out[pid] = read_proc_status(pid)
+            except (OSError, ValueError):
+                continue  # exited
+        return out
+
+    def total(self, field: str) -> int:
+        return sum(status.get(field, 0) for status in self.statuses().values())
+
+    def reset_peaks(self) -> list[int]:
+        """Reset each child's VmHWM; returns the pids whose clear_refs could not be written."""
+        return [pid for pid in self.pids if not reset_peak_rss(pid)]
+
+    def resident_by_name(self) -> dict[str, int]:
+        """VmRSS of each live child by process name (pid appended where two share a name)."""
+        import psutil
+
+        out: dict[str, int] = {}
+        for pid, status in self.statuses().items():
+            if pid not in self.names:
+                try:
+                    self.names[pid] = psutil.Process(pid).name()
+                except psutil.Error:
+                    self.names[pid] = str(pid)
+            name = self.names[pid] if self.names[pid] not in out else f"{self.names[pid]} ({pid})"
+            out[name] = status.get("VmRSS", 0)
+        return out
 
 
 class CpuProbe:
@@ -111,6 +177,11 @@ class CpuProbe:
         self._anon_process_peak = read_proc_status()["RssAnon"] if self._has_anon else 0
         self._anon_baseline: int | None = None
         self._anon_sampler: _Sampler | None = None
+        self.children = ChildProcesses()
+        self._children_calls: dict[str, dict[str, int]] = {}  # phase -> the peak call's children figures
+        self._children_start = 0
+        self._children_seen = False
+        self._children_resident: dict[str, int] = {}
         if use_clear_refs is None:
             use_clear_refs = self._has_status and reset_peak_rss()
         self.uses_clear_refs = use_clear_refs
@@ -136,37 +207,55 @@ class CpuProbe:
             method += "; free heap handed back to the kernel (glibc malloc_trim) at phase start"
         else:
             method += "; free heap not released at phase start (freed memory may stay resident and read high)"
+        method += ("; child processes (an engine's) added: each one's VmHWM after its own clear_refs at phase start, "
+                   "summed (an upper bound of the tree's simultaneous peak)")
         self.method = method
 
     def phase(self, name: str) -> AbstractContextManager[PhaseMemory]:
         return _measured_phase(self, name)
 
     def _rss_reading(self) -> dict[str, int]:
-        """The sampler thread's reading: RSS as it is (trimming the heap every period would be work
-        on the measured phase's own time)."""
-        return {"rss": self._rss()}
+        """The sampler thread's reading: RSS of the tree as it is (trimming the heap every period would
+        be work on the measured phase's own time)."""
+        return {"rss": self._rss() + self.children.total("VmRSS")}
 
     def _anon_reading(self) -> dict[str, int]:
-        return {"anon": read_proc_status()["RssAnon"]}
+        return {"anon": read_proc_status()["RssAnon"] + self.children.total("RssAnon")}
 
     def _begin(self, mem: PhaseMemory) -> None:
         if self.release_heap:
             release_free_heap()
+        if self.children.refresh():
+            self._process_peak = max(self._process_peak, self._tree_peak_so_far())
+            self._children_start = self.children.total("VmRSS")
+            unreset = self.children.reset_peaks() if self.uses_clear_refs else []
+            if unreset:
+                mem.note = _join_notes(mem.note, f"clear_refs of child processes {unreset} not writable: their "
+                                                 "peaks count from earlier than this phase")
+        else:
+            self._children_start = 0
         if self._has_anon:
             self._anon_sampler = _Sampler(self._anon_reading, self.period_ms / 1000, "rlbench-cpu-anon-sampler")
             mem.extra["rss_anon_start_bytes"] = self._anon_sampler.start()["anon"]
         if self.uses_clear_refs:
             self._process_peak = max(self._process_peak, read_proc_status()["VmHWM"])
             assert reset_peak_rss(), f"cannot write {PROC_CLEAR_REFS}; build CpuProbe(use_clear_refs=False)"
-            mem.start_bytes = read_proc_status()["VmRSS"]
+            mem.start_bytes = read_proc_status()["VmRSS"] + self._children_start
         else:
             self._sampler = _Sampler(self._rss_reading, self.period_ms / 1000, "rlbench-cpu-rss-sampler")
             mem.start_bytes = self._sampler.start()["rss"]
+        if self.children.pids:
+            mem.extra["children_start_bytes"] = self._children_start
 
     def _end(self, mem: PhaseMemory) -> None:
+        started_with = set(self.children.pids)
+        self.children.refresh()
+        children = self.children.statuses()
+        children_peak = sum(c.get("VmHWM", 0) for c in children.values())
+        children_end = sum(c.get("VmRSS", 0) for c in children.values())
         if self.uses_clear_refs:
             status = read_proc_status()
-            mem.peak_bytes, mem.end_bytes = status["VmHWM"], status["VmRSS"]
+            mem.peak_bytes, mem.end_bytes = status["VmHWM"] + children_peak, status["VmRSS"] + children_end
         else:
             assert self._sampler is not None
             last = self._sampler.stop()
@@ -183,6 +272,14 @@ class CpuProbe:
         ):
             if key in status:
                 mem.extra[extra_key] = status[key]
+        if children or started_with:
+            self._children_seen = True
+            figures = {"start_bytes": self._children_start, "peak_bytes": children_peak, "end_bytes": children_end,
+                       "processes": len(children), "total_peak_bytes": mem.peak_bytes}
+            mem.extra.update(children_peak_bytes=children_peak, children_end_bytes=children_end)
+            if mem.peak_bytes >= self._children_calls.get(mem.phase, {}).get("total_peak_bytes", 0):
+                self._children_calls[mem.phase] = figures  # the call the run's phase peak comes from
+            self._children_resident = self.children.resident_by_name()
         self._process_peak = max(self._process_peak, mem.peak_bytes)
         # After the total is read: the sampler thread's exit gives back a page of its stack, which
         # would otherwise put the phase's VmHWM a page below its start.
@@ -197,16 +294,34 @@ class CpuProbe:
             mem.note = _join_notes(mem.note, sampler.error and f"RssAnon {sampler.error}")
 
     def snapshot(self) -> int:
-        """Current RSS, after handing the free heap back (so it counts live memory). The first
-        snapshot's RssAnon is kept as the anonymous baseline (see `anon_memory`)."""
+        """Current RSS of the tree, after handing the free heap back (so it counts live memory). The
+        first snapshot's RssAnon is kept as the anonymous baseline (see `anon_memory`)."""
         if self.release_heap:
             release_free_heap()
+        self.children.refresh()
         if self._has_anon:
-            anon = read_proc_status()["RssAnon"]
+            anon = read_proc_status()["RssAnon"] + self.children.total("RssAnon")
             self._anon_process_peak = max(self._anon_process_peak, anon)
             if self._anon_baseline is None:
                 self._anon_baseline = anon
-        return self._rss()
+        return self._rss() + self.children.total("VmRSS")
+
+    def children_memory(self) -> dict[str, Any] | None:
+        """Resident memory of the child processes (an engine's), None where there were none: per phase,
+        the call that reached the phase's peak (children's start, peak and end bytes, how many), and
+        each child's VmRSS at the last phase end by process name."""
+        if not self._children_seen:
+            return None
+        calls = {phase: {k: v for k, v in figures.items() if k != "total_peak_bytes"}
+                 for phase, figures in self._children_calls.items()}
+        return {"method": "VmRSS and VmHWM of every descendant process from /proc/<pid>/status, peaks reset "
+                          "per phase through /proc/<pid>/clear_refs, summed over the processes",
+                "peak_call": calls, "resident_bytes": dict(self._children_resident)}
+
+    def _tree_peak_so_far(self) -> int:
+        """This process's VmHWM plus its children's (since their last reset): an upper bound of the tree's peak."""
+        own = read_proc_status()["VmHWM"] if self._has_status else 0
+        return own + self.children.total("VmHWM")
 
     def anon_memory(self) -> dict[str, Any] | None:
         """Anonymous resident memory (RssAnon) of this process, sampled every period_ms: the peak of
@@ -229,8 +344,9 @@ class CpuProbe:
         return int(psutil.Process().memory_info().rss)
 
     def process_peak_bytes(self) -> int:
-        # Without clear_refs VmHWM is never reset, so it alone is the process peak.
-        now = read_proc_status()["VmHWM"] if self._has_status else 0
+        # Without clear_refs VmHWM is never reset, so it alone is the process peak (children's added).
+        self.children.refresh()
+        now = self._tree_peak_so_far() if self._has_status else 0
         return max(self._process_peak, now)
 
     def describe(self) -> dict[str, Any]:

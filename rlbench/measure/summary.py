@@ -37,7 +37,10 @@ PHASE_ROLE = {
     "values": "value",
     "value_update": "value",
     "eval": "policy",
+    "sync_weights": "rollout",
 }
+ENGINE_PHASES = ("generate", "eval")
+"""Phases an engine with its own weights (vLLM) runs on its copy: attributed to the rollout role."""
 
 
 class Run(Protocol):
@@ -103,12 +106,17 @@ def _roles(run: Run) -> dict[str, Any]:
     for role, (model, optimizer) in run.role_models().items():
         roles[role] = {"static": role_static_bytes(model, optimizer, compute_dtype(run.suite.model))}
     engine_bytes = run.engine.memory_bytes()
+    phase_roles = PHASE_ROLE
     if engine_bytes:
         roles["rollout"] = {"static": dict(engine_bytes, total=sum(engine_bytes.values()))}
+        if hasattr(run.engine, "describe"):
+            roles["rollout"]["engine"] = run.engine.describe()
+        if getattr(run.engine, "has_own_weights", False):
+            phase_roles = {**PHASE_ROLE, **dict.fromkeys(ENGINE_PHASES, "rollout")}
     for role, entry in roles.items():
         entry["load_bytes"] = run.role_load_bytes.get(role, {})
         phases = {}
-        for phase, phase_role in PHASE_ROLE.items():
+        for phase, phase_role in phase_roles.items():
             if phase_role != role or phase not in run.phases.calls:
                 continue
             phases[phase] = {
@@ -139,6 +147,11 @@ def _memory(run: Run, probe, roles: dict[str, Any], baseline: dict[str, int]) ->
                                                if p in ph.get("anon_peak_bytes", {}))
                                         for p in anon if any(p in ph.get("anon_peak_bytes", {})
                                                              for ph in entry["phases"].values())}
+    children = {p.name: figures for p in getattr(probe, "probes", []) if hasattr(p, "children_memory")
+                and (figures := p.children_memory()) is not None}
+    if children and "rollout" in roles:  # the engine's processes: its weight copy, KV cache and workspace
+        out["engine_processes"] = children
+        roles["rollout"]["resident_bytes"] = {name: sum(c["resident_bytes"].values()) for name, c in children.items()}
     process_peaks = probe.process_peak_bytes()
     static_total = sum(r["static"]["total"] for r in roles.values())
     engine_total = roles.get("rollout", {}).get("static", {}).get("total", 0)
@@ -153,13 +166,19 @@ def _memory(run: Run, probe, roles: dict[str, Any], baseline: dict[str, int]) ->
         static = call["static_bytes"] + engine_total if call else static_total
         transient = call["rise_bytes"] if call else run.phases.rise_bytes[name].get(peak_phase, 0)
         base = baseline.get(name, 0)
-        attributed = static + transient
+        # Child processes (the engine's) at the peak call's start, beyond the engine's weights and KV cache:
+        # their interpreters, libraries and workspace, the rollout role's too.
+        engine_call = (children.get(name) or {}).get("peak_call", {}).get(peak_phase)
+        workspace = engine_call["start_bytes"] - engine_total if engine_call else 0
+        attributed = static + transient + workspace
         out["reconciliation"][name] = {
             "process_peak_bytes": process_peak,
             "peak_phase": peak_phase,
             "baseline_bytes": base,
             "static_bytes": static,
             "peak_phase_transient_bytes": transient,
+            **({"engine_processes_bytes": engine_call["start_bytes"], "engine_workspace_bytes": workspace}
+               if engine_call else {}),
             "attributed_bytes": attributed,
             "other_bytes": process_peak - base - attributed,
         }

