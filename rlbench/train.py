@@ -301,7 +301,7 @@ class Run:
                                                          self.suite.model.max_prompt_tokens)
 
         if self.supervised:  # the demonstrations, as a rollout: nothing is generated
-            from rlbench.models.sft import demonstration_rollout
+            from rlbench.rollout.demonstrations import demonstration_rollout
 
             rollout = demonstration_rollout(self.tokenizer, prompts, prompt_ids, self.group_size, self.device)
         else:

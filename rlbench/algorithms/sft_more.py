@@ -1,7 +1,7 @@
 """sft_more: the control arm. The same budget spent on more supervised fine-tuning from the same SFT start.
 
 An RL recipe's gain is only worth its compute if it beats what the same compute buys without RL.
-This recipe continues the cold start's supervised training (`rlbench/models/sft.py`): each step
+This recipe continues the cold start's supervised training (`rlbench/stages/sft.py`): each step
 takes `rollout.completions_per_step` training problems with their gold demonstrations (the task's
 solutions, not sampled) and minimises next-token cross-entropy on the demonstration tokens, the
 prompt being context. It holds only the policy, runs through the shared loop (memory per phase,
