@@ -233,7 +233,7 @@ def make_run(model_dir: Path, max_new_tokens: int, group: int, threads: int, see
 
     suite = make_suite(max_new_tokens, group, threads, completions)
     torch.manual_seed(seed)
-    return Run(suite, suite.algorithms[0], seed, model_dir, None, NullProbe())
+    return Run.build(suite, suite.algorithms[0], seed, model_dir, None, NullProbe())
 
 
 def rlbench_step(run) -> tuple[float, dict[str, int], float]:

@@ -44,7 +44,7 @@ def make_run(tmp_path, policy_dir, budget: str, index: int = 0) -> Run:
     path.write_text(SUITE.replace("{BUDGET}", budget))
     suite = load_suite(path)
     # A scalar head on the policy's backbone stands in for a trained reward model (shapes are what count).
-    return Run(suite, suite.algorithms[index], 0, policy_dir, policy_dir, NullProbe())
+    return Run.build(suite, suite.algorithms[index], 0, policy_dir, policy_dir, NullProbe())
 
 
 def by_hand(n: int, t: int, trained: bool) -> int:

@@ -339,8 +339,9 @@ def test_cards_and_the_largest_value_that_fits():
 
 def test_headroom_settings_change_the_suite_as_a_user_would(tmp_path):
     suite = load_suite(suite_file(tmp_path))
-    assert with_value(suite, "max_new_tokens", 99).rollout.max_new_tokens == 99
-    more = with_value(suite, "group_size", 8)  # 16 prompts per step, now 8 completions each
+    algo = suite.algorithms[0]
+    assert with_value(suite, "max_new_tokens", 99, algo).rollout.max_new_tokens == 99
+    more = with_value(suite, "group_size", 8, algo)  # 16 prompts per step, now 8 completions each
     assert (more.rollout.group_size, more.rollout.completions_per_step) == (8, 128)
 
 

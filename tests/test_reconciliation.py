@@ -9,9 +9,10 @@ import pytest
 
 from rlbench.catalog import resolve_probe
 from rlbench.config import load_suite
+from rlbench.measure.phases import PhaseStats
 from rlbench.measure.summary import summarize_run
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
-from rlbench.train import PhaseStats, Run
+from rlbench.train import Run
 
 SUITE = """
 name: recon
@@ -49,9 +50,9 @@ def test_reconciliation_adds_up_with_other_not_negative(tmp_path, algorithm: str
     suite = load_suite(tmp_path / "suite.yaml")
     model, tokenizer = build_embedded(seed=0)
     policy_dir = save_pretrained_pair(model, tokenizer, tmp_path / "policy")
-    probe = resolve_probe("cpu", 10.0)
+    probe = resolve_probe("cpu", 10.0, "fast")
     baseline = probe.snapshot()
-    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, probe)
+    run = Run.build(suite, suite.algorithms[0], 0, policy_dir, None, probe)
     for _ in range(2):
         run.step()
     summary = summarize_run(run, probe, {"baseline_bytes": baseline})

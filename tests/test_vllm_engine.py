@@ -26,12 +26,11 @@ from rlbench.models.forward import completion_logprobs
 from rlbench.rollout import SamplingParams
 from rlbench.rollout.vllm import (
     LLMWeightSyncClient,
-    PolicyWeights,
     VLLMEngine,
-    engine_weights,
     kv_bytes_per_token,
     sampling_kwargs,
 )
+from rlbench.rollout.weight_names import PolicyWeights, engine_weights
 
 # ---- stand-ins for vLLM's objects -------------------------------------------------------------
 

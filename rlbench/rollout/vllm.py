@@ -19,7 +19,7 @@ What it does with vLLM (imported lazily: `import rlbench` works without it):
   client=..., source=...)` returns a trainer engine whose `send_weights()` runs
   start_weight_update -> update_weights (CUDA IPC handles) -> finish_weight_update. The client
   forwards those calls to the `LLM` object; the source yields the policy's weights under their
-  Hugging Face checkpoint names (`engine_weights`: peft's `base_model.model.` prefix and
+  Hugging Face checkpoint names (`rlbench.rollout.weight_names`: peft's `base_model.model.` prefix and
   `.base_layer` dropped, LoRA adapters merged in, `torch.compile`'s `_orig_mod.` dropped), which
   vLLM's `load_weights` maps onto its fused layers itself. A vLLM without that API (before the
   weight-transfer system) gets its engine core in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`)
@@ -38,9 +38,8 @@ What it does with vLLM (imported lazily: `import rlbench` works without it):
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,79 +51,11 @@ from rlbench.device import module_device
 from rlbench.errors import UserError
 from rlbench.models.batching import left_pad
 from rlbench.models.loading import torch_dtype
-from rlbench.rollout import Rollout, SamplingParams
+from rlbench.rollout import EngineOptions, Rollout, SamplingParams
+from rlbench.rollout.weight_names import PolicyWeights, unwrap
 
 VLLM_MISSING = ("rollout.engine: vllm is not installed; install rlbench's extra 'vllm' (pip install vllm) "
                 "on a machine with an NVIDIA GPU, or use engine: hf")
-
-
-# ---- weight names: the policy module -> Hugging Face checkpoint names ---------------------------
-
-
-def _unwrap(policy: nn.Module) -> nn.Module:
-    """The transformers model inside a peft wrapper and/or `torch.compile`."""
-    model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-    return getattr(model, "_orig_mod", model)
-
-
-def _is_lora_layer(module: nn.Module) -> bool:
-    return hasattr(module, "base_layer") and hasattr(module, "get_delta_weight") and hasattr(module, "lora_A")
-
-
-def _engine_parameters(policy: nn.Module) -> Iterator[tuple[str, nn.Parameter, nn.Module | None]]:
-    """(checkpoint name, parameter, LoRA layer whose delta merges into it or None), in module order."""
-    model = _unwrap(policy)
-    lora_layers = {name: module for name, module in model.named_modules() if _is_lora_layer(module)}
-    for name, param in model.named_parameters():
-        name = name.replace("_orig_mod.", "")
-        if ".lora_" in name:  # adapter matrices: merged into their base weight below
-            continue
-        owner, _, leaf = name.rpartition(".")
-        if owner.endswith(".base_layer"):
-            layer = owner[: -len(".base_layer")]
-            yield f"{layer}.{leaf}", param, lora_layers.get(layer) if leaf == "weight" else None
-        else:
-            yield name, param, None
-
-
-def _merged(param: torch.Tensor, lora_layer: nn.Module | None) -> torch.Tensor:
-    """The weight the policy computes with: base weight plus the active adapters' scaled B @ A."""
-    weight = param.detach()
-    if lora_layer is None or lora_layer.merged or lora_layer.disable_adapters:
-        return weight
-    for adapter in lora_layer.active_adapters:
-        if adapter in lora_layer.lora_A:
-            weight = weight + lora_layer.get_delta_weight(adapter).to(weight.dtype)
-    return weight
-
-
-def engine_weights(policy: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """The policy's weights as an inference engine loads them: (checkpoint name, tensor), LoRA merged.
-
-    A tied output embedding appears once (as `model.embed_tokens.weight`), as in
-    `named_parameters`; engines tie it themselves. Tensors are cast to `dtype` when given.
-    """
-    for name, param, lora_layer in _engine_parameters(policy):
-        tensor = _merged(param, lora_layer)
-        yield name, (tensor if dtype is None else tensor.to(dtype)).contiguous()
-
-
-class PolicyWeights:
-    """The two channels of a vLLM `WeightSource` over the policy: `specs()` (what will be sent:
-    name, dtype, shape, without materialising anything) and iteration (the tensors). Re-iterable."""
-
-    def __init__(self, policy: nn.Module, dtype: torch.dtype | None = None) -> None:
-        self.policy, self.dtype = policy, dtype
-
-    def specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-        return [(name, self.dtype or param.dtype, tuple(param.shape))
-                for name, param, _ in _engine_parameters(self.policy)]
-
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return engine_weights(self.policy, self.dtype)
-
-    def total_bytes(self) -> int:
-        return sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in self.specs())
 
 
 class LLMWeightSyncClient:
@@ -326,7 +257,7 @@ class VLLMEngine:
         self.syncs = 0
         api = weight_transfer_api() if llm is None else None
         if llm is None:
-            path = model_path or getattr(_unwrap(policy), "name_or_path", None)
+            path = model_path or getattr(unwrap(policy), "name_or_path", None)
             assert path, "the vllm engine needs the policy's directory (model_path)"
             llm = create_llm(path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                              enable_sleep_mode=sleep_between_phases, max_model_len=max_model_len, seed=seed,
@@ -399,6 +330,9 @@ class VLLMEngine:
             self.prefix_cache_stale = False
 
 
-def make_vllm_engine(policy: nn.Module, tokenizer: Any, **options: Any) -> VLLMEngine:
+def make_vllm_engine(policy: nn.Module, tokenizer: Any, options: EngineOptions) -> VLLMEngine:
     """The catalog's `vllm` entry."""
-    return VLLMEngine(policy, tokenizer, **options)
+    return VLLMEngine(policy, tokenizer, model_path=options.model_path, dtype=options.dtype,
+                      gpu_memory_utilization=options.vllm.gpu_memory_utilization,
+                      sleep_between_phases=options.vllm.sleep_between_phases, max_model_len=options.max_model_len,
+                      seed=options.seed, trust_remote_code=options.trust_remote_code)

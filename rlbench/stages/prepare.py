@@ -25,10 +25,10 @@ from rlbench.progress import ProgressBar
 
 def needs_reward_model(suite: Suite) -> bool:
     """Whether any algorithm of the suite holds a reward model or starts its value model from one."""
+    from rlbench.algorithms.base import uses_reward_model
     from rlbench.train import make_algorithm
 
-    algorithms = [make_algorithm(a) for a in suite.algorithms]
-    return any("reward" in a.roles() or a.value_init() == "reward" for a in algorithms)
+    return any(uses_reward_model(make_algorithm(a)) for a in suite.algorithms)
 
 
 def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
