@@ -14,15 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from rlbench.config import Suite
 from rlbench.measure.probing import RunProbe
-from rlbench.models.heads import ScalarRole
 from rlbench.models.optim import adamw
 from rlbench.train.parts import RunParts
+
+if TYPE_CHECKING:  # heads imports transformers: a worker imports it after its baseline reading, as it loads
+    from rlbench.models.heads import ScalarRole
 
 T = TypeVar("T")
 
