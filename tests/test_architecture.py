@@ -266,3 +266,11 @@ def test_the_patch_finder_finds_patches() -> None:
 def test_the_estimator_builds_run_and_never_patches_it() -> None:
     found = {path.name: run_patches(path.read_text()) for path in (PACKAGE / "estimate").glob("*.py")}
     assert not {name: f for name, f in found.items() if f}
+
+
+def test_importing_the_loop_imports_no_transformers() -> None:
+    # A worker imports the loop, then reads its baseline memory, then loads the roles: transformers
+    # (about 21 MB of anonymous memory) belongs to what loading adds, as it always has.
+    code = "import sys, rlbench.worker, rlbench.train; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
