@@ -60,7 +60,7 @@ def make_run(run_suite, embedded_dir: Path):
 
     def make(probe):
         torch.manual_seed(0)
-        return Run(run_suite, run_suite.algorithms[0], 0, embedded_dir, None, probe)
+        return Run.build(run_suite, run_suite.algorithms[0], 0, embedded_dir, None, probe)
 
     return make
 

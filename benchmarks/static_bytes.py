@@ -40,24 +40,25 @@ def main(argv: list[str] | None = None) -> dict:
     from rlbench.measure.static import role_static_bytes
     from rlbench.models.loading import load_causal_lm, resolve_base
     from rlbench.models.optim import adamw
-    from rlbench.models.precision import compute_context, compute_dtype
+    from rlbench.models.precision import resolve_precision
 
     path = resolve_base(args.model)
     rows = []
     for dtype, precision in PRECISIONS:
         cfg = ModelConfig(name=args.model, dtype=dtype, precision=precision)
+        resolved = resolve_precision(cfg)
         for trained in (True, False):
-            model = load_causal_lm(path, cfg, trainable=trained).requires_grad_(trained)
+            model = load_causal_lm(path, cfg, resolved, trainable=trained).requires_grad_(trained)
             optimizer = None
             params = [p for p in model.parameters()]
             if trained:
                 optimizer = adamw(params, lr=1e-6)
                 ids = torch.tensor([[1, 20, 30, 40]])
-                with compute_context(cfg, "cpu"):
+                with resolved.context("cpu"):
                     loss = model(input_ids=ids, labels=ids).loss
                 loss.backward()
                 optimizer.step()
-            static = role_static_bytes(model, optimizer, compute_dtype(cfg))
+            static = role_static_bytes(model, optimizer, resolved.compute_dtype)
             n = sum(p.numel() for p in params)
             tensors = len(params)
             if trained:

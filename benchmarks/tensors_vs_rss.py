@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     with LiveTensors() as tensors:
         probe = Probe(tensors)
         for algo in suite.algorithms:
-            run = Run(suite, algo, suite.seeds[0], base, base, probe)
+            run = Run.build(suite, algo, suite.seeds[0], base, base, probe)
             for model, optimizer in run.role_models().values():
                 tensors.track_external(model, *([optimizer] if optimizer is not None else []))
             tokens = []

@@ -17,7 +17,7 @@ import pytest
 def test_rl_step_probe_overhead(benchmark, make_run, no_probe, overhead_means, probe_name: str) -> None:
     from rlbench.catalog import resolve_probe
 
-    run = make_run(resolve_probe("cpu", 10.0) if probe_name == "cpu" else no_probe)
+    run = make_run(resolve_probe("cpu", 10.0, "fast") if probe_name == "cpu" else no_probe)
     benchmark.group = "probe_overhead"
     metrics = benchmark.pedantic(run.step, rounds=5, iterations=1, warmup_rounds=1)
     assert metrics["completions"] == 64 * run.budget.steps, "each step samples completions_per_step"

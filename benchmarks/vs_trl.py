@@ -233,7 +233,7 @@ def make_run(model_dir: Path, max_new_tokens: int, group: int, threads: int, see
 
     suite = make_suite(max_new_tokens, group, threads, completions)
     torch.manual_seed(seed)
-    return Run(suite, suite.algorithms[0], seed, model_dir, None, NullProbe())
+    return Run.build(suite, suite.algorithms[0], seed, model_dir, None, NullProbe())
 
 
 def rlbench_step(run) -> tuple[float, dict[str, int], float]:
@@ -267,9 +267,8 @@ def compare_length(model_dir: Path, max_new_tokens: int, args: argparse.Namespac
     run = make_run(model_dir, max_new_tokens, args.group, args.threads, args.seed, args.completions)
     timed_end = args.warmup + args.steps
     total_steps = timed_end + args.memory_steps
-    prompts_per_step = args.completions // args.group
     # The prompts rlbench's run will take, in its order, so both frameworks see the same ones each step.
-    ordered = [run.train_problems[i] for i in run.order[:total_steps * prompts_per_step]]
+    ordered = [run.train_problems[i] for i in run.order[:total_steps * run.prompts_per_step]]
     by_id = {p.id: p for p in ordered}
     dataset = Dataset.from_list([{"prompt": prompt_text(p), "problem_id": p.id} for p in ordered])
     trl_lengths: list[float] = []

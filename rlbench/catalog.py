@@ -107,13 +107,6 @@ def registry(kind: str) -> Registry[Any]:
     return {r.kind: r for r in REGISTRIES}[kind]
 
 
-def group_size(params: Any, default: int) -> int:
-    """Completions per prompt of an algorithm with these params: its own `group_size` when set,
-    else the suite's `rollout.group_size`."""
-    own = getattr(params, "group_size", None)
-    return own if own is not None else default
-
-
 def load_problems(cfg: Any, split: str, size: int | None, seed: int) -> list[Any]:
     """Problems of a split ("train" or "eval") from the task named by `cfg.name`."""
     from rlbench.tasks import SPLITS
@@ -134,6 +127,7 @@ def rule_functions(names: Any) -> dict[str, Callable[..., float]]:
     return {name: REWARDS.get(name) for name in names}
 
 
-def resolve_probe(name: str, period_ms: float) -> Any:
-    """The probe `name` built with `period_ms`: always a CompositeProbe."""
-    return PROBES.get(name)(period_ms)
+def resolve_probe(name: str, period_ms: float, heap: str) -> Any:
+    """The probe `name` built with `period_ms` and the suite's `probe_heap` (`heap`, which the cpu
+    probe checks the process was started with): always a CompositeProbe (`probing.RunProbe`)."""
+    return PROBES.get(name)(period_ms, heap)

@@ -5,7 +5,7 @@ The runner starts a distributed run (a suite with a `distributed:` block) as
     python -m torch.distributed.run --standalone --nproc_per_node N -m rlbench.worker SPEC.json
 
 and each rank builds a `Dist` (`Dist.from_env`); in one process `Dist()` is inert and every hook
-below returns its input, so the single-process loop in `rlbench/train.py` runs as it always has.
+below returns its input, so the single-process loop in `rlbench/train/run.py` runs as it always has.
 What a rank does differently:
 
 - Loading (`load_role`, rlbench/fsdp.py): every role is built on the meta device, sharded per
@@ -47,7 +47,9 @@ from torch import nn
 
 from rlbench.algorithms.base import Batch
 from rlbench.config import DistributedConfig, ModelConfig
+from rlbench.measure.budget import StepCounts
 from rlbench.measure.evaluation import OUTCOMES, standard_error
+from rlbench.models.precision import Precision
 from rlbench.rollout import Rollout
 
 SHARE_BY = {"token_mean": "tokens", "seq_mean_token_mean": "rows", "seq_mean_token_sum_norm": "rows"}
@@ -161,13 +163,13 @@ class Dist:
         return box[0]
 
     # -- loading ----------------------------------------------------------------------------------
-    def load_role(self, role: str, path: str | Path, cfg: ModelConfig) -> nn.Module:
+    def load_role(self, role: str, path: str | Path, cfg: ModelConfig, precision: Precision) -> nn.Module:
         """The role's model sharded over the ranks (rlbench/fsdp.py): built on the meta device on
         every rank, filled from rank 0's copy, the only full one, dropped once broadcast."""
         from rlbench.fsdp import load_sharded
 
         with self._in_phase(f"load/{role}"):
-            return load_sharded(self, role, path, cfg)
+            return load_sharded(self, role, path, cfg, precision)
 
     # -- one step ---------------------------------------------------------------------------------
     def local_prompts(self, prompts: list) -> list:
@@ -264,17 +266,17 @@ class Dist:
         summed = self._all_reduce(torch.tensor([stats[k] * weight for k in keys], dtype=torch.float64), "SUM")
         return {**stats, **dict(zip(keys, summed.tolist()))}
 
-    def budget_reduce(self, counts: dict[str, int], seconds: float) -> tuple[dict[str, int], float]:
+    def budget_reduce(self, counts: StepCounts, seconds: float) -> tuple[StepCounts, float]:
         """The step's counts summed over ranks and its seconds maxed: every rank sees the same budget."""
         if not self.active:
             return counts, seconds
         with self._in_phase("budget"):
             return self._budget_reduce(counts, seconds)
 
-    def _budget_reduce(self, counts: dict[str, int], seconds: float) -> tuple[dict[str, int], float]:
-        summed = self._all_reduce(torch.tensor(list(counts.values()), dtype=torch.int64), "SUM")  # exact (FLOPs)
+    def _budget_reduce(self, counts: StepCounts, seconds: float) -> tuple[StepCounts, float]:
+        summed = self._all_reduce(torch.tensor(counts.values(), dtype=torch.int64), "SUM")  # exact (FLOPs)
         slowest = self._all_reduce(torch.tensor([seconds], dtype=torch.float64), "MAX")
-        return dict(zip(counts, (int(v) for v in summed.tolist()))), float(slowest[0])
+        return counts.with_values([int(v) for v in summed.tolist()]), float(slowest[0])
 
     def evaluate(self, evaluate: Callable[[list], dict[str, float]], problems: list, model: nn.Module) -> dict:
         """`evaluate` on this rank's slice of `problems` inside one unshard, merged over ranks."""

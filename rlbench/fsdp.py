@@ -20,22 +20,36 @@ rank's `Dist` by phase (`set_custom_all_gather` / `set_custom_reduce_scatter`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from rlbench.config import ModelConfig
 from rlbench.errors import UserError
-
-if TYPE_CHECKING:
-    from rlbench.distributed import Dist
+from rlbench.models.precision import Precision
 
 TRAINED_ROLES = ("policy", "value")
 SCALAR_ROLES = ("reward", "value")
 
 
-def load_sharded(dist: Dist, role: str, path: str | Path, cfg: ModelConfig) -> nn.Module:
+class Ranks(Protocol):
+    """What sharding reads of this process's place in the run (`rlbench.distributed.Dist`, which
+    imports this module: the dependency points one way)."""
+
+    rank: int
+    world: int
+    notes: list[str]
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def count(self, kind: str, nbytes: int) -> None:
+        """Count one collective of `nbytes` under the current phase."""
+        ...
+
+
+def load_sharded(dist: Ranks, role: str, path: str | Path, cfg: ModelConfig, precision: Precision) -> nn.Module:
     """`role` ("policy", "reference", "reward", "value") from `path`, sharded over `dist`'s ranks."""
     import torch.distributed as c10d
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -45,8 +59,8 @@ def load_sharded(dist: Dist, role: str, path: str | Path, cfg: ModelConfig) -> n
     scalar, trainable = role in SCALAR_ROLES, role in TRAINED_ROLES
     full = None
     if dist.rank == 0:
-        full = (load_scalar_model if scalar else load_causal_lm)(path, cfg, "cpu", trainable=trainable)
-    model = meta_model(path, cfg, scalar, trainable)
+        full = (load_scalar_model if scalar else load_causal_lm)(path, cfg, precision, "cpu", trainable=trainable)
+    model = meta_model(path, cfg, precision, scalar, trainable)
     if not trainable:
         model.requires_grad_(False)
     shard(dist, model, frozen=not trainable)
@@ -65,7 +79,7 @@ def load_sharded(dist: Dist, role: str, path: str | Path, cfg: ModelConfig) -> n
     return model.train(trainable)
 
 
-def shard(dist: Dist, model: nn.Module, frozen: bool) -> None:
+def shard(dist: Ranks, model: nn.Module, frozen: bool) -> None:
     """fully_shard each decoder layer, a scalar-head model's backbone, then the root."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -96,7 +110,7 @@ def shard(dist: Dist, model: nn.Module, frozen: bool) -> None:
             unit.set_custom_reduce_scatter(comms[1])
 
 
-def meta_model(path: str | Path, cfg: ModelConfig, scalar: bool, trainable: bool) -> nn.Module:
+def meta_model(path: str | Path, cfg: ModelConfig, precision: Precision, scalar: bool, trainable: bool) -> nn.Module:
     """The role's architecture with no storage (meta device), as its loader would build it."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -106,10 +120,9 @@ def meta_model(path: str | Path, cfg: ModelConfig, scalar: bool, trainable: bool
         is_sequence_classifier,
         pretrained_kwargs,
         scalar_model_from_classifier,
-        torch_dtype,
     )
 
-    kwargs = pretrained_kwargs(cfg)
+    kwargs = pretrained_kwargs(cfg, precision)
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     with torch.device("meta"):
         if not scalar:
@@ -118,13 +131,13 @@ def meta_model(path: str | Path, cfg: ModelConfig, scalar: bool, trainable: bool
             model = scalar_model_from_classifier(AutoModelForSequenceClassification.from_config(config, **kwargs))
         else:
             backbone = AutoModel.from_config(config, **kwargs)
-            model = ScalarHeadModel(backbone, backbone.config.hidden_size).to(torch_dtype(cfg.dtype))
+            model = ScalarHeadModel(backbone, backbone.config.hidden_size).to(precision.dtype)
     if trainable and cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model.backbone if scalar else model)
     return model
 
 
-def counting_comms(dist: Dist) -> tuple[Any, Any] | None:
+def counting_comms(dist: Ranks) -> tuple[Any, Any] | None:
     """FSDP2's default all-gather and reduce-scatter, counting bytes into `dist` (None where this
     torch has no such hooks)."""
     try:

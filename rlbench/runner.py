@@ -3,7 +3,8 @@
 1. Validate the suite (every error at once), check that this machine has what it needs and that
    the model directories hold weights and no code the suite does not trust; then a new folder.
 2. Shared stages, cached on disk: the base model, cold-start SFT, the reward model (only when an
-   algorithm holds one), and the SFT model's held-out accuracy (the "before" of every run).
+   algorithm holds one), and the SFT model's held-out accuracy (the "before" of every run):
+   `rlbench.stages.prepare_stages`.
 3. Each run in its own worker process (`rlbench.worker`), under the shared budget, with a live
    progress bar and a watchdog (a run past its time limit ends as `timeout`); a suite with a
    `distributed:` block starts it under torchrun, one process per rank, and merges the ranks'
@@ -24,7 +25,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rlbench.cache import cache_root, cached_dir, stable_hash
 from rlbench.config import Suite, load_suite, resolved_dict
 from rlbench.errors import UserError
 from rlbench.process import (
@@ -52,11 +51,11 @@ from rlbench.process import (
     time_limit,
     worker_command,
 )
+from rlbench.progress import ProgressBar
 from rlbench.report.io import write_json_atomic
 from rlbench.report.schema import SCHEMA_VERSION
 from rlbench.results import new_results_dir, reopen_results_dir
-
-EVAL_VERSION = 3  # bump when evaluation changes what it returns for the same model and problems
+from rlbench.stages.prepare import needs_reward_model, prepare_stages
 
 INTERRUPT_GRACE_S = 40.0  # after Ctrl-C, seconds a worker gets to write its partial result (torchrun gives ranks 30)
 RUN_STATUSES = ("ok", "failed", "oom", "interrupted", "timeout")
@@ -70,13 +69,6 @@ def plan_runs(suite: Suite) -> list[dict[str, Any]]:
     return [{"id": run_id(a.label or a.name, seed), "algorithm": a.name, "label": a.label or a.name, "seed": seed,
              "algorithm_index": i, "status": "pending"}
             for i, a in enumerate(suite.algorithms) for seed in suite.seeds]
-
-
-def needs_reward_model(suite: Suite) -> bool:
-    from rlbench.train import make_algorithm
-
-    algorithms = [make_algorithm(a) for a in suite.algorithms]
-    return any("reward" in a.roles() or a.value_init() == "reward" for a in algorithms)
 
 
 def run_suite(path: str | None, overrides: list[str], output: str | None, console: Console,
@@ -204,120 +196,6 @@ def _check_inputs(suite: Suite) -> None:
                         suite.model.trust_remote_code)
 
 
-def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
-    """Base model, SFT, reward model and the SFT model's evaluation, shared by every run."""
-    import torch
-
-    from rlbench.models.loading import resolve_base
-    from rlbench.models.sft import cold_start
-
-    torch.set_num_threads(suite.threads or os.cpu_count() or 1)
-    base_dir = resolve_base(suite.model.name, suite.model.trust_remote_code)
-    stages: dict[str, Any] = {"report": {}}
-    policy_dir = base_dir
-    from rlbench.models.shape import is_shape
-
-    shape = is_shape(suite.model.name)
-    if shape and suite.model.sft.steps > 0:
-        console.print("SFT: skipped (a shape model has random weights; SFT would be meaningless)")
-    if suite.model.sft.steps > 0 and not shape:
-        with _bar(console, "SFT (cold start)", suite.model.sft.steps) as (progress, task):
-            policy_dir, stats, hit = cold_start(
-                base_dir, suite.model.name, suite.model.sft, suite.task, seed=0,
-                on_step=lambda step, loss: progress.update(task, completed=step, info=f"loss {loss:.3f}"),
-                trust_remote_code=suite.model.trust_remote_code)
-        console.print(f"SFT: {'cached' if hit else 'trained'} ({stats['sft/seconds']:.0f} s, "
-                      f"{int(stats['sft/steps'])} steps, final loss {stats['sft/final_loss']:.3f})")
-        stages["report"]["sft"] = dict(stats, cache_hit=hit, path=str(policy_dir))
-    stages["policy_dir"] = str(policy_dir)
-
-    if needs_reward_model(suite) and shape:  # the same shape with a fresh scalar head, untrained
-        stages["reward_dir"] = str(policy_dir)
-        stages["report"]["reward_model"] = {"untrained": True, "path": str(policy_dir)}
-    elif needs_reward_model(suite):
-        from rlbench.models.reward_model import prepare_reward_model
-
-        with _bar(console, "reward model", suite.model.reward_model.steps) as (progress, task):
-            reward_dir, rm_stats, hit = prepare_reward_model(
-                Path(policy_dir), suite, on_step=lambda step, total, info: progress.update(
-                    task, completed=step, total=total, info=info))
-        console.print(f"reward model: {'cached' if hit else 'trained'}, held-out pairwise accuracy "
-                      f"{rm_stats.get('reward_model/heldout_accuracy', float('nan')):.3f}")
-        stages["reward_dir"] = str(reward_dir)
-        stages["report"]["reward_model"] = dict(rm_stats, cache_hit=hit, path=str(reward_dir))
-        weak = reward_model_warning(rm_stats)
-        if weak:
-            console.print(f"[yellow]warning:[/] weak reward model: {escape(weak)}; a run that optimises its "
-                          "reward may climb it without getting answers right", highlight=False)
-            stages["reward_model_warning"] = weak
-            stages["report"]["reward_model"]["weak"] = weak
-
-    def evaluate_start() -> dict[str, float]:
-        from rlbench.catalog import load_problems
-        from rlbench.device import default_device
-        from rlbench.measure.evaluation import evaluate_suite
-        from rlbench.models.embedded import load_pretrained_pair
-        from rlbench.rollout.hf import HFEngine
-
-        model, tokenizer = load_pretrained_pair(policy_dir, trust_remote_code=suite.model.trust_remote_code)
-        model.to(default_device())
-        problems = load_problems(suite.task, "eval", suite.eval.size, 0)
-        with console.status(f"evaluating the starting model on {len(problems)} held-out problems"):
-            start = time.perf_counter()
-            result = evaluate_suite(HFEngine(model, tokenizer), tokenizer, problems, suite)
-        return dict(result, seconds=round(time.perf_counter() - start, 3))
-
-    if shape:
-        console.print("accuracy: not measured (shape model: random weights)")
-        return stages
-    # The starting model's evaluation is deterministic (greedy, fixed problems), so a cached SFT
-    # model's is cached beside it; a model outside the cache is evaluated every time.
-    hit = False
-    if Path(policy_dir).is_relative_to(cache_root()):
-        key = stable_hash({"policy_dir": str(policy_dir), "eval": asdict(suite.eval), "task": asdict(suite.task),
-                           "max_new_tokens": suite.rollout.max_new_tokens,
-                           "temperature": suite.rollout.temperature, "version": EVAL_VERSION})
-        eval_dir, hit = cached_dir("eval", key, lambda tmp: write_json_atomic(tmp / "eval.json", evaluate_start()))
-        before = json.loads((eval_dir / "eval.json").read_text())
-    else:
-        before = evaluate_start()
-    seconds = before.pop("seconds")
-    stderr, by = starting_stderr(suite, before)
-    console.print(f"starting accuracy: {before['eval/accuracy']:.1%} ± {stderr:.1%} ({by}; "
-                  f"{'cached' if hit else f'{seconds:.0f} s'})")
-    stages["report"]["eval_before_cached"] = hit
-    stages["eval_seconds"] = seconds  # what the watchdog allows a run's final evaluation (x SLACK)
-    stages["eval_before"] = before  # with its per-problem outcomes, which each run's result keeps
-    stages["report"]["eval_before"] = {k: v for k, v in before.items() if k != "eval/outcomes"}  # evaluation.OUTCOMES
-    return stages
-
-
-def starting_stderr(suite: Suite, before: dict[str, Any]) -> tuple[float, str]:
-    """The starting accuracy's standard error as the report's tables give it: clustered by the
-    task's key (problems telling one arithmetic chain are one piece of evidence) where the
-    per-problem outcomes are there, else binomial; and which it is."""
-    from rlbench.catalog import load_problems, problem_clusters
-    from rlbench.report.stats import clustered_stderr
-
-    outcomes = before.get("eval/outcomes")
-    if outcomes:
-        clusters, by = problem_clusters(suite.task, load_problems(suite.task, "eval", suite.eval.size, 0))
-        if len(clusters) == len(outcomes) and len(set(clusters)) > 1:
-            return clustered_stderr([int(c) for c in outcomes], clusters)[0], f"clustered by {by}"
-    return before["eval/accuracy_stderr_binomial"], "binomial"
-
-
-def reward_model_warning(stats: dict[str, Any]) -> str | None:
-    """Why the reward model stage's held-out pairwise accuracy is too weak to trust, or None
-    (also None for a loaded model without held-out figures)."""
-    from rlbench.report.stats import weak_reward_model
-
-    accuracy, pairs = stats.get("reward_model/heldout_accuracy"), stats.get("reward_model/heldout_pairs")
-    if accuracy is None or not pairs or not math.isfinite(accuracy):
-        return None
-    return weak_reward_model(accuracy, int(pairs))
-
-
 def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: dict[str, Any], out_dir: Path,
                 console: Console, gate: InterruptGate | None = None) -> dict[str, Any]:
     """One worker process; returns the run's result (a failure result if the worker died).
@@ -356,7 +234,7 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
                                 env=env, start_new_session=True)
         with Watchdog(proc, limit, send=lambda sig: signal_run(proc, sig, run_dir)) as watchdog:
             try:
-                with gate.opened(), _bar(console, escape(entry["id"]), 1.0, fraction=True) as (progress, task):
+                with gate.opened(), ProgressBar(console, escape(entry["id"]), 1.0, fraction=True) as (progress, task):
                     for line in proc.stdout:
                         if not line.startswith(EVENT_PREFIX):
                             log.write(line)
@@ -422,31 +300,6 @@ def _tail(path: Path, lines: int = 1) -> str:
     except OSError:
         return ""
     return " | ".join(text[-lines:])[-300:]
-
-
-class _bar:
-    """A one-task Rich progress bar with a free-text info column. It appears at its first update,
-    so a stage that comes from the cache (no step to show) leaves no empty bar behind."""
-
-    def __init__(self, console: Console, label: str, total: float, fraction: bool = False) -> None:
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(),
-                   TextColumn("{task.percentage:>3.0f}%") if fraction else TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
-        self.progress = Progress(*columns, console=console, transient=False)
-        self.label, self.total, self.started = label, total, False
-
-    def __enter__(self) -> tuple[_bar, Any]:
-        return self, self.progress.add_task(self.label, total=self.total, info="")
-
-    def update(self, task: Any, **fields: Any) -> None:
-        if not self.started:
-            self.progress.start()
-            self.started = True
-        self.progress.update(task, **fields)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.started:
-            self.progress.stop()
 
 
 def _last_line(exc: BaseException | None) -> str:

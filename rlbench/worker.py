@@ -2,8 +2,10 @@
 
 The runner starts one worker per algorithm x seed, so each run's memory is measured in a clean
 process and a crash, an out-of-memory error or a kill in one run cannot take the others down.
-The worker prints progress events (`@rlbench {json}` lines) on stdout, appends per-step metrics
-to `steps.jsonl`, and always writes `result.json` (atomically), whatever happened.
+The worker builds the run (`Run.build`, with the suite's probe), lets it train (`Run.train`: the
+step loop and the evaluation cadence) and evaluates it once more at the end; it prints progress
+events (`@rlbench {json}` lines) on stdout, appends per-step metrics to `steps.jsonl`, and always
+writes `result.json` (atomically), whatever happened.
 
 A distributed run (`distributed:` in the suite) is N such processes started by torchrun, which
 sets RANK and WORLD_SIZE: rank r writes its figures to `rank{r}/result.json` (and its pid to
@@ -61,11 +63,11 @@ def main(argv: list[str]) -> int:
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # ranks on this machine share its cores
         torch.set_num_threads(max(1, (suite.threads or os.cpu_count() or 1) // local_ranks))
         dist = Dist.from_env(suite.distributed)
-        probe = resolve_probe(suite.probe, suite.probe_period_ms)
+        probe = resolve_probe(suite.probe, suite.probe_period_ms, suite.probe_heap)
         result["baseline_bytes"] = probe.snapshot()
         algo_cfg = suite.algorithms[spec["algorithm_index"]]
         reward_dir = Path(spec["reward_dir"]) if spec.get("reward_dir") else None
-        run = Run(suite, algo_cfg, spec["seed"], Path(spec["policy_dir"]), reward_dir, probe, dist=dist)
+        run = Run.build(suite, algo_cfg, spec["seed"], Path(spec["policy_dir"]), reward_dir, probe, dist=dist)
         if run.reward_model is not None and spec.get("reward_model_warning"):  # this run optimises its reward
             result["reward_model_warning"] = spec["reward_model_warning"]
         say({"event": "loaded", "roles": list(run.roles)})
@@ -73,19 +75,19 @@ def main(argv: list[str]) -> int:
         evals = [dict(spec["eval_before"], step=0, completions=0)] if spec.get("eval_before") else []
         evaluate = not is_shape(suite.model.name)  # random weights: accuracy is meaningless
         with open(run_dir / "steps.jsonl" if rank == 0 else os.devnull, "w") as steps_file:
-            while (stopped_by := run.budget.exhausted()) is None:
-                metrics = run.step()
+            def on_step(metrics: dict[str, Any]) -> None:
                 steps_file.write(json.dumps(metrics) + "\n")
                 steps_file.flush()
                 say({"event": "step", "step": metrics["step"], "fraction": run.budget.fraction(),
-                      "completions": run.budget.completions, "reward": metrics["reward/mean"],
-                      "gold": metrics["gold/accuracy"]})
-                if evaluate and suite.eval.every and metrics["step"] % suite.eval.every == 0:
-                    evals.append(_evaluate(run, suite, eval_problems) | {"step": metrics["step"], "completions": run.budget.completions})
+                     "completions": run.budget.completions, "reward": metrics["reward/mean"],
+                     "gold": metrics["gold/accuracy"]})
+
+            stopped_by, during = run.train(on_step, eval_problems if evaluate else None)
+        evals += during
         result["stopped_by"] = stopped_by
         if evaluate:
             say({"event": "eval"})
-            final = _evaluate(run, suite, eval_problems)
+            final = run.evaluate(eval_problems)
             evals.append(final | {"step": run.budget.steps, "completions": run.budget.completions})
         outcomes = [e.pop(OUTCOMES, None) for e in evals]  # kept once per run, not in every evaluation
         if len(evals) > 1 and outcomes[0] and outcomes[-1]:
@@ -116,14 +118,6 @@ def main(argv: list[str]) -> int:
         if dist is not None:
             dist.close()
     return 0 if result["status"] == "ok" else 1
-
-
-def _evaluate(run, suite, problems) -> dict[str, float]:
-    from rlbench.measure.evaluation import evaluate_suite
-
-    with run.phase("eval"):  # distributed: each rank scores its slice inside one unshard, merged
-        return run.dist.evaluate(lambda mine: evaluate_suite(run.engine, run.tokenizer, mine, suite, run.seed),
-                                 problems, run.policy)
 
 
 def _interrupt_once(signum: int, frame: object) -> None:

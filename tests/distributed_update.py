@@ -26,7 +26,7 @@ def main(suite_path: str, policy_dir: str, batch_path: str, seed: str, out_path:
     torch.set_num_threads(1)
     suite = load_suite(suite_path)
     dist = Dist.from_env(suite.distributed)
-    run = Run(suite, suite.algorithms[0], 0, Path(policy_dir), None, resolve_probe("cpu", 10.0), dist=dist)
+    run = Run.build(suite, suite.algorithms[0], 0, Path(policy_dir), None, resolve_probe("cpu", 10.0, "fast"), dist=dist)
     batch = torch.load(batch_path, weights_only=False)
     with torch.no_grad():  # the sharded frozen reference on the whole batch, then whether its root resharded
         ref_logprobs = run.reference_logprobs(batch.rollout)

@@ -13,9 +13,10 @@ import pytest
 
 from rlbench.config import BudgetConfig, load_suite
 from rlbench.errors import UserError
+from rlbench.measure.budget import Budget
 from rlbench.measure.probing import NullProbe
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
-from rlbench.train import Budget, Run
+from rlbench.train import Run
 
 POLICY_N, SCALAR_N, LAYERS, HIDDEN = 904_064, 853_249, 4, 128
 
@@ -44,7 +45,7 @@ def make_run(tmp_path, policy_dir, budget: str, index: int = 0) -> Run:
     path.write_text(SUITE.replace("{BUDGET}", budget))
     suite = load_suite(path)
     # A scalar head on the policy's backbone stands in for a trained reward model (shapes are what count).
-    return Run(suite, suite.algorithms[index], 0, policy_dir, policy_dir, NullProbe())
+    return Run.build(suite, suite.algorithms[index], 0, policy_dir, policy_dir, NullProbe())
 
 
 def by_hand(n: int, t: int, trained: bool) -> int:

@@ -73,7 +73,7 @@ def test_a_step_with_checkpointing_and_groups_runs(tmp_path) -> None:
     path.write_text(SUITE)
     suite = load_suite(path)
     model, tokenizer = build_embedded(seed=0)
-    run = Run(suite, suite.algorithms[0], 0, save_pretrained_pair(model, tokenizer, tmp_path / "policy"), None,
+    run = Run.build(suite, suite.algorithms[0], 0, save_pretrained_pair(model, tokenizer, tmp_path / "policy"), None,
               NullProbe())
     assert recomputes_in_backward(run.policy) and run.group_size == 4
     stats = run.step()

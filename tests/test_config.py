@@ -421,3 +421,27 @@ def test_suggested_step_sizes_suit_every_group_size(tmp_path: Path) -> None:
     # With grpo_zero's own group size 5, 30 = 6 x 5 = 10 x 3 suits both.
     suite = load_suite(path, ["algorithms[0].params.group_size=5"])
     assert suite.algorithms[0].params == {"group_size": 5}
+
+
+def test_step_shape_is_the_group_size_rule_of_each_algorithm() -> None:
+    from rlbench.algorithms.params import GRPOParams, PPOParams
+    from rlbench.config import RolloutConfig, step_shape
+
+    rollout = RolloutConfig(completions_per_step=64, group_size=4)
+    shape = step_shape(GRPOParams(), rollout)
+    assert (shape.group_size, shape.prompts_per_step) == (4, 16)  # GRPO follows rollout.group_size
+    own = step_shape(GRPOParams(group_size=8), rollout)
+    assert (own.group_size, own.prompts_per_step) == (8, 8)
+    ppo = step_shape(PPOParams(), rollout)
+    assert (ppo.group_size, ppo.prompts_per_step) == (1, 64)  # one completion per prompt, whatever the suite's
+
+
+def test_one_precision_table_serves_the_checks_and_auto() -> None:
+    from rlbench.config import PRECISION_MODES, ModelConfig, precision_mode
+    from rlbench.config.schema import PRECISIONS
+
+    assert PRECISIONS == ("auto", "fp32", "bf16-mixed", "bf16-pure")  # what a suite may name
+    assert [precision_mode(ModelConfig(dtype=d)).name for d in ("float32", "bfloat16", "float16")] == [
+        "fp32", "bf16-mixed", "fp16-pure"]
+    assert {name: mode.dtype for name, mode in PRECISION_MODES.items() if mode.choice} == {
+        "fp32": "float32", "bf16-mixed": "bfloat16", "bf16-pure": "bfloat16"}

@@ -48,8 +48,10 @@ def _single_process_policy_static(policy_dir: Path) -> dict[str, int]:
     from rlbench.measure.static import role_static_bytes
     from rlbench.models.loading import load_causal_lm
     from rlbench.models.optim import adamw
+    from rlbench.models.precision import resolve_precision
 
-    model = load_causal_lm(policy_dir, load_suite(str(SUITE)).model)
+    cfg = load_suite(str(SUITE)).model
+    model = load_causal_lm(policy_dir, cfg, resolve_precision(cfg))
     optimizer = adamw(model.parameters(), lr=1e-4, weight_decay=0.0)
     sum(p.sum() for p in model.parameters()).backward()
     optimizer.step()
@@ -104,7 +106,7 @@ def test_a_sharded_update_equals_the_single_process_update(tmp_path):
     suite_file = tmp_path / "suite.yaml"
     suite_file.write_text(yaml.safe_dump(resolved_dict(suite), sort_keys=False))
     policy_dir = _base_dir()
-    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, resolve_probe("cpu", 10.0))
+    run = Run.build(suite, suite.algorithms[0], 0, policy_dir, None, resolve_probe("cpu", 10.0, "fast"))
     prompts, group = run.next_prompts(), run.group_size
     rollout = run.engine.generate(encode_prompts(run.tokenizer, prompts), group, run.sampling, seed=0)
     n = len(prompts) * group

@@ -179,9 +179,9 @@ RISES_BY_CALL = """
     spec = json.loads(Path(sys.argv[1]).read_text())  # the run's own: suite as resolved, seed, policy
     suite = load_suite(spec["suite_path"])
     torch.set_num_threads(suite.threads)
-    probe = resolve_probe(suite.probe, suite.probe_period_ms)
+    probe = resolve_probe(suite.probe, suite.probe_period_ms, suite.probe_heap)
     probe.snapshot()
-    run = Run(suite, suite.algorithms[spec["algorithm_index"]], spec["seed"], Path(spec["policy_dir"]), None, probe)
+    run = Run.build(suite, suite.algorithms[spec["algorithm_index"]], spec["seed"], Path(spec["policy_dir"]), None, probe)
     rises, add = {}, run.phases.add
 
     def each_call(phase, seconds, memory=None, static_created=0, static_end=0):
@@ -410,8 +410,9 @@ def test_cards_and_the_largest_value_that_fits():
 
 def test_headroom_settings_change_the_suite_as_a_user_would(tmp_path):
     suite = load_suite(suite_file(tmp_path))
-    assert with_value(suite, "max_new_tokens", 99).rollout.max_new_tokens == 99
-    more = with_value(suite, "group_size", 8)  # 16 prompts per step, now 8 completions each
+    algo = suite.algorithms[0]
+    assert with_value(suite, "max_new_tokens", 99, algo).rollout.max_new_tokens == 99
+    more = with_value(suite, "group_size", 8, algo)  # 16 prompts per step, now 8 completions each
     assert (more.rollout.group_size, more.rollout.completions_per_step) == (8, 128)
 
 

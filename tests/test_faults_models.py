@@ -22,7 +22,7 @@ from rlbench.cli import main
 from rlbench.config import SFTConfig, TaskConfig
 from rlbench.errors import UserError
 from rlbench.models.embedded import build_embedded, load_pretrained_pair, save_pretrained_pair
-from rlbench.models.sft import cold_start
+from rlbench.stages.sft import cold_start
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
 EVIL = """\

@@ -194,8 +194,8 @@ def test_a_bf16_mixed_run_divides_by_the_bf16_peak(tmp_path) -> None:
     (tmp_path / "suite.yaml").write_text(BF16_SUITE)
     suite = load_suite(tmp_path / "suite.yaml")
     model, tokenizer = build_embedded(seed=0)
-    probe = resolve_probe("cpu", 10.0)
-    run = Run(suite, suite.algorithms[0], 0, save_pretrained_pair(model, tokenizer, tmp_path / "policy"), None, probe)
+    probe = resolve_probe("cpu", 10.0, "fast")
+    run = Run.build(suite, suite.algorithms[0], 0, save_pretrained_pair(model, tokenizer, tmp_path / "policy"), None, probe)
     run.step()
     summary = summarize_run(run, probe, {"baseline_bytes": probe.snapshot()})
     peak = summary["mfu_peak"]

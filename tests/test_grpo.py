@@ -36,9 +36,9 @@ def test_grpo_roles():
 
 
 def test_group_size_defaults_to_the_rollout_setting():
-    assert GRPO(GRPOParams()).group_size(default=4) == 4
-    assert GRPOZero(GRPOParams()).group_size(default=8) == 8
-    assert GRPOZero(GRPOParams(group_size=16)).group_size(default=4) == 16
+    assert GRPOParams().completions_per_prompt(default=4) == 4
+    assert GRPOParams().completions_per_prompt(default=8) == 8
+    assert GRPOParams(group_size=16).completions_per_prompt(default=4) == 16
 
 
 def test_grpo_has_no_value_loss():

@@ -22,6 +22,7 @@ from rlbench.catalog import load_problems
 from rlbench.config import ModelConfig, TaskConfig, load_suite
 from rlbench.models.embedded import build_embedded, embedded_config, save_pretrained_pair
 from rlbench.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+from rlbench.models.precision import resolve_precision
 from rlbench.tasks import SYSTEM_PROMPT, encode_prompts
 from tests.tolerances import assert_reordered_close, llama_chain_terms
 
@@ -52,11 +53,12 @@ def test_prompts_go_through_the_saved_chat_template(chat_model_dir):
 
 def test_loading_options_reach_transformers(chat_model_dir):
     cfg = ModelConfig(name=str(chat_model_dir), attn_implementation="eager", gradient_checkpointing=True)
-    policy = load_causal_lm(chat_model_dir, cfg, trainable=True)
+    policy = load_causal_lm(chat_model_dir, cfg, resolve_precision(cfg), trainable=True)
     assert policy.config._attn_implementation == "eager"
     assert _checkpointing(policy)
-    assert not _checkpointing(load_causal_lm(chat_model_dir, cfg))  # frozen roles: no recompute
-    half = load_causal_lm(chat_model_dir, ModelConfig(name=str(chat_model_dir), dtype="bfloat16"))
+    assert not _checkpointing(load_causal_lm(chat_model_dir, cfg, resolve_precision(cfg)))  # frozen: no recompute
+    half_cfg = ModelConfig(name=str(chat_model_dir), dtype="bfloat16")
+    half = load_causal_lm(chat_model_dir, half_cfg, resolve_precision(half_cfg))
     assert next(half.parameters()).dtype == torch.bfloat16
 
 
@@ -112,7 +114,8 @@ def test_a_hub_reward_model_scores_like_its_classifier(tmp_path):
     torch.manual_seed(0)
     classifier = LlamaForSequenceClassification(config).eval()
     classifier.save_pretrained(tmp_path)
-    reward = load_scalar_model(tmp_path, ModelConfig(name="unused")).eval()
+    cfg = ModelConfig(name="unused")
+    reward = load_scalar_model(tmp_path, cfg, resolve_precision(cfg)).eval()
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[1, 30, 31, 32, 33], [1, 40, 41, pad, pad]])  # right-padded, as the classifier expects
     mask = (ids != pad).long()

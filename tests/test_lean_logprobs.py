@@ -111,7 +111,7 @@ def one_update(tmp_path, micro: str) -> tuple[Run, dict]:
     policy_dir = save_pretrained_pair(model, tokenizer, tmp_path / "policy")
     from rlbench.measure.probing import NullProbe
 
-    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, NullProbe())
+    run = Run.build(suite, suite.algorithms[0], 0, policy_dir, None, NullProbe())
     return run, run.step()
 
 

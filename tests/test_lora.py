@@ -21,6 +21,7 @@ from rlbench.errors import UserError
 from rlbench.measure.static import role_static_bytes
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
 from rlbench.models.loading import add_lora, load_causal_lm
+from rlbench.models.precision import resolve_precision
 
 peft = pytest.importorskip("peft", reason="LoRA tests need peft (pip install peft)")
 
@@ -69,8 +70,8 @@ def test_lora_trains_only_adapters_and_the_reference_holds_no_copy(tmp_path, mod
     from rlbench.train import Run
 
     suite = _suite(tmp_path, model_dir)
-    probe = resolve_probe("cpu", 10.0)
-    run = Run(suite, suite.algorithms[0], 0, model_dir, reward_dir, probe)
+    probe = resolve_probe("cpu", 10.0, "fast")
+    run = Run.build(suite, suite.algorithms[0], 0, model_dir, reward_dir, probe)
     assert isinstance(run.reference, AdapterDisabledReference)
     before = {name: p.detach().clone() for name, p in run.policy.named_parameters()}
     run.step()
@@ -97,13 +98,13 @@ def test_reference_is_the_base_model_with_adapters_disabled(model_dir):
     from rlbench.models.loading import AdapterDisabledReference
 
     cfg = ModelConfig(name=str(model_dir), lora=LoraConfig(r=4, alpha=8, target_modules=TARGETS))
-    policy = add_lora(load_causal_lm(model_dir, cfg), cfg.lora)
+    policy = add_lora(load_causal_lm(model_dir, cfg, resolve_precision(cfg)), cfg.lora)
     with torch.no_grad():
         for name, param in policy.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)  # adapters that change the output
     policy.train()
-    base = load_causal_lm(model_dir, cfg).eval()
+    base = load_causal_lm(model_dir, cfg, resolve_precision(cfg)).eval()
     reference = AdapterDisabledReference(policy)
     ids = torch.tensor([[1, 20, 30, 40, 50, 60]])
     with torch.no_grad():

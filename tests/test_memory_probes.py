@@ -87,12 +87,12 @@ def test_cpu_probe_sees_a_200_mib_peak_and_a_lower_one_after_freeing() -> None:
 
 
 HOLES_THEN_BIGGER_BLOCKS = """
-    import json, torch
+    import json, sys, torch
     from rlbench.measure.memory import CpuProbe
     # Warm-up: the first torch.ones of each size pages in its kernels' code (file-backed pages that
     # VmHWM counts, more or fewer by CPU as the kernels differ by ISA); the phase then holds heap only.
     torch.ones(131_072), torch.ones(230_400)
-    probe = CpuProbe()
+    probe = CpuProbe(heap=sys.argv[1])
     with probe.phase("fragment") as phase:
         blocks = [torch.ones(131_072) for _ in range(100)]  # 100 x 512 KiB
         kept = blocks[::2]  # 25 MiB stay alive, 25 MiB freed between them: holes of 512 KiB
@@ -109,8 +109,8 @@ def test_probe_heap_exact_returns_freed_blocks_that_fast_keeps_resident() -> Non
     # the 50 freed 512 KiB blocks are holes in the heap that no 900 KiB block fits: they stay
     # resident, and the phase reads about 25 MiB more. Under `exact` (64 KiB) every block is its own
     # mmap and goes back to the kernel when freed.
-    fast = run_python(HOLES_THEN_BIGGER_BLOCKS, cpu_worker_env("fast"))
-    exact = run_python(HOLES_THEN_BIGGER_BLOCKS, cpu_worker_env("exact"))
+    fast = run_python(HOLES_THEN_BIGGER_BLOCKS, cpu_worker_env("fast"), "fast")
+    exact = run_python(HOLES_THEN_BIGGER_BLOCKS, cpu_worker_env("exact"), "exact")
     assert "(probe_heap fast)" in fast["method"] and "(probe_heap exact)" in exact["method"]
     live = (25 + 100 * 900 / 1024) * MIB
     fast_rise, exact_rise = (r["peak_bytes"] - r["start_bytes"] for r in (fast, exact))
@@ -497,7 +497,7 @@ def test_nvml_without_nvidia_ml_py_says_what_to_install(monkeypatch: pytest.Monk
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_real_pynvml_on_a_machine_without_a_gpu() -> None:
     with pytest.raises(UserError, match="no NVIDIA driver found"):
-        PROBES.get("nvml")(5.0)
+        PROBES.get("nvml")(5.0, "fast")
 
 
 # ----------------------------------------------------------------------------------- composite
@@ -523,7 +523,7 @@ def test_composite_fills_every_probe_when_the_phase_raises() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="auto picks GPU probes on a GPU machine")
 def test_auto_on_a_cpu_machine_is_the_cpu_probe() -> None:
-    auto = resolve_probe("auto", 5.0)
+    auto = resolve_probe("auto", 5.0, "fast")
     assert auto.name == "auto" and [p.name for p in auto.probes] == ["cpu"]
     with auto.phase("score") as by_probe:
         pass
@@ -532,9 +532,9 @@ def test_auto_on_a_cpu_machine_is_the_cpu_probe() -> None:
 
 
 def test_resolve_probe_wraps_single_probes_and_rejects_typos() -> None:
-    single = resolve_probe("cpu", 5.0)
+    single = resolve_probe("cpu", 5.0, "fast")
     assert isinstance(single, CompositeProbe) and single.primary == "cpu"
     assert set(single.snapshot()) == {"cpu"} and single.snapshot()["cpu"] > 0
     assert set(PROBES.names()) == {"auto", "cpu", "nvml", "torch_cuda"}
     with pytest.raises(UserError, match="did you mean 'cpu'"):
-        resolve_probe("cpuu", 5.0)
+        resolve_probe("cpuu", 5.0, "fast")

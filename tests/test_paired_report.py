@@ -141,7 +141,7 @@ def test_a_weak_reward_model_is_marked_in_tables_and_summary():
 def test_the_starting_accuracy_line_uses_the_tables_standard_error():
     from rlbench.catalog import load_problems, problem_clusters
     from rlbench.config import load_suite
-    from rlbench.runner import starting_stderr
+    from rlbench.stages.starting_eval import starting_stderr
 
     suite = load_suite(Path(__file__).parent / "data" / "tiny.yaml")
     problems = load_problems(suite.task, "eval", suite.eval.size, 0)

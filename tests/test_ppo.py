@@ -85,8 +85,8 @@ def test_a_one_token_completion_gets_its_score_on_that_token():
 
 
 def test_ppo_samples_one_completion_per_prompt_by_default():
-    assert PPO(PPOParams()).group_size(default=4) == 1
-    assert PPO(PPOParams(group_size=2)).group_size(default=4) == 2
+    assert PPOParams().completions_per_prompt(default=4) == 1
+    assert PPOParams(group_size=2).completions_per_prompt(default=4) == 2
 
 
 # ---- a real batch from the embedded model ---------------------------------------------------------

@@ -11,33 +11,35 @@ from rlbench.config import ModelConfig
 from rlbench.models.forward import completion_logprobs, packed_logits
 from rlbench.models.loading import embedded_base_dir, load_causal_lm, load_policy
 from rlbench.models.optim import adamw
-from rlbench.models.precision import compute_context, compute_dtype, parameter_dtype, resolve_precision
+from rlbench.models.precision import resolve_precision
 from rlbench.rollout import SamplingParams, hf
 from rlbench.rollout.hf import HFEngine
 
 
 def test_auto_precision_follows_the_dtype() -> None:
-    assert resolve_precision(ModelConfig(dtype="float32")) == "fp32"
-    assert resolve_precision(ModelConfig(dtype="bfloat16")) == "bf16-mixed"
-    mixed = ModelConfig(dtype="bfloat16", precision="bf16-mixed")
-    assert parameter_dtype(mixed, trained=True) == torch.float32  # master weights
-    assert parameter_dtype(mixed, trained=False) == torch.bfloat16  # frozen roles
-    assert compute_dtype(mixed) == torch.bfloat16
-    pure = ModelConfig(dtype="bfloat16", precision="bf16-pure")
-    assert parameter_dtype(pure, trained=True) == torch.bfloat16 and compute_dtype(pure) is None
+    assert resolve_precision(ModelConfig(dtype="float32")).name == "fp32"
+    assert resolve_precision(ModelConfig(dtype="bfloat16")).name == "bf16-mixed"
+    assert resolve_precision(ModelConfig(dtype="float16")).name == "fp16-pure"
+    mixed = resolve_precision(ModelConfig(dtype="bfloat16", precision="bf16-mixed"))
+    assert mixed.parameter_dtype(trained=True) == torch.float32  # master weights
+    assert mixed.parameter_dtype(trained=False) == torch.bfloat16  # frozen roles
+    assert mixed.compute_dtype == torch.bfloat16
+    pure = resolve_precision(ModelConfig(dtype="bfloat16", precision="bf16-pure"))
+    assert pure.parameter_dtype(trained=True) == torch.bfloat16 and pure.compute_dtype is None
 
 
 def train_steps(cfg: ModelConfig, steps: int, lr: float) -> tuple[float, torch.nn.Module]:
     """`steps` AdamW steps of next-token loss on fixed random sequences through the packed forward;
     returns the fraction of weight elements that changed, and the policy."""
-    policy, _ = load_policy(embedded_base_dir(), cfg)
+    precision = resolve_precision(cfg)
+    policy, _ = load_policy(embedded_base_dir(), cfg, precision)
     before = [p.detach().clone() for p in policy.parameters()]
     optimizer = adamw(policy.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(8, 300, (8, 24), generator=generator)
     mask = torch.ones_like(ids)
     for _ in range(steps):
-        with compute_context(cfg, "cpu"):
+        with precision.context("cpu"):
             logits, where = packed_logits(policy, ids, mask, prompt_width=8)
             loss = F.cross_entropy(logits.float(), ids[:, 8:].flatten()[where])
         optimizer.zero_grad(set_to_none=True)
@@ -60,11 +62,12 @@ def test_bf16_mixed_trains_at_lr_1e6_where_bf16_pure_barely_moves() -> None:
 
 def test_bf16_mixed_samples_with_the_numbers_autocast_gives(monkeypatch) -> None:
     cfg = ModelConfig(dtype="bfloat16", precision="bf16-mixed")
-    policy, tokenizer = load_policy(embedded_base_dir(), cfg)
+    precision = resolve_precision(cfg)
+    policy, tokenizer = load_policy(embedded_base_dir(), cfg, precision)
     engine = HFEngine(policy, tokenizer)
     prompts = [tokenizer("Q: Mia has 12 apples.\n")["input_ids"], tokenizer("Q: 3 times 4?\n")["input_ids"]]
     params = SamplingParams(max_new_tokens=12)
-    with compute_context(cfg, "cpu"):
+    with precision.context("cpu"):
         cast_once = engine.generate(prompts, 2, params, seed=0)
         recomputed = completion_logprobs(policy, cast_once.input_ids, cast_once.attention_mask,
                                          cast_once.prompt_width, cast_once.completion_ids, group_size=2)
@@ -100,7 +103,8 @@ def test_bf16_mixed_samples_with_the_numbers_autocast_gives(monkeypatch) -> None
     ("bf16-mixed", True, torch.float32), ("bf16-mixed", False, torch.bfloat16), ("bf16-pure", True, torch.bfloat16),
 ])
 def test_roles_load_in_their_precision(precision: str, trained: bool, dtype: torch.dtype) -> None:
-    model = load_causal_lm(embedded_base_dir(), ModelConfig(dtype="bfloat16", precision=precision), trainable=trained)
+    cfg = ModelConfig(dtype="bfloat16", precision=precision)
+    model = load_causal_lm(embedded_base_dir(), cfg, resolve_precision(cfg), trainable=trained)
     assert {p.dtype for p in model.parameters()} == {dtype}
 
 

@@ -36,6 +36,9 @@ eval: {size: 8}
 class ReinforceParams:
     lr: float = 1e-3
 
+    def completions_per_prompt(self, default: int) -> int:
+        return 1  # one completion per prompt, whatever the suite's group size
+
 
 class Reinforce:
     """REINFORCE with a batch-mean baseline (Williams 1992), no reference, no value model."""
@@ -50,9 +53,6 @@ class Reinforce:
 
     def roles(self) -> tuple[str, ...]:
         return ("policy",)
-
-    def group_size(self, default: int) -> int:
-        return 1
 
     def schedule(self) -> UpdateSchedule:
         return UpdateSchedule(lr=self.params.lr, weight_decay=0.0, max_grad_norm=1.0, passes=2, num_minibatches=2)
@@ -81,7 +81,7 @@ def test_a_recipe_built_from_the_protocol_runs_two_steps_of_the_loop(tmp_path):
     model, tokenizer = build_embedded(seed=0)
     policy_dir = save_pretrained_pair(model, tokenizer, tmp_path / "policy")
     recipe = Reinforce()
-    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, NullProbe(), algorithm=recipe)
+    run = Run.build(suite, suite.algorithms[0], 0, policy_dir, None, NullProbe(), algorithm=recipe)
     before = [p.detach().clone() for p in run.policy.parameters()]
     steps = [run.step() for _ in range(2)]
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -17,11 +18,12 @@ import torch
 from rlbench.catalog import resolve_probe
 from rlbench.config import load_suite
 from rlbench.measure.memory import cpu_worker_env
+from rlbench.measure.phases import PhaseStats
 from rlbench.measure.summary import summarize_run
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
 from rlbench.rollout import Rollout, SamplingParams
 from rlbench.rollout.hf import HFEngine
-from rlbench.train import PhaseStats, Run
+from rlbench.train import Run, run_parts
 
 SUITE = """
 name: recon
@@ -70,9 +72,9 @@ TWO_STEPS = """
     suite = load_suite(tmp / "suite.yaml")
     model, tokenizer = build_embedded(seed=0)
     policy_dir = save_pretrained_pair(model, tokenizer, tmp / "policy")
-    probe = resolve_probe("cpu", 10.0)
+    probe = resolve_probe("cpu", 10.0, "fast")
     baseline = probe.snapshot()
-    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, probe)
+    run = Run.build(suite, suite.algorithms[0], 0, policy_dir, None, probe)
     for _ in range(2):
         run.step()
     summary = summarize_run(run, probe, {"baseline_bytes": baseline})
@@ -131,10 +133,11 @@ def test_reconciliation_counts_the_engine_memory_at_the_peak(tmp_path) -> None:
     suite = load_suite(tmp_path / "suite.yaml")
     model, tokenizer = build_embedded(seed=0)
     policy_dir = save_pretrained_pair(model, tokenizer, tmp_path / "policy")
-    probe = resolve_probe("cpu", 10.0)
+    probe = resolve_probe("cpu", 10.0, "fast")
     baseline = probe.snapshot()
-    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, probe)
-    run.engine = OwnMemoryEngine(run.policy, run.tokenizer, kv_cache_bytes=16 * MIB)
+    parts = replace(run_parts(suite, suite.algorithms[0], probe, seed=0, policy_dir=policy_dir),
+                    engine=lambda policy, tokenizer, options: OwnMemoryEngine(policy, tokenizer, 16 * MIB))
+    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, parts)
     for _ in range(2):
         run.step()
     summary = summarize_run(run, probe, {"baseline_bytes": baseline})

@@ -22,7 +22,8 @@ from rlbench.config import ModelConfig, RewardModelConfig, RolloutConfig, Suite,
 from rlbench.errors import UserError
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
 from rlbench.models.heads import ScalarHeadModel
-from rlbench.models.reward_model import (
+from rlbench.rewards import answer_correct
+from rlbench.stages.reward_model import (
     PROMPT_SEED,
     LabelledSample,
     comparison_pairs,
@@ -33,7 +34,6 @@ from rlbench.models.reward_model import (
     split_by_prompt,
     train_reward_model,
 )
-from rlbench.rewards import answer_correct
 from rlbench.tasks import demonstration, encode_prompts
 
 EASY_TASK = TaskConfig(min_steps=1, max_steps=1, max_number=2, train_size=500)
@@ -169,9 +169,9 @@ def test_stage_pairs_are_one_correct_and_one_incorrect_of_the_same_prompt(stage)
 
 def test_untrained_stage_is_flagged_weak(stage):
     # a freshly initialised model trained 6 steps on a few dozen pairs: its held-out pairwise accuracy
-    # is near chance on a handful of pairs, and the run warns of it (runner.reward_model_warning)
+    # is near chance on a handful of pairs, and the run warns of it (stages.prepare.reward_model_warning)
     from rlbench.report.stats import weak_reward_model
-    from rlbench.runner import reward_model_warning
+    from rlbench.stages.prepare import reward_model_warning
 
     _, (_, stats, _), _, _ = stage
     reason = reward_model_warning(stats)

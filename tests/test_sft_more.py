@@ -38,7 +38,7 @@ def test_steps_train_on_demonstrations_and_count_trained_flops(tmp_path):
     suite = load_suite(tmp_path / "suite.yaml")
     model, tokenizer = build_embedded(seed=0)
     policy_dir = save_pretrained_pair(model, tokenizer, tmp_path / "policy")
-    run = Run(suite, suite.algorithms[0], 0, policy_dir, None, NullProbe())
+    run = Run.build(suite, suite.algorithms[0], 0, policy_dir, None, NullProbe())
     assert run.roles == ("policy",) and run.group_size == 1 and run.prompts_per_step == 8
     assert run.logprob_temperature == 1.0
     generated = []

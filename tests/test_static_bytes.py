@@ -187,21 +187,21 @@ def test_static_bytes_per_precision_are_exact(tmp_path, dtype: str, precision: s
     from rlbench.config import ModelConfig
     from rlbench.models.loading import load_causal_lm
     from rlbench.models.optim import adamw
-    from rlbench.models.precision import compute_context, compute_dtype
+    from rlbench.models.precision import resolve_precision
 
     tiny_llama().save_pretrained(tmp_path)
-    cfg = ModelConfig(dtype=dtype, precision=precision)
-    model = load_causal_lm(tmp_path, cfg, trainable=trained)
+    resolved = resolve_precision(ModelConfig(dtype=dtype, precision=precision))
+    model = load_causal_lm(tmp_path, ModelConfig(dtype=dtype, precision=precision), resolved, trainable=trained)
     model.requires_grad_(trained)
     optimizer = None
     if trained:
         optimizer = adamw(model.parameters(), lr=1e-3)
         ids = torch.randint(0, 50, (2, 8))
-        with compute_context(cfg, "cpu"):
+        with resolved.context("cpu"):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
-    static = role_static_bytes(model, optimizer, compute_dtype(cfg))
+    static = role_static_bytes(model, optimizer, resolved.compute_dtype)
     expected = PER_PRECISION[(dtype, precision, trained)]
     assert {k: static[k] for k in expected} == expected
     assert static["total"] == sum(expected.values()) + static["buffers"]

@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from rlbench.config import load_suite
+from rlbench.measure.budget import Budget
 from rlbench.measure.hacking import PAIRED_INTERVAL, STDERR_SUM
+from rlbench.measure.phases import PhaseStats
 from rlbench.measure.summary import heldout_witness, summarize_run
-from rlbench.train import Budget, PhaseStats
+from rlbench.models.precision import resolve_precision
 
 SUITE = """
 name: summary
@@ -47,6 +49,7 @@ class FinishedRun:
 
     def __init__(self, suite, evals_steps: int = 8) -> None:
         self.suite = suite
+        self.precision = resolve_precision(suite.model)
         torch.manual_seed(0)
         self.policy, self.reference = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.policy.parameters())

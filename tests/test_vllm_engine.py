@@ -28,8 +28,9 @@ from rlbench.rollout import SamplingParams
 from rlbench.rollout.vllm import CPU_SLEEP_REFUSED, VLLMEngine
 from rlbench.rollout.vllm_options import AUTO_KV_CAP_GIB, VLLMOptions, auto_kv_cache_bytes
 from rlbench.rollout.vllm_requests import kv_bytes_per_token, sampling_kwargs
-from rlbench.rollout.vllm_weights import LLMWeightSyncClient, PolicyWeights, engine_weights
+from rlbench.rollout.vllm_weights import LLMWeightSyncClient
 from rlbench.rollout.vllm_worker import safetensors_weights
+from rlbench.rollout.weight_names import PolicyWeights, engine_weights
 from tests.tolerances import assert_reordered_close, llama_chain_terms
 
 # ---- stand-ins for vLLM's objects -------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -19,7 +20,7 @@ from rlbench.measure.cpu_probe import CpuProbe, reset_peak_rss
 from rlbench.measure.summary import summarize_run
 from rlbench.models.embedded import build_embedded, save_pretrained_pair
 from rlbench.rollout.hf import HFEngine
-from rlbench.train import Run
+from rlbench.train import Run, run_parts
 
 MIB = 1 << 20
 HOLD = """
@@ -118,22 +119,22 @@ probe: cpu
 """
 
 
-def test_the_engine_processes_are_the_rollout_role_and_the_reconciliation_adds_up(tmp_path, monkeypatch):
+def test_the_engine_processes_are_the_rollout_role_and_the_reconciliation_adds_up(tmp_path):
     (tmp_path / "suite.yaml").write_text(SUITE)
     suite = load_suite(tmp_path / "suite.yaml")
     model, tokenizer = build_embedded(seed=0)
     policy_dir = save_pretrained_pair(model, tokenizer, tmp_path / "policy")
     engines = []
 
-    def child_engine(policy, tokenizer, **_):
+    def child_engine(policy, tokenizer, options):
         engines.append(ChildEngine(policy, tokenizer, 48 * MIB))
         return engines[0]
 
-    monkeypatch.setattr("rlbench.train.ENGINES.get", lambda name: child_engine)
-    probe = resolve_probe("cpu", 10.0)
+    probe = resolve_probe("cpu", 10.0, "fast")
     baseline = probe.snapshot()
     try:
-        run = Run(suite, suite.algorithms[0], 0, policy_dir, None, probe)
+        parts = replace(run_parts(suite, suite.algorithms[0], probe, seed=0, policy_dir=policy_dir), engine=child_engine)
+        run = Run(suite, suite.algorithms[0], 0, policy_dir, None, parts)
         run.step()  # generate, score, reference, update, then the sync into the engine
         summary = summarize_run(run, probe, {"baseline_bytes": baseline})
     finally:

@@ -26,7 +26,7 @@ MODULES: dict[str, list[str]] = {  # in the order they are tried: the named bugs
 }
 # Modules tried for their named mutants only (no generated ones), with the tests that cover those.
 NAMED_ONLY: dict[str, list[str]] = {
-    "rlbench/train.py": ["tests/test_budget_flops.py::test_budget_fraction_is_the_tightest_limit"],
+    "rlbench/measure/budget.py": ["tests/test_budget_flops.py::test_budget_fraction_is_the_tightest_limit"],
 }
 
 
@@ -52,7 +52,7 @@ NAMED: tuple[Named, ...] = (
                   "same answer); answers-last-number-first stands in for it"),
     Named("answers-last-number-first", "rlbench/tasks/answers.py", "_last_number",
           "canonical_number(numbers[-1])", "canonical_number(numbers[0])"),
-    Named("budget-fraction-min", "rlbench/train.py", "fraction",
+    Named("budget-fraction-min", "rlbench/measure/budget.py", "fraction",
           "min(1.0, max(fractions))", "min(1.0, min(fractions))"),
 )
 

@@ -1,21 +1,29 @@
 """What the shared training loop needs from an algorithm, and the batch it hands over.
 
-The loop (`rlbench/train.py`) is the same for every recipe: sample (or take the gold
-demonstrations, for a supervised recipe), score, reference log-probs, values, advantages, update. An algorithm says which roles it holds, how many
-completions it samples per prompt, how it turns rewards into advantages, and which losses it
-minimises. The math lives in `advantages.py` and `losses.py`; an algorithm only wires it up.
+The loop (`rlbench/train/run.py`) is the same for every recipe: sample (or take the gold
+demonstrations, for a supervised recipe), score, reference log-probs, values, advantages, update.
+An algorithm says which roles it holds, where its completions and rewards come from, how it turns
+rewards into advantages, and which losses it minimises; its parameters say how many completions it
+samples per prompt (`AlgorithmParams.completions_per_prompt`). The math lives in `advantages.py` and
+`losses.py`; an algorithm only wires it up.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import torch
 
+from rlbench.config import AlgorithmParams, RewardSource
 from rlbench.rollout import Rollout
 from rlbench.tasks import Problem
 
+CompletionSource = Literal["sampled", "gold"]
+"""Where a step's completions come from: "sampled" by the policy (RL), or the task's "gold"
+demonstrations, with nothing generated (supervised recipes such as sft_more)."""
+ValueInit = Literal["reward", "policy"]
+"""Where a value model starts: the reward model's weights, or the SFT policy with a fresh head."""
 
 @dataclass
 class Batch:
@@ -72,26 +80,22 @@ class Algorithm(Protocol):
     implements these methods runs (tests/test_protocol.py builds one from this protocol alone)."""
 
     name: ClassVar[str]
-    params: Any  # its hyper-parameters (reported; the loop reads them only through schedule())
-    reward_source: str  # rules | model | both
+    params: AlgorithmParams  # its hyper-parameters: the loop reads their group-size rule, the rest through schedule()
+    reward_source: RewardSource
     # "sampled": the policy generates the step's completions (RL); "gold": the task's demonstrations
     # are the completions and nothing is generated (supervised recipes such as sft_more, the control
     # arm that spends the same budget on more SFT). The rest of the loop is the same for both.
-    completion_source: str
+    completion_source: CompletionSource
 
     def roles(self) -> tuple[str, ...]:
         """Model roles held in memory, e.g. ("policy", "reference"); "value" means a trained value model."""
-        ...
-
-    def group_size(self, default: int) -> int:
-        """Completions per prompt (the suite's rollout.group_size is the default for group methods)."""
         ...
 
     def schedule(self) -> UpdateSchedule:
         """Optimiser settings, passes and minibatches of the update phases."""
         ...
 
-    def value_init(self) -> str | None:
+    def value_init(self) -> ValueInit | None:
         """Where the value model starts: "reward" (the reward model's weights) or "policy" (the SFT
         model with a fresh head); None for recipes without a value role."""
         ...
@@ -107,3 +111,9 @@ class Algorithm(Protocol):
     def value_loss(self, values: torch.Tensor, minibatch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The value model's loss (algorithms with a value role only)."""
         ...
+
+
+def uses_reward_model(algorithm: Algorithm) -> bool:
+    """Whether a run of `algorithm` needs the reward-model stage: it holds a reward role, or its
+    value model starts from the reward model's weights."""
+    return "reward" in algorithm.roles() or algorithm.value_init() == "reward"

@@ -25,9 +25,10 @@ from typing import ClassVar
 import torch
 
 from rlbench.algorithms.advantages import group_advantages
-from rlbench.algorithms.base import Batch, UpdateSchedule
+from rlbench.algorithms.base import Batch, CompletionSource, UpdateSchedule
 from rlbench.algorithms.losses import aggregate, clipped_policy_loss, kl_k3, policy_loss_stats
 from rlbench.algorithms.params import GRPOParams
+from rlbench.config import RewardSource
 
 
 class GRPO:
@@ -35,12 +36,12 @@ class GRPO:
 
     name: ClassVar[str] = "grpo"
     Params: ClassVar[type] = GRPOParams
-    default_reward: ClassVar[str] = "model"
-    completion_source: ClassVar[str] = "sampled"
+    default_reward: ClassVar[RewardSource] = "model"
+    completion_source: ClassVar[CompletionSource] = "sampled"
 
-    def __init__(self, params: GRPOParams, reward_source: str | None = None) -> None:
+    def __init__(self, params: GRPOParams, reward_source: RewardSource | None = None) -> None:
         self.params = params
-        self.reward_source = reward_source or self.default_reward
+        self.reward_source: RewardSource = reward_source or self.default_reward
 
     def roles(self) -> tuple[str, ...]:
         roles = ["policy"]
@@ -49,9 +50,6 @@ class GRPO:
         if self.reward_source in ("model", "both"):
             roles.append("reward")
         return tuple(roles)
-
-    def group_size(self, default: int) -> int:
-        return self.params.group_size or default
 
     def schedule(self) -> UpdateSchedule:
         p = self.params
@@ -83,4 +81,4 @@ class GRPOZero(GRPO):
     """GRPO-Zero: GRPO with rule rewards only (regex format + exact answer), no reward model."""
 
     name: ClassVar[str] = "grpo_zero"
-    default_reward: ClassVar[str] = "rules"
+    default_reward: ClassVar[RewardSource] = "rules"

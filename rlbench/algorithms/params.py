@@ -1,7 +1,10 @@
 """Each algorithm's hyper-parameters, as data: what a suite's `algorithms[].params` may set.
 
 Torch-free, so that loading and validating a suite (and `rlbench ls --params`) imports no model
-code. Fields use the suite schema's `f(...)`: a one-line help and constraints.
+code. Fields use the suite schema's `f(...)`: a one-line help and constraints. Each dataclass also
+carries its group-size rule, `completions_per_prompt(default)` (`rlbench.config.AlgorithmParams`):
+the suite checks, the loop and the estimator all read the group size (and from it the prompts per
+step, `rlbench.config.step_shape`) there.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ class GRPOParams:
     max_grad_norm: float = f(1.0, "gradient clipping norm", gt=0)
     weight_decay: float = f(0.0, "AdamW weight decay", ge=0)
 
+    def completions_per_prompt(self, default: int) -> int:
+        """Its own group_size when set, else the suite's rollout.group_size."""
+        return self.group_size or default
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,10 @@ class PPOParams:
     max_grad_norm: float = f(1.0, "gradient clipping norm", gt=0)
     weight_decay: float = f(0.0, "AdamW weight decay", ge=0)
 
+    def completions_per_prompt(self, default: int) -> int:
+        """Its own group_size (1 by default: PPO samples one completion per prompt), whatever the suite's."""
+        return self.group_size
+
 
 @dataclass(frozen=True)
 class SFTMoreParams:
@@ -59,3 +69,7 @@ class SFTMoreParams:
     group_size: int = f(1, "sequences per problem in a step (1: every sequence a different problem)", ge=1)
     max_grad_norm: float = f(1.0, "gradient clipping norm", gt=0)
     weight_decay: float = f(0.0, "AdamW weight decay", ge=0)
+
+    def completions_per_prompt(self, default: int) -> int:
+        """Its own group_size, whatever the suite's."""
+        return self.group_size

@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 
 from rlbench.algorithms.advantages import gae, whiten
-from rlbench.algorithms.base import Batch, UpdateSchedule
+from rlbench.algorithms.base import Batch, CompletionSource, UpdateSchedule, ValueInit
 from rlbench.algorithms.losses import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -33,6 +33,7 @@ from rlbench.algorithms.losses import (
     policy_loss_stats,
 )
 from rlbench.algorithms.params import PPOParams
+from rlbench.config import RewardSource
 
 
 def token_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
@@ -50,14 +51,14 @@ class PPO:
 
     name: ClassVar[str] = "ppo"
     Params: ClassVar[type] = PPOParams
-    default_reward: ClassVar[str] = "model"
-    completion_source: ClassVar[str] = "sampled"
+    default_reward: ClassVar[RewardSource] = "model"
+    completion_source: ClassVar[CompletionSource] = "sampled"
 
-    def __init__(self, params: PPOParams, reward_source: str | None = None) -> None:
+    def __init__(self, params: PPOParams, reward_source: RewardSource | None = None) -> None:
         self.params = params
-        self.reward_source = reward_source or self.default_reward
+        self.reward_source: RewardSource = reward_source or self.default_reward
 
-    def value_init(self) -> str:
+    def value_init(self) -> ValueInit:
         """Where the value model starts: "reward" or "policy"."""
         if self.params.value_init == "auto":
             return "reward" if self.reward_source in ("model", "both") else "policy"
@@ -70,9 +71,6 @@ class PPO:
         if self.reward_source in ("model", "both"):
             roles.append("reward")
         return tuple(roles)
-
-    def group_size(self, default: int) -> int:
-        return self.params.group_size
 
     def schedule(self) -> UpdateSchedule:
         p = self.params

@@ -1,7 +1,7 @@
 """sft_more: the control arm. The same budget spent on more supervised fine-tuning from the same SFT start.
 
 An RL recipe's gain is only worth its compute if it beats what the same compute buys without RL.
-This recipe continues the cold start's supervised training (`rlbench/models/sft.py`): each step
+This recipe continues the cold start's supervised training (`rlbench/stages/sft.py`): each step
 takes `rollout.completions_per_step` training problems with their gold demonstrations (the task's
 solutions, not sampled) and minimises next-token cross-entropy on the demonstration tokens, the
 prompt being context. It holds only the policy, runs through the shared loop (memory per phase,
@@ -19,9 +19,10 @@ from typing import ClassVar
 
 import torch
 
-from rlbench.algorithms.base import Batch, UpdateSchedule
+from rlbench.algorithms.base import Batch, CompletionSource, UpdateSchedule
 from rlbench.algorithms.losses import masked_mean
 from rlbench.algorithms.params import SFTMoreParams
+from rlbench.config import RewardSource
 
 
 class SFTMore:
@@ -29,18 +30,15 @@ class SFTMore:
 
     name: ClassVar[str] = "sft_more"
     Params: ClassVar[type] = SFTMoreParams
-    default_reward: ClassVar[str] = "rules"  # logged on the demonstrations only; never optimised
-    completion_source: ClassVar[str] = "gold"
+    default_reward: ClassVar[RewardSource] = "rules"  # logged on the demonstrations only; never optimised
+    completion_source: ClassVar[CompletionSource] = "gold"
 
-    def __init__(self, params: SFTMoreParams, reward_source: str | None = None) -> None:
+    def __init__(self, params: SFTMoreParams, reward_source: RewardSource | None = None) -> None:
         self.params = params
-        self.reward_source = reward_source or self.default_reward
+        self.reward_source: RewardSource = reward_source or self.default_reward
 
     def roles(self) -> tuple[str, ...]:
         return ("policy",)
-
-    def group_size(self, default: int) -> int:
-        return self.params.group_size
 
     def schedule(self) -> UpdateSchedule:
         p = self.params

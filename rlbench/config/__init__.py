@@ -9,14 +9,20 @@ torch, transformers or implementation module.
     yaml_safe.py  the bounded YAML reader: size, nesting, alias expansion, duplicate keys
     loader.py   read the file, apply `--set` overrides, build, check: `load_suite`
     checks.py   checks that span fields or read the catalog (names, labels, group sizes)
+    derived.py  settings derived from a suite, each computed once: precision mode, step shape
 
     suite = load_suite("suites/quickstart.yaml", overrides=["budget.steps=5"])
 """
 
 from rlbench.config.checks import algorithm_params
+from rlbench.config.derived import AlgorithmParams, StepShape, precision_mode, step_shape
 from rlbench.config.loader import load_suite, resolved_dict
 from rlbench.config.schema import (
+    BUDGET_LIMITS,
     DTYPES,
+    MACHINE_BOUND_LIMITS,
+    PRECISION_MODES,
+    REWARD_SOURCES,
     AlgorithmConfig,
     BudgetConfig,
     CheckConfig,
@@ -24,7 +30,9 @@ from rlbench.config.schema import (
     EvalConfig,
     LoraConfig,
     ModelConfig,
+    PrecisionMode,
     RewardModelConfig,
+    RewardSource,
     RolloutConfig,
     SFTConfig,
     Suite,
@@ -34,7 +42,8 @@ from rlbench.config.schema import (
 from rlbench.config.typed import field_help, parse_threshold
 
 __all__ = [
-    "DTYPES", "AlgorithmConfig", "BudgetConfig", "CheckConfig", "DistributedConfig", "EvalConfig", "LoraConfig", "ModelConfig",
+    "BUDGET_LIMITS", "DTYPES", "MACHINE_BOUND_LIMITS", "PRECISION_MODES", "REWARD_SOURCES", "AlgorithmParams",
+    "PrecisionMode", "RewardSource", "StepShape", "precision_mode", "step_shape", "AlgorithmConfig", "BudgetConfig", "CheckConfig", "DistributedConfig", "EvalConfig", "LoraConfig", "ModelConfig",
     "RewardModelConfig", "RolloutConfig", "SFTConfig", "Suite", "TaskConfig", "algorithm_params", "f",
     "field_help", "load_suite", "parse_threshold", "resolved_dict",
 ]

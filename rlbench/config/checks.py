@@ -1,10 +1,10 @@
 """Checks that span fields or need the catalog: known names, labels, group sizes, budgets.
 
 What the checks use of an algorithm (from `rlbench.catalog`, never by constructing it):
-  params_cls       its hyper-parameters, a dataclass with the same `f(...)` metadata
+  params_cls       its hyper-parameters, a dataclass with the same `f(...)` metadata, whose
+                   `completions_per_prompt(default)` is its group-size rule (`derived.step_shape`)
   default_reward   the reward source when `reward` is not set; an algorithm whose default is
                    "rules" holds no reward model (GRPO-Zero): rules only
-  group_size(params, default)   completions per prompt
 """
 
 from __future__ import annotations
@@ -15,11 +15,19 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from rlbench.config.schema import AlgorithmConfig, BudgetConfig, CheckConfig, Suite
+from rlbench.config.derived import step_shape
+from rlbench.config.schema import (
+    BUDGET_LIMITS,
+    PRECISION_MODES,
+    REWARD_SOURCES,
+    AlgorithmConfig,
+    CheckConfig,
+    RewardSource,
+    Suite,
+)
 from rlbench.config.typed import _INVALID, Errors, _build, _constraint_problem, parse_threshold
 from rlbench.errors import UserError
 
-REWARD_SOURCES = ("model", "rules", "both")
 NAME_MAX_CHARS = 64
 SAFE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX_CHARS - 1}}}")
 # torch seeds a generator with any integer below 2**64; runs derive further seeds from theirs
@@ -42,16 +50,15 @@ def check_suite(suite: Suite, errors: Errors) -> Suite:
     _check_groups(suite, algorithms, ok, errors)
     _check_distributed(suite, algorithms, ok, errors)
 
-    limits = [fld.name for fld in dataclasses.fields(BudgetConfig)]
-    if ok("budget") and all(getattr(suite.budget, name) is None for name in limits):
-        errors.append(("budget", f"set at least one of {', '.join(limits)}"))
+    if ok("budget") and all(limit is None for limit in dataclasses.astuple(suite.budget)):
+        errors.append(("budget", f"set at least one of {', '.join(BUDGET_LIMITS)}"))
     for kind, path, name in (("task", "task.name", suite.task.name),
                              ("engine", "rollout.engine", suite.rollout.engine),
                              ("probe", "probe", suite.probe)):
         if ok(path):
             _check_name(kind, name, path, errors)
     precision, dtype = suite.model.precision, suite.model.dtype
-    needs = {"fp32": "float32", "bf16-mixed": "bfloat16", "bf16-pure": "bfloat16"}.get(precision)
+    needs = PRECISION_MODES[precision].dtype if precision in PRECISION_MODES else None
     if ok("model.precision") and ok("model.dtype") and needs and dtype != needs:
         errors.append(("model.precision", f"{precision} needs model.dtype {needs}, got {dtype} "
                                           "(or set precision: auto)"))
@@ -156,7 +163,7 @@ def _check_groups(suite: Suite, algorithms: list[AlgorithmConfig], ok: Callable[
         if alg.name not in registered("algorithm") or not ok(path):
             continue
         params = algorithm_params(alg)
-        size = _group_size(params, suite.rollout.group_size)
+        size = step_shape(params, suite.rollout).group_size
         if "group_size" in alg.params:
             source = f"{path}.params.group_size"
         else:
@@ -202,10 +209,10 @@ def _check_distributed(suite: Suite, algorithms: list[AlgorithmConfig], ok: Call
         if alg.name not in registered("algorithm") or not ok(f"algorithms[{i}]"):
             continue
         params = algorithm_params(alg)
-        size = _group_size(params, suite.rollout.group_size)
+        shape = step_shape(params, suite.rollout)
+        size, prompts = shape.group_size, shape.prompts_per_step
         if per_step % size:
             continue  # reported by _check_groups
-        prompts = per_step // size
         if prompts % ranks:
             errors.append(("rollout.completions_per_step",
                            f"{alg.label} samples {prompts} prompts per step ({per_step} completions in groups of "
@@ -234,7 +241,7 @@ def resolve_defaults(alg: AlgorithmConfig) -> AlgorithmConfig:
     return dataclasses.replace(alg, label=alg.label or alg.name, reward=reward)
 
 
-def _reward_sources(cls: Any) -> tuple[str, ...]:
+def _reward_sources(cls: Any) -> tuple[RewardSource, ...]:
     """The `reward` values an algorithm accepts: rules only for one whose default is rules."""
     return ("rules",) if cls.default_reward == "rules" else REWARD_SOURCES
 
@@ -258,9 +265,3 @@ def _registry(kind: str) -> Any:
 
 def registered(kind: str) -> list[str]:
     return _registry(kind).names()
-
-
-def _group_size(params: Any, default: int) -> int:
-    from rlbench.catalog import group_size
-
-    return group_size(params, default)

@@ -7,8 +7,8 @@ algorithm's own `Params` (rlbench/algorithms/params.py) use the same `f(...)`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
 
 
 def f(default: Any = None, help: str = "", **constraints: Any) -> Any:
@@ -22,7 +22,31 @@ def f(default: Any = None, help: str = "", **constraints: Any) -> Any:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
-PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16-pure")
+RewardSource = Literal["rules", "model", "both"]
+"""Where a run's optimised reward comes from: rule rewards, the reward model, or their sum."""
+REWARD_SOURCES: tuple[RewardSource, ...] = get_args(RewardSource)
+
+
+@dataclass(frozen=True)
+class PrecisionMode:
+    """What a `model.precision` setting means, in dtype names (`rlbench.models.precision` maps
+    them to torch dtypes and resolves a suite's setting once)."""
+
+    name: str
+    dtype: str  # the model.dtype it needs: frozen roles hold their parameters in it
+    mixed: bool  # trained roles hold float32 masters and AdamW moments; phases compute under autocast to dtype
+    auto: bool  # what `precision: auto` picks for a model of this dtype
+    choice: bool = True  # a suite may name it (fp16-pure is reached through auto only)
+
+
+PRECISION_MODES = {mode.name: mode for mode in (
+    PrecisionMode("fp32", "float32", mixed=False, auto=True),
+    PrecisionMode("bf16-mixed", "bfloat16", mixed=True, auto=True),
+    PrecisionMode("bf16-pure", "bfloat16", mixed=False, auto=False),
+    PrecisionMode("fp16-pure", "float16", mixed=False, auto=True, choice=False),
+)}
+"""The one table of precisions: what each holds and computes in, and what `auto` picks."""
+PRECISIONS = ("auto", *(name for name, mode in PRECISION_MODES.items() if mode.choice))
 
 
 @dataclass(frozen=True)
@@ -96,7 +120,7 @@ class AlgorithmConfig:
     label: str | None = f(None, "display name in reports (default: the algorithm name); unique; letters, digits, "
                                 "'.', '_', '-'")
     reward: str | None = f(None, "reward source: rules, model or both (default: rules for grpo_zero, model otherwise)",
-                           choices=("rules", "model", "both"))
+                           choices=REWARD_SOURCES)
     rewards: dict[str, float] = f({"answer_correct": 1.0, "format_strict": 0.1},
                                   "rule rewards and their weights (see `rlbench ls`)")
     model_reward_weight: float = f(1.0, "weight of the reward model's score when reward is model or both", ge=0)
@@ -114,6 +138,13 @@ class BudgetConfig:
     flops: float | None = f(None, "model FLOPs of every role and phase (PaLM's 2N+4LdT per token forward, "
                                   "6N+12LdT trained), counted from token counts and model shapes: the same on "
                                   "every machine; e.g. 2.0e12", gt=0)
+
+
+BUDGET_LIMITS = tuple(fld.name for fld in fields(BudgetConfig))
+"""The budget's limits (steps, completions, tokens, wall_seconds, flops), in the order a run checks
+them: when several are reached at the same step, the first names the stop."""
+MACHINE_BOUND_LIMITS = ("wall_seconds",)
+"""The limits whose consumption depends on the machine (the others count the same everywhere)."""
 
 
 @dataclass(frozen=True)

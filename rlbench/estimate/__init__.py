@@ -4,8 +4,9 @@
     rlbench estimate --model shape:qwen2.5-7b --algos grpo_zero --gpu-gib 80 --headroom completions_per_step
 
 For every algorithm of a suite, rlbench's own run (`rlbench.train.Run`: loading, the decode loop,
-the packed log-prob forward, scalar heads, AdamW, the update schedule) is executed on fake tensors
-under PyTorch's MemTracker: shapes, dtypes and storages are real, nothing is allocated, no weight
+the packed log-prob forward, scalar heads, AdamW, the update schedule), built from the parts a
+worker's run is built from (`rlbench.train.run_parts`, a few replaced: see `simulate`) and never
+patched, is executed on fake tensors under PyTorch's MemTracker: shapes, dtypes and storages are real, nothing is allocated, no weight
 is loaded or downloaded. Live bytes are counted per phase (generate, score, ref_logprobs, values,
 advantages, update, value_update, eval), labelled by role and kind (weights, gradients, optimizer
 state, activations, logits, KV cache). Worst case throughout: every prompt as long as the task's

@@ -5,8 +5,8 @@ role for its static bytes (weights, gradients, optimizer state and buffers, whic
 exactly) and, for every phase the report attributes to a role, two rows:
 
 - `rise`: the phase's peak above its own start, the transient every probe reports (`rise_bytes`:
-  the largest over the phase's calls; net of the gradients and optimizer state the call created
-  where this checkout's runs report it so);
+  the largest over the phase's calls, net of the gradients and optimizer state the call created:
+  `PhaseStats.add`'s `static_created`), against the estimate's `transient_bytes`;
 - `peak`: the phase's peak above the worker's baseline (the probe's reading before any model was
   loaded); for torch_cuda the allocator's absolute figure, which counts tensors only, as the
   estimate does.
@@ -29,18 +29,7 @@ MIB = 2**20
 CHECKED_ABOVE = 100 * MIB  # phases holding less are reported, not held to the tolerance
 
 
-def _rise_field() -> str:
-    """Which predicted rise matches the reports of this checkout: runs that record a phase's rise net
-    of the static state it created (`PhaseStats.add(..., static_created)`) compare with the
-    estimate's `transient_bytes`, the others with its `rise_bytes`."""
-    import inspect
-
-    from rlbench.train import PhaseStats
-
-    return "transient_bytes" if "static_created" in inspect.signature(PhaseStats.add).parameters else "rise_bytes"
-
-
-RISE = _rise_field()
+RISE = "transient_bytes"  # a run records a phase's rise net of the static state it created, as this figure is
 
 
 def run_prompt_lengths(suite: Any) -> dict[str, int]:
@@ -50,9 +39,9 @@ def run_prompt_lengths(suite: Any) -> dict[str, int]:
     import torch
 
     from rlbench.catalog import load_problems
+    from rlbench.config import algorithm_params, step_shape
     from rlbench.estimate.source import resolve_model
     from rlbench.tasks import encode_prompts, prompt_text, truncate_prompts
-    from rlbench.train import make_algorithm
 
     tokenizer = resolve_model(suite.model.name).tokenizer
     seed = suite.seeds[0]
@@ -60,7 +49,7 @@ def run_prompt_lengths(suite: Any) -> dict[str, int]:
     order = torch.randperm(len(problems), generator=torch.Generator().manual_seed(seed)).tolist()
     drawn: dict[str, Any] = {}
     for algo in suite.algorithms:
-        per_step = suite.rollout.completions_per_step // make_algorithm(algo).group_size(suite.rollout.group_size)
+        per_step = step_shape(algorithm_params(algo), suite.rollout).prompts_per_step
         for i in range(per_step * (suite.budget.steps or 1)):
             problem = problems[order[i % len(order)]]
             drawn[prompt_text(problem)] = problem

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from rlbench.config import Suite
+from rlbench.config import AlgorithmConfig, Suite, algorithm_params, step_shape
 from rlbench.errors import UserError
 
 GIB = 2**30
@@ -62,11 +62,11 @@ def verdict(algorithm: Any, suite: Suite, total_gib: float) -> dict[str, Any]:
             "device_overhead_bytes": int(DEVICE_OVERHEAD_GIB * GIB)}
 
 
-def with_value(suite: Suite, name: str, value: int) -> Suite:
-    """The suite with one rollout setting changed (see the module docstring for group_size)."""
+def with_value(suite: Suite, name: str, value: int, algo: AlgorithmConfig) -> Suite:
+    """The suite with one rollout setting changed for `algo` (see the module docstring for group_size)."""
     rollout = suite.rollout
     if name == "group_size":
-        prompts = max(1, rollout.completions_per_step // rollout.group_size)
+        prompts = max(1, step_shape(algorithm_params(algo), rollout).prompts_per_step)
         rollout = dataclasses.replace(rollout, group_size=value, completions_per_step=prompts * value)
     else:
         rollout = dataclasses.replace(rollout, **{name: value})
@@ -118,18 +118,16 @@ def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[
     """
     if name not in HEADROOM_FIELDS:
         raise UserError(f"--headroom: unknown setting '{name}'; choose one of {', '.join(HEADROOM_FIELDS)}")
-    from rlbench.train import make_algorithm
-
     out: dict[str, Any] = {}
     for index, algo in enumerate(suite.algorithms):
-        group = make_algorithm(algo).group_size(suite.rollout.group_size)
+        group = step_shape(algorithm_params(algo), suite.rollout).group_size
         step = group if name == "completions_per_step" else 1
         if name == "group_size" and group != suite.rollout.group_size:
             out[algo.label or algo.name] = {"value": None, "note": f"its own group_size ({group}) is fixed"}
             continue
 
-        def fits(value: int, index: int = index) -> bool:
-            changed = with_value(suite, name, value)
+        def fits(value: int, index: int = index, algo: AlgorithmConfig = algo) -> bool:
+            changed = with_value(suite, name, value, algo)
             estimate = estimate_one(changed, changed.algorithms[index])
             return not estimate.error and verdict(estimate, changed, total_gib)["fits"]
 

@@ -2,23 +2,29 @@
 
 `trace_run` builds the real `rlbench.train.Run` and calls its real `step()` twice (the first step
 creates the gradients and optimizer state, the second is the steady state every later step
-repeats), then the evaluation, under a `PhaseTracker`. What is replaced, and only that:
+repeats), then its real `evaluate()`, under a `PhaseTracker`. The run is built from the parts a
+worker's run gets (`rlbench.train.run_parts`), four of them replaced before it is constructed
+(`dataclasses.replace`; the run itself is never patched):
 
-- the I/O boundary: `from_pretrained` of the transformers Auto classes builds the model from its
-  config on the meta device and gives it fake storage (`WorstCaseTokenizer` stands in for the
-  tokenizer); the rest of loading is rlbench's own (dtype, LoRA adapters, gradient checkpointing,
-  scalar heads for the reward and value roles, AdamW);
-- prompts: every prompt is `prompt_tokens` long (the worst case), one distinct prompt per group;
-  or, to compare with a run, the suite's own task with each prompt at the length it has in that run;
-- sampling: every completion runs to `max_new_tokens` (see `PhaseTracker`), and the decoder skips
-  the middle of the decode loop (`FastForwardDecoder`): its cache is allocated for all tokens up
-  front, and the last step, whose attention is the widest, is run for real;
-- optimisation passes: as many as it takes to see an optimizer step with gradients and state
-  already there (1 pass when there are several minibatches, else 2): memory repeats from there.
+- the probe: `TracedProbe` marks the tracker's phases, labels each role's load as its weights
+  (`RunProbe.loading`) and asks for the advantages phase to be measured too;
+- the engine: the hf engine with a decoder that skips the middle of the decode loop
+  (`FastForwardDecoder`: its cache is allocated for all tokens up front, and the last step, whose
+  attention is the widest, is run for real), or for vLLM `SeparateEngine`, which holds what vLLM
+  reserves outside the trace (the stand-ins are in `rlbench.estimate.standins`);
+- the update schedule: as many optimisation passes as it takes to see an optimizer step with
+  gradients and state already there (1 pass when there are several minibatches, else 2): memory
+  repeats from there;
+- the device: the one traced on.
 
-The task is swapped for a small synthetic one (prompt text does not matter to the tokenizer
-stand-in), and a vLLM engine for `SeparateEngine`, which holds what vLLM reserves outside the trace
-(the stand-ins are in `rlbench.estimate.standins`).
+Beyond that, only the I/O boundary: `from_pretrained` of the transformers Auto classes builds the
+model from its config on the meta device and gives it fake storage (`WorstCaseTokenizer` stands in
+for the tokenizer), and module conversions keep fake parameters; the rest of loading is rlbench's
+own (dtype, LoRA adapters, gradient checkpointing, scalar heads for the reward and value roles,
+AdamW). Prompts: every prompt is `prompt_tokens` long (the worst case), one distinct prompt per
+group, on a small synthetic task (prompt text does not matter to the tokenizer stand-in); or, to
+compare with a run, the suite's own task with each prompt at the length it has in that run.
+Sampling: every completion runs to `max_new_tokens` (see `PhaseTracker`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import dataclasses
 import json
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,38 +46,46 @@ from torch.utils._python_dispatch import _disable_current_modes
 from rlbench.config import AlgorithmConfig, Suite
 from rlbench.estimate.standins import FastForwardDecoder, SeparateEngine, WorstCaseTokenizer
 from rlbench.estimate.trace import Peak, PhaseTracker
+from rlbench.measure.probing import PhaseMemory
 from rlbench.measure.summary import PHASE_ROLE
-from rlbench.train import Run
+from rlbench.rollout import EngineFactory
+from rlbench.train import Run, make_algorithm, run_parts
 
 STEPS = 2
 
 
 class TracedProbe:
-    """The probe `Run` measures its phases with, here marking the tracker's phases."""
+    """The `RunProbe` a traced run measures with: phases are the tracker's phases, each attributed
+    to its role (a phase of a role the run does not hold is "other"), and what a role's load makes
+    is labelled as that role's weights (the run's static bytes, read at each phase's start and end,
+    are its own: `rlbench.measure.static` tells fake storages apart)."""
 
     name = primary = "trace"
+    measures_advantages = True  # pure math, but its tensors are part of the step's memory
 
-    def __init__(self, tracker: PhaseTracker) -> None:
-        self.tracker = tracker
-        self.roles: tuple[str, ...] = ()  # the run's roles: a phase of a role it does not hold is "other"
+    def __init__(self, tracker: PhaseTracker, roles: tuple[str, ...]) -> None:
+        self.tracker, self.roles = tracker, roles
 
     def snapshot(self) -> dict[str, int]:
         return {self.name: self.tracker.live().total}
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[dict]:
+    def phase(self, name: str) -> Iterator[dict[str, PhaseMemory]]:
         role = PHASE_ROLE.get(name, "other")
         with self.tracker.phase(name, role if role in self.roles else "other"):
             yield {}
 
+    def loading(self, role: str) -> AbstractContextManager[None]:
+        return self.tracker.loading(role)
 
-class TracedRun(Run):
-    """`Run` whose role loads are labelled as each role's weights (its static bytes, read at each
-    phase's start and end, are `Run`'s own: `rlbench.measure.static` tells fake storages apart)."""
+    def process_peak_bytes(self) -> dict[str, int]:
+        return {}  # the estimate reads the tracker's peaks, phase by phase
 
-    def _measure_load(self, role: str, load: Any) -> Any:
-        with self.probe.tracker.loading(role):
-            return super()._measure_load(role, load)
+    def anon_memory(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"probe": self.name, "primary": self.primary, "probes": []}
 
 
 class TraceFailed(Exception):
@@ -153,17 +167,19 @@ def fake_conversions() -> Iterator[None]:
         yield
 
 
-@contextmanager
-def fast_decode(tracker: PhaseTracker, max_new_tokens: int, skip: bool) -> Iterator[None]:
-    import rlbench.rollout.hf as hf
+def traced_engine(engine: str, tracker: PhaseTracker, max_new_tokens: int, skip: bool,
+                  device: torch.device) -> EngineFactory:
+    """The engine factory of a traced run: the hf engine whose decoder fast-forwards (`skip`), or,
+    for an engine with weights of its own (vllm), `SeparateEngine`."""
+    from rlbench.rollout.hf import HFEngine, make_decoder
 
-    make = hf.make_decoder
+    if engine != "hf":  # vllm: its own weights and cache, outside the policy's phases
+        return lambda policy, tokenizer, options: SeparateEngine(tokenizer, device)
 
-    def make_decoder(*args: Any, **kwargs: Any) -> FastForwardDecoder:
-        return FastForwardDecoder(make(*args, **kwargs), tracker, max_new_tokens, skip)
+    def decoder(*args: Any, **kwargs: Any) -> FastForwardDecoder:
+        return FastForwardDecoder(make_decoder(*args, **kwargs), tracker, max_new_tokens, skip)
 
-    with mock.patch.object(hf, "make_decoder", make_decoder):
-        yield
+    return lambda policy, tokenizer, options: HFEngine(policy, tokenizer, decoder_factory=decoder)
 
 
 def fewer_passes(schedule: Any) -> Any:
@@ -186,8 +202,8 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
     """Trace two steps and the evaluation of `algo` with `config` cut to `depth` decoder layers;
     with `prompt_lengths` (prompt text -> tokens, `rlbench.estimate.check.run_prompt_lengths`) on the
     suite's own task, each prompt at its own length."""
+    from rlbench.algorithms.base import uses_reward_model
     from rlbench.catalog import load_problems
-    from rlbench.measure.evaluation import evaluate_suite
 
     config = _with_depth(config, depth)
     tokenizer = WorstCaseTokenizer(config.vocab_size, prompt_tokens, _token(config, "pad_token_id", 0),
@@ -197,23 +213,20 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
     run_suite = traced_suite(suite, algo, own_task=prompt_lengths is not None)
     with tempfile.TemporaryDirectory(prefix="rlbench-estimate-") as tmp, ExitStack() as stack:
         config.save_pretrained(tmp)
-        stack.enter_context(mock.patch("rlbench.device.default_device", lambda: device))
         stack.enter_context(fake_checkpoints(tracker, tokenizer))
         stack.enter_context(fake_conversions())
-        stack.enter_context(fast_decode(tracker, suite.rollout.max_new_tokens, skip_decode))
         stack.enter_context(tracker)
-        needs_reward = _needs_reward_model(algo)
+        seed, model_dir = run_suite.seeds[0], Path(tmp)
         try:
-            run = TracedRun(run_suite, algo, run_suite.seeds[0], Path(tmp), Path(tmp) if needs_reward else None,
-                            TracedProbe(tracker))
+            algorithm = make_algorithm(algo)
+            parts = run_parts(run_suite, algo, TracedProbe(tracker, algorithm.roles()), seed=seed,
+                              policy_dir=model_dir, algorithm=algorithm)
+            parts = dataclasses.replace(
+                parts, schedule=fewer_passes(parts.schedule), device=device,
+                engine=traced_engine(suite.rollout.engine, tracker, suite.rollout.max_new_tokens, skip_decode, device))
+            run = Run(run_suite, algo, seed, model_dir, model_dir if uses_reward_model(algorithm) else None, parts)
         except Exception as exc:  # noqa: BLE001 - reported as the algorithm's estimate failing
             raise TraceFailed(None, exc) from exc
-        run.probe.roles = tuple(run.roles)
-        if suite.rollout.engine != "hf":  # vllm: its own weights and cache, outside the policy's phases
-            run.engine = SeparateEngine(tokenizer, device)
-        run.schedule = fewer_passes(run.schedule)
-        run.passes = run.schedule.passes
-        _trace_advantages(run)
         for role, (model, _) in run.role_models().items():
             assert all(isinstance(p, FakeTensor) for p in model.parameters()), f"{role}: a real weight was made"
             tracker.layer_map(model)
@@ -222,31 +235,11 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
         try:
             for _ in range(STEPS):
                 run.step()
-            problems = load_problems(run_suite.task, "eval", min(suite.eval.size, suite.eval.batch_size), 0)
-            with run.phase("eval"):
-                evaluate_suite(run.engine, run.tokenizer, problems, run_suite, run.seed)
+            run.evaluate(load_problems(run_suite.task, "eval", min(suite.eval.size, suite.eval.batch_size), 0))
         except Exception as exc:  # noqa: BLE001 - reported as the algorithm's estimate failing
             raise TraceFailed(tracker.failed_phase, exc) from exc
         end = tracker.live()
     return Trace(depth, tracker.starts, tracker.ends, tracker.peaks, end, tuple(run.roles))
-
-
-def _needs_reward_model(algo: AlgorithmConfig) -> bool:
-    from rlbench.train import make_algorithm
-
-    algorithm = make_algorithm(algo)
-    return "reward" in algorithm.roles() or algorithm.value_init() == "reward"
-
-
-def _trace_advantages(run: Run) -> None:
-    """Advantages are pure math outside the probe's phases; traced as a phase of their own."""
-    compute = run.algorithm.compute_advantages
-
-    def traced(batch: Any) -> None:
-        with run.probe.phase("advantages"):
-            compute(batch)
-
-    run.algorithm.compute_advantages = traced
 
 
 def _with_depth(config: Any, depth: int) -> Any:

@@ -160,9 +160,11 @@ class CpuProbe:
     name = "cpu"
 
     def __init__(self, period_ms: float = 5.0, use_clear_refs: bool | None = None,
-                 release_heap: bool = True) -> None:
+                 release_heap: bool = True, heap: str = "fast") -> None:
         """`use_clear_refs=None` tries clear_refs and falls back to sampling; False forces sampling.
-        `release_heap=False` skips malloc_trim at phase start (to show what it is for)."""
+        `release_heap=False` skips malloc_trim at phase start (to show what it is for). `heap`: the
+        suite's `probe_heap`, whose mmap threshold the process must have been started with
+        (`cpu_worker_env(heap)`: glibc reads it at start-up); the method says whether it was."""
         assert period_ms > 0, f"period_ms must be > 0, got {period_ms}"
         self.period_ms = period_ms
         self.release_heap = release_heap and release_free_heap()
@@ -196,12 +198,11 @@ class CpuProbe:
                 "(clear_refs not writable; peaks shorter than the period are missed)"
             )
         threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-        heap = {v: k for k, v in HEAP_THRESHOLDS.items()}.get(threshold or "")
-        if heap is not None:
+        if threshold == HEAP_THRESHOLDS[heap]:
             method += f"; process started with MALLOC_MMAP_THRESHOLD_={threshold} (probe_heap {heap})"
         else:
             method += (f"; MALLOC_MMAP_THRESHOLD_ is {'unset' if threshold is None else repr(threshold)} "
-                       f"(not {CPU_WORKER_ENV['MALLOC_MMAP_THRESHOLD_']}): freed large tensors may stay resident "
+                       f"(not {HEAP_THRESHOLDS[heap]}, probe_heap {heap}): freed large tensors may stay resident "
                        "within a phase, so peaks can read high")
         if self.release_heap:
             method += "; free heap handed back to the kernel (glibc malloc_trim) at phase start"

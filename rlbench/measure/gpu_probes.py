@@ -73,6 +73,9 @@ class TorchCudaProbe:
             "device": str(self.cuda.get_device_name(self.device)),
         }
 
+    def anon_memory(self) -> None:
+        return None  # device memory: no anonymous pages to count
+
 
 # ----------------------------------------------------------------------------------------- nvml
 
@@ -208,6 +211,9 @@ class NvmlProbe:
         name = self.nvml.nvmlDeviceGetName(self._handle)
         device = name.decode() if isinstance(name, bytes) else str(name)
         return {"probe": self.name, "method": self.method, "device": device}
+
+    def anon_memory(self) -> None:
+        return None  # device memory: no anonymous pages to count
 
 
 # ------------------------------------------------------------------------------------ composite

@@ -2,7 +2,7 @@
 
 Usage (the runner's view):
 
-    probe = catalog.resolve_probe("auto", period_ms=5)   # always a CompositeProbe
+    probe = catalog.resolve_probe("auto", period_ms=5, heap="fast")   # always a CompositeProbe
     with probe.phase("update") as by_probe:         # {probe name: PhaseMemory}
         train_step()
     by_probe["cpu"].peak_bytes, by_probe["cpu"].method
@@ -11,7 +11,8 @@ Every PhaseMemory is filled in a `finally` when its phase exits, so a phase that
 out-of-memory error included) still reports what it reached. Bytes are absolute figures for the
 process or device, not relative to the phase start (`peak_rise_bytes` gives the rise).
 
-Probes (listed in rlbench/catalog.py; each entry is a factory `(period_ms) -> probe`):
+Probes (listed in rlbench/catalog.py; each entry is a factory `(period_ms, heap) -> probe`, `heap`
+being the suite's `probe_heap`, which only the cpu probe reads):
 
 - `cpu`: resident memory (RSS) of this process. At phase start it writes "5" to
   /proc/self/clear_refs, which resets the kernel's peak-RSS counter VmHWM to the current RSS; at
@@ -22,8 +23,10 @@ Probes (listed in rlbench/catalog.py; each entry is a factory `(period_ms) -> pr
   `extra["rss_anon_peak_bytes"]` per phase, `anon_memory()` for the run (see cpu_probe.py).
   glibc keeps freed heap memory resident, and its mmap threshold grows with use (up to 32 MiB), so
   freed tensors would stay counted. Two things make the figures the memory that is alive: worker
-  processes start with a fixed mmap threshold (`cpu_worker_env(suite.probe_heap)`: every allocation
-  at or above it is its own mmap and goes back to the kernel when freed), and before each reset (and
+  processes start with a fixed mmap threshold (`cpu_worker_env(suite.probe_heap)`, set by the runner
+  because glibc reads it at start-up; the probe is given the suite's `probe_heap` and its method says
+  whether the process has it): every allocation at or above it is its own mmap and goes back to
+  the kernel when freed; and before each reset (and
   each snapshot) the probe calls glibc's `malloc_trim(0)`, which hands the free pages of smaller
   allocations back too. `probe_heap: fast` (the default) sets 1 MiB: a Llama train step's rise reads
   84.2 MB against 82.4 MB of tensors in PyTorch's profiler (110 MB with glibc's defaults, 102 MB with
@@ -52,16 +55,16 @@ a process holds one cpu probe (clear_refs resets the peak of the whole process).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
 from rlbench.errors import UserError
 from rlbench.measure.cpu_probe import CPU_WORKER_ENV, CpuProbe, cpu_worker_env, reset_peak_rss
 from rlbench.measure.gpu_probes import NO_DRIVER_MESSAGE, NVML_MISSING_MESSAGE, NvmlProbe, TorchCudaProbe
-from rlbench.measure.probing import MemoryProbe, PhaseMemory
+from rlbench.measure.probing import MemoryProbe, PhaseMemory, RunProbe
 
 __all__ = ["CPU_WORKER_ENV", "NO_DRIVER_MESSAGE", "NVML_MISSING_MESSAGE", "CompositeProbe", "CpuProbe",
-           "MemoryProbe", "NvmlProbe", "PhaseMemory", "TorchCudaProbe", "auto_probe", "available_probe_names",
+           "MemoryProbe", "NvmlProbe", "PhaseMemory", "RunProbe", "TorchCudaProbe", "auto_probe", "available_probe_names",
            "cpu_probe", "cpu_worker_env", "nvml_probe", "reset_peak_rss", "torch_cuda_probe"]
 
 
@@ -70,8 +73,10 @@ class CompositeProbe:
 
     The first probe is the primary one: the report shows its figures first (nvml on a GPU, since
     it sees all of the process's GPU memory; cpu otherwise). A single probe is wrapped too, so the
-    runner has one API whatever the suite chose.
+    runner has one API whatever the suite chose (`probing.RunProbe`).
     """
+
+    measures_advantages = False  # a phase costs each probe a reset and a sampler per step; advantages hold little
 
     def __init__(self, name: str, probes: list[MemoryProbe]) -> None:
         names = [p.name for p in probes]
@@ -88,6 +93,9 @@ class CompositeProbe:
         with ExitStack() as stack:  # every sub-phase that started is ended, in reverse order
             yield {p.name: stack.enter_context(p.phase(name)) for p in self.probes}
 
+    def loading(self, role: str) -> AbstractContextManager[None]:
+        return nullcontext()  # loads are measured by snapshots before and after
+
     def snapshot(self) -> dict[str, int]:
         return {p.name: p.snapshot() for p in self.probes}
 
@@ -96,12 +104,7 @@ class CompositeProbe:
 
     def anon_memory(self) -> dict[str, dict[str, Any]]:
         """{probe name: anonymous-memory figures} for the probes that measure them (cpu)."""
-        out = {}
-        for p in self.probes:
-            figures = p.anon_memory() if hasattr(p, "anon_memory") else None
-            if figures is not None:
-                out[p.name] = figures
-        return out
+        return {p.name: figures for p in self.probes if (figures := p.anon_memory()) is not None}
 
     def describe(self) -> dict[str, Any]:
         return {"probe": self.name, "primary": self.primary, "probes": [p.describe() for p in self.probes]}
@@ -113,23 +116,23 @@ class CompositeProbe:
 # Every factory returns a CompositeProbe (one probe or several behind one interface).
 
 
-def cpu_probe(period_ms: float) -> CompositeProbe:
-    return CompositeProbe("cpu", [CpuProbe(period_ms)])
+def cpu_probe(period_ms: float, heap: str) -> CompositeProbe:
+    return CompositeProbe("cpu", [CpuProbe(period_ms, heap=heap)])
 
 
-def torch_cuda_probe(period_ms: float) -> CompositeProbe:
+def torch_cuda_probe(period_ms: float, heap: str) -> CompositeProbe:
     return CompositeProbe("torch_cuda", [TorchCudaProbe(period_ms)])
 
 
-def nvml_probe(period_ms: float) -> CompositeProbe:
+def nvml_probe(period_ms: float, heap: str) -> CompositeProbe:
     return CompositeProbe("nvml", [NvmlProbe(period_ms)])
 
 
-def auto_probe(period_ms: float) -> CompositeProbe:
+def auto_probe(period_ms: float, heap: str) -> CompositeProbe:
     import torch
 
     if not torch.cuda.is_available():
-        return CompositeProbe("auto", [CpuProbe(period_ms)])
+        return CompositeProbe("auto", [CpuProbe(period_ms, heap=heap)])
     probes: list[MemoryProbe] = []
     try:
         probes.append(NvmlProbe(period_ms))

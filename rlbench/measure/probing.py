@@ -1,10 +1,16 @@
-"""What every memory probe shares: the per-phase record, the protocol, and a sampling thread."""
+"""What every memory probe shares: the per-phase record, the protocols, and a sampling thread.
+
+Two protocols: `MemoryProbe` is one way of measuring (cpu, torch_cuda, nvml); `RunProbe` is what a
+run measures its phases with and the summary reads (`memory.CompositeProbe` over one or more
+memory probes, `NullProbe`, the estimator's tracer). Optional capabilities are declared, never
+looked up: `anon_memory()` returns nothing for a probe that does not measure anonymous memory.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,21 +62,60 @@ class MemoryProbe(Protocol):
         """{"probe": name, "method": ..., "device": ...} for the report."""
         ...
 
+    def anon_memory(self) -> dict[str, Any] | None:
+        """Anonymous resident memory over the run (the cpu probe: per-phase peaks, process peak,
+        baseline, rise), or None for a probe that does not measure it."""
+        ...
+
+
+class RunProbe(Protocol):
+    """What `rlbench.train.Run` measures its phases and role loads with, and what the summary reads.
+    `phase` yields {probe name: PhaseMemory}, filled when the phase exits (even by an exception)."""
+
+    name: str
+    primary: str  # the probe whose figures the report shows first
+    measures_advantages: bool  # the advantages phase (pure math, no model) is measured too
+
+    def phase(self, name: str) -> AbstractContextManager[dict[str, PhaseMemory]]: ...
+
+    def loading(self, role: str) -> AbstractContextManager[None]:
+        """Brackets the load of `role` (the estimator's tracer labels what is made there as its weights)."""
+        ...
+
+    def snapshot(self) -> dict[str, int]:
+        """{probe name: bytes in use now}."""
+        ...
+
+    def process_peak_bytes(self) -> dict[str, int]: ...
+
+    def anon_memory(self) -> dict[str, dict[str, Any]]:
+        """{probe name: anonymous-memory figures} for the probes that measure them ({} when none does)."""
+        ...
+
+    def describe(self) -> dict[str, Any]: ...
+
 
 class NullProbe:
     """What `rlbench.train.Run` measures its phases with when memory is not the point: it measures
     nothing (the baseline a probe's cost is timed against; tests and benchmarks that drive steps)."""
 
     name = primary = "none"
+    measures_advantages = False
 
     @contextmanager
     def phase(self, name: str) -> Iterator[dict[str, PhaseMemory]]:
         yield {}
 
+    def loading(self, role: str) -> AbstractContextManager[None]:
+        return nullcontext()
+
     def snapshot(self) -> dict[str, int]:
         return {}
 
     def process_peak_bytes(self) -> dict[str, int]:
+        return {}
+
+    def anon_memory(self) -> dict[str, dict[str, Any]]:
         return {}
 
     def describe(self) -> dict[str, Any]:

@@ -24,8 +24,13 @@ import math
 from statistics import fmean
 from typing import Any, Protocol
 
+from rlbench.measure.budget import Budget
 from rlbench.measure.hacking import PAIRED_INTERVAL, STDERR_SUM, reward_hacking
+from rlbench.measure.phases import PhaseStats
+from rlbench.measure.probing import RunProbe
+from rlbench.models.precision import Precision
 from rlbench.report.metrics import metric
+from rlbench.rollout import RolloutEngine
 
 # Which role a phase's memory and time are attributed to.
 PHASE_ROLE = {
@@ -47,21 +52,19 @@ class Run(Protocol):
     """What a summary reads of a finished run (rlbench.train.Run provides it; measure/ knows no recipe)."""
 
     suite: Any
-    budget: Any  # .consumed(), .steps, .completions, .tokens, .trained_tokens, .flops
-    phases: Any  # PhaseStats: seconds, calls, peak_bytes, rise_bytes, peak_call, notes
+    budget: Budget
+    phases: PhaseStats
     step_metrics: list[dict[str, Any]]
     role_load_bytes: dict[str, dict[str, int]]
-    engine: Any  # .memory_bytes()
+    engine: RolloutEngine
     policy: Any
-    reference: Any
-    reward_model: Any
-    value_model: Any
     passes: int  # optimisation passes over each batch
+    precision: Precision  # resolved once for the run
 
     def role_models(self) -> dict[str, tuple[Any, Any]]: ...
 
 
-def summarize_run(run: Run, probe, result: dict[str, Any]) -> dict[str, Any]:
+def summarize_run(run: Run, probe: RunProbe, result: dict[str, Any]) -> dict[str, Any]:
     roles = _roles(run)
     memory = _memory(run, probe, roles, result.get("baseline_bytes") or {})
     peak = _peak_flops(run)
@@ -101,10 +104,9 @@ def heldout_witness(accuracy: dict[str, Any]) -> tuple[tuple[float, float] | Non
 def _roles(run: Run) -> dict[str, Any]:
     roles: dict[str, Any] = {}
     from rlbench.measure.static import role_static_bytes
-    from rlbench.models.precision import compute_dtype
 
     for role, (model, optimizer) in run.role_models().items():
-        roles[role] = {"static": role_static_bytes(model, optimizer, compute_dtype(run.suite.model))}
+        roles[role] = {"static": role_static_bytes(model, optimizer, run.precision.compute_dtype)}
     engine_bytes = run.engine.memory_bytes()
     phase_roles = PHASE_ROLE
     if engine_bytes:
@@ -131,11 +133,11 @@ def _roles(run: Run) -> dict[str, Any]:
     return roles
 
 
-def _memory(run: Run, probe, roles: dict[str, Any], baseline: dict[str, int]) -> dict[str, Any]:
+def _memory(run: Run, probe: RunProbe, roles: dict[str, Any], baseline: dict[str, int]) -> dict[str, Any]:
     described = probe.describe()
     out: dict[str, Any] = {"probe": probe.name, "primary": probe.primary, "probes": described["probes"],
                            "baseline_bytes": baseline, "reconciliation": {}, "notes": run.phases.notes}
-    anon = probe.anon_memory() if hasattr(probe, "anon_memory") else {}
+    anon = probe.anon_memory()
     if anon:
         out["anon"] = anon
         for entry in roles.values():
@@ -162,7 +164,7 @@ def _memory(run: Run, probe, roles: dict[str, Any], baseline: dict[str, int]) ->
         process_peak = max(peaks[peak_phase], process_peaks.get(name, 0))
         # The call that reached the peak: its transient (net of the gradients and optimizer state it
         # created, which are static) and the static bytes held when it ended.
-        call = (getattr(run.phases, "peak_call", {}).get(name) or {}).get(peak_phase)
+        call = run.phases.peak_call.get(name, {}).get(peak_phase)
         static = call["static_bytes"] + engine_total if call else static_total
         transient = call["rise_bytes"] if call else run.phases.rise_bytes[name].get(peak_phase, 0)
         base = baseline.get(name, 0)
@@ -220,12 +222,11 @@ def _peak_flops(run: Run) -> Any:
     under bf16-mixed autocast, else the parameters' dtype."""
     from rlbench.cache import cache_root
     from rlbench.measure.flops import peak_flops
-    from rlbench.models.precision import compute_dtype
 
     if not run.budget.steps:
         return None
     device = next(run.policy.parameters()).device
-    return peak_flops(device, compute_dtype(run.suite.model) or run.suite.model.dtype, cache_root())
+    return peak_flops(device, run.precision.compute_dtype or run.precision.dtype, cache_root())
 
 
 def _accuracy(evals: list[dict[str, Any]], model_name: str = "", paired: dict[str, Any] | None = None) -> dict[str, Any]:

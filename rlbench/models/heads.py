@@ -3,13 +3,14 @@
 The reward model reads its score at the last real token of a sequence; the value model reads a
 value at every position that predicts a completion token (the state before that token).
 Initialised from a causal LM directory (the SFT policy) with a fresh, zero head, or loaded from a
-directory saved by `save`.
+directory saved by `save`. `ScalarRole` is what the training loop reads of either role.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -20,6 +21,19 @@ from rlbench.models.forward import scatter_rows
 from rlbench.models.lean_llama import llama_parts, packed_completion_hidden
 
 HEAD_FILE = "scalar_head.pt"
+
+
+class ScalarRole(Protocol):
+    """What the loop reads of the reward and value roles (a `ScalarHeadModel`, sharded or not)."""
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[N] one scalar per sequence, read at its last real token (the reward)."""
+        ...
+
+    def completion_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          prompt_width: int) -> torch.Tensor:
+        """[N, T] the value of the state before each completion token."""
+        ...
 
 
 class ScalarHeadModel(nn.Module):

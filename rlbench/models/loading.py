@@ -3,8 +3,9 @@
 `resolve_base(model.name)` gives a directory in Hugging Face format (the embedded model or a
 shape model saved in the cache, a local directory, or a hub snapshot). From a directory (the base, or the SFT output):
 
-- parameter dtypes follow `model.precision` (rlbench.models.precision): under bf16-mixed the
-  trained roles (policy, value) load in float32 (master weights), the frozen ones in bf16.
+- parameter dtypes follow the run's resolved `Precision` (rlbench.models.precision), passed to
+  every loader: under bf16-mixed the trained roles (policy, value) load in float32 (master
+  weights), the frozen ones in bf16.
 - policy and reference: `AutoModelForCausalLM` with the suite's `dtype`, `attn_implementation`
   and `trust_remote_code` (off unless the suite sets it), moved to the run's device; the
   policy gets gradient checkpointing when `model.gradient_checkpointing` is set.
@@ -16,8 +17,9 @@ shape model saved in the cache, a local directory, or a hub snapshot). From a di
   `AutoModelForSequenceClassification` with one label (its backbone and score layer become the
   scalar head model, so every role scores sequences the same way).
 
-    policy, tokenizer = load_policy(path, suite.model, rlbench.device.default_device())
-    reference = AdapterDisabledReference(policy) if suite.model.lora else load_causal_lm(path, suite.model, device)
+    precision = resolve_precision(suite.model)
+    policy, tokenizer = load_policy(path, suite.model, precision, rlbench.device.default_device())
+    reference = AdapterDisabledReference(policy) if suite.model.lora else load_causal_lm(path, suite.model, precision, device)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from rlbench.cache import cached_dir, stable_hash
 from rlbench.config import LoraConfig, ModelConfig
 from rlbench.errors import UserError
 from rlbench.models.embedded import EMBEDDED_NAME, build_embedded, embedded_spec, save_pretrained_pair
-from rlbench.models.precision import DTYPES, parameter_dtype
+from rlbench.models.precision import DTYPES, Precision
 
 PEFT_MISSING = "model.lora: LoRA needs the peft package, rlbench's extra 'peft' (pip install peft)"
 
@@ -119,10 +121,10 @@ def check_model_dir(path: Path, field: str, trust_remote_code: bool, weights: bo
 # ---- causal LMs: policy and reference ---------------------------------------------------------
 
 
-def pretrained_kwargs(cfg: ModelConfig, trained: bool = False) -> dict[str, Any]:
+def pretrained_kwargs(cfg: ModelConfig, precision: Precision, trained: bool = False) -> dict[str, Any]:
     """Keyword arguments of every `from_pretrained` call for the suite's model (the parameter dtype
-    follows `model.precision`: float32 masters for trained roles under bf16-mixed)."""
-    kwargs: dict[str, Any] = {"dtype": parameter_dtype(cfg, trained), "trust_remote_code": cfg.trust_remote_code}
+    follows the precision: float32 masters for trained roles under bf16-mixed)."""
+    kwargs: dict[str, Any] = {"dtype": precision.parameter_dtype(trained), "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
     return kwargs
@@ -138,13 +140,13 @@ def load_tokenizer(path: str | Path, cfg: ModelConfig):
     return tokenizer
 
 
-def load_causal_lm(path: str | Path, cfg: ModelConfig, device: torch.device | str = "cpu",
+def load_causal_lm(path: str | Path, cfg: ModelConfig, precision: Precision, device: torch.device | str = "cpu",
                    trainable: bool = False) -> nn.Module:
     """`AutoModelForCausalLM` from a directory on `device`; trainable models get gradient
     checkpointing when the suite asks for it."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, **pretrained_kwargs(cfg, trainable)).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, **pretrained_kwargs(cfg, precision, trainable)).to(device)
     if trainable and cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     return model
@@ -164,10 +166,10 @@ def add_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
         raise UserError(f"model.lora.target_modules: {err}") from None
 
 
-def load_policy(path: str | Path, cfg: ModelConfig, device: torch.device | str = "cpu"):
+def load_policy(path: str | Path, cfg: ModelConfig, precision: Precision, device: torch.device | str = "cpu"):
     """(policy, tokenizer): the trainable causal LM, with LoRA adapters when `cfg.lora` is set."""
     tokenizer = load_tokenizer(path, cfg)
-    model = load_causal_lm(path, cfg, device, trainable=True)
+    model = load_causal_lm(path, cfg, precision, device, trainable=True)
     if cfg.lora is not None:
         model = add_lora(model, cfg.lora)
     return model, tokenizer
@@ -177,8 +179,11 @@ class AdapterDisabledReference(nn.Module):
     """The reference role of a LoRA policy: the policy's own module run with its adapters disabled.
 
     It holds no parameters or buffers of its own (the policy is kept outside the module tree), so
-    its static bytes are 0: with LoRA the frozen base weights serve both roles.
+    its static bytes are 0: with LoRA the frozen base weights serve both roles. It says so:
+    `weights_of` names the role whose weights it computes with (its FLOPs are the policy's shape's).
     """
+
+    weights_of = "policy"
 
     def __init__(self, policy: nn.Module) -> None:
         super().__init__()
@@ -240,7 +245,7 @@ def scalar_model_from_classifier(classifier: nn.Module):
     return model.to(layer.weight.dtype)
 
 
-def load_scalar_model(path: str | Path, cfg: ModelConfig, device: torch.device | str = "cpu",
+def load_scalar_model(path: str | Path, cfg: ModelConfig, precision: Precision, device: torch.device | str = "cpu",
                       trainable: bool = False):
     """A ScalarHeadModel (reward or value role) from a causal LM, scalar-head or classifier directory."""
     from rlbench.models.heads import ScalarHeadModel
@@ -249,9 +254,9 @@ def load_scalar_model(path: str | Path, cfg: ModelConfig, device: torch.device |
         from transformers import AutoModelForSequenceClassification
 
         model = scalar_model_from_classifier(
-            AutoModelForSequenceClassification.from_pretrained(path, **pretrained_kwargs(cfg, trainable)))
+            AutoModelForSequenceClassification.from_pretrained(path, **pretrained_kwargs(cfg, precision, trainable)))
     else:
-        model = ScalarHeadModel.from_pretrained(path, parameter_dtype(cfg, trainable))
+        model = ScalarHeadModel.from_pretrained(path, precision.parameter_dtype(trainable))
     model = model.to(device)
     if trainable and cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model.backbone)

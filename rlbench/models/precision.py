@@ -12,45 +12,48 @@
                 smaller than half a bf16 step of a weight are rounded away (at lr 1e-6 most are).
     auto        fp32 for `model.dtype: float32`, bf16-mixed for bfloat16; float16 stays pure.
 
-Usage:
+The modes are one table, `rlbench.config.PRECISION_MODES` (torch-free, so the suite checks read
+it too); this module adds the torch dtypes. A run resolves its precision once and holds it:
 
     precision = resolve_precision(suite.model)
-    dtype = parameter_dtype(suite.model, trained=True)     # what from_pretrained loads
-    with compute_context(precision, device): ...           # autocast for bf16-mixed
+    precision.parameter_dtype(trained=True)     # what from_pretrained loads a trained role in
+    with precision.context(device): ...         # autocast for bf16-mixed
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import torch
 
-from rlbench.config import ModelConfig
+from rlbench.config import ModelConfig, precision_mode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-AUTO = {"float32": "fp32", "bfloat16": "bf16-mixed", "float16": "fp16-pure"}
+"""`model.dtype` names and the torch dtypes they stand for."""
 
 
-def resolve_precision(cfg: ModelConfig) -> str:
-    """fp32, bf16-mixed, bf16-pure (or fp16-pure for a float16 model with precision auto)."""
-    return AUTO[cfg.dtype] if cfg.precision == "auto" else cfg.precision
+@dataclass(frozen=True)
+class Precision:
+    """A suite's precision, resolved (`resolve_precision`): the dtypes every role and phase use."""
+
+    name: str  # fp32, bf16-mixed, bf16-pure, or fp16-pure (a float16 model with precision auto)
+    dtype: torch.dtype  # model.dtype: the parameters of frozen roles (and of trained ones unless mixed)
+    compute_dtype: torch.dtype | None  # the autocast dtype of every phase (bf16 under bf16-mixed), None: as held
+
+    def parameter_dtype(self, trained: bool) -> torch.dtype:
+        """The dtype a role's parameters are held in: float32 masters for trained roles under mixed precision."""
+        return torch.float32 if trained and self.compute_dtype is not None else self.dtype
+
+    def context(self, device: torch.device | str) -> AbstractContextManager:
+        """`torch.autocast` in the compute dtype on `device`, or nothing."""
+        if self.compute_dtype is None:
+            return nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=self.compute_dtype)
 
 
-def parameter_dtype(cfg: ModelConfig, trained: bool) -> torch.dtype:
-    """The dtype a role's parameters are held in: float32 masters for trained roles under bf16-mixed."""
-    if resolve_precision(cfg) == "bf16-mixed" and trained:
-        return torch.float32
-    return DTYPES[cfg.dtype]
-
-
-def compute_dtype(cfg: ModelConfig) -> torch.dtype | None:
-    """The autocast dtype of every phase (bf16 under bf16-mixed), None when parameters compute as held."""
-    return torch.bfloat16 if resolve_precision(cfg) == "bf16-mixed" else None
-
-
-def compute_context(cfg: ModelConfig, device: torch.device | str) -> AbstractContextManager:
-    """`torch.autocast` in the compute dtype on `device`, or nothing."""
-    dtype = compute_dtype(cfg)
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
+def resolve_precision(cfg: ModelConfig) -> Precision:
+    """The precision `model.precision` and `model.dtype` ask for (validated to agree by the suite checks)."""
+    mode = precision_mode(cfg)
+    dtype = DTYPES[mode.dtype]
+    return Precision(mode.name, dtype, dtype if mode.mixed else None)

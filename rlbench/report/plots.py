@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from rlbench.config.schema import BUDGET_LIMITS, MACHINE_BOUND_LIMITS
 from rlbench.report.format import ROLE_SHORT, primary_probe
 from rlbench.report.summary import _roles_in_order, role_segments, summary_markdown
 
@@ -216,7 +217,7 @@ def budget_unit(report: dict[str, Any]) -> str:
     """The suite's budget unit: the first of completions, tokens, flops, wall_seconds it sets;
     completions (the default fairness unit) when it sets steps only."""
     budget = (report.get("suite") or {}).get("budget") or {}
-    units = ("completions", "tokens", "flops", "wall_seconds")
+    units = [k for k in BUDGET_LIMITS if k != "steps" and k not in MACHINE_BOUND_LIMITS] + list(MACHINE_BOUND_LIMITS)
     return next((k for k in units if budget.get(k) is not None), "completions")
 
 

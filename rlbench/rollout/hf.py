@@ -6,10 +6,14 @@ and adds no per-token logits processors beyond temperature and top-p. A group's 
 prefilled once. Each token comes from a decoder: for Llama-architecture models the lean one in
 `rlbench.models.lean_llama` (preallocated cache, the group's prompt keys held once, a few tensor operations per
 layer), for anything else the module's own forward with its cache (`ModuleDecoder`). Both
-compute the same distribution; `lean=False` forces the module's forward.
+compute the same distribution; `lean=False` forces the module's forward. `make_decoder` is the
+default decoder factory; an engine can be given another (the estimator's wraps it to skip the
+middle of the decode loop on fake tensors).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +21,7 @@ import torch.nn.functional as F
 from rlbench.device import module_device
 from rlbench.models.batching import left_pad, position_ids_from_mask
 from rlbench.models.lean_llama import LlamaDecoder, cast_linears, llama_parts
-from rlbench.rollout import Rollout, SamplingParams
+from rlbench.rollout import EngineOptions, Rollout, SamplingParams
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -72,6 +76,11 @@ class ModuleDecoder:
         return out.logits[:, -1]
 
 
+DecoderFactory = Callable[..., LlamaDecoder | ModuleDecoder]
+"""`make_decoder`'s signature: (model, prompt_ids, prompt_mask, group, max_new_tokens, lean) -> a
+decoder with `prefill()` and `step(tokens, alive)`."""
+
+
 def make_decoder(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group: int,
                  max_new_tokens: int, lean: bool = True) -> LlamaDecoder | ModuleDecoder:
     """The lean decoder where it reproduces the model's forward (Llama architectures), else the module's own.
@@ -100,16 +109,18 @@ def sample(
     generator: torch.Generator | None = None,
     lean: bool = True,
     group: int = 1,
+    decoder_factory: DecoderFactory | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode up to max_new_tokens (exactly that many with `params.ignore_eos`).
     Returns (tokens [N,T], logprobs [N,T], mask [N,T], truncated [N]).
 
     Rows come in runs of `group` copies of one prompt, whose prompt is prefilled once.
     `lean=False` forces the module's own forward (the lean decoder is used only where it applies).
+    `decoder_factory` defaults to `make_decoder`.
     """
     n = prompt_ids.shape[0]
     assert n % group == 0, f"{n} rows are not whole groups of {group}"
-    decoder = make_decoder(model, prompt_ids, prompt_mask, group, params.max_new_tokens, lean)
+    decoder = (decoder_factory or make_decoder)(model, prompt_ids, prompt_mask, group, params.max_new_tokens, lean)
     logits = decoder.prefill()
     finished = torch.zeros(n, dtype=torch.bool, device=prompt_ids.device)
     pads = torch.full((n,), pad_id, dtype=torch.long, device=prompt_ids.device)
@@ -139,11 +150,14 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, policy: torch.nn.Module, tokenizer, lean: bool = True) -> None:
-        """`lean=False` samples through the module's own forward even where the lean decoder applies."""
+    def __init__(self, policy: torch.nn.Module, tokenizer, lean: bool = True,
+                 decoder_factory: DecoderFactory | None = None) -> None:
+        """`lean=False` samples through the module's own forward even where the lean decoder applies;
+        `decoder_factory` replaces `make_decoder`."""
         self.policy = policy
         self.tokenizer = tokenizer
         self.lean = lean
+        self.decoder_factory = decoder_factory
 
     has_own_weights = False
 
@@ -158,7 +172,7 @@ class HFEngine:
         try:
             tokens, logprobs, comp_mask, truncated = sample(
                 self.policy, ids, mask, params, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, generator,
-                self.lean, group=n,
+                self.lean, group=n, decoder_factory=self.decoder_factory,
             )
         finally:
             self.policy.train(was_training)
@@ -181,6 +195,6 @@ class HFEngine:
         return {}
 
 
-def make_hf_engine(policy: torch.nn.Module, tokenizer, **_: object) -> HFEngine:
-    """The catalog's `hf` entry: engine options meant for other engines are ignored."""
+def make_hf_engine(policy: torch.nn.Module, tokenizer, options: EngineOptions) -> HFEngine:
+    """The catalog's `hf` entry: it samples from the policy itself, so no option concerns it."""
     return HFEngine(policy, tokenizer)

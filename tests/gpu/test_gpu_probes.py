@@ -47,7 +47,7 @@ def test_nvml_probe_sees_a_held_allocation() -> None:
 
 
 def test_out_of_memory_phase_still_reports() -> None:
-    probe = resolve_probe("auto", 5.0)
+    probe = resolve_probe("auto", 5.0, "fast")
     free, total = torch.cuda.mem_get_info()
     blocks = []
     with pytest.raises(torch.OutOfMemoryError):
@@ -62,7 +62,7 @@ def test_out_of_memory_phase_still_reports() -> None:
 
 
 def test_auto_picks_the_gpu_probes() -> None:
-    auto = resolve_probe("auto", 5.0)
+    auto = resolve_probe("auto", 5.0, "fast")
     assert [p.name for p in auto.probes] in (["nvml", "torch_cuda"], ["torch_cuda"])
 
 

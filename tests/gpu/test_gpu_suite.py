@@ -103,6 +103,7 @@ def _max_gap(engine, policy, prompt: list[int], completion: list[int]) -> float:
 def test_vllm_logprobs_match_the_policy_after_a_weight_sync(tmp_path, lora):
     from rlbench.config import LoraConfig, ModelConfig
     from rlbench.models.loading import load_policy
+    from rlbench.models.precision import resolve_precision
     from rlbench.rollout.vllm import VLLMEngine
 
     if lora and importlib.util.find_spec("peft") is None:
@@ -111,7 +112,7 @@ def test_vllm_logprobs_match_the_policy_after_a_weight_sync(tmp_path, lora):
     # float16 on both sides: every attention backend has it, and its rounding (2^-11) keeps two
     # implementations of the same 1M-parameter model well inside 1e-2 of each other.
     cfg = ModelConfig(name=str(path), dtype="float16", lora=LoraConfig(r=4, alpha=8) if lora else None)
-    policy, tokenizer = load_policy(path, cfg, "cuda")
+    policy, tokenizer = load_policy(path, cfg, resolve_precision(cfg), "cuda")
     engine = VLLMEngine(policy, tokenizer, model_path=path, dtype="float16", gpu_memory_utilization=0.2,
                         max_model_len=256, seed=0)
     prompt = tokenizer("Q: Tom has 3 apples and buys 4 more. How many apples does he have?\n")["input_ids"]

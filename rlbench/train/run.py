@@ -14,20 +14,20 @@ A recipe whose `completion_source` is "gold" (sft_more) trains on the task's dem
 instead: no generate phase, the step's problems with their gold solutions become the batch, and
 the update is supervised.
 
-Each phase runs inside the memory probe and a timer; the budget is checked after every step.
-Model FLOPs are counted per phase from token counts and model shapes (`measure/flops.py`), so a
-`budget.flops` limit stops every run at the same step on any machine.
-The runner starts this in a fresh process per run (`python -m rlbench.worker`), so memory
-figures belong to this run alone.
+Each phase runs inside the memory probe and a timer (advantages, pure math, only inside a probe
+that asks for it); `train()` steps until the budget's first limit is reached (`measure/budget.py`),
+evaluating every `eval.every` steps. Model FLOPs are counted per phase from token counts and model
+shapes (`measure/flops.py`), so a `budget.flops` limit stops every run at the same step on any
+machine. The runner starts each run in a fresh process (`python -m rlbench.worker`), so memory
+figures belong to this run alone; `rlbench estimate` builds the same run on fake tensors.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,125 +36,56 @@ import torch
 from rlbench.algorithms.advantages import zero_variance_fraction
 from rlbench.algorithms.base import Algorithm, Batch
 from rlbench.algorithms.losses import masked_mean
-from rlbench.catalog import ALGORITHMS, ENGINES, load_problems, rule_functions
-from rlbench.config import AlgorithmConfig, BudgetConfig, Suite, algorithm_params
+from rlbench.catalog import load_problems, rule_functions
+from rlbench.config import AlgorithmConfig, Suite
 from rlbench.distributed import Dist
+from rlbench.measure.budget import Budget, StepCounts
+from rlbench.measure.phases import PhaseStats
+from rlbench.measure.probing import PhaseMemory, RunProbe
 from rlbench.models.batching import backward_in_micro_batches, in_micro_batches, micro_batches
 from rlbench.models.forward import completion_logprobs, completion_logprobs_and_entropy
-from rlbench.models.optim import adamw
 from rlbench.rewards import gold_correct, score_rules
-from rlbench.rollout import SamplingParams
+from rlbench.rollout import Rollout, SamplingParams
 from rlbench.tasks import Problem, encode_prompts, truncate_prompts
-
-
-def make_algorithm(cfg: AlgorithmConfig) -> Algorithm:
-    return ALGORITHMS.get(cfg.name).cls(algorithm_params(cfg), cfg.reward)
-
-
-@dataclass
-class Budget:
-    """Consumption against the suite's limits; `exhausted()` names the first limit reached."""
-
-    limits: BudgetConfig
-    steps: int = 0
-    completions: int = 0
-    prompts: int = 0
-    tokens: int = 0
-    trained_tokens: int = 0
-    sequence_tokens: int = 0  # prompt + completion positions processed
-    seconds: float = 0.0
-    flops_by_phase: dict[str, int] = field(default_factory=dict)  # model FLOPs, exact integers
-
-    @property
-    def flops(self) -> int:
-        return sum(self.flops_by_phase.values())
-
-    def used(self) -> dict[str, float]:
-        """Consumption in each limit's unit."""
-        return {"steps": self.steps, "completions": self.completions, "tokens": self.tokens,
-                "wall_seconds": self.seconds, "flops": self.flops}
-
-    def exhausted(self) -> str | None:
-        for name, used in self.used().items():
-            limit = getattr(self.limits, name)
-            if limit is not None and used >= limit:
-                return name
-        return None
-
-    def fraction(self) -> float:
-        """How much of the tightest limit is used, 0..1."""
-        used = self.used()
-        fractions = [used[k] / v for k, v in vars(self.limits).items() if v]
-        return min(1.0, max(fractions)) if fractions else 0.0
-
-    def consumed(self) -> dict[str, Any]:
-        return {"steps": self.steps, "prompts": self.prompts, "completions": self.completions,
-                "tokens_generated": self.tokens, "tokens_trained": self.trained_tokens,
-                "wall_seconds": round(self.seconds, 3), "flops": self.flops,
-                "flops_by_phase": dict(self.flops_by_phase)}
-
-
-@dataclass
-class PhaseStats:
-    """Accumulated time of each phase, and each probe's memory figures for it, over the run.
-
-    A phase's rise (its transient) is net of the static state it created and left behind
-    (`static_created`: gradients and optimizer state appear in the first update, and are counted in
-    the roles' static bytes), so nothing is counted twice. `peak_call` keeps, per probe and phase,
-    the call that reached the phase's peak: its peak, its transient and the static bytes held when
-    it ended, which is what the reconciliation adds up.
-    """
-
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    peak_bytes: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))  # probe -> phase -> max
-    rise_bytes: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))  # probe -> phase -> max
-    peak_call: dict[str, dict[str, dict[str, int]]] = field(default_factory=lambda: defaultdict(dict))
-    notes: dict[str, str] = field(default_factory=dict)
-
-    def add(self, phase: str, seconds: float, memory: dict | None = None, static_created: int = 0,
-            static_end: int = 0) -> None:
-        self.seconds[phase] += seconds
-        self.calls[phase] += 1
-        for probe, mem in (memory or {}).items():
-            peaks, rises = self.peak_bytes[probe], self.rise_bytes[probe]
-            rise = max(0, mem.peak_bytes - mem.start_bytes - static_created)
-            if mem.peak_bytes >= peaks.get(phase, 0):
-                self.peak_call[probe][phase] = {"peak_bytes": mem.peak_bytes, "rise_bytes": rise,
-                                                "static_bytes": static_end}
-            peaks[phase] = max(peaks.get(phase, 0), mem.peak_bytes)
-            rises[phase] = max(rises.get(phase, 0), rise)
-            if mem.note:
-                self.notes[f"{probe}/{phase}"] = mem.note
+from rlbench.train.parts import RunParts, run_parts
+from rlbench.train.roles import load_roles, measured_load
 
 
 class Run:
-    """Everything one run holds: roles, optimizers, engine, probe, data, budget and metrics."""
+    """Everything one run holds: roles, optimizers, engine, probe, data, budget and metrics.
+
+    Built from `RunParts` (see rlbench/train/parts.py), which it never changes: `Run.build` resolves
+    them from the suite, the estimator builds its own and constructs the same class.
+    """
 
     def __init__(self, suite: Suite, algo_cfg: AlgorithmConfig, seed: int, policy_dir: Path,
-                 reward_dir: Path | None, probe, emit: Callable[[dict], None] = lambda e: None,
-                 algorithm: Algorithm | None = None, dist: Dist | None = None) -> None:
-        """`algorithm` defaults to the catalog's recipe for `algo_cfg`; any object implementing the
-        `Algorithm` protocol runs the same loop. `dist`: this rank of a distributed run (rlbench/distributed.py)."""
-        self.suite, self.algo_cfg, self.seed = suite, algo_cfg, seed
-        self.algorithm = algorithm if algorithm is not None else make_algorithm(algo_cfg)
-        self.schedule = self.algorithm.schedule()
+                 reward_dir: Path | None, parts: RunParts) -> None:
+        self.suite, self.algo_cfg, self.seed, self.parts = suite, algo_cfg, seed, parts
+        self.algorithm: Algorithm = parts.algorithm
+        self.schedule = parts.schedule
         self.supervised = self.algorithm.completion_source == "gold"
         # Log-probs the update trains on: at the sampling temperature for sampled completions, at
         # temperature 1 (plain cross-entropy) for demonstrations.
         self.logprob_temperature = 1.0 if self.supervised else suite.rollout.temperature
         self.passes = self.schedule.passes  # optimisation passes over each batch (read by measure/)
-        self.probe, self.emit = probe, emit
+        self.probe: RunProbe = parts.probe
+        self.dist: Dist = parts.dist
+        self.precision = parts.precision  # resolved once: every load and phase reads it
+        self.device = parts.device
+        self.group_size, self.prompts_per_step = parts.shape.group_size, parts.shape.prompts_per_step
+        assert suite.rollout.completions_per_step % self.group_size == 0, "validated in config"
         self.phases = PhaseStats()
         self.role_load_bytes: dict[str, dict[str, int]] = {}  # role -> probe -> bytes
         self.step_metrics: list[dict[str, Any]] = []
-        self.dist = dist if dist is not None else Dist()
         torch.manual_seed(seed)
         self.roles = self.algorithm.roles()
-        self._load_roles(policy_dir, reward_dir)
-        self.group_size = self.algorithm.group_size(suite.rollout.group_size)
-        assert suite.rollout.completions_per_step % self.group_size == 0, "validated in config"
-        self.prompts_per_step = suite.rollout.completions_per_step // self.group_size
+        loaded = load_roles(suite, parts, policy_dir, reward_dir, self.role_load_bytes)
+        self.policy, self.tokenizer, self.optimizer = loaded.policy, loaded.tokenizer, loaded.optimizer
+        self.reference, self.reward_model = loaded.reference, loaded.reward_model
+        self.value_model, self.value_optimizer = loaded.value_model, loaded.value_optimizer
+        self.engine = measured_load(self.probe, "rollout", lambda: parts.engine(
+            self.policy, self.tokenizer, parts.engine_options), self.role_load_bytes)
+        self.flop_shapes = self._flop_shapes(loaded.weights_of)
         self.train_problems = load_problems(suite.task, "train", suite.task.train_size, seed)
         self.order = torch.randperm(len(self.train_problems), generator=torch.Generator().manual_seed(seed)).tolist()
         self.cursor = 0
@@ -162,96 +93,23 @@ class Run:
         self.sampling = SamplingParams(suite.rollout.max_new_tokens, suite.rollout.temperature, suite.rollout.top_p,
                                        ignore_eos=suite.rollout.ignore_eos)
 
-    # -- loading --------------------------------------------------------------------------------
-    def _measure_load(self, role: str, load: Callable[[], Any]) -> Any:
-        before = self.probe.snapshot()
-        obj = load()
-        after = self.probe.snapshot()
-        self.role_load_bytes[role] = {probe: after[probe] - before[probe] for probe in before}
-        return obj
+    @classmethod
+    def build(cls, suite: Suite, algo_cfg: AlgorithmConfig, seed: int, policy_dir: Path, reward_dir: Path | None,
+              probe: RunProbe, algorithm: Algorithm | None = None, dist: Dist | None = None) -> Run:
+        """A run with the parts `run_parts` resolves from the suite: `algorithm` defaults to the
+        catalog's recipe for `algo_cfg` (any object implementing the `Algorithm` protocol runs the
+        same loop); `dist`: this rank of a distributed run (rlbench/distributed.py)."""
+        parts = run_parts(suite, algo_cfg, probe, seed=seed, policy_dir=policy_dir, algorithm=algorithm, dist=dist)
+        return cls(suite, algo_cfg, seed, policy_dir, reward_dir, parts)
 
-    def _load_roles(self, policy_dir: Path, reward_dir: Path | None) -> None:
-        """Every role the algorithm holds, on `self.device`, each load measured by the probe.
-
-        With `model.lora` the policy carries adapters and the reference is the same module with
-        them disabled (no second copy: its static bytes are 0).
-        """
-        from rlbench.device import default_device
-        from rlbench.models.loading import (
-            AdapterDisabledReference,
-            import_model_code,
-            load_causal_lm,
-            load_policy,
-            load_scalar_model,
-            load_tokenizer,
-        )
-
-        model_cfg = self.suite.model
-        import_model_code(policy_dir, model_cfg)  # library code is no role's memory
-        self.device = self.dist.device if self.dist.active else default_device()
-        schedule = self.schedule
-
-        def load_policy_role():
-            if self.dist.active:  # sharded: built on the meta device, filled from rank 0
-                return self.dist.load_role("policy", policy_dir, model_cfg), load_tokenizer(policy_dir, model_cfg)
-            model, tok = load_policy(policy_dir, model_cfg, self.device)
-            _touch(model)
-            return model, tok
-
-        self.policy, self.tokenizer = self._measure_load("policy", load_policy_role)
-        self.policy.train()
-        self.optimizer = adamw(self.policy.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
-        self.reference = self.reward_model = self.value_model = self.value_optimizer = None
-        if "reference" in self.roles:
-            if self.dist.active:
-                self.reference = self._measure_load(
-                    "reference", lambda: self.dist.load_role("reference", policy_dir, model_cfg))
-            elif model_cfg.lora is not None:
-                self.reference = self._measure_load("reference", lambda: AdapterDisabledReference(self.policy))
-            else:
-                self.reference = self._measure_load(
-                    "reference", lambda: _frozen(load_causal_lm(policy_dir, model_cfg, self.device)))
-        if "reward" in self.roles:
-            assert reward_dir is not None, "runner trains or loads the reward model first"
-            self.reward_model = self._measure_load(
-                "reward", lambda: self.dist.load_role("reward", reward_dir, model_cfg) if self.dist.active
-                else _frozen(load_scalar_model(reward_dir, model_cfg, self.device)))
-        if "value" in self.roles:
-            from_reward = self.algorithm.value_init() == "reward"
-            assert not from_reward or reward_dir is not None, "the runner prepares a reward model for value_init"
-            source = reward_dir if from_reward else policy_dir
-
-            def load_value():
-                if self.dist.active:
-                    return self.dist.load_role("value", source, model_cfg)
-                model = load_scalar_model(source, model_cfg, self.device, trainable=True)
-                _touch(model)
-                return model
-
-            self.value_model = self._measure_load("value", load_value)
-            self.value_model.train()
-            assert schedule.value_lr is not None, "a recipe with a value role sets schedule().value_lr"
-            self.value_optimizer = adamw(self.value_model.parameters(), lr=schedule.value_lr,
-                                         weight_decay=schedule.weight_decay)
-        from rlbench.rollout.vllm_options import vllm_options
-
-        rollout = self.suite.rollout
-        engine_factory = ENGINES.get(rollout.engine)
-        self.engine = self._measure_load("rollout", lambda: engine_factory(
-            self.policy, self.tokenizer, gpu_memory_utilization=rollout.gpu_memory_utilization,
-            sleep_between_phases=rollout.sleep_between_phases, dtype=model_cfg.dtype, model_path=str(policy_dir),
-            max_model_len=model_cfg.max_prompt_tokens + rollout.max_new_tokens, seed=self.seed,
-            trust_remote_code=model_cfg.trust_remote_code, options=vllm_options(self.suite)))
-        self.flop_shapes = self._flop_shapes()
-
-    def _flop_shapes(self) -> dict[str, Any]:
-        """Each role's N, L, d for the FLOP count; a LoRA reference is the policy's module."""
+    # -- roles ----------------------------------------------------------------------------------
+    def _flop_shapes(self, weights_of: dict[str, str]) -> dict[str, Any]:
+        """Each role's N, L, d for the FLOP count; a role computing with another's weights (a LoRA
+        reference: the policy's module) has that role's shape."""
         from rlbench.measure.flops import flop_shape
-        from rlbench.models.loading import AdapterDisabledReference
 
         shapes = {role: flop_shape(model) for role, (model, _) in self.role_models().items()}
-        if isinstance(self.reference, AdapterDisabledReference):
-            shapes["reference"] = shapes["policy"]
+        shapes.update({role: shapes[owner] for role, owner in weights_of.items()})
         return shapes
 
     def role_models(self) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]]:
@@ -261,16 +119,14 @@ class Run:
 
     # -- measurement ----------------------------------------------------------------------------
     @contextmanager
-    def phase(self, name: str):
+    def phase(self, name: str) -> Iterator[None]:
         """Time and measure a phase; it computes in the precision's dtype (autocast under bf16-mixed)."""
-        from rlbench.models.precision import compute_context
-
         start = time.perf_counter()
-        memory: dict = {}
+        memory: dict[str, PhaseMemory] = {}
         static_start = self.static_bytes()
         try:
             with self.dist.phase(name), self.probe.phase(name) as memory, \
-                    compute_context(self.suite.model, self.device):
+                    self.precision.context(self.device):
                 yield
         finally:
             static_end = self.static_bytes()
@@ -279,10 +135,9 @@ class Run:
     def static_bytes(self) -> int:
         """Every role's static bytes (weights, master weights, gradients, optimizer state, buffers)."""
         from rlbench.measure.static import role_static_bytes
-        from rlbench.models.precision import compute_dtype
 
-        dtype = compute_dtype(self.suite.model)
-        return sum(role_static_bytes(model, optimizer, dtype)["total"] for model, optimizer in self.role_models().values())
+        return sum(role_static_bytes(model, optimizer, self.precision.compute_dtype)["total"]
+                   for model, optimizer in self.role_models().values())
 
     # -- one step -------------------------------------------------------------------------------
     def next_prompts(self) -> list[Problem]:
@@ -303,7 +158,7 @@ class Run:
                                                          self.suite.model.max_prompt_tokens)
 
         if self.supervised:  # the demonstrations, as a rollout: nothing is generated
-            from rlbench.models.sft import demonstration_rollout
+            from rlbench.rollout.demonstrations import demonstration_rollout
 
             rollout = demonstration_rollout(self.tokenizer, prompts, prompt_ids, self.group_size, self.device)
         else:
@@ -325,14 +180,14 @@ class Run:
             with self.phase("values"), torch.no_grad():
                 batch.values = self._in_micro_batches(rollout, self._values)
         lengths = rollout.attention_mask.sum(-1).tolist()  # this rank's sequences, real tokens each
-        counts = {"prompts": len(prompts), "completions": len(problems), "tokens": rollout.num_tokens,
-                  "sequence_tokens": sum(lengths),
-                  **{f"flops/{phase}": n for phase, n in self.step_flops(lengths).items()}}
+        counts = StepCounts(prompts=len(prompts), completions=len(problems), tokens=rollout.num_tokens,
+                            sequence_tokens=sum(lengths), flops_by_phase=self.step_flops(lengths))
         # Every rank's rows, so that advantages see the whole batch (a no-op in one process).
         batch, reward_parts = self.dist.gather_batch(batch, reward_parts, self.tokenizer.pad_token_id)
         rollout, rewards, gold = batch.rollout, batch.rewards, batch.gold
-        advantages_start = time.perf_counter()
-        self.algorithm.compute_advantages(batch)
+        advantages_start = time.perf_counter()  # pure math: timed, measured only by a probe that asks to
+        with self.probe.phase("advantages") if self.probe.measures_advantages else nullcontext():
+            self.algorithm.compute_advantages(batch)
         self.phases.add("advantages", time.perf_counter() - advantages_start)
         with self.phase("update"):
             update_stats = self._update_policy(batch)
@@ -344,15 +199,7 @@ class Run:
 
         # Counts summed and seconds maxed over ranks: every rank stops on the same step.
         counts, step_seconds = self.dist.budget_reduce(counts, time.perf_counter() - step_start)
-        self.budget.steps += 1
-        for name, count in counts.items():
-            if name.startswith("flops/"):
-                phase = name.removeprefix("flops/")
-                self.budget.flops_by_phase[phase] = self.budget.flops_by_phase.get(phase, 0) + count
-            else:
-                setattr(self.budget, name, getattr(self.budget, name) + count)
-        self.budget.trained_tokens += counts["tokens"] * self.passes
-        self.budget.seconds += step_seconds
+        self.budget.add(counts, step_seconds, self.passes)
         metrics: dict[str, Any] = {
             "step": self.budget.steps,
             "completions": self.budget.completions,
@@ -373,6 +220,33 @@ class Run:
         }
         self.step_metrics.append(metrics)
         return metrics
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train(self, on_step: Callable[[dict[str, Any]], None] = lambda metrics: None,
+              eval_problems: list[Problem] | None = None) -> tuple[str, list[dict[str, Any]]]:
+        """Steps until the budget's first limit is reached; returns that limit's name and the
+        evaluations made on the way. `on_step(metrics)` follows every step (the worker writes
+        steps.jsonl and reports progress); with `eval_problems`, the policy is evaluated on them
+        every `eval.every` steps (each result with its step and completions)."""
+        every = self.suite.eval.every
+        evals: list[dict[str, Any]] = []
+        while (stopped_by := self.budget.exhausted()) is None:
+            metrics = self.step()
+            on_step(metrics)
+            if eval_problems is not None and every and metrics["step"] % every == 0:
+                evals.append(self.evaluate(eval_problems) | {"step": metrics["step"],
+                                                             "completions": self.budget.completions})
+        return stopped_by, evals
+
+    def evaluate(self, problems: list[Problem]) -> dict[str, Any]:
+        """Held-out evaluation of the current policy (`measure.evaluation.evaluate_suite`), measured
+        as the `eval` phase; distributed, each rank scores its slice inside one unshard, merged."""
+        from rlbench.measure.evaluation import evaluate_suite
+
+        with self.phase("eval"):
+            return self.dist.evaluate(
+                lambda mine: evaluate_suite(self.engine, self.tokenizer, mine, self.suite, self.seed),
+                problems, self.policy)
 
     def step_flops(self, lengths: list[int]) -> dict[str, int]:
         """Model FLOPs of one step's phases over sequences of these lengths, each phase that ran
@@ -395,7 +269,7 @@ class Run:
             out["value_update"] = self.passes * sequence_flops(shapes["value"], lengths, training=True)
         return out
 
-    def _score(self, rollout, problems: list[Problem]) -> tuple[torch.Tensor, dict[str, list[float]]]:
+    def _score(self, rollout: Rollout, problems: list[Problem]) -> tuple[torch.Tensor, dict[str, list[float]]]:
         source = self.algorithm.reward_source
         total = torch.zeros(len(problems), device=rollout.input_ids.device)
         parts: dict[str, list[float]] = {}
@@ -484,19 +358,3 @@ class Run:
                 self.value_optimizer.step()
                 losses.append(self.dist.mean_stats(stats, weight)["loss/value"])
         return {"loss/value": sum(losses) / len(losses), "loss/value_first": losses[0], "loss/value_last": losses[-1]}
-
-
-def _frozen(model: torch.nn.Module) -> torch.nn.Module:
-    model.eval()
-    model.requires_grad_(False)
-    _touch(model)
-    return model
-
-
-def _touch(model: torch.nn.Module) -> None:
-    """Read every weight once: `from_pretrained` memory-maps safetensors, and pages not yet read
-    would otherwise be counted only when a later phase first touches them."""
-    with torch.no_grad():
-        for t in model.state_dict().values():
-            if t.numel():
-                t.view(-1)[::max(1, 4096 // t.element_size())].sum()
