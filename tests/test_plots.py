@@ -11,6 +11,7 @@ import pytest
 from matplotlib.image import imread
 from rich.console import Console
 
+from rlbench.report.curves import ONE_PASS, updates_per_batch
 from rlbench.report.plots import (
     budget_unit,
     curves_figure,
@@ -42,8 +43,8 @@ def _laid_out(name: str, tmp_path: Path) -> tuple[dict, Path]:
 def test_write_plots_renders_images_that_open(tmp_path: Path) -> None:
     report, out = _laid_out("ci_ok", tmp_path)
     paths = write_plots(report, out)
-    assert [p.name for p in paths] == ["memory_by_role.png", "curves.png", "summary.md"]
-    for png in paths[:2]:
+    assert [p.name for p in paths] == ["memory_by_role.png", "curves.png", "tradeoffs.png", "summary.md"]
+    for png in paths[:3]:
         image = imread(png)
         assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 600
 
@@ -169,7 +170,7 @@ def test_failed_run_report_still_plots(tmp_path: Path) -> None:
     ax = memory_figure(report).axes[0]
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks[0].startswith("grpo_zero/seed0") and "(failed)" in ticks[0]
-    summary = paths[2].read_text()
+    summary = paths[-1].read_text()
     assert "## runs that did not end ok" in summary and "worker exited with code" in summary
 
 
@@ -207,3 +208,34 @@ def test_steps_fixtures_match_their_reports(name: str) -> None:
     report = json.loads((REPORTS / f"{name}.json").read_text())
     for steps in (REPORTS / "steps" / name).glob("*.jsonl"):
         assert any(r.get("run_dir") == f"runs/{steps.stem}" for r in report["runs"])
+
+
+def test_curves_draw_fractions_in_percent_as_the_tables_do(tmp_path: Path) -> None:
+    report, out = _laid_out("ci_ok", tmp_path)
+    axes = curves_figure(report, out).axes
+    steps = read_steps(out, report["runs"][0])
+    gold = axes[1].get_lines()[0]
+    assert axes[1].get_ylabel() == "% correct (answer checker)"
+    assert list(gold.get_ydata()) == pytest.approx([100 * s["gold/accuracy"] for s in steps])  # 0.03125 -> 3.125
+    accuracy = axes[2].get_lines()[0]
+    curve = report["runs"][0]["accuracy"]["curve"]
+    assert list(accuracy.get_ydata()) == pytest.approx([100 * e["eval/accuracy"] for e in curve])
+    assert axes[2].get_ylim()[1] >= 10  # a percent axis, not 0..1
+
+
+def test_clip_fraction_of_one_update_per_batch_is_left_out_and_said_why(tmp_path: Path) -> None:
+    report, out = _laid_out("ci_ok", tmp_path)
+    grpo, ppo = report["suite"]["algorithms"]
+    assert updates_per_batch(grpo) == 1 and updates_per_batch(ppo) == 4  # 1 x 1; ppo_epochs 2 x 2 minibatches
+    assert updates_per_batch({"name": "sft_more", "params": {"lr": 1e-4}}) is None
+    clip = curves_figure(report, out).axes[5]
+    assert clip.get_title() == "clip fraction" and clip.get_ylabel() == "% of tokens clipped"
+    steps = read_steps(out, report["runs"][1])
+    [points, _] = clip.get_lines()  # PPO's alone: its dots and its line
+    assert list(points.get_ydata()) == pytest.approx([100 * s["clip_fraction"] for s in steps])
+    [note] = [t.get_text() for t in clip.texts]
+    assert note.startswith("left out: grpo_zero/seed0; 0 by construction")
+    ppo["params"]["ppo_epochs"], ppo["params"]["num_minibatches"] = 1, 1
+    clip = curves_figure(report, out).axes[5]
+    assert not clip.get_lines()
+    assert [t.get_text() for t in clip.texts] == [ONE_PASS + "\n(grpo_zero/seed0, ppo_rules/seed0)"]

@@ -1,4 +1,5 @@
-"""Atomic JSON writing: a temporary file in the same directory, then rename."""
+"""Atomic JSON writing (a temporary file in the same directory, then rename), and the files a
+command writes where its `--output` says."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from rlbench.errors import UserError
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
@@ -36,3 +39,14 @@ def _default(obj: Any) -> Any:
 def read_json(path: str | Path) -> Any:
     with open(path) as fh:
         return json.load(fh)
+
+
+def write_output(path: str | Path, text: str, option: str = "--output") -> Path:
+    """Write `text` to the file a command's `option` names; a file that cannot be written (no such
+    folder, a folder, no permission) is a UserError naming the option, not a traceback."""
+    path = Path(path)
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from None
+    return path
