@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import textwrap
 
 from rich.console import Console
 from rich.markup import escape
@@ -75,7 +76,9 @@ def _command(sub: argparse._SubParsersAction, name: str, summary: str, descripti
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="example" + ("s" if len(examples) > 1 else "") + ":\n"
                                  + "\n".join(f"  {e}" for e in examples)
-                                 + "\n\nexit codes:\n" + "\n".join(f"  {c:<3}  {t}" for c, t in codes.items()))
+                                 + "\n\nexit codes:\n" + "\n".join(textwrap.fill(t, 96, initial_indent=f"  {c:<3}  ",
+                                                                                 subsequent_indent=" " * 7, break_on_hyphens=False)
+                                                                   for c, t in codes.items()))
 
 
 def _quiet(parser: argparse.ArgumentParser, what: str) -> None:

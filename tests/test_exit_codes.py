@@ -40,7 +40,7 @@ def test_help_lists_the_exit_codes(command: str, capsys: pytest.CaptureFixture) 
         main([command, "--help"])
     text = capsys.readouterr().out
     codes = text.split("\nexit codes:\n")[1].splitlines()
-    listed = {int(line.split()[0]) for line in codes if line.strip()}
+    listed = {int(line.split()[0]) for line in codes if line[2:3].isdigit()}  # wrapped lines start with spaces
     assert listed == set(EXIT_CODES[command]) | {130}, command
     assert set(EXIT_CODES) == set(build_parser()._subparsers._group_actions[0].choices)
 

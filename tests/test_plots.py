@@ -1,5 +1,9 @@
 """Plots, summary.md and `rlbench report` on real reports of suites/ci.yaml, with the runs'
-steps.jsonl files copied next to them the way the runner lays them out."""
+steps.jsonl files copied next to them the way the runner lays them out; accuracy_five.json is a
+real five-run report of suites/accuracy.yaml (its five arms, shortened: `--set budget.flops=null
+--set budget.steps=3 --set eval.size=64 --set rollout.completions_per_step=32 --set
+rollout.max_new_tokens=32 --set model.reward_model.prompts=100 --set model.reward_model.steps=20
+--set model.reward_model.batch_size=16`)."""
 
 from __future__ import annotations
 
@@ -203,7 +207,7 @@ def test_report_command_reprints_and_rerenders(tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0
 
 
-@pytest.mark.parametrize("name", ["ci_ok", "ci_failed_run", "three_a"])
+@pytest.mark.parametrize("name", ["ci_ok", "ci_failed_run", "three_a", "accuracy_five"])
 def test_steps_fixtures_match_their_reports(name: str) -> None:
     report = json.loads((REPORTS / f"{name}.json").read_text())
     for steps in (REPORTS / "steps" / name).glob("*.jsonl"):
@@ -239,3 +243,56 @@ def test_clip_fraction_of_one_update_per_batch_is_left_out_and_said_why(tmp_path
     clip = curves_figure(report, out).axes[5]
     assert not clip.get_lines()
     assert [t.get_text() for t in clip.texts] == [ONE_PASS + "\n(grpo_zero/seed0, ppo_rules/seed0)"]
+
+
+def _collisions(fig) -> list[tuple[str, str]]:
+    """Pairs of drawn texts (labels, tick labels) whose rendered boxes overlap, and texts crossed by
+    a horizontal line segment (a bar's peak, a phase's tick) drawn in another place."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for ax in fig.axes:
+        if not ax.axison:
+            continue
+        ticks = [tick.label1 for axis, (low, high) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim()))
+                 for tick in axis.get_major_ticks() if min(low, high) <= tick.get_loc() <= max(low, high)]
+        texts = [t for t in ax.texts + ticks if t.get_text().strip() and t.get_visible()]  # as drawn
+        boxes += [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+        for collection in ax.collections:
+            if isinstance(collection, LineCollection):
+                for segment in collection.get_segments():
+                    ends = ax.transData.transform(segment)
+                    boxes.append(("line", Bbox([ends.min(0), ends.max(0)])))
+    found = []
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1:]:
+            if "line" in (a, b) and a == b:
+                continue
+            if box_a.overlaps(box_b):
+                both = Bbox.intersection(box_a, box_b)
+                if both is not None and both.width > 0.5 and both.height > 0.5:
+                    found.append((a, b))
+    return found
+
+
+def test_five_runs_draw_without_overlapping_labels(tmp_path: Path) -> None:
+    from rlbench.report.tradeoff_plot import tradeoff_figure
+
+    report, out = _laid_out("accuracy_five", tmp_path)
+    assert len(report["runs"]) == 5
+    assert _collisions(memory_figure(report)) == []
+    assert _collisions(curves_figure(report, out)) == []
+    assert _collisions(tradeoff_figure(report)) == []
+
+
+def test_a_control_arm_is_left_out_of_the_reward_panels(tmp_path: Path) -> None:
+    report, out = _laid_out("accuracy_five", tmp_path)
+    axes = curves_figure(report, out).axes
+    # sft_more trains on gold demonstrations (reward 1.1, 100% correct at every step): not a reward it optimised
+    assert len(axes[0].get_lines()) == len(axes[1].get_lines()) == 2 * 4  # dots and line of each RL run
+    assert len(axes[4].get_lines()) == 2 * 5  # entropy: every run
+    labels = [t.get_text() for t in axes[7].get_legend().get_texts()]
+    assert labels[-1] == "sft_more/seed0: control arm, no reward, 3 steps"

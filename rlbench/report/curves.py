@@ -6,7 +6,8 @@ axis (or on the x axis when steps map to it differently per run); a light centre
 as the line, every step as a dot. Fractions are drawn in percent, as the tables show them. The
 clip fraction of a run that takes one optimizer step per batch is 0 by construction (the policy
 that is trained is the one that sampled: the ratio is 1), so such a run is left out of that panel,
-which says so.
+which says so. A control arm (more SFT) optimises no reward and trains on gold demonstrations,
+which score full reward by construction: it is left out of the two reward panels.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from rlbench.report.format import plot_text as plain
+from rlbench.report.tradeoffs import CONTROL_ARMS
 
 # (steps.jsonl key, or "eval" for held-out evaluations; panel title; y label)
 PANELS = (
@@ -33,6 +35,8 @@ PANELS = (
     ("learning/completion_length", "response length", "tokens per completion"),
 )
 PERCENT = {"gold/accuracy", "eval", "clip_fraction"}
+REWARDS = {"reward/mean", "gold/accuracy"}
+"""Panels a control arm is left out of: it optimises no reward, and its gold demonstrations score in full."""
 """Fractions drawn in percent, as the tables show them."""
 ONE_PASS = ("0 by construction: one update per batch\n(epochs x minibatches = 1), so the\n"
             "probability ratio is 1 and nothing is clipped")
@@ -119,10 +123,13 @@ def curves_figure(report: dict[str, Any], report_dir: Path) -> Figure:
         xs = [float(s["step"]) for s in steps] if by_steps else consumed(steps, unit)
         config = algorithms[run["algorithm_index"]] if run.get("algorithm_index") is not None and \
             run["algorithm_index"] < len(algorithms) else {}
+        control = run.get("algorithm") in CONTROL_ARMS
         for ax, (key, _, _) in zip(axes, PANELS):
             if key == "eval":
                 _eval_points(ax, run, steps, xs, by_steps, colour)
                 continue
+            if control and key in REWARDS:
+                continue  # its demonstrations are gold: they score full reward by construction
             scale = 100.0 if key in PERCENT else 1.0
             points = [(x, s[key] * scale) for x, s in zip(xs, steps) if isinstance(s.get(key), (int, float))]
             if not points:
@@ -133,9 +140,10 @@ def curves_figure(report: dict[str, Any], report_dir: Path) -> Figure:
             px, py = zip(*points)
             ax.plot(px, py, linestyle="none", marker="o", markersize=2.5, alpha=0.35, color=colour)
             ax.plot(px, smooth(list(py), window), color=colour, linewidth=1.6)
-        axes[-1].plot([], [], color=colour, linewidth=2, label=plain(
-            f"{run['id']}: reward {config.get('reward', '?')}, {len(steps)} steps" + (
-                "" if run.get("status") == "ok" else f" ({run.get('status')})")))
+        what = "control arm, no reward" if control else f"reward {config.get('reward', '?')}"
+        axes[-1].plot([], [], color=colour, linewidth=2, label=plain(textwrap.fill(
+            f"{run['id']}: {what}, {len(steps)} steps" + (
+                "" if run.get("status") == "ok" else f" ({run.get('status')})"), 52)))
     xlabel = "step" if by_steps else UNIT_LABELS[unit]
     for ax, (key, title, ylabel) in zip(axes, PANELS):
         ax.set_title(title, fontsize=10)

@@ -45,6 +45,7 @@ ROLE_COLOURS = {"policy": "#1f77b4", "reference": "#7f7f7f", "reward": "#d62728"
                 "rollout": "#9467bd"}
 BASELINE_COLOUR, OTHER_COLOUR = "#e3e3e3", "#fdf1d6"
 MIB = 2**20
+BAR_WIDTH = 0.5  # of the 1 between bars: the rest holds the labels of the other phases' peaks
 
 
 # ---- memory -------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def memory_figure(report: dict[str, Any]) -> Figure:
     bars = [bar for run in report["runs"] for bar in memory_bars(run, probe)]
     tallest = max([b.peak or sum(s for _, s in b.statics) for b in bars] + [1])
     unit, scale = ("GiB", 2**30) if tallest >= 4 * 2**30 else ("MiB", MIB)
-    fig = Figure(figsize=(max(9.0, 2.3 * len(bars) + 4.5), 6.2), layout="constrained")
+    fig = Figure(figsize=(max(9.0, 3.0 * len(bars) + 4.5), 6.2), layout="constrained")  # room for the ticks' labels
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     top = tallest / scale
@@ -120,7 +121,7 @@ def memory_figure(report: dict[str, Any]) -> Figure:
         bottom = 0.0
         for size, colour, hatch, text in segments:
             height = size / scale
-            ax.bar(x, height, bottom=bottom, width=0.55, color=colour, hatch=hatch, linewidth=0.6,
+            ax.bar(x, height, bottom=bottom, width=BAR_WIDTH, color=colour, hatch=hatch, linewidth=0.6,
                    edgecolor="#555555" if hatch else "black", alpha=0.55 if hatch == "//" else 1.0)
             short = height <= 0.07 * top
             if text and (not short or hatch == "//"):  # the peak phase is always named, on one line if need be
@@ -129,9 +130,9 @@ def memory_figure(report: dict[str, Any]) -> Figure:
                         bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.5})
             bottom += height
         if bar.reconciled:
-            ax.text(x - 0.26, bar.baseline / scale / 2, f"baseline\n{bar.baseline / scale:,.1f}", ha="left",
+            ax.text(x - BAR_WIDTH / 2 + 0.01, bar.baseline / scale / 2, f"baseline\n{bar.baseline / scale:,.1f}", ha="left",
                     va="center", fontsize=7, color="#444444")
-            ax.hlines(bar.peak / scale, x - 0.3, x + 0.3, colors="black", linewidth=2.0)
+            ax.hlines(bar.peak / scale, x - BAR_WIDTH / 2 - 0.02, x + BAR_WIDTH / 2 + 0.02, colors="black", linewidth=2.0)
             _phase_markers(ax, x, bar, scale, top)
         head = f"{bar.peak / scale:,.1f} {unit} peak" if bar.reconciled else f"static {bottom:,.1f} {unit}"
         ax.text(x, (bar.peak / scale if bar.reconciled else bottom) + 0.012 * top,
@@ -166,9 +167,10 @@ def _phase_markers(ax: Any, x: float, bar: MemoryBar, scale: float, top: float) 
         ys.append(max(peak / scale, ys[-1] + gap if ys else 0.0))
     shift = max(0.0, (ys[-1] if ys else 0) - (top * 1.1))
     for (phase, peak, rise), y in zip(marks, ys):
-        ax.hlines(peak / scale, x + 0.12, x + 0.3, colors="#222222", linewidth=1.2)
-        ax.plot([x + 0.3, x + 0.36], [peak / scale, y - shift], color="#888888", linewidth=0.6)
-        ax.text(x + 0.37, y - shift, plain(f"{phase} +{rise / scale:,.1f}"), ha="left", va="center", fontsize=7)
+        ax.hlines(peak / scale, x + 0.1, x + BAR_WIDTH / 2 + 0.02, colors="#222222", linewidth=1.2)
+        ax.plot([x + BAR_WIDTH / 2 + 0.02, x + BAR_WIDTH / 2 + 0.07], [peak / scale, y - shift], color="#888888",
+                linewidth=0.6)
+        ax.text(x + BAR_WIDTH / 2 + 0.08, y - shift, plain(f"{phase} +{rise / scale:,.1f}"), ha="left", va="center", fontsize=7)
 
 
 def _tick(bar: MemoryBar) -> str:

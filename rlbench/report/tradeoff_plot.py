@@ -9,6 +9,7 @@ more for less. A panel whose cost the report does not record says so.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,6 +37,8 @@ def tradeoff_figure(report: dict[str, Any], rows: list[Tradeoff] | None = None) 
                                            "wspace": 0.3})
     seeds = max((len(r.seeds) for r in rows), default=1)
     for ax, (attr, xlabel, scale) in zip(axes, COSTS):
+        if attr == "flops":  # in units of a power of ten named in the label (no offset text to collide with it)
+            scale, xlabel = _power_of_ten([r.flops for r in rows if r.flops], xlabel)
         drawn = 0
         for i, row in enumerate(rows):
             x = getattr(row, attr)
@@ -60,8 +63,6 @@ def tradeoff_figure(report: dict[str, Any], rows: list[Tradeoff] | None = None) 
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
         ax.margins(x=0.2, y=0.15)
-        if attr == "flops":
-            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     handles = [Line2D([], [], marker="s" if r.control else "o", color=f"C{i % 10}", linestyle="none", markersize=8,
                       markerfacecolor="white" if r.control else f"C{i % 10}", markeredgewidth=1.8,
                       label=_plain(f"{r.label}: {delta_text(r)}" + (" (control)" if r.control else "")))
@@ -77,3 +78,11 @@ def tradeoff_figure(report: dict[str, Any], rows: list[Tradeoff] | None = None) 
     fig.suptitle(_plain(f"{report['suite']['name']}: what each algorithm buys (Δ held-out accuracy) for what "
                         "it costs" + (f", mean over {seeds} seeds" if seeds > 1 else "")), fontsize=11)
     return fig
+
+
+def _power_of_ten(values: list[float], label: str) -> tuple[float, str]:
+    """(10^k, label naming it) for the largest of `values`: FLOPs of 2.6e11 are drawn as 2.6 'x 1e11'."""
+    if not values:
+        return 1.0, label
+    exponent = math.floor(math.log10(max(values)))
+    return 10.0**exponent, label.replace("FLOPs", f"FLOPs (x 1e{exponent})", 1)
