@@ -162,3 +162,18 @@ def test_setting_warnings_go_to_stderr(capsys) -> None:
     assert "budget.steps: 3 in the baseline, 1 in the new report" in document["setting_differences"]
     code, out, err = _run(["check", new, "--baseline", base, "--allow-mismatch", "--quiet"], capsys)
     assert err == "" and len(out.splitlines()) == 1
+
+
+def test_json_stays_strict_json_when_a_figure_is_not_a_number(tmp_path: Path, capsys) -> None:
+    report = json.loads(V2.read_text())
+    report["runs"][0]["metrics"]["eval/accuracy"]["value"] = float("nan")
+    (tmp_path / "nan.json").write_text(json.dumps(report))  # Python writes the NaN literal
+    code, out, _ = _run(["check", str(tmp_path / "nan.json"), "--baseline", str(V2), "--format", "json"], capsys)
+
+    def refuse(literal: str) -> None:
+        raise AssertionError(f"{literal} is not JSON")
+
+    document = json.loads(out, parse_constant=refuse)
+    assert code == 1
+    [failed] = [c for c in document["checks"] if c["outcome"] == "failed"]
+    assert (failed["metric"], failed["label"], failed["new"]) == ("eval/accuracy", "not a finite number", None)

@@ -82,7 +82,6 @@ raised as UserError. The rules live in rlbench/report/gate.py; this module print
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -111,7 +110,7 @@ from rlbench.report.gate import (
     thresholds_for,
     worse_factor,
 )
-from rlbench.report.io import write_output
+from rlbench.report.io import json_document, write_output
 from rlbench.report.machine import fingerprint_text, hardware_difference
 from rlbench.report.verdicts import CheckInputs, check_document, check_markdown, verdict_line
 
@@ -190,7 +189,7 @@ def _document(fmt: str, inputs: CheckInputs, result: CheckResult, new: dict[str,
 
     if fmt == "json":
         seeds = {"new": label_seed_means(new), "baseline": label_seed_means(base)}
-        return json.dumps(check_document(inputs, result, seeds), indent=2) + "\n"
+        return json_document(check_document(inputs, result, seeds))
     if fmt == "md":
         extra = [*seed_markdown(new, f"mean over seeds: new {inputs.report}"),
                  *seed_markdown(base, f"mean over seeds: baseline {inputs.baseline}")]

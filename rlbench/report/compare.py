@@ -39,7 +39,6 @@ impossible figures or other units), as `check` does.
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,7 @@ from rlbench.report.changes import (
 )
 from rlbench.report.format import Markdown, markdown_table, md_text
 from rlbench.report.gate import gated, problem_count, thresholds_for
+from rlbench.report.io import json_document
 from rlbench.report.machine import fingerprint_text, hardware_difference
 from rlbench.report.metrics import area
 from rlbench.report.mismatch import Difference, environment_differences, setting_differences
@@ -358,7 +358,7 @@ def compare_command(paths: list[str], fmt: str, console: Console, selection: Sel
         console.print(footer, markup=False, highlight=False)
         return 0
     if fmt == "json":
-        console.out(json.dumps(compare_document(comparison, names, reports, footer), indent=2), highlight=False)
+        console.out(json_document(compare_document(comparison, names, reports, footer)), highlight=False, end="")
         return 0
     if fmt == "md":
         console.print(compare_markdown(comparison, names, footer), markup=False, highlight=False, soft_wrap=True)

@@ -4,6 +4,7 @@ command writes where its `--output` says."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -50,3 +51,19 @@ def write_output(path: str | Path, text: str, option: str = "--output") -> Path:
     except OSError as exc:
         raise UserError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from None
     return path
+
+
+def json_document(data: Any) -> str:
+    """`data` as strict JSON for `--format json` (indented, a newline at the end): NaN and
+    infinities, which JSON has no literal for, are written as null."""
+    return json.dumps(_finite(data), indent=2, default=_default) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
