@@ -71,14 +71,17 @@ EXIT_CODES: dict[str, dict[int, str]] = {
 def _command(sub: argparse._SubParsersAction, name: str, summary: str, description: str,
              examples: list[str]) -> argparse.ArgumentParser:
     """A subcommand whose --help opens with what it does and ends with examples to copy and its exit codes."""
-    codes = {**EXIT_CODES[name], 130: EXIT_CODES[name].get(130, "interrupted (Ctrl-C)")}
     return sub.add_parser(name, help=summary, description=description,
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="example" + ("s" if len(examples) > 1 else "") + ":\n"
-                                 + "\n".join(f"  {e}" for e in examples)
-                                 + "\n\nexit codes:\n" + "\n".join(textwrap.fill(t, 96, initial_indent=f"  {c:<3}  ",
-                                                                                 subsequent_indent=" " * 7, break_on_hyphens=False)
-                                                                   for c, t in codes.items()))
+                                 + "\n".join(f"  {e}" for e in examples) + "\n\n" + _exit_codes_text(name))
+
+
+def _exit_codes_text(name: str) -> str:
+    codes = {**EXIT_CODES[name], 130: EXIT_CODES[name].get(130, "interrupted (Ctrl-C)")}
+    return "exit codes:\n" + "\n".join(
+        textwrap.fill(text, 96, initial_indent=f"  {code:<3}  ", subsequent_indent=" " * 7, break_on_hyphens=False)
+        for code, text in codes.items())
 
 
 def _quiet(parser: argparse.ArgumentParser, what: str) -> None:
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 150)  # wide tables in logs and CI too
     try:
-        return dispatch(args, console, Console(stderr=True))
+        return dispatch(args, console, Console(stderr=True, soft_wrap=True))  # a warning is one line, as typed
     except UserError as exc:
         err = Console(stderr=True)
         for message in exc.messages or [str(exc)]:
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace, console: Console, err: Console | None = None) -> int:
     """Run the command `args` names; tables and documents to `console`, warnings to `err` (stderr)."""
-    err = err or Console(stderr=True)
+    err = err or Console(stderr=True, soft_wrap=True)
     quiet = getattr(args, "quiet", False)
     if args.command == "run":
         from rlbench.report.export import export_command, require

@@ -152,11 +152,14 @@ def curves_figure(report: dict[str, Any], report_dir: Path) -> Figure:
         ax.grid(alpha=0.3)
         if key == "clip_fraction" and one_pass:
             _one_pass_note(ax, one_pass)
-        if not ax.has_data():
+        if not ax.has_data():  # a panel with nothing drawn says why, with no axis to read
             if not (key == "clip_fraction" and one_pass):
                 ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes,
                         color="#777777")
-        elif key in PERCENT:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        if key in PERCENT:
             ax.set_ylim(-2.0, max(ax.get_ylim()[1], 10.0) * 1.05)
         if by_steps:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
