@@ -260,3 +260,35 @@ def test_unmatched_runs_are_noted_and_no_common_run_is_an_error() -> None:
 def test_markdown_table_escapes_and_aligns() -> None:
     table = markdown_table(["name", "value"], [["a|b", "1.5"], ["c", "-"]])
     assert table.splitlines() == ["| name | value |", "| --- | ---: |", "| a\\|b | 1.5 |", "| c | - |"]
+
+
+def test_json_output_carries_the_shown_rows_as_numbers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a, b = _same_machine_files(tmp_path, THREE_A, THREE_B)
+    assert main(["compare", a, b, "--changed", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)  # stdout is the document alone
+    assert [r["path"] for r in document["reports"]] == [a, b] and document["reports"][0]["base"]
+    comparison = compare_reports([load_report(a), load_report(b)], [a, b], Selection(changed=True))
+    assert document["rows_changed"] == comparison.rows_changed and document["rows_total"] == comparison.rows_total
+    shown = _shown(comparison)
+    rows = {(run["run"], metric_label(m["metric"])): m for run in document["runs"] for m in run["metrics"]}
+    assert set(rows) == set(shown) and rows
+    base, new = load_report(a), load_report(b)
+    for (run_id, _), row in rows.items():
+        [change] = row["changes"]
+        assert change["beyond_noise"] and change["label"] == shown[(run_id, metric_label(row["metric"]))][-1].split(
+            " ", 1)[-1]
+        values = [next(r for r in rep["runs"] if r["id"] == run_id)["metrics"][row["metric"]]["value"]
+                  for rep in (base, new)]
+        assert row["values"] == values and change["change"] == pytest.approx(values[1] - values[0])
+
+
+def test_quiet_prints_the_count_of_changes_and_warnings_go_to_stderr(capsys: pytest.CaptureFixture) -> None:
+    assert main(["compare", OK, str(REPORTS / "ci_anon.json"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1 and "metric rows changed beyond noise or threshold" in captured.out
+    assert captured.err == ""
+    assert main(["compare", OK, str(REPORTS / "ci_anon.json")]) == 0
+    captured = capsys.readouterr()
+    assert "[1] was run with settings unlike the base's (2)" in captured.err
+    assert "settings unlike" not in captured.out and "headline metrics" in captured.out

@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 
 from rlbench.algorithms.params import AGG_MODES, SCALE_MODES, GRPOParams, PPOParams
-from rlbench.cli import allowed_values, build_parser, main
+from rlbench.cli import build_parser, main
+from rlbench.commands import allowed_values
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -44,7 +45,7 @@ def test_each_command_has_a_description_and_an_example(command: str, capsys: pyt
     description = rest.split("\n\n")[0]
     assert len(description.split()) >= 8, f"{command}: no description in --help:\n{text}"
     assert "\nexample" in text, f"{command}: no example in --help:\n{text}"
-    examples = text.split("\nexample")[1].splitlines()[1:]
+    examples = text.split("\nexample")[1].split("\n\n")[0].splitlines()[1:]
     assert examples and all(e.startswith(f"  rlbench {command}") for e in examples if e.strip())
 
 

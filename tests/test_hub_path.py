@@ -136,9 +136,9 @@ def test_gpu_suites_validate_here_with_warnings(monkeypatch, capsys):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["validate", str(REPO / "suites" / "gpu-memory.yaml"), str(REPO / "suites" / "gpu-accuracy.yaml")]) == 0
-    out = capsys.readouterr().out
-    assert out.count("ok ") == 2
-    assert "warning: this machine cannot run it yet: no NVIDIA GPU" in out
+    captured = capsys.readouterr()
+    assert captured.out.count("ok ") == 2
+    assert "warning: this machine cannot run it yet: no NVIDIA GPU" in captured.err  # warnings go to stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

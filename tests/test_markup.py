@@ -96,7 +96,7 @@ def test_summary_markdown_has_no_raw_html_or_links(tmp_path: Path) -> None:
     assert "# rlbench: \\[link=https://example.com/x\\]click\\[/link\\]" in summary
     assert "| lab\\[/x\\]/seed0 | ok |" in summary and "| \\$\\\\foo{\\$/seed0 | failed |" in summary
     # the only images and bold text are rlbench's own
-    assert summary.count("![") == 2
+    assert summary.count("![") == 3  # memory_by_role.png, curves.png, tradeoffs.png
     assert all("| **process peak** |" in line for line in summary.splitlines() if "**" in line)
 
 

@@ -1,5 +1,9 @@
 """Plots, summary.md and `rlbench report` on real reports of suites/ci.yaml, with the runs'
-steps.jsonl files copied next to them the way the runner lays them out."""
+steps.jsonl files copied next to them the way the runner lays them out; accuracy_five.json is a
+real five-run report of suites/accuracy.yaml (its five arms, shortened: `--set budget.flops=null
+--set budget.steps=3 --set eval.size=64 --set rollout.completions_per_step=32 --set
+rollout.max_new_tokens=32 --set model.reward_model.prompts=100 --set model.reward_model.steps=20
+--set model.reward_model.batch_size=16`)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 from matplotlib.image import imread
 from rich.console import Console
 
+from rlbench.report.curves import ONE_PASS, updates_per_batch
 from rlbench.report.plots import (
     budget_unit,
     curves_figure,
@@ -42,8 +47,8 @@ def _laid_out(name: str, tmp_path: Path) -> tuple[dict, Path]:
 def test_write_plots_renders_images_that_open(tmp_path: Path) -> None:
     report, out = _laid_out("ci_ok", tmp_path)
     paths = write_plots(report, out)
-    assert [p.name for p in paths] == ["memory_by_role.png", "curves.png", "summary.md"]
-    for png in paths[:2]:
+    assert [p.name for p in paths] == ["memory_by_role.png", "curves.png", "tradeoffs.png", "summary.md"]
+    for png in paths[:3]:
         image = imread(png)
         assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 600
 
@@ -169,7 +174,7 @@ def test_failed_run_report_still_plots(tmp_path: Path) -> None:
     ax = memory_figure(report).axes[0]
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks[0].startswith("grpo_zero/seed0") and "(failed)" in ticks[0]
-    summary = paths[2].read_text()
+    summary = paths[-1].read_text()
     assert "## runs that did not end ok" in summary and "worker exited with code" in summary
 
 
@@ -202,8 +207,92 @@ def test_report_command_reprints_and_rerenders(tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0
 
 
-@pytest.mark.parametrize("name", ["ci_ok", "ci_failed_run", "three_a"])
+@pytest.mark.parametrize("name", ["ci_ok", "ci_failed_run", "three_a", "accuracy_five"])
 def test_steps_fixtures_match_their_reports(name: str) -> None:
     report = json.loads((REPORTS / f"{name}.json").read_text())
     for steps in (REPORTS / "steps" / name).glob("*.jsonl"):
         assert any(r.get("run_dir") == f"runs/{steps.stem}" for r in report["runs"])
+
+
+def test_curves_draw_fractions_in_percent_as_the_tables_do(tmp_path: Path) -> None:
+    report, out = _laid_out("ci_ok", tmp_path)
+    axes = curves_figure(report, out).axes
+    steps = read_steps(out, report["runs"][0])
+    gold = axes[1].get_lines()[0]
+    assert axes[1].get_ylabel() == "% correct (answer checker)"
+    assert list(gold.get_ydata()) == pytest.approx([100 * s["gold/accuracy"] for s in steps])  # 0.03125 -> 3.125
+    accuracy = axes[2].get_lines()[0]
+    curve = report["runs"][0]["accuracy"]["curve"]
+    assert list(accuracy.get_ydata()) == pytest.approx([100 * e["eval/accuracy"] for e in curve])
+    assert axes[2].get_ylim()[1] >= 10  # a percent axis, not 0..1
+
+
+def test_clip_fraction_of_one_update_per_batch_is_left_out_and_said_why(tmp_path: Path) -> None:
+    report, out = _laid_out("ci_ok", tmp_path)
+    grpo, ppo = report["suite"]["algorithms"]
+    assert updates_per_batch(grpo) == 1 and updates_per_batch(ppo) == 4  # 1 x 1; ppo_epochs 2 x 2 minibatches
+    assert updates_per_batch({"name": "sft_more", "params": {"lr": 1e-4}}) is None
+    clip = curves_figure(report, out).axes[5]
+    assert clip.get_title() == "clip fraction" and clip.get_ylabel() == "% of tokens clipped"
+    steps = read_steps(out, report["runs"][1])
+    [points, _] = clip.get_lines()  # PPO's alone: its dots and its line
+    assert list(points.get_ydata()) == pytest.approx([100 * s["clip_fraction"] for s in steps])
+    [note] = [t.get_text() for t in clip.texts]
+    assert note.startswith("left out: grpo_zero/seed0; 0 by construction")
+    ppo["params"]["ppo_epochs"], ppo["params"]["num_minibatches"] = 1, 1
+    clip = curves_figure(report, out).axes[5]
+    assert not clip.get_lines()
+    assert [t.get_text() for t in clip.texts] == [ONE_PASS + "\n(grpo_zero/seed0, ppo_rules/seed0)"]
+
+
+def _collisions(fig) -> list[tuple[str, str]]:
+    """Pairs of drawn texts (labels, tick labels) whose rendered boxes overlap, and texts crossed by
+    a horizontal line segment (a bar's peak, a phase's tick) drawn in another place."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for ax in fig.axes:
+        if not ax.axison:
+            continue
+        ticks = [tick.label1 for axis, (low, high) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim()))
+                 for tick in axis.get_major_ticks() if min(low, high) <= tick.get_loc() <= max(low, high)]
+        texts = [t for t in ax.texts + ticks if t.get_text().strip() and t.get_visible()]  # as drawn
+        boxes += [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+        for collection in ax.collections:
+            if isinstance(collection, LineCollection):
+                for segment in collection.get_segments():
+                    ends = ax.transData.transform(segment)
+                    boxes.append(("line", Bbox([ends.min(0), ends.max(0)])))
+    found = []
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1:]:
+            if "line" in (a, b) and a == b:
+                continue
+            if box_a.overlaps(box_b):
+                both = Bbox.intersection(box_a, box_b)
+                if both is not None and both.width > 0.5 and both.height > 0.5:
+                    found.append((a, b))
+    return found
+
+
+def test_five_runs_draw_without_overlapping_labels(tmp_path: Path) -> None:
+    from rlbench.report.tradeoff_plot import tradeoff_figure
+
+    report, out = _laid_out("accuracy_five", tmp_path)
+    assert len(report["runs"]) == 5
+    assert _collisions(memory_figure(report)) == []
+    assert _collisions(curves_figure(report, out)) == []
+    assert _collisions(tradeoff_figure(report)) == []
+
+
+def test_a_control_arm_is_left_out_of_the_reward_panels(tmp_path: Path) -> None:
+    report, out = _laid_out("accuracy_five", tmp_path)
+    axes = curves_figure(report, out).axes
+    # sft_more trains on gold demonstrations (reward 1.1, 100% correct at every step): not a reward it optimised
+    assert len(axes[0].get_lines()) == len(axes[1].get_lines()) == 2 * 4  # dots and line of each RL run
+    assert len(axes[4].get_lines()) == 2 * 5  # entropy: every run
+    labels = [t.get_text() for t in axes[7].get_legend().get_texts()]
+    assert labels[-1] == "sft_more/seed0: control arm, no reward, 3 steps"

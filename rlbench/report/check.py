@@ -3,6 +3,12 @@
     rlbench check results/ci/<timestamp>/report.json --baseline results/baselines/cpu-amd-epyc-avx2.json
     rlbench check new.json --baseline base.json --threshold memory:5% --threshold accuracy:0.02
     rlbench check new.json --baseline base.json --require-same-hardware   # exit 2 on other hardware
+    rlbench check new.json --baseline base.json --format junit --output check.xml   # CI test reporters
+
+Output. `--format table` (the default): Rich tables for people. `json`, `md` and `junit`: one
+verdict per gated metric per run (rlbench/report/verdicts.py, rlbench/report/junit.py), on stdout,
+or in the file `--output` names while stdout shows the tables. Warnings (settings that differ,
+with --allow-mismatch) go to stderr; `--quiet` prints the one-line verdict and errors only.
 
 Runs are matched by label and seed. For every matched run, the gated metrics are compared:
 
@@ -75,7 +81,9 @@ raised as UserError. The rules live in rlbench/report/gate.py; this module print
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -98,27 +106,41 @@ from rlbench.report.gate import (
     match_runs,
     memory_kind,
     noise_level,
+    shown_not_gated,
     thresholds_for,
     worse_factor,
 )
+from rlbench.report.io import json_document, write_output
 from rlbench.report.machine import fingerprint_text, hardware_difference
+from rlbench.report.verdicts import CheckInputs, check_document, check_markdown, verdict_line
 
 __all__ = ["AREAS", "MEMORY_GATES", "SHOWN_NOT_GATED", "CheckResult", "Finding", "Threshold", "check_command",
            "check_reports", "exceeds", "format_change", "format_value", "gated", "has_anon", "judge", "match_runs",
            "memory_kind", "noise_level", "thresholds_for", "worse_factor"]
 
 
+FORMATS = ("table", "json", "md", "junit")
+
+
 def check_command(report: str, baseline: str, thresholds: list[str], console: Console,
-                  allow_mismatch: bool = False, gate_memory: str = "anon", require_same_hardware: bool = False) -> int:
+                  allow_mismatch: bool = False, gate_memory: str = "anon", require_same_hardware: bool = False,
+                  fmt: str = "table", output: str | None = None, quiet: bool = False,
+                  err: Console | None = None) -> int:
     """Load both reports, refuse unlike settings (unless `allow_mismatch`) and, with
-    `require_same_hardware`, other hardware; check; print every regression and improvement; 0 ok,
-    1 regression."""
+    `require_same_hardware`, other hardware; check; write the verdicts in `fmt` (table, json, md,
+    junit) to `output` or to `console`; 0 ok, 1 regression.
+
+    With `output`, the console shows the tables (the verdict alone with a table `fmt`, or with
+    `quiet`). Warnings go to `err` (the console itself when not given); `quiet` keeps the verdict
+    line only."""
     from rlbench.report.mismatch import environment_differences, setting_differences
     from rlbench.report.schema import load_report
-    from rlbench.report.seeds import print_seed_means
 
     if gate_memory not in MEMORY_GATES:
         raise UserError(f"--gate-memory {gate_memory!r}: expected one of {', '.join(MEMORY_GATES)}")
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    err = err or console
     new, base = load_report(report), load_report(baseline)
     limits = thresholds_for(base, thresholds)
     differences = setting_differences(new, base)
@@ -131,47 +153,98 @@ def check_command(report: str, baseline: str, thresholds: list[str], console: Co
         raise UserError(f"--require-same-hardware: {report} and the baseline {baseline} ran on different hardware "
                         f"({hardware}); use the baseline of this machine's class (make baseline)")
     result = check_reports(new, base, limits, gate_memory, names=(report, baseline))
-    console.print(f"[bold]rlbench check[/] {escape(report)}\n  against {escape(baseline)}\n"
-                  f"  new:      {escape(fingerprint_text(new.get('environment') or {}))}\n"
-                  f"  baseline: {escape(fingerprint_text(base.get('environment') or {}))}\n  {len(result.runs)} "
+    inputs = CheckInputs(report, baseline, (fingerprint_text(new.get("environment") or {}),
+                                            fingerprint_text(base.get("environment") or {})), limits,
+                         [d.describe() for d in differences],
+                         [d.describe() for d in environment_differences(new, base)], bool(thresholds))
+    if differences and not quiet:
+        err.print(f"[yellow]warning:[/] the reports were run with different settings ({len(differences)}; "
+                  "--allow-mismatch): their figures are not like for like", highlight=False)
+        for line in inputs.settings:
+            err.print(f"[yellow]  {escape(line)}[/]", highlight=False)
+    code = 1 if result.regressions else 0
+    document = None if fmt == "table" else _document(fmt, inputs, result, new, base)
+    if output is None:
+        if document is None:
+            _print_tables(console, inputs, result, (new, base), quiet)
+        else:
+            console.out(document, highlight=False, end="")
+        return code
+    if document is None:  # the tables, as plain text
+        buffer = Console(file=io.StringIO(), width=150, color_system=None)
+        _print_tables(buffer, inputs, result, (new, base), False)
+        document = buffer.file.getvalue()
+    write_output(output, document)
+    # the file holds the document; the console shows the tables (the verdict alone when they went to the file)
+    _print_tables(console, inputs, result, (new, base), quiet or fmt == "table")
+    if not quiet:
+        console.print(f"wrote: {escape(output)}", highlight=False)
+    return code
+
+
+def _document(fmt: str, inputs: CheckInputs, result: CheckResult, new: dict[str, Any], base: dict[str, Any]) -> str:
+    """The check's verdicts as JSON, Markdown or JUnit XML (rlbench/report/verdicts.py, junit.py)."""
+    from rlbench.report.junit import junit_xml
+    from rlbench.report.seeds import label_seed_means, seed_markdown
+
+    if fmt == "json":
+        seeds = {"new": label_seed_means(new), "baseline": label_seed_means(base)}
+        return json_document(check_document(inputs, result, seeds))
+    if fmt == "md":
+        extra = [*seed_markdown(new, f"mean over seeds: new {inputs.report}"),
+                 *seed_markdown(base, f"mean over seeds: baseline {inputs.baseline}")]
+        return check_markdown(inputs, result) + ("\n" + "\n".join(extra) if extra else "")
+    return junit_xml(inputs, result, new.get("created"))
+
+
+def _print_tables(console: Console, inputs: CheckInputs, result: CheckResult, reports: tuple[dict, dict],
+                  quiet: bool) -> None:
+    """The check for people: the reports, machines and thresholds, a table per kind of finding,
+    the notes, the means over seeds, and the verdict (alone when `quiet`)."""
+    from rlbench.report.seeds import print_seed_means
+
+    if quiet:
+        _print_verdict(console, result)
+        return
+    limits = inputs.thresholds
+    console.print(f"[bold]rlbench check[/] {escape(inputs.report)}\n  against {escape(inputs.baseline)}\n"
+                  f"  new:      {escape(inputs.machines[0])}\n"
+                  f"  baseline: {escape(inputs.machines[1])}\n  {len(result.runs)} "
                   f"run(s), {result.metrics_compared} metric(s) compared; thresholds: "
                   + ", ".join(f"{a} {limits[a]}" for a in AREAS)
-                  + (" (the baseline's suite, --threshold overrides)" if thresholds else " (the baseline's suite)")
+                  + (" (the baseline's suite, --threshold overrides)" if inputs.overridden else " (the baseline's suite)")
                   + f"; memory peaks gated: {_gates_text(result.memory_gates)}",
                   highlight=False, soft_wrap=True)
     if result.hardware:
         console.print(f"[yellow]not comparable: hardware differs ({escape(result.hardware)})[/]: times, "
                       "throughput, memory peaks and accuracy are listed, not gated; static bytes and fixed work "
                       "counts are gated", highlight=False, soft_wrap=True)
-    if differences:
-        console.print(f"[yellow]warning:[/] the reports were run with different settings ({len(differences)}; "
-                      "--allow-mismatch): their figures are not like for like", highlight=False)
-        for difference in differences:
-            console.print(f"[yellow]  {escape(difference.describe())}[/]", highlight=False)
-    environment = environment_differences(new, base)
-    if environment:
+    if inputs.environment:
         console.print("[dim]environment differs (information):[/]", highlight=False)
-        for difference in environment:
-            console.print(f"[dim]  {escape(difference.describe())}[/]", highlight=False)
+        for line in inputs.environment:
+            console.print(f"[dim]  {escape(line)}[/]", highlight=False)
     for title, findings, colour in (("regressions", result.regressions, "red"),
                                     ("improvements", result.improvements, "green"),
                                     ("accuracy within noise or threshold (not a regression)", result.unflagged,
                                      "dim"),
-                                    ("memory peaks not gated (shown for information)", result.not_gated, "dim"),
+                                    ("memory peaks not gated (shown for information)",
+                                     shown_not_gated(result.not_gated), "dim"),
                                     (f"not comparable: hardware differs ({result.hardware})", result.not_comparable,
                                      "dim")):
         if findings:
             console.print(_findings_table(title, findings, colour, labels=colour == "dim"))
     for note in result.notes:
         console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
-    print_seed_means([(f"new {report}", new), (f"baseline {baseline}", base)], console)
-    if result.regressions:
-        console.print(f"[bold red]FAIL[/]: {len(result.regressions)} regression(s), "
-                      f"{len(result.improvements)} improvement(s)")
-        return 1
-    console.print(f"[bold green]ok[/]: no regression ({len(result.improvements)} improvement(s))"
-                  + (" among the machine-independent metrics" if result.hardware else ""))
-    return 0
+    new, base = reports
+    print_seed_means([(f"new {inputs.report}", new), (f"baseline {inputs.baseline}", base)], console)
+    _print_verdict(console, result)
+
+
+def _print_verdict(console: Console, result: CheckResult) -> None:
+    line = verdict_line(result)
+    colour = "bold red" if result.regressions else "bold green"
+    head, _, rest = line.partition(":")
+    console.print(f"[{colour}]{head}[/]:{escape(rest)}", highlight=False)
 
 
 def _gates_text(gates: Mapping[str, str]) -> str:

@@ -4,6 +4,7 @@
     rlbench compare base.json new.json --changed           only what changed beyond noise or threshold
     rlbench compare base.json new.json --metrics 'memory/*' --metrics eval/accuracy
     rlbench compare base.json new.json --all --format md > comparison.md
+    rlbench compare base.json new.json --changed --format json > comparison.json
 
 The first report is the base. For every run the base shares with a later report (same label and
 same seed), each selected metric's value in every report, and for each later report the absolute
@@ -28,6 +29,11 @@ What is shown:
 - `--metrics GLOB` (repeatable, or comma-separated): the metrics whose name matches, by area;
 - `--changed`: of those (of every metric when no `--metrics` is given), only the ones whose change
   exceeds the noise and the base suite's `check:` threshold (see `beyond_noise`).
+
+Formats: Rich tables (warnings to stderr), Markdown, or JSON (`compare_document`: every shown row's
+values and changes as numbers, with the labels above). `compare` is not a gate: it exits 0 whatever
+changed, and 2 on unusable input (a missing or unreadable report, fewer than two, no run in common,
+impossible figures or other units), as `check` does.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from rlbench.report.changes import (
 )
 from rlbench.report.format import Markdown, markdown_table, md_text
 from rlbench.report.gate import gated, problem_count, thresholds_for
+from rlbench.report.io import json_document
 from rlbench.report.machine import fingerprint_text, hardware_difference
 from rlbench.report.metrics import area
 from rlbench.report.mismatch import Difference, environment_differences, setting_differences
@@ -76,6 +83,7 @@ class RunBlock:
     run: str
     statuses: list[Cell]
     rows: list[list[Cell]] = field(default_factory=list)
+    data: list[dict[str, Any]] = field(default_factory=list)  # each row's numbers, for --format json
 
 
 @dataclass
@@ -189,16 +197,62 @@ def compare_reports(reports: list[dict[str, Any]], names: list[str], selection: 
             if not selection.wants(name) or (selection.changed and not any(beyond)):
                 continue
             row = [Cell(metric_label(name)), Cell(value_text(base_metric))]
+            labels = []
             for metrics, changed, pairing in zip(metric_sets[1:], beyond, pairings):
-                label = change_label(name, base_metric, metrics.get(name), thresholds, pairing)
+                labels.append(change_label(name, base_metric, metrics.get(name), thresholds, pairing))
                 row += [Cell(value_text(metrics.get(name))),
-                        *change_cells(base_metric, metrics.get(name), not changed, label)]
-            blocks["headline" if selection.headline else area(name)].rows.append(row)
+                        *change_cells(base_metric, metrics.get(name), not changed, labels[-1])]
+            block = blocks["headline" if selection.headline else area(name)]
+            block.rows.append(row)
+            block.data.append(_row_data(name, metric_sets, labels, beyond))
         for key, block in blocks.items():
             if block.rows or (status_changed and key == next(iter(sections))):
                 sections[key].blocks.append(block)
     out.sections = [s for s in sections.values() if s.blocks]
     return out
+
+
+def _row_data(name: str, metric_sets: list[dict[str, Any]], labels: list[str], beyond: list[bool]) -> dict[str, Any]:
+    """One metric row's numbers: its value in every report, and each later report's change from the base."""
+    entries = [m.get(name) or {} for m in metric_sets]
+    first = next((e for e in entries if e), {})
+    values = [e.get("value") for e in entries]
+    changes = []
+    for value, label, changed in zip(values[1:], labels, beyond):
+        delta = None if value is None or values[0] is None else value - values[0]
+        changes.append({"change": delta, "relative_change": delta / abs(values[0]) if delta is not None and values[0]
+                        else None, "label": label, "beyond_noise": changed})
+    return {"metric": name, "area": area(name), "unit": first.get("unit", ""),
+            "higher_is_better": first.get("higher_is_better"), "values": values, "changes": changes}
+
+
+def compare_document(comparison: Comparison, names: list[str], reports: list[dict[str, Any]], footer: str) -> dict:
+    """`compare --format json`: the reports and their machines, what differs from the base, and per
+    shared run its status and every selected metric with its values and changes (labels as `check`)."""
+    from rlbench.report.seeds import label_seed_means
+
+    runs: dict[str, dict[str, Any]] = {}
+    for section in comparison.sections:
+        for block in section.blocks:
+            entry = runs.setdefault(block.run, {"run": block.run, "statuses": [c.text for c in block.statuses],
+                                                "metrics": []})
+            entry["metrics"] += block.data
+    mismatch = comparison.mismatch_lines()
+    return {
+        "rlbench_compare": 1,
+        "reports": [{"index": i, "path": name, "base": i == 0, "suite": (r.get("suite") or {}).get("name"),
+                     "created": r.get("created"), "machine": machine, "seed_means": label_seed_means(r)}
+                    for i, (name, r, machine) in enumerate(zip(names, reports, comparison.machines))],
+        "warnings": [line.strip() for line, kind in mismatch if kind == "warning"],
+        "information": [line.strip() for line, kind in mismatch if kind == "information"],
+        "hardware_differences": dict(comparison.hardware),
+        "setting_differences": {k: [d.describe("the base", k) for d in v] for k, v in comparison.settings.items()},
+        "runs": list(runs.values()),
+        "rows_total": comparison.rows_total,
+        "rows_changed": comparison.rows_changed,
+        "summary": footer,
+        "notes": list(comparison.notes),
+    }
 
 
 def _status_cell(run: dict[str, Any] | None) -> Cell:
@@ -282,17 +336,30 @@ def selection_footer(comparison: Comparison, selection: Selection) -> str:
     return f"{what}; shown: {shown}"
 
 
-def compare_command(paths: list[str], fmt: str, console: Console, selection: Selection | None = None) -> int:
-    """Print the comparison of `paths` (the first is the base) as Rich tables or Markdown."""
+def compare_command(paths: list[str], fmt: str, console: Console, selection: Selection | None = None,
+                    quiet: bool = False, err: Console | None = None) -> int:
+    """Print the comparison of `paths` (the first is the base) as Markdown (`fmt` md), JSON (json) or
+    Rich tables (any other `fmt`); 0.
+    Warnings (other hardware, other settings) go to `err` (the console when not given) in the table
+    format, and are part of the document in the others; `quiet` prints the one-line summary only.
+    Unusable input (a missing or unreadable report, fewer than two, no run in common, impossible
+    figures, other units) raises UserError: exit 2."""
     from rlbench.report.schema import load_report
 
     selection = selection or Selection()
+    err = err or console
     if len(paths) < 2:
         raise UserError("compare needs at least two reports: the base first, then the ones to set against it")
     reports = [load_report(p) for p in paths]
     names = [str(Path(p)) for p in paths]
     comparison = compare_reports(reports, names, selection)
     footer = selection_footer(comparison, selection)
+    if quiet:
+        console.print(footer, markup=False, highlight=False)
+        return 0
+    if fmt == "json":
+        console.out(json_document(compare_document(comparison, names, reports, footer)), highlight=False, end="")
+        return 0
     if fmt == "md":
         console.print(compare_markdown(comparison, names, footer), markup=False, highlight=False, soft_wrap=True)
         print_seed_means([(f"[{i}] {n}", r) for i, (n, r) in enumerate(zip(names, reports))], console, markdown=True)
@@ -302,7 +369,8 @@ def compare_command(paths: list[str], fmt: str, console: Console, selection: Sel
                       + (" (base)" if i == 0 else ""), markup=False, highlight=False)
         console.print(f"    {comparison.machines[i]}", markup=False, highlight=False, soft_wrap=True)
     for line, kind in comparison.mismatch_lines():
-        console.print(line, style="yellow" if kind == "warning" else "dim", markup=False, highlight=False)
+        (err if kind == "warning" else console).print(line, style="yellow" if kind == "warning" else "dim",
+                                                      markup=False, highlight=False)
     for section in comparison.sections:
         console.print(rich_table(section))
     for note in comparison.notes:

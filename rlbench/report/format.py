@@ -151,6 +151,11 @@ def primary_probe(report: dict[str, Any]) -> str:
     return "cpu"
 
 
+def plot_text(text: Any) -> str:
+    """Report text for matplotlib, shown literally: every `$` escaped, so no mathtext is parsed."""
+    return str(text).replace("$", r"\$")
+
+
 def literal(text: Any) -> str:
     """`text` for a Rich console or table cell: markup escaped, printed exactly as written."""
     return _rich_escape(str(text))

@@ -88,10 +88,12 @@ class CheckResult:
     metrics_compared: int = 0
     notes: list[str] = field(default_factory=list)  # unmatched runs, metrics missing on one side
     unflagged: list[Finding] = field(default_factory=list)  # accuracy changes within noise or threshold
-    not_gated: list[Finding] = field(default_factory=list)  # memory peaks of the kind not gated
+    not_gated: list[Finding] = field(default_factory=list)  # memory peaks of the kind not gated (every one)
     memory_gates: dict[str, str] = field(default_factory=dict)  # run id -> the memory kind gated
     hardware: str | None = None  # why machine-bound metrics were not gated (hardware_difference), or None
     not_comparable: list[Finding] = field(default_factory=list)  # machine-bound metrics, other hardware
+    passed: list[Finding] = field(default_factory=list)  # gated metrics compared: unchanged or within threshold
+    not_compared: list[Finding] = field(default_factory=list)  # gated metrics new since the new report's schema
 
     @property
     def ok(self) -> bool:
@@ -322,8 +324,10 @@ def _check_metrics(c: _Context, new: dict[str, Any], base: dict[str, Any]) -> No
                 result.regressions.append(Finding(rid, name, None, None, "-",
                                                   note="in the baseline but missing from the new report"))
             else:
-                result.notes.append(f"{rid}: {name}: new since the new report's schema "
-                                    f"{c.new_report.get('schema_version')}, not compared")
+                why = f"new since the new report's schema {c.new_report.get('schema_version')}, not compared"
+                result.notes.append(f"{rid}: {name}: {why}")
+                result.not_compared.append(Finding(rid, name, base_metric["value"], None, "-",
+                                                   base_metric.get("unit", ""), note=why))
             continue
         unusable = [side for side, m in (("new report", new_metric), ("baseline", base_metric))
                     if not _finite(m["value"])]
@@ -336,11 +340,12 @@ def _check_metrics(c: _Context, new: dict[str, Any], base: dict[str, Any]) -> No
         threshold = c.thresholds[gate]
         noise = noise_level(name, base_metric, new_metric, c.problems)
         label = judge(base_metric, new_metric, threshold, noise)
-        if label == "unchanged" or (gate != "accuracy" and label not in ("worse", "better")):
-            continue
         note = f"combined standard error {noise:.3g}" if gate == "accuracy" else ""
         finding = Finding(rid, name, base_metric["value"], new_metric["value"], str(threshold),
                           base_metric.get("unit", ""), note, label=label)
+        if label == "unchanged" or (gate != "accuracy" and label not in ("worse", "better")):
+            result.passed.append(finding)
+            continue
         {"worse": result.regressions, "better": result.improvements}.get(label, result.unflagged).append(finding)
 
 
@@ -351,21 +356,26 @@ def _check_work(c: _Context, new: dict[str, int], base: dict[str, int]) -> None:
         if name not in new:
             continue
         c.result.metrics_compared += 1
-        if new[name] != base_value:
-            c.result.regressions.append(Finding(c.rid, name, base_value, new[name], "equal", label="worse",
-                                                note="a count the settings fix, the same on every machine"))
+        same = new[name] == base_value
+        (c.result.passed if same else c.result.regressions).append(Finding(
+            c.rid, name, base_value, new[name], "equal", label="unchanged" if same else "worse",
+            note="" if same else "a count the settings fix, the same on every machine"))
 
 
 def _not_gated(rid: str, name: str, base: dict[str, Any], new: dict[str, Any] | None, threshold: Threshold,
                result: CheckResult) -> None:
-    """A memory peak of the kind not gated: shown (the process's always, a role's when it moved
-    beyond the threshold), never a regression."""
+    """A memory peak of the kind not gated: listed with its label, never a regression (the table
+    shows the process's always, a role's when it moved beyond the threshold: `shown_not_gated`)."""
     if new is None or not (_finite(new.get("value")) and _finite(base.get("value"))):
         return
-    label = judge(base, new, threshold)
-    if name.startswith("memory/process_") or label in ("worse", "better"):
-        result.not_gated.append(Finding(rid, name, base["value"], new["value"], str(threshold),
-                                        base.get("unit", ""), label=label))
+    result.not_gated.append(Finding(rid, name, base["value"], new["value"], str(threshold),
+                                    base.get("unit", ""), label=judge(base, new, threshold)))
+
+
+def shown_not_gated(findings: list[Finding]) -> list[Finding]:
+    """The not-gated memory peaks worth a line: the process's always, a role's when it moved beyond
+    the threshold."""
+    return [f for f in findings if f.metric.startswith("memory/process_") or f.label in ("worse", "better")]
 
 
 def _finite(value: Any) -> bool:

@@ -11,10 +11,10 @@
   GRPO vs GRPO-Zero memory picture, measured.
   Per-rank memory: a run entry may carry `ranks`, a list of {"rank": int, "roles": ...,
   "memory": ...} shaped like the run's own `roles` and `memory`; each rank is then its own bar.
-- curves.png: one panel per quantity (optimised reward, gold reward, held-out accuracy, KL to the
-  reference, entropy, clip fraction, response length) from each run's steps.jsonl and evaluations,
-  against steps, with the suite's budget unit on the top axis (or on the x axis when steps map to
-  it differently per run); a light centred moving average as the line, every step as a dot.
+- curves.png: the training curves from each run's steps.jsonl: rlbench/report/curves.py.
+- tradeoffs.png: what each algorithm buys (Δ held-out accuracy with its 95% interval) for what it
+  costs (FLOPs, training seconds, training peak memory): rlbench/report/tradeoff_plot.py; left out,
+  with one line saying why, when no run measured held-out accuracy (shape models).
 - summary.md: rlbench/report/summary.py.
 
 Text from the report (suite name, labels, phases) is drawn literally: `$` is escaped so mathtext
@@ -24,7 +24,7 @@ global state.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,23 +32,20 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
 
-from rlbench.config.schema import BUDGET_LIMITS, MACHINE_BOUND_LIMITS
+from rlbench.report.curves import budget_unit, consumed, curves_figure, read_steps, shared_rate, smooth
 from rlbench.report.format import ROLE_SHORT, primary_probe
+from rlbench.report.format import plot_text as plain
 from rlbench.report.summary import _roles_in_order, role_segments, summary_markdown
 
-__all__ = ["role_segments"]  # per-role static and peak-phase transient, shared with summary.md
+__all__ = ["budget_unit", "consumed", "curves_figure", "plain", "read_steps", "role_segments", "shared_rate",
+           "smooth"]  # the curves (rlbench/report/curves.py) and the per-role segments shared with summary.md
 
 ROLE_COLOURS = {"policy": "#1f77b4", "reference": "#7f7f7f", "reward": "#d62728", "value": "#2ca02c",
                 "rollout": "#9467bd"}
 BASELINE_COLOUR, OTHER_COLOUR = "#e3e3e3", "#fdf1d6"
 MIB = 2**20
-
-
-def plain(text: Any) -> str:
-    """Report text for matplotlib, shown literally: every `$` escaped, so no mathtext is parsed."""
-    return str(text).replace("$", r"\$")
+BAR_WIDTH = 0.5  # of the 1 between bars: the rest holds the labels of the other phases' peaks
 
 
 # ---- memory -------------------------------------------------------------------------------------
@@ -106,7 +103,7 @@ def memory_figure(report: dict[str, Any]) -> Figure:
     bars = [bar for run in report["runs"] for bar in memory_bars(run, probe)]
     tallest = max([b.peak or sum(s for _, s in b.statics) for b in bars] + [1])
     unit, scale = ("GiB", 2**30) if tallest >= 4 * 2**30 else ("MiB", MIB)
-    fig = Figure(figsize=(max(9.0, 2.3 * len(bars) + 4.5), 6.2), layout="constrained")
+    fig = Figure(figsize=(max(9.0, 3.0 * len(bars) + 4.5), 6.2), layout="constrained")  # room for the ticks' labels
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     top = tallest / scale
@@ -124,7 +121,7 @@ def memory_figure(report: dict[str, Any]) -> Figure:
         bottom = 0.0
         for size, colour, hatch, text in segments:
             height = size / scale
-            ax.bar(x, height, bottom=bottom, width=0.55, color=colour, hatch=hatch, linewidth=0.6,
+            ax.bar(x, height, bottom=bottom, width=BAR_WIDTH, color=colour, hatch=hatch, linewidth=0.6,
                    edgecolor="#555555" if hatch else "black", alpha=0.55 if hatch == "//" else 1.0)
             short = height <= 0.07 * top
             if text and (not short or hatch == "//"):  # the peak phase is always named, on one line if need be
@@ -133,9 +130,9 @@ def memory_figure(report: dict[str, Any]) -> Figure:
                         bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.5})
             bottom += height
         if bar.reconciled:
-            ax.text(x - 0.26, bar.baseline / scale / 2, f"baseline\n{bar.baseline / scale:,.1f}", ha="left",
+            ax.text(x - BAR_WIDTH / 2 + 0.01, bar.baseline / scale / 2, f"baseline\n{bar.baseline / scale:,.1f}", ha="left",
                     va="center", fontsize=7, color="#444444")
-            ax.hlines(bar.peak / scale, x - 0.3, x + 0.3, colors="black", linewidth=2.0)
+            ax.hlines(bar.peak / scale, x - BAR_WIDTH / 2 - 0.02, x + BAR_WIDTH / 2 + 0.02, colors="black", linewidth=2.0)
             _phase_markers(ax, x, bar, scale, top)
         head = f"{bar.peak / scale:,.1f} {unit} peak" if bar.reconciled else f"static {bottom:,.1f} {unit}"
         ax.text(x, (bar.peak / scale if bar.reconciled else bottom) + 0.012 * top,
@@ -170,9 +167,10 @@ def _phase_markers(ax: Any, x: float, bar: MemoryBar, scale: float, top: float) 
         ys.append(max(peak / scale, ys[-1] + gap if ys else 0.0))
     shift = max(0.0, (ys[-1] if ys else 0) - (top * 1.1))
     for (phase, peak, rise), y in zip(marks, ys):
-        ax.hlines(peak / scale, x + 0.12, x + 0.3, colors="#222222", linewidth=1.2)
-        ax.plot([x + 0.3, x + 0.36], [peak / scale, y - shift], color="#888888", linewidth=0.6)
-        ax.text(x + 0.37, y - shift, plain(f"{phase} +{rise / scale:,.1f}"), ha="left", va="center", fontsize=7)
+        ax.hlines(peak / scale, x + 0.1, x + BAR_WIDTH / 2 + 0.02, colors="#222222", linewidth=1.2)
+        ax.plot([x + BAR_WIDTH / 2 + 0.02, x + BAR_WIDTH / 2 + 0.07], [peak / scale, y - shift], color="#888888",
+                linewidth=0.6)
+        ax.text(x + BAR_WIDTH / 2 + 0.08, y - shift, plain(f"{phase} +{rise / scale:,.1f}"), ha="left", va="center", fontsize=7)
 
 
 def _tick(bar: MemoryBar) -> str:
@@ -180,167 +178,26 @@ def _tick(bar: MemoryBar) -> str:
     return bar.label + (f"\n{held}" if held else "") + ("" if bar.status == "ok" else f"\n({bar.status})")
 
 
-# ---- curves -------------------------------------------------------------------------------------
+def write_plots(report: dict[str, Any], out_dir: str | Path, report_dir: str | Path | None = None,
+                skipped: Callable[[str], None] | None = None) -> list[Path]:
+    """Render memory_by_role.png, curves.png, tradeoffs.png and summary.md into `out_dir`; each run's
+    run_dir is found under `report_dir` (default: `out_dir`, the report's own directory). A report
+    with no held-out accuracy gets no tradeoffs.png: `skipped` is told why. Returns the paths written."""
+    from rlbench.report.tradeoff_plot import tradeoff_figure
+    from rlbench.report.tradeoffs import no_accuracy_reason, tradeoffs
 
-# (steps.jsonl key, or "eval" for held-out evaluations; panel title; y label)
-PANELS = (
-    ("reward/mean", "optimised reward", "mean reward per step\n(rule reward or reward-model score)"),
-    ("gold/accuracy", "gold reward", "fraction correct (answer checker)"),
-    ("eval", "held-out accuracy", "greedy pass@1 ± standard error"),
-    ("kl/k1", "KL to the reference", "nats per token (k1 estimate)"),
-    ("learning/entropy", "entropy", "nats per token"),
-    ("clip_fraction", "clip fraction", "fraction of tokens clipped"),
-    ("learning/completion_length", "response length", "tokens per completion"),
-)
-FRACTIONS = {"gold/accuracy", "eval", "clip_fraction"}
-UNIT_LABELS = {"completions": "completions consumed", "tokens": "tokens generated (mean length x completions)",
-               "wall_seconds": "seconds of RL (sum of step times)", "flops": "model FLOPs (every role and phase)"}
-
-
-def read_steps(report_dir: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The run's per-step metrics from <report dir>/<run_dir>/steps.jsonl ([] when absent)."""
-    if not run.get("run_dir"):
-        return []
-    path = report_dir / run["run_dir"] / "steps.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut off by a crash ends the usable part
-    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), (int, float))]
-
-
-def budget_unit(report: dict[str, Any]) -> str:
-    """The suite's budget unit: the first of completions, tokens, flops, wall_seconds it sets;
-    completions (the default fairness unit) when it sets steps only."""
-    budget = (report.get("suite") or {}).get("budget") or {}
-    units = [k for k in BUDGET_LIMITS if k != "steps" and k not in MACHINE_BOUND_LIMITS] + list(MACHINE_BOUND_LIMITS)
-    return next((k for k in units if budget.get(k) is not None), "completions")
-
-
-def consumed(steps: list[dict[str, Any]], unit: str) -> list[float]:
-    """The budget consumed after each step, in `unit`."""
-    out, total, before = [], 0.0, 0.0
-    for s in steps:
-        if unit == "completions":
-            total = float(s.get("completions", 0))
-        elif unit == "tokens":
-            now = float(s.get("completions", 0))
-            total += (now - before) * float(s.get("learning/completion_length", 0.0))
-            before = now
-        elif unit == "flops":
-            total = float(s.get("flops", 0))  # cumulative, as each step records it
-        else:
-            total += float(s.get("time/step_s", 0.0))
-        out.append(total)
-    return out
-
-
-def shared_rate(runs_steps: list[list[dict[str, Any]]], unit: str) -> float | None:
-    """Units per step when every run consumes the same amount each step (so one top axis fits all)."""
-    rates = set()
-    for steps in runs_steps:
-        for s, value in zip(steps, consumed(steps, unit)):
-            rates.add(round(value / s["step"], 6) if s["step"] else None)
-    rates.discard(None)
-    return rates.pop() if len(rates) == 1 else None
-
-
-def smooth(values: list[float], window: int) -> list[float]:
-    """Centred moving average over `window` points (odd), shorter at the ends."""
-    half = window // 2
-    return [sum(values[max(0, i - half):i + half + 1]) / len(values[max(0, i - half):i + half + 1])
-            for i in range(len(values))]
-
-
-def curves_figure(report: dict[str, Any], report_dir: Path) -> Figure:
-    """One panel per training quantity (see PANELS), every run in each, against steps and budget."""
-    fig = Figure(figsize=(17, 8.5))  # fixed margins: a constrained layout took 3x as long to draw
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 4, gridspec_kw={"left": 0.05, "right": 0.99, "top": 0.88, "bottom": 0.06,
-                                           "wspace": 0.3, "hspace": 0.52}).flatten()
-    runs = report["runs"]
-    steps_of = [read_steps(report_dir, run) for run in runs]
-    unit = budget_unit(report)
-    rate = shared_rate([s for s in steps_of if s], unit)
-    by_steps = rate is not None or not any(steps_of)
-    longest = max([len(s) for s in steps_of] + [1])
-    window = 2 * (longest // 20) + 1
-    algorithms = (report.get("suite") or {}).get("algorithms") or []
-    for i, (run, steps) in enumerate(zip(runs, steps_of)):
-        colour = f"C{i % 10}"
-        xs = [float(s["step"]) for s in steps] if by_steps else consumed(steps, unit)
-        for ax, (key, _, _) in zip(axes, PANELS):
-            if key == "eval":
-                _eval_points(ax, run, steps, xs, by_steps, colour)
-                continue
-            points = [(x, s[key]) for x, s in zip(xs, steps) if isinstance(s.get(key), (int, float))]
-            if not points:
-                continue
-            px, py = zip(*points)
-            ax.plot(px, py, linestyle="none", marker="o", markersize=2.5, alpha=0.35, color=colour)
-            ax.plot(px, smooth(list(py), window), color=colour, linewidth=1.6)
-        config = algorithms[run["algorithm_index"]] if run.get("algorithm_index") is not None and \
-            run["algorithm_index"] < len(algorithms) else {}
-        axes[-1].plot([], [], color=colour, linewidth=2, label=plain(
-            f"{run['id']}: reward {config.get('reward', '?')}, {len(steps)} steps" + (
-                "" if run.get("status") == "ok" else f" ({run.get('status')})")))
-    xlabel = "step" if by_steps else UNIT_LABELS[unit]
-    for ax, (key, title, ylabel) in zip(axes, PANELS):
-        ax.set_title(title, fontsize=10)
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.grid(alpha=0.3)
-        if not ax.has_data():
-            ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes,
-                    color="#777777")
-        elif key in FRACTIONS:
-            ax.set_ylim(-0.02, max(ax.get_ylim()[1], 0.1) * 1.05)
-        if by_steps:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if by_steps and rate:
-            top = ax.secondary_xaxis("top", functions=(lambda s, r=rate: s * r, lambda u, r=rate: u / r))
-            top.set_xlabel(UNIT_LABELS[unit], fontsize=8)
-            top.tick_params(labelsize=7)
-        ax.tick_params(labelsize=7)
-    legend_ax = axes[-1]
-    legend_ax.axis("off")
-    legend_ax.legend(loc="upper left", fontsize=8, frameon=False, title="runs", title_fontsize=9)
-    smoothing = f"lines: centred moving average over {window} steps; dots: every step" if window > 1 \
-        else "lines join every step (too few steps to smooth); dots: every step"
-    legend_ax.text(0.0, 0.15, smoothing + ("" if by_steps else
-                   f"\nx: {UNIT_LABELS[unit]} (steps map to it differently per run)"),
-                   transform=legend_ax.transAxes, fontsize=8, va="top", wrap=True)
-    fig.suptitle(f"{plain(report['suite']['name'])}: training curves against "
-                 + ("steps (top axis: " + UNIT_LABELS[unit] + ")" if by_steps and rate else xlabel), fontsize=11)
-    return fig
-
-
-def _eval_points(ax: Any, run: dict[str, Any], steps: list[dict[str, Any]], xs: list[float], by_steps: bool,
-                 colour: str) -> None:
-    curve = (run.get("accuracy") or {}).get("curve") or run.get("evals") or []
-    points = [e for e in curve if isinstance(e.get("eval/accuracy"), (int, float)) and "step" in e]
-    if not points:
-        return
-    if by_steps:
-        x = [float(e["step"]) for e in points]
-    else:  # the budget consumed at the evaluation's step (0 before the first)
-        at = {float(s["step"]): v for s, v in zip(steps, xs)}
-        x = [at.get(float(e["step"]), 0.0) for e in points]
-    ax.errorbar(x, [e["eval/accuracy"] for e in points], yerr=[e.get("eval/accuracy_stderr_binomial", 0.0) for e in points],
-                color=colour, marker="o", markersize=4, capsize=3, linewidth=1.4)
-
-
-def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Render memory_by_role.png, curves.png and summary.md into `out_dir` (the report's directory,
-    where each run's run_dir is found); returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    figures = [("memory_by_role.png", memory_figure(report)),
+               ("curves.png", curves_figure(report, Path(report_dir or out_dir)))]
+    rows = tradeoffs(report)
+    why = no_accuracy_reason(rows)
+    if why is None:
+        figures.append(("tradeoffs.png", tradeoff_figure(report, rows)))
+    elif skipped is not None:
+        skipped(why)
     paths = []
-    for name, fig in (("memory_by_role.png", memory_figure(report)), ("curves.png", curves_figure(report, out_dir))):
+    for name, fig in figures:
         fig.savefig(out_dir / name, dpi=110)
         paths.append(out_dir / name)
     summary = out_dir / "summary.md"

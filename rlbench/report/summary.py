@@ -1,7 +1,9 @@
 """summary.md: the report's tables in Markdown, written next to report.json with the plots.
 
-Units as in the terminal tables: memory in MiB, accuracy in percent with its standard error, the
-change of accuracy in points, times in seconds, MFU in percent. Every name, label, description
+The answer first: the run table, then what each algorithm buys for what it costs
+(rlbench/report/tradeoffs.py, drawn in tradeoffs.png). Units as in the terminal tables: memory in
+MiB, accuracy in percent with its standard error, the change of accuracy in points, times in
+seconds, MFU in percent. Every name, label, description
 and error from the report is written as literal text (`md_text`): the file is safe to render.
 """
 
@@ -28,6 +30,7 @@ from rlbench.report.format import (
 )
 from rlbench.report.machine import fingerprint_text, peak_text
 from rlbench.report.seeds import seed_markdown
+from rlbench.report.tradeoffs import tradeoff_markdown
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
@@ -66,6 +69,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
     if warnings:
         lines += ["## warnings", "", *[f"- {md_text(w)}" for w in warnings], ""]
     lines += seed_markdown(report)
+    lines += tradeoff_markdown(report)
     lines += throughput_section(report)
     lines += ["", f"## memory by role (MiB; static from tensors, phase peaks measured by {md_text(probe)})", ""]
     rows = []

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from rlbench.errors import UserError
 from rlbench.report.format import (
     ROLE_ORDER,
     ROLE_SHORT,
@@ -167,21 +168,47 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                           highlight=False)
 
 
-def write_artifacts(report: dict[str, Any], out_dir: Path, console: Console) -> None:
-    """Plots and summary.md next to report.json (plots need matplotlib)."""
+def write_artifacts(report: dict[str, Any], out_dir: Path, console: Console, report_dir: Path | None = None) -> None:
+    """Plots and summary.md in `out_dir` (plots need matplotlib); each run's steps.jsonl is read
+    under `report_dir` (default: `out_dir`)."""
     try:
         from rlbench.report.plots import write_plots
     except ImportError:
         return
-    for path in write_plots(report, out_dir):
-        console.print(f"wrote: {path}")
+    for line in write_plots(report, out_dir, report_dir, skipped=lambda why: console.print(
+            f"skipped: {why}", markup=False, highlight=False)):
+        console.print(f"wrote: {line}", markup=False, highlight=False)
 
 
-def report_command(path: str, console: Console) -> int:
-    """`rlbench report REPORT.json`: re-print the tables, re-render plots and summary.md next to it."""
+def report_command(path: str, console: Console, output: str | None = None) -> int:
+    """`rlbench report REPORT.json`: re-print the tables, re-render plots and summary.md next to it
+    (or in `output`, created if need be)."""
     from rlbench.report.schema import load_report
 
     report = load_report(path)
     print_report(report, console)
-    write_artifacts(report, Path(path).parent, console)
+    out_dir = Path(path).parent if output is None else Path(output)
+    if output is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"--output {output}: not a directory")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--output {output}: cannot create it ({exc.strerror or exc})") from None
+    write_artifacts(report, out_dir, console, report_dir=Path(path).parent)
     return 0
+
+
+def run_verdict(report_path: Path) -> str:
+    """The one line `rlbench run --quiet` prints: how many runs ended ok, which did not and why, and
+    where the report is."""
+    from rlbench.report.io import read_json
+
+    report = read_json(report_path)
+    runs = report.get("runs") or []
+    bad = [r for r in runs if r.get("status") != "ok"]
+    head = ("interrupted" if report.get("status") == "interrupted" else "FAIL") if bad else "ok"
+    why = "; ".join(f"{r['id']} {r.get('status')}" + (f": {str(r['error']).splitlines()[0][:200]}"
+                                                      if r.get("error") else "") for r in bad)
+    return f"{head}: {len(runs) - len(bad)} of {len(runs)} run(s) ended ok" + (f" ({why})" if why else "") + \
+        f"; report: {report_path}"
