@@ -71,7 +71,8 @@ class SFTConfig:
                            "arithmetic chain is not among the demonstrations'; no demonstration spent)", gt=0)
     patience: int | None = f(3, "with demonstrations: stop after this many dev evaluations without a new best "
                                 "accuracy and keep the best; null: train to the horizon and keep the best", gt=0)
-    min_steps: int = f(250, "with demonstrations: no early stop before this step", ge=0)
+    min_steps: int = f(250, "with demonstrations: no early stop, and no checkpoint kept, before this step "
+                            "(evaluations before it only draw the curve)", ge=0)
 
 
 @dataclass(frozen=True)
