@@ -97,8 +97,8 @@ def main(argv: list[str]) -> int:
             result["paired_accuracy"]["scorings"] = {
                 name: paired_accuracy(o[0], o[-1], clusters, cluster_by)["paired"]
                 for name, o in by_scoring.items() if o[0] and o[-1]}
-            result["paired_accuracy"]["chains"] = chain_split(suite, eval_problems, outcomes[0], outcomes[-1],
-                                                              clusters, cluster_by)
+            result["paired_accuracy"]["chains"] = chain_split(seen_by_problem(suite, eval_problems), outcomes[0],
+                                                              outcomes[-1], clusters, cluster_by)
         result["evals"] = evals
         result["status"] = "ok"
     except KeyboardInterrupt:
@@ -124,6 +124,14 @@ def main(argv: list[str]) -> int:
         if dist is not None:
             dist.close()
     return 0 if result["status"] == "ok" else 1
+
+
+def seen_by_problem(suite, problems: list) -> list[bool] | None:
+    """Per held-out problem: whether its chain is among the SFT demonstrations' (None without a fixed set)."""
+    from rlbench.stages.demonstrations import demonstration_problems, seen_chains
+
+    demonstrations = demonstration_problems(suite.task, suite.model.sft)
+    return None if demonstrations is None else seen_chains(suite.task, demonstrations, problems)
 
 
 def _interrupt_once(signum: int, frame: object) -> None:

@@ -26,6 +26,7 @@ from rlbench.stages.sft import train_sft
 from rlbench.stages.verifier import classification_accuracy, roc_auc
 from rlbench.tasks.answers import SCORERS
 from rlbench.train.run import Run
+from rlbench.worker import seen_by_problem
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = TaskConfig(max_number=12, train_size=3000)
@@ -131,12 +132,15 @@ def test_chain_split_pairs_the_seen_and_unseen_problems_apart():
     demos = demonstration_problems(suite.task, suite.model.sft)
     problems = demos[:2] + dev_problems(suite.task, demos, 3)  # 2 seen chains, 3 unseen
     clusters = problem_clusters(suite.task, problems)[0]
-    split = chain_split(suite, problems, "10000", "01110", clusters, "arithmetic chain")
+    seen = seen_by_problem(suite, problems)
+    assert seen == [True, True, False, False, False]
+    split = chain_split(seen, "10000", "01110", clusters, "arithmetic chain")
     # seen: before 1,0 after 0,1 -> delta 0; unseen: before 0,0,0 after 1,1,0 -> +2/3
     assert split["seen"]["problems"] == 2 and split["seen"]["delta"] == 0.0
     assert split["unseen"]["problems"] == 3 and split["unseen"]["delta"] == pytest.approx(2 / 3)
     no_demos = replace(suite, model=replace(suite.model, sft=replace(suite.model.sft, demonstrations=None)))
-    assert chain_split(no_demos, problems, "10000", "01110", clusters, "arithmetic chain") is None
+    assert seen_by_problem(no_demos, problems) is None
+    assert chain_split(None, "10000", "01110", clusters, "arithmetic chain") is None
 
 
 def test_sft_more_trains_on_the_same_demonstrations_and_sft_new_data_on_fresh_ones():

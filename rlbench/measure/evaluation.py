@@ -125,17 +125,13 @@ def paired_accuracy(before: str, after: str, clusters: list[str], cluster_by: st
             "paired": paired}
 
 
-def chain_split(suite, problems: list[Problem], before: str, after: str, clusters: list[str],
+def chain_split(seen: list[bool] | None, before: str, after: str, clusters: list[str],
                 cluster_by: str) -> dict[str, Any] | None:
-    """With a fixed demonstration set (`model.sft.demonstrations`): the paired statistics of the
-    headline scoring on held-out problems whose chain is among the demonstrations' (`seen`) and on
-    the rest (`unseen`), each with its problem count; None without one or when a side is empty."""
-    from rlbench.stages.demonstrations import demonstration_problems, seen_chains
-
-    demonstrations = demonstration_problems(suite.task, suite.model.sft)
-    if demonstrations is None:
+    """The paired statistics of one scoring on the held-out problems whose chain is among the SFT
+    demonstrations' (`seen`, per problem: `stages.demonstrations.seen_chains`) and on the rest
+    (`unseen`), each with its problem count; None without a demonstration set or with a side empty."""
+    if seen is None:
         return None
-    seen = seen_chains(suite.task, demonstrations, problems)
     out = {}
     for name, keep in (("seen", True), ("unseen", False)):
         rows = [i for i, s in enumerate(seen) if s == keep]
