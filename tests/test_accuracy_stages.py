@@ -156,3 +156,47 @@ def test_sft_more_trains_on_the_same_demonstrations_and_sft_new_data_on_fresh_on
     assert not fresh & demos and len(fresh) == suite.task.train_size - len(demos)
     assert not problems(SFTNewData(SFTMoreParams()), seed=1) & demos
     assert len(problems(None, supervised=False)) == suite.task.train_size  # RL: the whole train split
+
+
+def test_verifier_training_lowers_its_loss_and_the_stage_reports_both_accuracies(tmp_path, monkeypatch):
+    from rlbench.config import ModelConfig, RewardModelConfig, RolloutConfig, Suite
+    from rlbench.models.embedded import save_pretrained_pair
+    from rlbench.models.heads import ScalarHeadModel
+    from rlbench.stages.reward_model import LabelledSample, pack_sequences, prepare_reward_model
+    from rlbench.stages.verifier import train_verifier
+    from rlbench.tasks import demonstration, encode_prompts
+
+    torch.manual_seed(0)
+    model, tokenizer = build_embedded(0)
+    easy = TaskConfig(min_steps=1, max_steps=1, max_number=2, train_size=500)
+    problems = demonstration_problems(easy, SFTConfig(demonstrations=8))
+    samples = []
+    for i, (problem, prompt) in enumerate(zip(problems, encode_prompts(tokenizer, problems))):
+        wrong = replace(problem, answer=str(int(problem.answer) + 1))  # the same reasoning, a wrong answer
+        for text, correct in ((demonstration(problem), True), (demonstration(wrong), False)):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            samples.append(LabelledSample(i, prompt, ids, text, correct))
+    verifier = ScalarHeadModel(model.model, model.config.hidden_size)
+    pad = tokenizer.pad_token_id
+
+    def loss_now() -> float:
+        with torch.no_grad():
+            scores = verifier.score(*pack_sequences(samples, pad))
+        return float(verifier_loss(scores, torch.tensor([float(s.correct) for s in samples])))
+
+    assert loss_now() == pytest.approx(math.log(2))  # a zero head: logit 0 for everything
+    cfg = RewardModelConfig(kind="verifier", steps=10, batch_size=8, lr=1e-3)
+    losses = train_verifier(verifier, samples, list(range(len(samples))), cfg, lambda rows: pack_sequences(rows, pad),
+                            seed=0)
+    assert len(losses) == 10 and loss_now() < math.log(2) - 0.05
+
+    policy_dir = save_pretrained_pair(*build_embedded(0), tmp_path / "policy")
+    monkeypatch.setenv("RLBENCH_CACHE", str(tmp_path / "cache"))
+    rm = RewardModelConfig(kind="verifier", prompts=48, samples_per_prompt=4, steps=2, batch_size=8, lr=1e-3,
+                           heldout_fraction=0.25)
+    _, stats, _ = prepare_reward_model(policy_dir, Suite(model=ModelConfig(reward_model=rm), task=easy,
+                                                         rollout=RolloutConfig(max_new_tokens=24)))
+    assert stats["reward_model/kind"] == "verifier"
+    for key in ("reward_model/heldout_accuracy", "reward_model/heldout_auc",
+                "reward_model/heldout_classification_accuracy"):
+        assert 0.0 <= stats[key] <= 1.0, key
