@@ -67,7 +67,12 @@ ALGORITHMS.add("grpo_zero",
                "GRPO-Zero: GRPO with rule rewards only (regex format + exact answer), no reward model")
 ALGORITHMS.add("sft_more",
                Recipe("rlbench.algorithms.sft_more:SFTMore", "rlbench.algorithms.params:SFTMoreParams", "rules"),
-               "control arm: the same budget spent on more SFT on gold demonstrations (policy only)")
+               "control arm: the same budget spent on more SFT on gold demonstrations (with model.sft.demonstrations: "
+               "more epochs on the same N; policy only)")
+ALGORITHMS.add("sft_new_data",
+               Recipe("rlbench.algorithms.sft_more:SFTNewData", "rlbench.algorithms.params:SFTMoreParams", "rules"),
+               "labelled apart: the same budget spent on SFT on new demonstrations (train problems not among "
+               "model.sft.demonstrations): what more labelled data would buy")
 
 TASKS.add("synthetic", Task("rlbench.tasks.synthetic:load_synthetic", "rlbench.tasks.synthetic:cluster_key",
                             "arithmetic chain"),

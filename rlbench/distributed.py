@@ -296,7 +296,7 @@ def merge_evals(results: list[dict[str, Any]]) -> dict[str, Any]:
     n = sum(r["eval/size"] for r in results)
     out: dict[str, Any] = {}
     for key in results[0]:
-        if key == OUTCOMES:
+        if key == OUTCOMES or key.startswith(OUTCOMES + "_"):  # the headline's and each scoring's
             out[key] = "".join(r[key] for r in results)
         elif key == "eval/size":
             out[key] = float(n)

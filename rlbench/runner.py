@@ -66,9 +66,10 @@ def run_id(label: str, seed: int) -> str:
 
 
 def plan_runs(suite: Suite) -> list[dict[str, Any]]:
+    """Every algorithm x seed, seed by seed: a suite cut short holds whole seeds of every arm."""
     return [{"id": run_id(a.label or a.name, seed), "algorithm": a.name, "label": a.label or a.name, "seed": seed,
              "algorithm_index": i, "status": "pending"}
-            for i, a in enumerate(suite.algorithms) for seed in suite.seeds]
+            for seed in suite.seeds for i, a in enumerate(suite.algorithms)]
 
 
 def run_suite(path: str | None, overrides: list[str], output: str | None, console: Console,

@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
         from rlbench.catalog import load_problems, problem_clusters, resolve_probe
         from rlbench.config import load_suite
         from rlbench.distributed import Dist
-        from rlbench.measure.evaluation import OUTCOMES, paired_accuracy
+        from rlbench.measure.evaluation import OUTCOMES, chain_split, paired_accuracy, scoring_outcomes
         from rlbench.models.shape import is_shape
         from rlbench.train import Run
 
@@ -90,9 +90,15 @@ def main(argv: list[str]) -> int:
             final = run.evaluate(eval_problems)
             evals.append(final | {"step": run.budget.steps, "completions": run.budget.completions})
         outcomes = [e.pop(OUTCOMES, None) for e in evals]  # kept once per run, not in every evaluation
+        by_scoring = {name: [e.pop(scoring_outcomes(name), None) for e in evals] for name in suite.eval.scoring}
         if len(evals) > 1 and outcomes[0] and outcomes[-1]:
             clusters, cluster_by = problem_clusters(suite.task, eval_problems)
             result["paired_accuracy"] = paired_accuracy(outcomes[0], outcomes[-1], clusters, cluster_by)
+            result["paired_accuracy"]["scorings"] = {
+                name: paired_accuracy(o[0], o[-1], clusters, cluster_by)["paired"]
+                for name, o in by_scoring.items() if o[0] and o[-1]}
+            result["paired_accuracy"]["chains"] = chain_split(seen_by_problem(suite, eval_problems), outcomes[0],
+                                                              outcomes[-1], clusters, cluster_by)
         result["evals"] = evals
         result["status"] = "ok"
     except KeyboardInterrupt:
@@ -118,6 +124,14 @@ def main(argv: list[str]) -> int:
         if dist is not None:
             dist.close()
     return 0 if result["status"] == "ok" else 1
+
+
+def seen_by_problem(suite, problems: list) -> list[bool] | None:
+    """Per held-out problem: whether its chain is among the SFT demonstrations' (None without a fixed set)."""
+    from rlbench.stages.demonstrations import demonstration_problems, seen_chains
+
+    demonstrations = demonstration_problems(suite.task, suite.model.sft)
+    return None if demonstrations is None else seen_chains(suite.task, demonstrations, problems)
 
 
 def _interrupt_once(signum: int, frame: object) -> None:

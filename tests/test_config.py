@@ -233,7 +233,7 @@ def test_section_that_is_not_a_mapping(tmp_path: Path) -> None:
 
 def test_unknown_key_without_a_close_match_lists_the_known_keys(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "eval:\n  xyzzy: 1\n")
-    assert messages_of(path) == ["eval.xyzzy: unknown key; known: size, every, k, batch_size"]
+    assert messages_of(path) == ["eval.xyzzy: unknown key; known: size, every, k, batch_size, scoring, headline"]
 
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:

@@ -199,3 +199,19 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     """
     logp = torch.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(dim=-1)
+
+
+def verifier_loss(scores: Tensor, correct: Tensor) -> Tensor:
+    """Verifier (outcome reward model) loss: binary cross-entropy of each completion's logit
+    against the answer checker's verdict, mean over completions.
+
+    Cobbe et al., "Training Verifiers to Solve Math Word Problems" (https://arxiv.org/abs/2110.14168).
+
+    Args:
+        scores: [N] logits, one per completion.
+        correct: [N] 1.0 for a correct completion, 0.0 otherwise.
+
+    Returns:
+        Scalar loss; log 2 at logit 0 whatever the labels.
+    """
+    return F.binary_cross_entropy_with_logits(scores, correct)

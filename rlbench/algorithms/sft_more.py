@@ -8,9 +8,15 @@ prompt being context. It holds only the policy, runs through the shared loop (me
 throughput, held-out accuracy before and after) and its trained FLOPs (6N + 12LdT per token of
 each batch, per pass) count against `budget.flops` like an RL run's.
 
+Which demonstrations: with a fixed demonstration set (`model.sft.demonstrations: N`) sft_more
+trains on the same N the SFT stage used, epoch after epoch in the run's seeded order: the fair
+control, which spends the RL budget without new labelled data. `sft_new_data` (SFTNewData) trains
+on train problems that are not among the N: what more labelled data would buy, reported apart
+and never the RL baseline. Without a fixed set both draw from the RL training split in the run's
+order, as the SFT stage's fresh demonstrations are drawn.
+
 Differences from the SFT stage, stated plainly: a constant learning rate (default: where the
-stage's cosine schedule ended) and AdamW's default betas; problems are drawn from the RL training
-split in the run's order (the same generator and seed as the SFT stage's data).
+stage's cosine schedule ended) and AdamW's default betas.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class SFTMore:
     Params: ClassVar[type] = SFTMoreParams
     default_reward: ClassVar[RewardSource] = "rules"  # logged on the demonstrations only; never optimised
     completion_source: ClassVar[CompletionSource] = "gold"
+    fresh_demonstrations: ClassVar[bool] = False  # True: not the SFT stage's demonstrations (Run._training_problems)
 
     def __init__(self, params: SFTMoreParams, reward_source: RewardSource | None = None) -> None:
         self.params = params
@@ -58,3 +65,11 @@ class SFTMore:
 
     def value_loss(self, values: torch.Tensor, mb: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         raise AssertionError("sft_more has no value model")
+
+
+class SFTNewData(SFTMore):
+    """SFT on fresh demonstrations (train problems not among the SFT stage's fixed set), with the
+    RL runs' budget: what more labelled data would buy."""
+
+    name: ClassVar[str] = "sft_new_data"
+    fresh_demonstrations: ClassVar[bool] = True

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from rlbench.config.accuracy_checks import check_accuracy_settings
 from rlbench.config.derived import step_shape
 from rlbench.config.schema import (
     BUDGET_LIMITS,
@@ -49,6 +50,7 @@ def check_suite(suite: Suite, errors: Errors) -> Suite:
     _check_labels(algorithms, errors)
     _check_groups(suite, algorithms, ok, errors)
     _check_distributed(suite, algorithms, ok, errors)
+    check_accuracy_settings(dataclasses.replace(suite, algorithms=algorithms), ok, errors)
 
     if ok("budget") and all(limit is None for limit in dataclasses.astuple(suite.budget)):
         errors.append(("budget", f"set at least one of {', '.join(BUDGET_LIMITS)}"))

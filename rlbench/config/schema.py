@@ -22,6 +22,8 @@ def f(default: Any = None, help: str = "", **constraints: Any) -> Any:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+SCORINGS = ("pipeline", "strict", "flexible")
+"""How a greedy completion's answer is read (`rlbench.measure.evaluation.SCORERS`)."""
 RewardSource = Literal["rules", "model", "both"]
 """Where a run's optimised reward comes from: rule rewards, the reward model, or their sum."""
 REWARD_SOURCES: tuple[RewardSource, ...] = get_args(RewardSource)
@@ -57,7 +59,20 @@ class SFTConfig:
     batch_size: int = f(32, "demonstrations per SFT step", gt=0)
     lr: float = f(4e-3, "AdamW learning rate of SFT", gt=0, lt=1)
     warmup_steps: int = f(20, "linear warm-up steps", ge=0)
-    train_size: int = f(20000, "synthetic demonstrations generated for SFT", gt=0)
+    train_size: int = f(20000, "synthetic demonstrations generated for SFT (when demonstrations is null)", gt=0)
+    demonstrations: int | None = f(None, "a fixed demonstration set: the first N train problems (seed 0), trained "
+                                         "epoch after epoch to a plateau found on a dev split (max_epochs, eval_every, "
+                                         "dev_size, patience, min_steps); sft_more trains on the same N. null: `steps` "
+                                         "steps on train_size fresh demonstrations", gt=0)
+    max_epochs: float = f(40.0, "with demonstrations: the cosine schedule's horizon in epochs over the N "
+                                "(ceil(max_epochs * N / batch_size) steps, the most SFT runs)", gt=0)
+    eval_every: int = f(50, "with demonstrations: SFT steps between greedy dev-accuracy evaluations", gt=0)
+    dev_size: int = f(512, "with demonstrations: dev problems (prompts and answers of train problems whose "
+                           "arithmetic chain is not among the demonstrations'; no demonstration spent)", gt=0)
+    patience: int | None = f(3, "with demonstrations: stop after this many dev evaluations without a new best "
+                                "accuracy and keep the best; null: train to the horizon and keep the best", gt=0)
+    min_steps: int = f(250, "with demonstrations: no early stop, and no checkpoint kept, before this step "
+                            "(evaluations before it only draw the curve)", ge=0)
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,10 @@ class RewardModelConfig:
     batch_size: int = f(32, "comparison pairs per step", gt=0)
     lr: float = f(3e-4, "AdamW learning rate of the reward model", gt=0, lt=1)
     heldout_fraction: float = f(0.1, "fraction of pairs held out to report pairwise accuracy", gt=0, lt=1)
+    kind: str = f("pairwise", "pairwise: Bradley-Terry on (correct, incorrect) pairs of one prompt; verifier: "
+                              "binary cross-entropy on every labelled completion, the logit is the reward. Both "
+                              "report held-out pairwise accuracy (what GRPO's within-group ranking uses) and AUC",
+                  choices=("pairwise", "verifier"))
 
 
 @dataclass(frozen=True)
@@ -116,7 +135,7 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    name: str = f("grpo_zero", "registered algorithm: ppo, grpo, grpo_zero or sft_more")
+    name: str = f("grpo_zero", "registered algorithm: ppo, grpo, grpo_zero, sft_more or sft_new_data")
     label: str | None = f(None, "display name in reports (default: the algorithm name); unique; letters, digits, "
                                 "'.', '_', '-'")
     reward: str | None = f(None, "reward source: rules, model or both (default: rules for grpo_zero, model otherwise)",
@@ -125,6 +144,10 @@ class AlgorithmConfig:
                                   "rule rewards and their weights (see `rlbench ls`)")
     model_reward_weight: float = f(1.0, "weight of the reward model's score when reward is model or both", ge=0)
     params: dict[str, Any] = f({}, "the algorithm's own hyper-parameters (see `rlbench ls --params`)")
+    reward_noise: float = f(0.0, "a simulated reward model of known accuracy: Gaussian noise of this standard "
+                                 "deviation added to the rule reward, fixed per (problem, completion text, seed); with "
+                                 "answer_correct at weight 1 its within-prompt pairwise accuracy is Phi(1 / (sd * "
+                                 "sqrt 2)): 1.72 -> 0.66, 0.84 -> 0.80, 0.55 -> 0.90. 0: none", ge=0)
 
 
 @dataclass(frozen=True)
@@ -175,6 +198,11 @@ class EvalConfig:
     every: int = f(0, "also evaluate every N steps (0: only before and after)", ge=0)
     k: int = f(1, "samples per problem for pass@k and maj@k (1: greedy pass@1 only)", ge=1)
     batch_size: int = f(256, "problems per generation batch", gt=0)
+    scoring: list[str] = f([], "further scorings of each greedy completion, each with its paired change: strict (the "
+                               "number in <answer>...</answer> only), flexible (the last number in the completion); "
+                               "pipeline is rlbench's extractor (answer tag, ####, boxed, 'the answer is', last number)")
+    headline: str = f("pipeline", "the scoring eval/accuracy, its change, the tables and `rlbench check` use",
+                      choices=SCORINGS)
 
 
 @dataclass(frozen=True)

@@ -297,6 +297,9 @@ def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, An
             out["eval/accuracy_delta"] = metric("eval/accuracy_delta", accuracy["delta"],
                                                 **_or(paired.get("stderr"), by, accuracy["delta_stderr_sum"],
                                                      "sum of the two binomial standard errors"))
+        for name, part in [*(accuracy.get("scorings") or {}).items(), *(accuracy.get("chains") or {}).items()]:
+            key = f"eval/accuracy_delta_{name}"  # each scoring's change, and the headline's on seen / unseen chains
+            out[key] = metric(key, part["delta"], part.get("stderr"), stderr_kind=by)
         for key, value in after.items():
             if key.startswith("eval/") and "_stderr" not in key and key not in out and key != "eval/accuracy":
                 se = after.get(f"{key}_stderr_binomial")

@@ -183,6 +183,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path, report_dir: str | P
     """Render memory_by_role.png, curves.png, tradeoffs.png and summary.md into `out_dir`; each run's
     run_dir is found under `report_dir` (default: `out_dir`, the report's own directory). A report
     with no held-out accuracy gets no tradeoffs.png: `skipped` is told why. Returns the paths written."""
+    from rlbench.report.accuracy_view import sft_curve_points
     from rlbench.report.tradeoff_plot import tradeoff_figure
     from rlbench.report.tradeoffs import no_accuracy_reason, tradeoffs
 
@@ -190,6 +191,8 @@ def write_plots(report: dict[str, Any], out_dir: str | Path, report_dir: str | P
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = [("memory_by_role.png", memory_figure(report)),
                ("curves.png", curves_figure(report, Path(report_dir or out_dir)))]
+    if sft_curve_points(report):
+        figures.append(("sft_curve.png", sft_curve_figure(report)))
     rows = tradeoffs(report)
     why = no_accuracy_reason(rows)
     if why is None:
@@ -204,3 +207,27 @@ def write_plots(report: dict[str, Any], out_dir: str | Path, report_dir: str | P
     summary.write_text(summary_markdown(report))
     paths.append(summary)
     return paths
+
+
+def sft_curve_figure(report: dict[str, Any]) -> Figure:
+    """Dev accuracy and training loss of the SFT stage on a fixed demonstration set against its
+    step, the kept step marked (`stages.sft`)."""
+    sft = report["stages"]["sft"]
+    curve = sft["sft/curve"]
+    steps = [p["step"] for p in curve]
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(steps, [p["dev_accuracy"] * 100 for p in curve], "o-", color="C0", label="dev accuracy %")
+    ax.axvline(sft["sft/best_step"], color="C2", linestyle="--", label=f"kept step {sft['sft/best_step']}")
+    ax.set_xlabel(f"SFT step ({curve[-1]['epoch']:.0f} epochs over the demonstrations at step {steps[-1]})")
+    ax.set_ylabel("dev accuracy %")
+    loss = ax.twinx()
+    loss.plot(steps, [p["train_loss"] for p in curve], "s:", color="C1", label="train loss")
+    loss.set_ylabel("train loss (mean since the last evaluation)")
+    handles = ax.get_legend_handles_labels()[0] + loss.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="center right", fontsize=8)
+    ax.set_title(f"SFT on {sft['sft/demonstrations']} demonstrations: stopped at step {sft['sft/stopped_step']} "
+                 f"by {sft['sft/stopped_by']}", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -20,6 +20,10 @@ from rlbench.report.stats import seed_mean
 SEED_METRICS: dict[str, tuple[str, bool]] = {
     "eval/accuracy": ("acc after %", False),
     "eval/accuracy_delta": ("Δ acc (pts)", True),
+    "eval/accuracy_delta_strict": ("Δ strict (pts)", True),
+    "eval/accuracy_delta_flexible": ("Δ flexible (pts)", True),
+    "eval/accuracy_delta_seen": ("Δ seen chains (pts)", True),
+    "eval/accuracy_delta_unseen": ("Δ unseen chains (pts)", True),
 }
 COLUMNS = ("label", "figure", "seeds", "mean", "95% CI", "sd", "min..max")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlbench.report.accuracy_view import arm_markdown, sft_curve_points
 from rlbench.report.format import (
     PHASE_ORDER,
     ROLE_ORDER,
@@ -69,6 +70,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
     if warnings:
         lines += ["## warnings", "", *[f"- {md_text(w)}" for w in warnings], ""]
     lines += seed_markdown(report)
+    lines += arm_markdown(report)
     lines += tradeoff_markdown(report)
     lines += throughput_section(report)
     lines += ["", f"## memory by role (MiB; static from tensors, phase peaks measured by {md_text(probe)})", ""]
@@ -95,6 +97,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
         lines += [f"- {md_text(r['id'])}: {md_text(r.get('status'))}: {md_text(r.get('error') or 'no error recorded')}"
                   for r in failed]
     lines += ["", "![memory by role](memory_by_role.png)", "", "![training curves](curves.png)", ""]
+    if sft_curve_points(report):
+        lines += ["![SFT on the fixed demonstrations: dev accuracy by step](sft_curve.png)", ""]
     return "\n".join(lines)
 
 

@@ -160,6 +160,12 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     seeds = seed_table(report)
     if seeds is not None:
         console.print(seeds)
+    from rlbench.report.accuracy_view import arm_tables, sft_lines
+
+    for line in sft_lines(report)[:1]:
+        console.print(literal(line), highlight=False)
+    for table in arm_tables(report):
+        console.print(table)
     for line in warning_lines(report):
         console.print(f"[yellow]warning:[/] {literal(line)}", highlight=False)
     for run in report["runs"]:

@@ -37,7 +37,7 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
 
     from rlbench.models.loading import resolve_base
     from rlbench.models.shape import is_shape
-    from rlbench.stages.sft import cold_start
+    from rlbench.stages.sft import cold_start, total_steps
     from rlbench.stages.starting_eval import starting_accuracy, starting_stderr
 
     torch.set_num_threads(suite.threads or os.cpu_count() or 1)
@@ -46,16 +46,20 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
     policy_dir = base_dir
 
     shape = is_shape(suite.model.name)
-    if shape and suite.model.sft.steps > 0:
+    sft = suite.model.sft
+    sft_steps = total_steps(sft)
+    if shape and sft_steps > 0:
         console.print("SFT: skipped (a shape model has random weights; SFT would be meaningless)")
-    if suite.model.sft.steps > 0 and not shape:
-        with ProgressBar(console, "SFT (cold start)", suite.model.sft.steps) as (progress, task):
+    if sft_steps > 0 and not shape:
+        with ProgressBar(console, "SFT (cold start)", sft_steps) as (progress, task):
             policy_dir, stats, hit = cold_start(
-                base_dir, suite.model.name, suite.model.sft, suite.task, seed=0,
+                base_dir, suite.model.name, sft, suite.task, seed=0,
                 on_step=lambda step, loss: progress.update(task, completed=step, info=f"loss {loss:.3f}"),
-                trust_remote_code=suite.model.trust_remote_code)
+                trust_remote_code=suite.model.trust_remote_code, eval_tokens=suite.rollout.max_new_tokens)
         console.print(f"SFT: {'cached' if hit else 'trained'} ({stats['sft/seconds']:.0f} s, "
                       f"{int(stats['sft/steps'])} steps, final loss {stats['sft/final_loss']:.3f})")
+        if "sft/best_step" in stats:
+            console.print(sft_stop_line(stats))
         stages["report"]["sft"] = dict(stats, cache_hit=hit, path=str(policy_dir))
     stages["policy_dir"] = str(policy_dir)
 
@@ -93,6 +97,13 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
     stages["eval_before"] = before  # with its per-problem outcomes, which each run's result keeps
     stages["report"]["eval_before"] = {k: v for k, v in before.items() if k != "eval/outcomes"}  # evaluation.OUTCOMES
     return stages
+
+
+def sft_stop_line(stats: dict[str, Any]) -> str:
+    """One line on where SFT on a fixed demonstration set stopped and which step it kept."""
+    return (f"SFT on {stats['sft/demonstrations']} demonstrations: kept step {stats['sft/best_step']} of "
+            f"{stats['sft/stopped_step']} (dev accuracy {stats['sft/best_dev_accuracy']:.1%}; stopped by "
+            f"{stats['sft/stopped_by']}, horizon {stats['sft/horizon_steps']} steps)")
 
 
 def reward_model_warning(stats: dict[str, Any]) -> str | None:

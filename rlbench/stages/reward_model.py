@@ -14,7 +14,11 @@
    at the last real token of prompt + completion laid out exactly as the RL loop lays it out
    (left-padded prompt, then the sampled completion ids, right-padded), so the model is trained
    on what it will score.
-6. Report pairwise accuracy (chosen scored above rejected) on train and held-out pairs.
+6. Report pairwise accuracy (chosen scored above rejected) on train and held-out pairs, and on
+   the held-out prompts' samples the AUC and classification accuracy.
+
+`model.reward_model.kind: verifier` replaces step 5 by binary cross-entropy on every labelled
+completion of the training prompts (`stages/verifier.py`); the rest is the same.
 
 The result is a self-contained directory (weights, head, tokenizer, `scalar_head.json` with the
 stats, and `samples.jsonl` / `pairs.jsonl`: every labelled completion with its final score and
@@ -48,6 +52,7 @@ from rlbench.models.heads import HEAD_FILE, ScalarHeadModel
 from rlbench.models.optim import adamw
 from rlbench.rewards import gold_correct
 from rlbench.rollout import SamplingParams
+from rlbench.stages.verifier import classification_accuracy, roc_auc, train_verifier
 from rlbench.tasks import Problem, encode_prompts
 
 RM_VERSION = 1
@@ -201,11 +206,15 @@ def train_reward_model(model: ScalarHeadModel, samples: list[LabelledSample], pa
 
 
 def reward_model_key(policy_dir: Path, suite: Suite) -> str:
-    """Hash of everything that determines the trained reward model."""
+    """Hash of everything that determines the trained reward model (`kind` only when it is not the
+    default pairwise, so the key of a suite that does not set it is what it was before it existed)."""
+    rm_settings = asdict(suite.model.reward_model)
+    if rm_settings["kind"] == "pairwise":
+        del rm_settings["kind"]
     return stable_hash({
         "policy": policy_dir.name,  # an SFT directory's name is the hash of its base, settings and task
         "model": suite.model.name, "dtype": suite.model.dtype,
-        "reward_model": asdict(suite.model.reward_model), "task": asdict(suite.task),
+        "reward_model": rm_settings, "task": asdict(suite.task),
         "max_new_tokens": suite.rollout.max_new_tokens, "temperature": suite.rollout.temperature,
         "top_p": suite.rollout.top_p, "version": RM_VERSION,
     })
@@ -249,17 +258,24 @@ def build_reward_model(policy_dir: Path, suite: Suite, out_dir: Path, on_step: O
             f"model.reward_model: only {len(pairs)} comparison pairs from {len(problems)} prompts x "
             f"{cfg.samples_per_prompt} samples ({n_correct} of {len(samples)} completions correct; at least "
             f"{MIN_PAIRS} pairs from 2 prompts are needed); raise prompts or samples_per_prompt"
-            + (", or model.sft.steps so that the SFT model is sometimes right" if n_correct < len(samples) / 2 else ""))
+            + (", or the SFT stage (model.sft.steps or demonstrations) so that the SFT model is sometimes right" if n_correct < len(samples) / 2 else ""))
     train_pairs, heldout_pairs = split_by_prompt(pairs, samples, cfg.heldout_fraction, SAMPLE_SEED)
 
     model = ScalarHeadModel.from_pretrained(policy_dir, dtype)
     pad_id = tokenizer.pad_token_id
     train_start = time.perf_counter()
-    losses = train_reward_model(
-        model, samples, train_pairs, cfg, pad_id, SAMPLE_SEED,
-        on_step=None if on_step is None else lambda step, loss: on_step(step, cfg.steps, f"loss {loss:.3f}"))
+    report_step = None if on_step is None else lambda step, loss: on_step(step, cfg.steps, f"loss {loss:.3f}")
+    heldout_problems = {samples[c].problem for c, _ in heldout_pairs}
+    if cfg.kind == "verifier":  # every labelled completion of a training prompt, right or wrong
+        train_samples = [i for i, s in enumerate(samples) if s.problem not in heldout_problems]
+        losses = train_verifier(model, samples, train_samples, cfg, lambda rows: pack_sequences(rows, pad_id),
+                                SAMPLE_SEED, report_step)
+    else:
+        losses = train_reward_model(model, samples, train_pairs, cfg, pad_id, SAMPLE_SEED, report_step)
     train_seconds = time.perf_counter() - train_start
     scores = score_samples(model, samples, pad_id)
+    heldout = [i for i, s in enumerate(samples) if s.problem in heldout_problems]
+    held_scores, held_correct = [float(scores[i]) for i in heldout], [samples[i].correct for i in heldout]
 
     stats = {
         "reward_model/prompts": len(problems),
@@ -272,6 +288,9 @@ def build_reward_model(policy_dir: Path, suite: Suite, out_dir: Path, on_step: O
         "reward_model/final_loss": losses[-1] if losses else math.log(2),
         "reward_model/train_accuracy": pairwise_accuracy(scores, train_pairs),
         "reward_model/heldout_accuracy": pairwise_accuracy(scores, heldout_pairs),
+        "reward_model/kind": cfg.kind,
+        "reward_model/heldout_auc": roc_auc(held_scores, held_correct),  # samples of the held-out pairs' prompts
+        "reward_model/heldout_classification_accuracy": classification_accuracy(held_scores, held_correct),
         "reward_model/sample_seconds": sample_seconds,
         "reward_model/train_seconds": train_seconds,
         "reward_model/seconds": time.perf_counter() - start,  # the whole stage: sampling, training, scoring

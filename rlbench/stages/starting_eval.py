@@ -48,12 +48,22 @@ def starting_accuracy(policy_dir: str | Path, suite: Suite, console: Console) ->
     """(the starting evaluation with its `seconds`, whether it came from the cache)."""
     if not Path(policy_dir).is_relative_to(cache_root()):
         return evaluate_start(policy_dir, suite, console), False
-    key = stable_hash({"policy_dir": str(policy_dir), "eval": asdict(suite.eval), "task": asdict(suite.task),
+    key = stable_hash({"policy_dir": str(policy_dir), "eval": eval_key_settings(suite), "task": asdict(suite.task),
                        "max_new_tokens": suite.rollout.max_new_tokens,
                        "temperature": suite.rollout.temperature, "version": EVAL_VERSION})
     eval_dir, hit = cached_dir("eval", key, lambda tmp: write_json_atomic(
         tmp / "eval.json", evaluate_start(policy_dir, suite, console)))
     return json.loads((eval_dir / "eval.json").read_text()), hit
+
+
+def eval_key_settings(suite: Suite) -> dict[str, Any]:
+    """The eval settings in the cache key: the scorings only where a suite sets them, so the key of a
+    suite that does not is what it was before they existed."""
+    settings = asdict(suite.eval)
+    for name, default in (("scoring", []), ("headline", "pipeline")):
+        if settings[name] == default:
+            del settings[name]
+    return settings
 
 
 def starting_stderr(suite: Suite, before: dict[str, Any]) -> tuple[float, str]:

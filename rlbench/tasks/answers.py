@@ -129,3 +129,11 @@ def answers_match(predicted: str | None, gold: str) -> bool:
     if gold_number is not None:
         return canonical_number(predicted) == gold_number
     return normalize_text_answer(predicted) == normalize_text_answer(gold)
+
+
+SCORERS: dict[str, Callable[[str], str | None]] = {
+    "pipeline": extract_answer,  # the order above: answer tag, ####, boxed, "the answer is", last number
+    "strict": _from_answer_tag,  # lm-evaluation-harness's strict-match: only the required format counts
+    "flexible": _last_number,  # flexible-extract: the last number anywhere in the completion
+}
+"""Named, versioned answer extractions (`eval.scoring`, `eval.headline`): each reads one answer."""

@@ -44,7 +44,7 @@ from rlbench.measure.phases import PhaseStats
 from rlbench.measure.probing import PhaseMemory, RunProbe
 from rlbench.models.batching import backward_in_micro_batches, in_micro_batches, micro_batches
 from rlbench.models.forward import completion_logprobs, completion_logprobs_and_entropy
-from rlbench.rewards import gold_correct, score_rules
+from rlbench.rewards import gold_correct, noisy_rewards, score_rules
 from rlbench.rollout import Rollout, SamplingParams
 from rlbench.tasks import Problem, encode_prompts, truncate_prompts
 from rlbench.train.parts import RunParts, run_parts
@@ -86,12 +86,26 @@ class Run:
         self.engine = measured_load(self.probe, "rollout", lambda: parts.engine(
             self.policy, self.tokenizer, parts.engine_options), self.role_load_bytes)
         self.flop_shapes = self._flop_shapes(loaded.weights_of)
-        self.train_problems = load_problems(suite.task, "train", suite.task.train_size, seed)
+        self.train_problems = self._training_problems(seed)
         self.order = torch.randperm(len(self.train_problems), generator=torch.Generator().manual_seed(seed)).tolist()
         self.cursor = 0
         self.budget = Budget(suite.budget)
         self.sampling = SamplingParams(suite.rollout.max_new_tokens, suite.rollout.temperature, suite.rollout.top_p,
                                        ignore_eos=suite.rollout.ignore_eos)
+
+    def _training_problems(self, seed: int) -> list[Problem]:
+        """The problems a run draws its prompts from: the train split, except that a supervised recipe
+        on a suite with a fixed demonstration set (`model.sft.demonstrations`) trains on those same
+        demonstrations, or, for one that asks for fresh ones (`fresh_demonstrations`: sft_new_data),
+        on train problems not among them."""
+        from rlbench.stages.demonstrations import demonstration_problems, fresh_problems
+
+        demonstrations = demonstration_problems(self.suite.task, self.suite.model.sft) if self.supervised else None
+        if demonstrations is None:
+            return load_problems(self.suite.task, "train", self.suite.task.train_size, seed)
+        if getattr(self.algorithm, "fresh_demonstrations", False):
+            return fresh_problems(self.suite.task, demonstrations, seed)
+        return demonstrations
 
     @classmethod
     def build(cls, suite: Suite, algo_cfg: AlgorithmConfig, seed: int, policy_dir: Path, reward_dir: Path | None,
@@ -276,6 +290,8 @@ class Run:
         if source in ("rules", "both"):
             rule_total, parts = score_rules(rollout.texts, problems, self.algo_cfg.rewards,
                                             rule_functions(self.algo_cfg.rewards))
+            if self.algo_cfg.reward_noise > 0:  # a simulated reward model of known accuracy
+                rule_total = noisy_rewards(rule_total, rollout.texts, problems, self.algo_cfg.reward_noise, self.seed)
             total += torch.tensor(rule_total, device=total.device)
         if source in ("model", "both"):
             with torch.no_grad():
