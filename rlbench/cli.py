@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "validate", "check suite files; print every error with its field path",
         "Validate suite files without running them: every error at once, each with its field path.\n"
         "Warnings (what this machine lacks to run a suite) and errors go to stderr.",
-        ["rlbench validate suites/my.yaml", "rlbench validate suites/*.yaml --set budget.steps=5",
+        ["rlbench validate suites/memory.yaml", "rlbench validate suites/*.yaml --set budget.steps=5",
          "rlbench validate suites/quickstart.yaml --explain   # every field, its default and help",
          "rlbench validate suites/*.yaml --json > validation.json"])
     validate.add_argument("suites", nargs="+", metavar="SUITE", help="suite YAML file(s)")
