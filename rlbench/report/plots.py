@@ -6,9 +6,9 @@
   state, computed from its tensors; solid, in the role's colour), the transient of the phase
   where the process peaked (activations, logits, temporaries: its rise above the phase's start;
   hatched, in the colour of the role that phase belongs to) and the rest ("other": allocator
-  slack, caches, memory no role accounts for). Two lines cross the bar: the training peak (the
-  highest phase that is not an evaluation) and the evaluation peak (rlbench/report/peaks.py), each
-  labelled on the left with its phase. The other phases' peaks are short ticks at the bar's right
+  slack, caches, memory no role accounts for). Two marks on the bar's left edge give the training
+  peak (the highest phase that is not an evaluation; solid) and the evaluation peak (dashed;
+  rlbench/report/peaks.py), their values and phases in the bar's label below the axis. The other phases' peaks are short ticks at the bar's right
   edge, each labelled with the phase and its transient. This is the lecture's PPO vs
   GRPO vs GRPO-Zero memory picture, measured.
   Per-rank memory: a run entry may carry `ranks`, a list of {"rank": int, "roles": ...,
@@ -145,19 +145,19 @@ def memory_figure(report: dict[str, Any]) -> Figure:
                     va="center", fontsize=7, color="#444444")
             ax.hlines(bar.peak / scale, x - BAR_WIDTH / 2 - 0.02, x + BAR_WIDTH / 2 + 0.02, colors="black", linewidth=2.0)
             _phase_markers(ax, x, bar, scale, top)
-            _split_peaks(ax, x, bar, scale, top)
-        head = f"{bar.peak / scale:,.1f} {unit} process peak" if bar.reconciled else f"static {bottom:,.1f} {unit}"
+            _split_peaks(ax, x, bar, scale)
+        head = f"{bar.peak / scale:,.1f} {unit} peak" if bar.reconciled else f"static {bottom:,.1f} {unit}"
         ax.text(x, (bar.peak / scale if bar.reconciled else bottom) + 0.012 * top,
                 plain(head if bar.status == "ok" else f"{head}\n({bar.status})" if bottom else bar.status),
                 ha="center", va="bottom", fontsize=9, fontweight="bold", color="black" if bar.status == "ok" else "red")
-    ticks = [plain(_tick(bar)) for bar in bars]
+    ticks = [plain(_tick(bar, unit, scale)) for bar in bars]
     ax.set_xticks(range(len(bars)), ticks, fontsize=9)
     ax.set_xlim(-0.6, len(bars) - 0.1)
     ax.set_ylim(0, top * 1.12)
-    ax.set_xlabel("run (label/seed; roles held)")
+    ax.set_xlabel("run (label/seed; roles held; training and evaluation peaks)")
     ax.set_ylabel(f"memory at the process peak ({unit})")
     ax.set_title(f"{plain(report['suite']['name'])}: process peak memory by role ({plain(probe)} probe)\n"
-                 "each bar adds up to the measured process peak; lines across it: the training peak (the highest "
+                 "each bar adds up to the measured process peak; marks on its left: the training peak (the highest "
                  "phase\nthat is not an evaluation) and the evaluation peak; ticks on the right: the other phases' "
                  "peaks (phase +transient)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
@@ -188,24 +188,23 @@ def _phase_markers(ax: Any, x: float, bar: MemoryBar, scale: float, top: float) 
         ax.text(x + BAR_WIDTH / 2 + 0.08, y - shift, plain(f"{phase} +{rise / scale:,.1f}"), ha="left", va="center", fontsize=7)
 
 
-def _split_peaks(ax: Any, x: float, bar: MemoryBar, scale: float, top: float) -> None:
-    """The training and evaluation peaks as lines across the bar, labelled on its left: 'train 520.3
-    (update)'; the lower label moves down when the two would overlap."""
-    found = [(kind, peak) for kind, peak in (("training", bar.training), ("evaluation", bar.evaluation)) if peak]
-    ys: list[float] = []
-    for kind, (phase, size) in sorted(found, key=lambda item: -item[1][1]):
-        y = size / scale
-        label = min(y, ys[-1] - 0.045 * top) if ys else y
-        ys.append(label)
-        _, colour, style = SPLIT_LINES[kind]
-        ax.hlines(y, x - BAR_WIDTH / 2 - 0.04, x + BAR_WIDTH / 2 + 0.02, colors=colour, linestyles=style, linewidth=2.0)
-        ax.text(x - BAR_WIDTH / 2 - 0.05, label, plain(f"{'train' if kind == 'training' else 'eval'} {y:,.1f}\n({phase})"),
-                ha="right", va="center", fontsize=7, color=colour)
+def _split_peaks(ax: Any, x: float, bar: MemoryBar, scale: float) -> None:
+    """The training and evaluation peaks as short marks on the bar's left edge (their values are in
+    the bar's tick label: `_tick`), so that no mark crosses a label drawn inside the bar."""
+    for kind, found in (("training", bar.training), ("evaluation", bar.evaluation)):
+        if found:
+            _, colour, style = SPLIT_LINES[kind]
+            ax.hlines(found[1] / scale, x - BAR_WIDTH / 2 - 0.03, x - BAR_WIDTH / 2 + 0.05, colors=colour,
+                      linestyles=style, linewidth=2.5)
 
 
-def _tick(bar: MemoryBar) -> str:
+def _tick(bar: MemoryBar, unit: str = "MiB", scale: float = MIB) -> str:
+    """The bar's label: run, roles held, and its training and evaluation peaks with their phases."""
     held = "+".join(ROLE_SHORT.get(r, r[:3]) for r, _ in bar.statics)
-    return bar.label + (f"\n{held}" if held else "") + ("" if bar.status == "ok" else f"\n({bar.status})")
+    peaks = [f"{name} {found[1] / scale:,.1f} {unit} ({found[0]})"
+             for name, found in (("train", bar.training), ("eval", bar.evaluation)) if found]
+    return (bar.label + (f"\n{held}" if held else "") + "".join(f"\n{p}" for p in peaks)
+            + ("" if bar.status == "ok" else f"\n({bar.status})"))
 
 
 def write_plots(report: dict[str, Any], out_dir: str | Path, report_dir: str | Path | None = None,
