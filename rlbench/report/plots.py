@@ -157,9 +157,9 @@ def memory_figure(report: dict[str, Any]) -> Figure:
     ax.set_xlabel("run (label/seed; roles held; training and evaluation peaks)")
     ax.set_ylabel(f"memory at the process peak ({unit})")
     ax.set_title(f"{plain(report['suite']['name'])}: process peak memory by role ({plain(probe)} probe)\n"
-                 "each bar adds up to the measured process peak; marks on its left: the training peak (the highest "
-                 "phase\nthat is not an evaluation) and the evaluation peak; ticks on the right: the other phases' "
-                 "peaks (phase +transient)", fontsize=10)
+                 "each bar adds up to the measured process peak;\nmarks on its left: the training peak (the highest "
+                 "phase but evaluation) and the evaluation peak;\nticks on the right: the other phases' peaks "
+                 "(phase +transient)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     handles = [Patch(facecolor=BASELINE_COLOUR, edgecolor="black", label="baseline: before any model loaded")]
     handles += [Patch(facecolor=ROLE_COLOURS.get(r, "#8c564b"), edgecolor="black", label=f"{plain(r)}: static bytes")
