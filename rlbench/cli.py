@@ -297,7 +297,8 @@ def dispatch(args: argparse.Namespace, console: Console, err: Console | None = N
         if args.resume is not None:
             report_path, code = run_suite(None, [], None, shown, resume=args.resume)
         else:
-            report_path, code = run_suite(args.suite, args.overrides, args.output, shown, smoke=args.smoke)
+            smoke = {"smoke": True} if args.smoke else {}  # as resume=: a runner without the option still runs
+            report_path, code = run_suite(args.suite, args.overrides, args.output, shown, **smoke)
         if args.log_to:
             export_command(str(report_path), args.log_to, shown)
         if quiet:
