@@ -289,8 +289,11 @@ def dispatch(args: argparse.Namespace, console: Console, err: Console | None = N
 
         if (args.suite is None) == (args.resume is None):
             raise UserError("run: give a suite file, or --resume RESULTS_DIR (not both)")
-        if args.resume is not None and (args.overrides or args.output or args.smoke):
-            raise UserError("--resume: --set, --output and --smoke do not apply; the resumed suite runs as it was "
+        if args.resume is not None and args.smoke:
+            raise UserError("--resume: --smoke does not apply; the resumed suite runs as it was (its "
+                            "suite.resolved.yaml) in its own folder")
+        if args.resume is not None and (args.overrides or args.output):
+            raise UserError("--resume: --set and --output do not apply; the resumed suite runs as it was "
                             "(its suite.resolved.yaml) in its own folder")
         require(args.log_to)  # a missing writer is said before the runs, not after
         shown = Console(quiet=True) if quiet else console
