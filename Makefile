@@ -12,7 +12,7 @@ FIND_LINKS_ARGS := $(foreach d,$(FIND_LINKS),--find-links $(d))
 UV_PIP = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: demo test test-vllm lint bench bench-compare vs-trl memory accuracy gpu-check baseline mutate clean
+.PHONY: demo test test-vllm lint docs bench bench-compare vs-trl memory accuracy gpu-check baseline mutate clean
 
 # uv installs in seconds what pip takes a minute for; pip stays the fallback. uv does not read pip's
 # configuration, so a local wheel folder pip is set up with (find-links) is passed on to it.
@@ -38,6 +38,10 @@ test: $(BIN)/.installed lint
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check rlbench tests benchmarks
+
+# docs/suites.md and docs/cli.md from the schema and the parsers (tests/test_docs.py checks they are current).
+docs: $(BIN)/.installed
+	$(BIN)/python tools/gendocs.py
 
 memory: $(BIN)/.installed
 	$(BIN)/rlbench run suites/memory.yaml

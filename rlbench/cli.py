@@ -1,6 +1,7 @@
 """The `rlbench` command: parses, validates and dispatches; no logic of its own.
 
     rlbench run suites/memory.yaml                      train each algorithm under one budget, report
+    rlbench run suites/memory.yaml --smoke              the same runs for 2 steps, 32 problems: try it first
     rlbench validate suites/my.yaml [--json]            every config error at once (exit 2 if any)
     rlbench ls [--params] [--json]                      algorithms, tasks, rewards, engines, probes
     rlbench compare A.json B.json [--format md|json]    side-by-side tables with deltas
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from rlbench import __version__
+from rlbench.config.derived import SMOKE_EVAL_SIZE, SMOKE_STEPS
 from rlbench.errors import UserError
 
 # A disk that is full or read-only, a file the user may not write: one line and exit 2, not a traceback.
@@ -58,7 +60,7 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     "check": {0: "no regression", 1: "a regression (a run missing or not ok, a gated metric worse beyond its "
                                      "threshold, missing or not a number, a changed work count)",
               2: "unusable input: a missing or unreadable report, other settings (without --allow-mismatch), "
-                 "other hardware (with --require-same-hardware), no run in common, a bad threshold, "
+                 "other hardware (with --require-same-hardware), a smoke-run baseline, no run in common, a bad threshold, "
                  "impossible figures, an unwritable --output"},
     "report": {0: "printed and written", 2: "a missing or unreadable report, or an unwritable --output"},
     "estimate": {0: "every algorithm estimated", 1: "an algorithm's estimate failed (its error is printed)",
@@ -105,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "With --resume, an earlier run of a suite is finished in its own folder: runs that ended ok\n"
         "are kept, the others run again, and the report's `resumed` list says which.",
         ["rlbench run suites/quickstart.yaml",
+         "rlbench run suites/accuracy.yaml --smoke   # every run for 2 steps, 32 problems: try a suite in seconds",
          "rlbench run suites/memory.yaml --set budget.steps=5 --set seeds=[0,1] --output /tmp/results",
          "rlbench run suites/ci.yaml --log-to tensorboard   # then: tensorboard --logdir <report dir>/tensorboard",
          "rlbench run --resume results/memory/<UTC time>   # after a Ctrl-C, a crash or a timeout"])
@@ -120,13 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RESULTS_DIR",
                      help="finish an earlier run of a suite in its folder (results/<suite>/<timestamp>): runs "
                           "that ended ok are kept, the others run again; the report lists which")
+    run.add_argument("--smoke", action="store_true",
+                     help=f"try the suite: every run stops after {SMOKE_STEPS} RL steps and is evaluated on "
+                          f"{SMOKE_EVAL_SIZE} held-out problems (the cached stages as written, so a smoke run "
+                          "warms the caches); the report is marked as a smoke run and check refuses it as a "
+                          "baseline")
     _quiet(run, "one line: the report's path and how many runs ended ok (no progress, no tables)")
 
     validate = _command(
         sub, "validate", "check suite files; print every error with its field path",
         "Validate suite files without running them: every error at once, each with its field path.\n"
         "Warnings (what this machine lacks to run a suite) and errors go to stderr.",
-        ["rlbench validate suites/my.yaml", "rlbench validate suites/*.yaml --set budget.steps=5",
+        ["rlbench validate suites/memory.yaml", "rlbench validate suites/*.yaml --set budget.steps=5",
          "rlbench validate suites/quickstart.yaml --explain   # every field, its default and help",
          "rlbench validate suites/*.yaml --json > validation.json"])
     validate.add_argument("suites", nargs="+", metavar="SUITE", help="suite YAML file(s)")
@@ -281,6 +289,9 @@ def dispatch(args: argparse.Namespace, console: Console, err: Console | None = N
 
         if (args.suite is None) == (args.resume is None):
             raise UserError("run: give a suite file, or --resume RESULTS_DIR (not both)")
+        if args.resume is not None and args.smoke:
+            raise UserError("--resume: --smoke does not apply; the resumed suite runs as it was (its "
+                            "suite.resolved.yaml) in its own folder")
         if args.resume is not None and (args.overrides or args.output):
             raise UserError("--resume: --set and --output do not apply; the resumed suite runs as it was "
                             "(its suite.resolved.yaml) in its own folder")
@@ -289,7 +300,8 @@ def dispatch(args: argparse.Namespace, console: Console, err: Console | None = N
         if args.resume is not None:
             report_path, code = run_suite(None, [], None, shown, resume=args.resume)
         else:
-            report_path, code = run_suite(args.suite, args.overrides, args.output, shown)
+            smoke = {"smoke": True} if args.smoke else {}  # as resume=: a runner without the option still runs
+            report_path, code = run_suite(args.suite, args.overrides, args.output, shown, **smoke)
         if args.log_to:
             export_command(str(report_path), args.log_to, shown)
         if quiet:

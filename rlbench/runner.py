@@ -34,7 +34,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from rlbench.config import Suite, load_suite, resolved_dict
+from rlbench.config import Suite, load_suite, resolved_dict, smoke_suite
 from rlbench.errors import UserError
 from rlbench.process import (
     EVENT_PREFIX,
@@ -73,19 +73,20 @@ def plan_runs(suite: Suite) -> list[dict[str, Any]]:
 
 
 def run_suite(path: str | None, overrides: list[str], output: str | None, console: Console,
-              resume: str | None = None) -> tuple[Path, int]:
+              resume: str | None = None, smoke: bool = False) -> tuple[Path, int]:
     """Run every algorithm x seed of a suite, or with `resume` (a results directory) the runs of an
-    earlier report that did not end ok; returns (report path, exit code)."""
+    earlier report that did not end ok; returns (report path, exit code). `smoke`: as
+    config.smoke_suite shortens it, the report marked `smoke`."""
     gate = InterruptGate()
     gate.install()  # Ctrl-C and `kill` end the suite with the report kept, never mid-write
     try:
-        return _run(path, overrides, output, console, resume, gate)
+        return _run(path, overrides, output, console, resume, gate, smoke)
     finally:
         gate.restore()
 
 
 def _run(path: str | None, overrides: list[str], output: str | None, console: Console, resume: str | None,
-         gate: InterruptGate) -> tuple[Path, int]:
+         gate: InterruptGate, smoke: bool = False) -> tuple[Path, int]:
     from rlbench.environment import environment
     from rlbench.requirements import check_requirements
 
@@ -111,6 +112,8 @@ def _run(path: str | None, overrides: list[str], output: str | None, console: Co
     else:
         assert path is not None, "a suite file or a results directory to resume"
         suite = load_suite(path, overrides)
+        if smoke:
+            suite = smoke_suite(suite)
         check_requirements(suite)
         if output:
             suite = replace(suite, output=output)
@@ -123,6 +126,7 @@ def _run(path: str | None, overrides: list[str], output: str | None, console: Co
             "suite": resolved_dict(suite),
             "suite_file": str(path),
             "overrides": list(overrides),
+            **({"smoke": True} if smoke else {}),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "environment": environment(Path(path).resolve().parent),
             "stages": {},

@@ -18,8 +18,10 @@ def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
     env = dict(os.environ, RLBENCH_CACHE=str(out / "cache"))
     # The probe's exact heap and fixed-length rollouts: both settings must reach the run's worker.
+    # --smoke cuts the 3 steps asked here to 2 (the tests below read 2) and marks the report.
     proc = subprocess.run([sys.executable, "-m", "rlbench", "run", str(TINY), "--output", str(out / "results"),
-                           "--set", "probe_heap=exact", "--set", "rollout.ignore_eos=true"],
+                           "--set", "probe_heap=exact", "--set", "rollout.ignore_eos=true", "--smoke",
+                           "--set", "budget.steps=3"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [path] = list((out / "results" / "tiny").glob("*/report.json"))
@@ -44,6 +46,18 @@ def test_report_is_complete_and_valid(tiny_report):
     assert set(by_phase) == {"generate", "ref_logprobs", "update"}
     assert by_phase["generate"] == by_phase["ref_logprobs"] and by_phase["update"] == 3 * by_phase["generate"]
     assert run["budget"]["flops"] == sum(by_phase.values())
+
+
+def test_smoke_run_is_cut_short_and_marked(tiny_report):
+    report, out_dir, stdout = tiny_report
+    assert report["smoke"] is True and "smoke run" in stdout
+    assert report["suite"]["budget"]["steps"] == 2 and report["suite"]["eval"]["size"] == 16  # 16 < 32: kept
+    assert "Smoke run" in (out_dir / "summary.md").read_text()
+    [run] = report["runs"]
+    # the training and evaluation peaks, written by the worker from its per-phase figures
+    phases = {p: f["peak_bytes"]["cpu"] for role in run["roles"].values() for p, f in role["phases"].items()}
+    assert run["metrics"]["memory/eval_peak_bytes"]["value"] == phases["eval"]
+    assert run["metrics"]["memory/training_peak_bytes"]["value"] == max(v for p, v in phases.items() if p != "eval")
 
 
 def test_roles_and_exact_static_bytes(tiny_report):

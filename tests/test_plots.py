@@ -68,10 +68,12 @@ def test_memory_bars_add_up_to_the_measured_process_peak() -> None:
     report = json.loads((REPORTS / "ci_ok.json").read_text())
     ax = memory_figure(report).axes[0]
     assert ax.get_ylabel() == "memory at the process peak (MiB)"
-    assert ax.get_xlabel() == "run (label/seed; roles held)"
+    assert ax.get_xlabel() == "run (label/seed; roles held; training and evaluation peaks)"
     assert "ci: process peak memory by role (cpu probe)" in ax.get_title()
-    assert [t.get_text().splitlines() for t in ax.get_xticklabels()] == [["grpo_zero/seed0", "pol+ref"],
-                                                                          ["ppo_rules/seed0", "pol+ref+val"]]
+    # training peak: the highest phase but eval (grpo_zero's update 520,196,096 B = 496.1 MiB); eval's own
+    assert [t.get_text().splitlines() for t in ax.get_xticklabels()] == [
+        ["grpo_zero/seed0", "pol+ref", "train 496.1 MiB (update)", "eval 479.1 MiB (eval)"],
+        ["ppo_rules/seed0", "pol+ref+val", "train 524.7 MiB (update)", "eval 493.1 MiB (eval)"]]
     bars = _bars(ax)
     for x, run in enumerate(report["runs"]):
         recon = run["memory"]["reconciliation"]["cpu"]
@@ -93,7 +95,8 @@ def test_memory_bars_add_up_to_the_measured_process_peak() -> None:
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["baseline: before any model loaded", "policy: static bytes", "reference: static bytes",
                       "value: static bytes", "transient of the peak phase\n(role's colour)",
-                      "other: not attributed\n(allocator slack, caches)"]
+                      "other: not attributed\n(allocator slack, caches)",
+                      "training peak: the highest phase\nthat is not an evaluation", "evaluation peak"]
 
 
 def test_memory_figure_draws_a_bar_per_rank_when_a_run_has_them() -> None:
@@ -182,10 +185,12 @@ def test_summary_markdown_tables() -> None:
     report = load_report(REPORTS / "ci_ok.json")  # schema 1, read under today's key names
     summary = summary_markdown(report)
     assert summary.startswith("# rlbench: ci")
-    assert ("| run | status | stopped by | roles | completions | prompts | FLOPs | peak MiB (cpu) | acc before % "
-            "| acc after % | Δ acc (pts) \\[95% CI\\] | p | hacking |") in summary
+    assert ("| run | status | stopped by | roles | completions | prompts | FLOPs | train peak MiB | eval peak MiB "
+            "| acc before % | acc after % | Δ acc (pts) \\[95% CI\\] | p | hacking |") in summary
     # Δ accuracy in points as in the terminal tables: 1.6% -> 0.0% is -1.6 points, marked *
-    assert ("| ppo\\_rules/seed0 | ok | steps | policy, reference, value | 96 | 96 | - | 524.7 | 1.6±1.6 | 0.0±0.0 "
+    # training peak: the update's 550,227,968 B (524.7 MiB); evaluation's 493.1 MiB
+    assert ("| ppo\\_rules/seed0 | ok | steps | policy, reference, value | 96 | 96 | - | 524.7 (update) | 493.1 (eval) "
+            "| 1.6±1.6 | 0.0±0.0 "
             "| -1.6 \\* | - | no |") in summary
     assert ("| run | step s | generate s | score s | ref\\_logprobs s | values s | advantages s | update s "
             "| value\\_update s | eval s | gen tok/s | trained tok/s | completions/s | MFU % |") in summary

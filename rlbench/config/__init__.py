@@ -15,7 +15,15 @@ torch, transformers or implementation module.
 """
 
 from rlbench.config.checks import algorithm_params
-from rlbench.config.derived import AlgorithmParams, StepShape, precision_mode, step_shape
+from rlbench.config.derived import (
+    SMOKE_EVAL_SIZE,
+    SMOKE_STEPS,
+    AlgorithmParams,
+    StepShape,
+    precision_mode,
+    smoke_suite,
+    step_shape,
+)
 from rlbench.config.loader import load_suite, resolved_dict
 from rlbench.config.schema import (
     BUDGET_LIMITS,
@@ -43,7 +51,7 @@ from rlbench.config.typed import field_help, parse_threshold
 
 __all__ = [
     "BUDGET_LIMITS", "DTYPES", "MACHINE_BOUND_LIMITS", "PRECISION_MODES", "REWARD_SOURCES", "AlgorithmParams",
-    "PrecisionMode", "RewardSource", "StepShape", "precision_mode", "step_shape", "AlgorithmConfig", "BudgetConfig", "CheckConfig", "DistributedConfig", "EvalConfig", "LoraConfig", "ModelConfig",
+    "PrecisionMode", "RewardSource", "SMOKE_EVAL_SIZE", "SMOKE_STEPS", "smoke_suite", "StepShape", "precision_mode", "step_shape", "AlgorithmConfig", "BudgetConfig", "CheckConfig", "DistributedConfig", "EvalConfig", "LoraConfig", "ModelConfig",
     "RewardModelConfig", "RolloutConfig", "SFTConfig", "Suite", "TaskConfig", "algorithm_params", "f",
     "field_help", "load_suite", "parse_threshold", "resolved_dict",
 ]

@@ -5,16 +5,23 @@
                                             torch dtypes; a run resolves it once and holds it)
     step_shape(params, suite.rollout)       completions per prompt and prompts per step of an
                                             algorithm, from the group-size rule on its parameters
+    smoke_suite(suite)                      the suite as `rlbench run --smoke` runs it: SMOKE_STEPS
+                                            RL steps and SMOKE_EVAL_SIZE held-out problems
 
 The budget's limit names are `schema.BUDGET_LIMITS` (the fields of `BudgetConfig`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from rlbench.config.schema import PRECISION_MODES, ModelConfig, PrecisionMode, RolloutConfig
+from rlbench.config.schema import PRECISION_MODES, ModelConfig, PrecisionMode, RolloutConfig, Suite
+
+SMOKE_STEPS = 2
+"""RL steps of each run of a smoke run (`rlbench run --smoke`)."""
+SMOKE_EVAL_SIZE = 32
+"""Held-out problems a smoke run evaluates on (before and after RL)."""
 
 
 def precision_mode(cfg: ModelConfig) -> PrecisionMode:
@@ -44,3 +51,13 @@ def step_shape(params: AlgorithmParams, rollout: RolloutConfig) -> StepShape:
     """The step shape of an algorithm with these parameters under the suite's rollout settings."""
     group = params.completions_per_prompt(rollout.group_size)
     return StepShape(group, rollout.completions_per_step // group)
+
+
+def smoke_suite(suite: Suite) -> Suite:
+    """The suite as `rlbench run --smoke` runs it: every run stops after SMOKE_STEPS steps (or
+    earlier at another of the budget's limits) and is evaluated on SMOKE_EVAL_SIZE problems (or
+    the suite's eval.size if smaller). Everything else, the cached stages' settings included, stays
+    as written: a smoke run warms the caches the full run reads."""
+    steps = min(suite.budget.steps or SMOKE_STEPS, SMOKE_STEPS)
+    return replace(suite, budget=replace(suite.budget, steps=steps),
+                   eval=replace(suite.eval, size=min(suite.eval.size, SMOKE_EVAL_SIZE)))

@@ -30,6 +30,7 @@ from rlbench.measure.phases import PhaseStats
 from rlbench.measure.probing import RunProbe
 from rlbench.models.precision import Precision
 from rlbench.report.metrics import metric
+from rlbench.report.peaks import peak_metrics
 from rlbench.rollout import RolloutEngine
 
 # Which role a phase's memory and time are attributed to.
@@ -270,6 +271,7 @@ def _flat_metrics(roles, memory, throughput, accuracy, learning) -> dict[str, An
         if primary in entry["peak_bytes"]:
             out[f"memory/{role}/peak_bytes"] = metric(f"memory/{role}/peak_bytes", entry["peak_bytes"][primary],
                                                       probe=primary)
+    out.update(peak_metrics({"roles": roles}, primary))  # the training and evaluation peaks
     recon = memory["reconciliation"].get(primary)
     if recon:
         out["memory/process_peak_bytes"] = metric("memory/process_peak_bytes", recon["process_peak_bytes"], probe=primary)

@@ -12,7 +12,9 @@ with --allow-mismatch) go to stderr; `--quiet` prints the one-line verdict and e
 
 Runs are matched by label and seed. For every matched run, the gated metrics are compared:
 
-    memory       memory/*: every role's static bytes, and its peak and the process peak, either
+    memory       memory/*: every role's static bytes, and its peak, the process peak, the training
+                 peak (memory/training_*peak_bytes: the highest phase that is not an evaluation)
+                 and the evaluation peak (memory/eval_*peak_bytes; rlbench/report/peaks.py), either
                  anonymous (`--gate-memory anon`, the default) or total (`--gate-memory total`)
     throughput   throughput/* and time/step_s
     accuracy     eval/accuracy
@@ -142,6 +144,9 @@ def check_command(report: str, baseline: str, thresholds: list[str], console: Co
         raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     err = err or console
     new, base = load_report(report), load_report(baseline)
+    if base.get("smoke"):
+        raise UserError(f"{baseline}: a smoke run (rlbench run --smoke) cannot be a baseline: its runs are cut short; "
+                        "make the baseline with a full run of the suite (make baseline)")
     limits = thresholds_for(base, thresholds)
     differences = setting_differences(new, base)
     if differences and not allow_mismatch:

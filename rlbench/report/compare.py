@@ -23,8 +23,8 @@ other's schema predates it, is new: shown, not counted as a change. Reports hold
 figures or units unlike the base's are refused (exit 2, rlbench/report/sanity.py).
 
 What is shown:
-- by default, the headline metrics (process peak, total and anonymous; step time, generated tokens/s, MFU, held-out
-  accuracy) in one table, and a count of the metrics that changed;
+- by default, the headline metrics (the process, training and evaluation peaks, total and anonymous; step time,
+  generated tokens/s, MFU, held-out accuracy) in one table, and a count of the metrics that changed;
 - `--all`: every metric, one table per area (memory by role, throughput, accuracy, learning);
 - `--metrics GLOB` (repeatable, or comma-separated): the metrics whose name matches, by area;
 - `--changed`: of those (of every metric when no `--metrics` is given), only the ones whose change
@@ -71,8 +71,9 @@ __all__ = ["Cell", "beyond_noise", "change_cells", "change_label", "markdown_tab
 
 AREA_TITLES = {"memory": "memory by role", "throughput": "throughput", "accuracy": "accuracy",
                "learning": "learning"}
-HEADLINE = ("memory/process_peak_bytes", "memory/process_anon_peak_bytes", "time/step_s", "throughput/gen_tokens_per_s", "throughput/mfu",
-            "eval/accuracy")
+HEADLINE = ("memory/process_peak_bytes", "memory/process_anon_peak_bytes", "memory/training_peak_bytes",
+            "memory/training_anon_peak_bytes", "memory/eval_peak_bytes", "memory/eval_anon_peak_bytes", "time/step_s",
+            "throughput/gen_tokens_per_s", "throughput/mfu", "eval/accuracy")
 
 
 @dataclass

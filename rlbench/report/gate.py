@@ -106,9 +106,10 @@ def memory_kind(name: str) -> str | None:
     if not name.startswith("memory/"):
         return None
     last = name.rsplit("/", 1)[-1]
-    if last in ("anon_peak_bytes", "process_anon_peak_bytes", "process_anon_rise_bytes"):
+    if last in ("anon_peak_bytes", "process_anon_peak_bytes", "process_anon_rise_bytes", "training_anon_peak_bytes",
+                "eval_anon_peak_bytes"):
         return "anon"
-    if last in ("peak_bytes", "process_peak_bytes"):
+    if last in ("peak_bytes", "process_peak_bytes", "training_peak_bytes", "eval_peak_bytes"):
         return "total"
     return None
 
@@ -373,9 +374,10 @@ def _not_gated(rid: str, name: str, base: dict[str, Any], new: dict[str, Any] | 
 
 
 def shown_not_gated(findings: list[Finding]) -> list[Finding]:
-    """The not-gated memory peaks worth a line: the process's always, a role's when it moved beyond
-    the threshold."""
-    return [f for f in findings if f.metric.startswith("memory/process_") or f.label in ("worse", "better")]
+    """The not-gated memory peaks worth a line: the process's, training and evaluation peaks always,
+    a role's when it moved beyond the threshold."""
+    return [f for f in findings if f.metric.startswith(("memory/process_", "memory/training_", "memory/eval_"))
+            or f.label in ("worse", "better")]
 
 
 def _finite(value: Any) -> bool:

@@ -6,8 +6,10 @@
   state, computed from its tensors; solid, in the role's colour), the transient of the phase
   where the process peaked (activations, logits, temporaries: its rise above the phase's start;
   hatched, in the colour of the role that phase belongs to) and the rest ("other": allocator
-  slack, caches, memory no role accounts for). The other phases' peaks are short ticks at the
-  bar's right edge, each labelled with the phase and its transient. This is the lecture's PPO vs
+  slack, caches, memory no role accounts for). Two marks on the bar's left edge give the training
+  peak (the highest phase that is not an evaluation; solid) and the evaluation peak (dashed;
+  rlbench/report/peaks.py), their values and phases in the bar's label below the axis. The other phases' peaks are short ticks at the bar's right
+  edge, each labelled with the phase and its transient. This is the lecture's PPO vs
   GRPO vs GRPO-Zero memory picture, measured.
   Per-rank memory: a run entry may carry `ranks`, a list of {"rank": int, "roles": ...,
   "memory": ...} shaped like the run's own `roles` and `memory`; each rank is then its own bar.
@@ -31,11 +33,13 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from rlbench.report.curves import budget_unit, consumed, curves_figure, read_steps, shared_rate, smooth
 from rlbench.report.format import ROLE_SHORT, primary_probe
 from rlbench.report.format import plot_text as plain
+from rlbench.report.peaks import split_peak
 from rlbench.report.summary import _roles_in_order, role_segments, summary_markdown
 
 __all__ = ["budget_unit", "consumed", "curves_figure", "plain", "read_steps", "role_segments", "shared_rate",
@@ -46,6 +50,9 @@ ROLE_COLOURS = {"policy": "#1f77b4", "reference": "#7f7f7f", "reward": "#d62728"
 BASELINE_COLOUR, OTHER_COLOUR = "#e3e3e3", "#fdf1d6"
 MIB = 2**20
 BAR_WIDTH = 0.5  # of the 1 between bars: the rest holds the labels of the other phases' peaks
+SPLIT_LINES = {"training": ("training peak: the highest phase\nthat is not an evaluation", "#b35806", "-"),
+               "evaluation": ("evaluation peak", "#542788", "--")}
+"""How memory_by_role.png draws the training and the evaluation peak: legend label, colour, line style."""
 
 
 # ---- memory -------------------------------------------------------------------------------------
@@ -64,6 +71,8 @@ class MemoryBar:
     other: int = 0
     peak: int | None = None
     markers: list[tuple[str, int, int]] = field(default_factory=list)  # (phase, its peak, its transient)
+    training: tuple[str, int] | None = None  # (phase, bytes): the training peak (rlbench/report/peaks.py)
+    evaluation: tuple[str, int] | None = None  # (phase, bytes): the evaluation peak
 
     @property
     def reconciled(self) -> bool:
@@ -89,10 +98,12 @@ def _bar(label: str, status: str, entry: dict[str, Any], probe: str) -> MemoryBa
     owner = next((r for r in roles if peak_phase in (roles[r].get("phases") or {})), "")
     bar.baseline, bar.other, bar.peak = recon["baseline_bytes"], recon["other_bytes"], recon["process_peak_bytes"]
     bar.transient = (owner, peak_phase, recon["peak_phase_transient_bytes"])
+    bar.training, bar.evaluation = split_peak(entry, probe, False), split_peak(entry, probe, True)
+    marked = {peak_phase, *(found[0] for found in (bar.training, bar.evaluation) if found)}
     for role in _roles_in_order(roles):
         for phase, ph in (roles[role].get("phases") or {}).items():
             peak = (ph.get("peak_bytes") or {}).get(probe)
-            if phase != peak_phase and peak is not None:
+            if phase not in marked and peak is not None:
                 bar.markers.append((phase, int(peak), int((ph.get("rise_bytes") or {}).get(probe, 0))))
     return bar
 
@@ -134,18 +145,20 @@ def memory_figure(report: dict[str, Any]) -> Figure:
                     va="center", fontsize=7, color="#444444")
             ax.hlines(bar.peak / scale, x - BAR_WIDTH / 2 - 0.02, x + BAR_WIDTH / 2 + 0.02, colors="black", linewidth=2.0)
             _phase_markers(ax, x, bar, scale, top)
+            _split_peaks(ax, x, bar, scale)
         head = f"{bar.peak / scale:,.1f} {unit} peak" if bar.reconciled else f"static {bottom:,.1f} {unit}"
         ax.text(x, (bar.peak / scale if bar.reconciled else bottom) + 0.012 * top,
                 plain(head if bar.status == "ok" else f"{head}\n({bar.status})" if bottom else bar.status),
                 ha="center", va="bottom", fontsize=9, fontweight="bold", color="black" if bar.status == "ok" else "red")
-    ticks = [plain(_tick(bar)) for bar in bars]
+    ticks = [plain(_tick(bar, unit, scale)) for bar in bars]
     ax.set_xticks(range(len(bars)), ticks, fontsize=9)
     ax.set_xlim(-0.6, len(bars) - 0.1)
     ax.set_ylim(0, top * 1.12)
-    ax.set_xlabel("run (label/seed; roles held)")
+    ax.set_xlabel("run (label/seed; roles held; training and evaluation peaks)")
     ax.set_ylabel(f"memory at the process peak ({unit})")
     ax.set_title(f"{plain(report['suite']['name'])}: process peak memory by role ({plain(probe)} probe)\n"
-                 "each bar adds up to the measured peak;\nticks on the right: the other phases' peaks "
+                 "each bar adds up to the measured process peak;\nmarks on its left: the training peak (the highest "
+                 "phase but evaluation) and the evaluation peak;\nticks on the right: the other phases' peaks "
                  "(phase +transient)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     handles = [Patch(facecolor=BASELINE_COLOUR, edgecolor="black", label="baseline: before any model loaded")]
@@ -155,6 +168,8 @@ def memory_figure(report: dict[str, Any]) -> Figure:
                       label="transient of the peak phase\n(role's colour)"),
                 Patch(facecolor=OTHER_COLOUR, edgecolor="#555555", hatch="..",
                       label="other: not attributed\n(allocator slack, caches)")]
+    handles += [Line2D([], [], color=colour, linestyle=style, linewidth=2.0, label=label)
+                for label, colour, style in SPLIT_LINES.values()]
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
@@ -173,9 +188,23 @@ def _phase_markers(ax: Any, x: float, bar: MemoryBar, scale: float, top: float) 
         ax.text(x + BAR_WIDTH / 2 + 0.08, y - shift, plain(f"{phase} +{rise / scale:,.1f}"), ha="left", va="center", fontsize=7)
 
 
-def _tick(bar: MemoryBar) -> str:
+def _split_peaks(ax: Any, x: float, bar: MemoryBar, scale: float) -> None:
+    """The training and evaluation peaks as short marks on the bar's left edge (their values are in
+    the bar's tick label: `_tick`), so that no mark crosses a label drawn inside the bar."""
+    for kind, found in (("training", bar.training), ("evaluation", bar.evaluation)):
+        if found:
+            _, colour, style = SPLIT_LINES[kind]
+            ax.hlines(found[1] / scale, x - BAR_WIDTH / 2 - 0.03, x - BAR_WIDTH / 2 + 0.05, colors=colour,
+                      linestyles=style, linewidth=2.5)
+
+
+def _tick(bar: MemoryBar, unit: str = "MiB", scale: float = MIB) -> str:
+    """The bar's label: run, roles held, and its training and evaluation peaks with their phases."""
     held = "+".join(ROLE_SHORT.get(r, r[:3]) for r, _ in bar.statics)
-    return bar.label + (f"\n{held}" if held else "") + ("" if bar.status == "ok" else f"\n({bar.status})")
+    peaks = [f"{name} {found[1] / scale:,.1f} {unit} ({found[0]})"
+             for name, found in (("train", bar.training), ("eval", bar.evaluation)) if found]
+    return (bar.label + (f"\n{held}" if held else "") + "".join(f"\n{p}" for p in peaks)
+            + ("" if bar.status == "ok" else f"\n({bar.status})"))
 
 
 def write_plots(report: dict[str, Any], out_dir: str | Path, report_dir: str | Path | None = None,

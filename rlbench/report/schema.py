@@ -19,6 +19,10 @@ CHANGELOG (what each version changed; readers accept all of them):
        (and eval/pass@k_stderr, eval/maj@k_stderr likewise): the key meant a binomial error there
        while the clustered one is the `stderr` of the metric eval/accuracy, which now says which it
        is in `stderr_kind`.
+    Added to version 2 without a version change (a reader derives them from the per-phase figures
+    every version has, so no report lacks them once read): memory/training_peak_bytes,
+    memory/eval_peak_bytes, memory/training_anon_peak_bytes, memory/eval_anon_peak_bytes
+    (rlbench/report/peaks.py); the top-level `smoke` flag.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rlbench.errors import UserError
+from rlbench.report.peaks import add_peak_metrics
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 SCHEMA_VERSION = 2
@@ -82,7 +87,8 @@ def nesting_depth(value: Any, limit: int = MAX_DEPTH) -> int:
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
-    """Read and check a report, then `upgrade` it; a missing, unreadable, non-UTF-8, too deeply
+    """Read and check a report, then `upgrade` it and give it the training and evaluation peaks it
+    lacks (peaks.add_peak_metrics: derived from its per-phase figures); a missing, unreadable, non-UTF-8, too deeply
     nested or non-matching file, or one of a schema_version not in SCHEMA_VERSIONS, is a UserError
     (one line, exit 2)."""
     path = Path(path)
@@ -109,7 +115,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     errors = schema_errors(report)
     if errors:
         raise UserError(*[f"{path}: {e}" for e in errors[:20]])
-    return upgrade(report)
+    return add_peak_metrics(upgrade(report))
 
 
 def upgrade(report: dict[str, Any]) -> dict[str, Any]:

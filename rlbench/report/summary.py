@@ -16,7 +16,6 @@ from rlbench.report.format import (
     PHASE_ORDER,
     ROLE_ORDER,
     Markdown,
-    _value,
     accuracy_pm,
     delta_interval,
     hacking_text,
@@ -30,6 +29,7 @@ from rlbench.report.format import (
     warning_lines,
 )
 from rlbench.report.machine import fingerprint_text, peak_text
+from rlbench.report.peaks import peak_cell, split_peak
 from rlbench.report.seeds import seed_markdown
 from rlbench.report.tradeoffs import tradeoff_markdown
 
@@ -42,6 +42,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
     gpu = (env.get("gpu") or {}).get("name")
     git = env.get("git") or {}
     lines = [f"# rlbench: {md_text(suite.get('name', '?'))}", ""]
+    if report.get("smoke"):
+        lines += ["**Smoke run** (`rlbench run --smoke`): every run was cut short; not a baseline.", ""]
     if suite.get("description"):
         lines += [md_text(suite["description"], block=True), ""]
     lines += [f"- created {md_text(report.get('created'))}, status {md_text(report.get('status'))}",
@@ -58,14 +60,16 @@ def summary_markdown(report: dict[str, Any]) -> str:
             run["id"], str(run.get("status", "?")), run.get("stopped_by") or "-",
             ", ".join(r for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-",
             str(budget.get("completions", "-")), str(budget.get("prompts", "-")), num(budget.get("flops"), "{:.3g}"),
-            mib(_value(run, "memory/process_peak_bytes")),
+            *(peak_cell(split_peak(run, probe, evaluation)) for evaluation in (False, True)),
             accuracy_pm(acc, "before"), accuracy_pm(acc, "after"), delta_interval(acc), p_value_text(acc),
             hacking_text(run),
         ])
     lines.append(markdown_table(["run", "status", "stopped by", "roles", "completions", "prompts", "FLOPs",
-                                 f"peak MiB ({probe})", "acc before %", "acc after %", "Δ acc (pts) [95% CI]", "p",
+                                 "train peak MiB", "eval peak MiB", "acc before %", "acc after %", "Δ acc (pts) [95% CI]", "p",
                                  "hacking"], rows))
-    lines += ["", md_text(stderr_note(report)[0].upper() + stderr_note(report)[1:] + "."), ""]
+    lines += ["", md_text(f"Peaks measured by {probe}, with the phase that reached them: train, the highest phase "
+                          "that is not an evaluation; eval, the evaluation's."), "",
+              md_text(stderr_note(report)[0].upper() + stderr_note(report)[1:] + "."), ""]
     warnings = warning_lines(report)
     if warnings:
         lines += ["## warnings", "", *[f"- {md_text(w)}" for w in warnings], ""]
@@ -87,6 +91,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
             rows.append([run["id"], Markdown("**process peak**"), "", "", "", mib(recon["static_bytes"]),
                          recon["peak_phase"], mib(recon["peak_phase_transient_bytes"]),
                          Markdown(f"**{mib(recon['process_peak_bytes'])}**")])
+        for name, evaluation in (("training peak", False), ("evaluation peak", True)):
+            found = split_peak(run, probe, evaluation)
+            if found is not None:
+                rows.append([run["id"], Markdown(f"**{name}**"), "", "", "", "", found[0], "",
+                             Markdown(f"**{mib(found[1])}**")])
+        if recon:
             rows.append([run["id"], "other (libraries, allocator)", "", "", "", "", "", "", mib(recon["other_bytes"])])
             rows.append([run["id"], "baseline (before loading)", "", "", "", "", "", "", mib(recon["baseline_bytes"])])
     lines.append(markdown_table(["run", "role", "weights", "grads", "optimizer", "static", "peak phase",

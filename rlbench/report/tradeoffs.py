@@ -9,7 +9,7 @@ For each label (an algorithm with its settings) of a report, over its runs that 
   training itself varies.
 - what it cost, as means over the same seeds: model FLOPs (every role and phase, budget.flops),
   wall seconds of training (budget.wall_seconds: the RL loop, without loading and evaluation), and
-  the training peak memory (`training_peak_bytes`).
+  the training peak memory (rlbench/report/peaks.py: `training_peak_bytes`).
 
 Control arms (CONTROL_ARMS: `sft_more`, the same budget spent on more SFT; `sft_new_data`, SFT on
 new demonstrations) are marked: they answer "what would the same compute have bought without RL".
@@ -25,36 +25,12 @@ from statistics import fmean
 from typing import Any
 
 from rlbench.report.format import markdown_table, md_text, primary_probe
+from rlbench.report.peaks import training_peak_bytes
 from rlbench.report.stats import seed_mean
 
 CONTROL_ARMS = {"sft_more": "control: more SFT on the same demonstrations",
                 "sft_new_data": "control: SFT on new demonstrations"}
 """Algorithms that are control arms, not RL recipes, and how the figure and table name them."""
-EVAL_PHASES = ("eval",)
-"""Phases that evaluate rather than train: left out of the training peak."""
-
-
-def training_peak_bytes(run: dict[str, Any], probe: str) -> int | None:
-    """The run's training peak: the highest peak any non-evaluation phase of any role reached, as
-    measured by `probe` (per-phase figures, `roles.<role>.phases.<phase>.peak_bytes`; for a
-    distributed run the highest over ranks). None when no training phase was measured.
-
-    The one place the tables and tradeoffs.png take the training peak from: a report that records
-    its training and evaluation peaks explicitly can be read here instead."""
-    peaks = [(phase.get("peak_bytes") or {}).get(probe)
-             for name, phase in _phases(run) if name not in EVAL_PHASES]
-    peaks = [p for p in peaks if isinstance(p, (int, float))]
-    return int(max(peaks)) if peaks else None
-
-
-def _phases(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    out = [(name, phase) for role in (run.get("roles") or {}).values()
-           for name, phase in (role.get("phases") or {}).items()]
-    per_rank = ((run.get("distributed") or {}).get("phase_peak_bytes_max") or {})
-    out += [(name, {"peak_bytes": peaks}) for phases in per_rank.values() for name, peaks in phases.items()]
-    return out
-
-
 @dataclass(frozen=True)
 class Tradeoff:
     """One label's point: Δ accuracy with its interval, and its costs (means over its ok seeds)."""

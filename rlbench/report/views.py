@@ -25,18 +25,19 @@ from rlbench.report.format import (
     stderr_note,
     warning_lines,
 )
+from rlbench.report.peaks import peak_cell, split_peak
 from rlbench.report.seeds import seed_table
 
 
 def summary_table(report: dict[str, Any]) -> Table:
-    """One row per run: status, budget used, roles, process peak, step time and generation rate
-    (accuracy is `accuracy_table`: two tables of a readable width rather than one too wide)."""
+    """One row per run: status, budget used, roles, training and evaluation peaks, step time and
+    generation rate (accuracy is `accuracy_table`: two tables of a readable width rather than one too wide)."""
     probe = primary_probe(report)
-    table = Table(title=Text(f"rlbench: {report['suite']['name']}"), title_justify="left")
+    table = Table(title=Text(f"rlbench: {report['suite']['name']}{smoke_note(report)}"), title_justify="left")
     right = {"justify": "right", "no_wrap": True}
     for col, kw in (("run", {"no_wrap": True}), ("status", {"no_wrap": True}), ("stopped by", {"no_wrap": True}),
                     ("roles", {"no_wrap": True}), ("compl.", right), ("prompts", right), ("FLOPs", right),
-                    (f"peak MiB ({probe})", right), ("step s", right), ("gen tok/s", right)):
+                    ("train peak MiB", right), ("eval peak MiB", right), ("step s", right), ("gen tok/s", right)):
         table.add_column(col, **kw)
     for run in report["runs"]:
         status = run.get("status", "?")
@@ -46,11 +47,18 @@ def summary_table(report: dict[str, Any]) -> Table:
         table.add_row(
             Text(run["id"]), Text(str(status), style=colour), Text(str(run.get("stopped_by") or "-")), roles,
             str(budget.get("completions", "-")), str(budget.get("prompts", "-")), num(budget.get("flops"), "{:.3g}"),
-            mib(_value(run, "memory/process_peak_bytes")), num(_value(run, "time/step_s"), "{:.2f}"),
+            *(peak_cell(split_peak(run, probe, evaluation)) for evaluation in (False, True)),
+            num(_value(run, "time/step_s"), "{:.2f}"),
             num(_value(run, "throughput/gen_tokens_per_s"), "{:,.0f}"),
         )
-    table.caption = "roles: pol(icy), ref(erence), rew(ard), val(ue)"
+    table.caption = (f"roles: pol(icy), ref(erence), rew(ard), val(ue); peaks measured by {probe}, with the phase: "
+                     "train, the highest phase that is not an evaluation; eval, the evaluation's")
     return table
+
+
+def smoke_note(report: dict[str, Any]) -> str:
+    """' (smoke run: ...)' after a smoke run's title (`rlbench run --smoke`); '' otherwise."""
+    return " (smoke run: runs cut short, not a baseline)" if report.get("smoke") else ""
 
 
 def accuracy_table(report: dict[str, Any]) -> Table:
@@ -78,7 +86,8 @@ def accuracy_table(report: dict[str, Any]) -> Table:
 
 def memory_table(report: dict[str, Any]) -> Table:
     """Role x (weights, [fp32 master,] grads, optimizer, static total, phase peak) per run, with the
-    process peak; the master column appears when a run holds master weights (bf16-mixed)."""
+    process peak, the training peak and the evaluation peak (rlbench/report/peaks.py); the master
+    column appears when a run holds master weights (bf16-mixed)."""
     probe = primary_probe(report)
     table = Table(title=f"memory by role (MiB; static from tensors, peaks measured by {probe})", title_justify="left")
     masters = any((entry.get("static") or {}).get("master") for run in report["runs"]
@@ -105,6 +114,12 @@ def memory_table(report: dict[str, Any]) -> Table:
         if recon:
             table.add_row("", "[bold]process peak[/]", "", *pad, "", "", mib(recon["static_bytes"]), "",
                           f"[bold]{mib(recon['process_peak_bytes'])}[/]", Text(str(recon["peak_phase"])))
+        for name, evaluation in (("training peak", False), ("evaluation peak", True)):
+            found = split_peak(run, probe, evaluation)
+            if found is not None:
+                table.add_row("", f"[bold]{name}[/]", "", *pad, "", "", "", "", f"[bold]{mib(found[1])}[/]",
+                              Text(found[0]))
+        if recon:
             table.add_row("", "other", "", *pad, "", "", "", "", mib(recon["other_bytes"]),
                           f"baseline {mib(recon['baseline_bytes'])}")
         if roles:
