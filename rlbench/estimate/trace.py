@@ -55,7 +55,9 @@ from torch._subclasses.fake_tensor import (
     FakeTensor,
     FakeTensorMode,
 )
+from torch.distributed._tools.common_utils import get_untyped_storages
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _RefType
+from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -194,13 +196,34 @@ class PhaseTracker(HooklessMemTracker):
         """Note which storages are decoder layer k's weights (and which are weights outside the layers)."""
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
             match = LAYER_NAME.search(f".{name}")
-            self._layers[tensor.untyped_storage()] = int(match.group(1)) if match else -1
+            for storage in get_untyped_storages(tensor):  # a sharded (DTensor) weight: its local shard's
+                self._layers[storage] = int(match.group(1)) if match else -1
 
     def grads_as(self, module: torch.nn.Module, role: str) -> None:
-        """Label the gradients of `module`'s trainable parameters as `role`'s when they are accumulated."""
-        for p in module.parameters():
-            if p.requires_grad:
-                p.register_post_accumulate_grad_hook(lambda q, role=role: self.relabel(q.grad, role, "gradients"))
+        """Label the gradients of `module`'s trainable parameters as `role`'s when they are accumulated;
+        an FSDP2 unit's sharded gradients when its post-backward has reduce-scattered them (as
+        `FSDPMemTracker` labels them), the unsharded ones before it being the backward's transient."""
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+        if not units:
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.register_post_accumulate_grad_hook(lambda q, role=role: self.relabel(q.grad, role, "gradients"))
+            return
+        for unit in units:
+            group = unit._get_fsdp_state()._fsdp_param_group
+            if group is None:
+                continue
+
+            def post_backward(*args: Any, group: Any = group, original: Any = group.post_backward, **kwargs: Any) -> Any:
+                out = original(*args, **kwargs)
+                for param in group.fsdp_params:
+                    if param.sharded_param.grad is not None:
+                        self.relabel(param.sharded_param.grad, role, "gradients")
+                return out
+
+            group.post_backward = post_backward
 
     # -- MemTracker hooks: every new storage gets a role/kind label ------------------------------
     def _label_new(self, reftype: Any, t: torch.Tensor) -> Any:
@@ -228,6 +251,8 @@ class PhaseTracker(HooklessMemTracker):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if func is torch.ops.prim.device.default:  # `tensor.device`: asked often, allocates nothing
             return args[0].device
+        if DTensor in types:  # FSDP2's sharded parameters: DTensor runs its local ops, which come back here
+            return NotImplemented
         self._settle_sum()
         kwargs = kwargs or {}
         tensors = _tensors(args) + _tensors(tuple(kwargs.values()))
