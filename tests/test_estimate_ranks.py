@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -156,42 +155,6 @@ def test_sizes_that_would_not_trace_in_seconds_are_refused_at_once(tmp_path, cap
 
 # ---- two gloo ranks against the per-rank estimate --------------------------------------------------------
 
-RANK_RISES = """
-    import json, os, sys
-    from pathlib import Path
-
-    import torch
-
-    from rlbench.catalog import resolve_probe
-    from rlbench.config import load_suite
-    from rlbench.distributed import Dist
-    from rlbench.measure.static import role_static_bytes
-    from rlbench.train import Run
-
-    suite = load_suite(sys.argv[1])
-    torch.set_num_threads(1)
-    dist = Dist.from_env(suite.distributed)
-    probe = resolve_probe(suite.probe, suite.probe_period_ms, suite.probe_heap)
-    probe.snapshot()
-    run = Run.build(suite, suite.algorithms[0], 0, Path(sys.argv[2]), None, probe, dist=dist)
-    rises, add = {}, run.phases.add
-
-    def each_call(phase, seconds, memory=None, static_created=0, static_end=0):
-        mem = (memory or {}).get("cpu")  # the rise PhaseStats.add keeps the largest of, call by call
-        if mem is not None:
-            rises.setdefault(phase, []).append(max(0, mem.peak_bytes - mem.start_bytes - static_created))
-        add(phase, seconds, memory, static_created, static_end)
-
-    run.phases.add = each_call
-    for _ in range(suite.budget.steps):
-        run.step()
-    static = {role: role_static_bytes(model, opt, run.precision.compute_dtype)["total"]
-              for role, (model, opt) in run.role_models().items()}
-    print("RANK", dist.rank, json.dumps({"rises": rises, "static": static}), flush=True)
-    dist.close()
-"""
-
-
 def test_two_gloo_ranks_hold_what_the_per_rank_estimate_predicts(tmp_path):
     from rlbench.estimate import estimate_suite
     from rlbench.estimate.check import run_prompt_lengths
@@ -200,8 +163,7 @@ def test_two_gloo_ranks_hold_what_the_per_rank_estimate_predicts(tmp_path):
 
     path = tiny_suite(tmp_path)
     suite = load_suite(path)
-    script = tmp_path / "rank_rises.py"
-    script.write_text(textwrap.dedent(RANK_RISES))
+    script = ROOT / "benchmarks" / "rank_rises.py"  # the worker's Run on each rank, rises call by call
     env = dict(os.environ, **cpu_worker_env(suite.probe_heap), OMP_NUM_THREADS="1")
     ranks = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                               str(script), str(path), str(resolve_base("embedded"))],

@@ -31,7 +31,7 @@ PRECISIONS = {"fp32": "float32", "bf16-mixed": "bfloat16"}
 RANKS = (1, 2, 4, 8)
 GPU = "H100-80GB"
 PROMPT_TOKENS = 256
-SETTINGS = {"completions_per_step": 64, "group_size": 8, "max_new_tokens": 512, "micro_batch_size": 4,
+SETTINGS = {"completions_per_step": 32, "group_size": 4, "max_new_tokens": 512, "micro_batch_size": 8,
             "gradient_checkpointing": True}
 COMMAND = "python -m rlbench.estimate.planning --output docs/planning.md"
 
@@ -54,7 +54,7 @@ def planning_suite(model: str, precision: str) -> Any:
         return load_suite(path)
 
 
-def estimate_cells(cache: dict[str, Any], save: Any) -> dict[str, Any]:
+def estimate_cells(cache: dict[str, Any], save: Any, models: tuple[str, ...] = MODELS) -> dict[str, Any]:
     """Every cell `model|precision|ranks` -> {algorithm: {peak_bytes, required_bytes, fits, error}}."""
     from rlbench.estimate import estimate_suite
     from rlbench.estimate.fit import verdict
@@ -62,7 +62,7 @@ def estimate_cells(cache: dict[str, Any], save: Any) -> dict[str, Any]:
     from rlbench.estimate.source import resolve_model
 
     gib = gpu_gib(GPU)[0]
-    for model_name in MODELS:
+    for model_name in models:
         model = resolve_model(model_name)
         for precision in PRECISIONS:
             suite = planning_suite(model_name, precision)
@@ -140,16 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="docs/planning.md")
     parser.add_argument("--cache", help="JSON file of finished cells (read, and written after each)")
+    parser.add_argument("--models", help="only these models (comma-separated), e.g. to share the table between "
+                                         "processes, each with its own --cache; --merge then writes the table")
+    parser.add_argument("--merge", nargs="*", default=[], help="cache files of other processes to merge in")
     args = parser.parse_args(argv)
     cache_path = Path(args.cache) if args.cache else None
     cache = json.loads(cache_path.read_text()) if cache_path and cache_path.exists() else {}
+    for other in args.merge:
+        cache.update(json.loads(Path(other).read_text()))
 
     def save(cells: dict[str, Any]) -> None:
         if cache_path:
             cache_path.write_text(json.dumps(cells, indent=1))
 
     start = time.perf_counter()
-    cells = estimate_cells(cache, save)
+    models = tuple(args.models.split(",")) if args.models else MODELS
+    cells = estimate_cells(cache, save, models)
     seconds = sum(c.get("seconds", 0) for c in cells.values()) or time.perf_counter() - start
     Path(args.output).write_text(markdown(cells, seconds))
     print(f"wrote {args.output}", file=sys.stderr)
