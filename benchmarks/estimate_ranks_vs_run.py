@@ -52,7 +52,7 @@ def measure_by_call(suite_path: Path, suite: Any, index: int, stages: dict[str, 
 
     env = dict(os.environ, **cpu_worker_env(suite.probe_heap), OMP_NUM_THREADS="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = ["nice", "-n", "10", sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(suite.distributed.nproc_per_node), str(ROOT / "benchmarks" / "rank_rises.py"), str(suite_path),
            stages["policy_dir"], str(index), stages.get("reward_dir") or ""]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)

@@ -70,7 +70,7 @@ def launch(spec_path: Path, nodes: int, per_node: int, log: Path, timeout_s: flo
     procs = []
     with open(log, "w") as out:
         for node in range(nodes):
-            cmd = ["nice", "-n", "10", sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes),
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes),
                    "--node-rank", str(node), "--nproc-per-node", str(per_node), "--rdzv-backend", "c10d",
                    "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", rdzv_id,
                    # on one machine every launcher matches the endpoint's host: say which one hosts the store

@@ -35,7 +35,7 @@ task: {name: synthetic, train_size: 64, min_steps: 1, max_steps: 2, max_number: 
 algorithms:
   - name: grpo_zero
     params: {beta: 0.04}
-budget: {steps: 3}
+budget: {steps: 2}
 rollout: {engine: hf, completions_per_step: 16, group_size: 4, max_new_tokens: 16, ignore_eos: true}
 eval: {size: 8, batch_size: 8}
 probe: cpu

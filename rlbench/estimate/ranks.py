@@ -81,6 +81,38 @@ def mesh_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
     return list(meshes.values())
 
 
+def label_sharded(tracker: Any, module: torch.nn.Module, role: str, trained: bool) -> None:
+    """Label what FSDP2 makes for `module`'s units on `tracker` (a `PhaseTracker`), as
+    `FSDPMemTracker` labels it: the unsharded parameters each time a unit is gathered as `role`'s
+    gathered weights, and a trained role's sharded gradients once its post-backward has
+    reduce-scattered them (the unsharded ones before it are the backward's transient)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in module.modules():
+        group = unit._get_fsdp_state()._fsdp_param_group if isinstance(unit, FSDPModule) else None
+        if group is None:
+            continue
+
+        def wait_for_unshard(*args: Any, group: Any = group, original: Any = group.wait_for_unshard, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            for param in group.fsdp_params:
+                for tensor in param.all_gather_outputs:
+                    if tensor.untyped_storage().nbytes():
+                        tracker.relabel(tensor, role, "gathered")
+            return out
+
+        def post_backward(*args: Any, group: Any = group, original: Any = group.post_backward, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            for param in group.fsdp_params:
+                if param.sharded_param.grad is not None:
+                    tracker.relabel(param.sharded_param.grad, role, "gradients")
+            return out
+
+        group.wait_for_unshard = wait_for_unshard
+        if trained:
+            group.post_backward = post_backward
+
+
 @contextmanager
 def fake_process_group(world: int) -> Iterator[None]:
     """The default process group, for the block, is PyTorch's fake one of `world` ranks (this one rank 0)."""

@@ -206,7 +206,7 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
     many ranks (`rlbench.estimate.ranks`)."""
     from rlbench.algorithms.base import uses_reward_model
     from rlbench.catalog import load_problems
-    from rlbench.estimate.ranks import SimulatedRanks, fake_process_group, mesh_tensors
+    from rlbench.estimate.ranks import SimulatedRanks, fake_process_group, label_sharded, mesh_tensors
 
     config = _with_depth(config, depth)
     tokenizer = WorstCaseTokenizer(config.vocab_size, prompt_tokens, _token(config, "pad_token_id", 0),
@@ -238,9 +238,11 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
             assert all(isinstance(local_tensor(p), FakeTensor) for p in model.parameters()), \
                 f"{role}: a real weight was made"
             tracker.layer_map(model)
-            for table in mesh_tensors(model) if dist is not None else ():
-                tracker.relabel(table, "other", "activations")
-            if role in ("policy", "value"):
+            if dist is not None:  # FSDP2's units: gathered weights, sharded gradients, the mesh's rank table
+                label_sharded(tracker, model, role, trained=role in ("policy", "value"))
+                for table in mesh_tensors(model):
+                    tracker.relabel(table, "other", "activations")
+            elif role in ("policy", "value"):
                 tracker.grads_as(model, role)
         try:
             for _ in range(STEPS):

@@ -24,7 +24,7 @@ found through the optimizer hooks) that also executes every operation itself:
   operator (the buffer it replaced), is counted as that in-place sum (`_settle_sum`).
 
 Each storage carries a label `role/kind` (kinds: weights, gradients, optimizer, activations,
-logits, kv_cache). New storages are labelled by context: weights while a role loads, optimizer
+logits, kv_cache, and gathered: the full parameters FSDP2 all-gathers for a unit while it computes). New storages are labelled by context: weights while a role loads, optimizer
 inside `optimizer.step()`, logits when the last dimension is the vocabulary, activations otherwise,
 each under the role of the phase that made them; gradients and KV caches are relabelled when
 they are known (`relabel`). MemTracker's per-module snapshots are not used (its module hooks
@@ -62,7 +62,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 ROLES = ("policy", "reference", "reward", "value", "rollout", "other")
-KINDS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache")
+KINDS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache", "gathered")
 Label = _RefType("Label", {f"{r}/{k}": f"{r}/{k}" for r in ROLES for k in KINDS})
 TOTAL = "Total"
 REAL_LIMIT = 64 * 2**20  # integer/boolean results above this stay fake
@@ -200,30 +200,11 @@ class PhaseTracker(HooklessMemTracker):
                 self._layers[storage] = int(match.group(1)) if match else -1
 
     def grads_as(self, module: torch.nn.Module, role: str) -> None:
-        """Label the gradients of `module`'s trainable parameters as `role`'s when they are accumulated;
-        an FSDP2 unit's sharded gradients when its post-backward has reduce-scattered them (as
-        `FSDPMemTracker` labels them), the unsharded ones before it being the backward's transient."""
-        from torch.distributed.fsdp import FSDPModule
-
-        units = [m for m in module.modules() if isinstance(m, FSDPModule)]
-        if not units:
-            for p in module.parameters():
-                if p.requires_grad:
-                    p.register_post_accumulate_grad_hook(lambda q, role=role: self.relabel(q.grad, role, "gradients"))
-            return
-        for unit in units:
-            group = unit._get_fsdp_state()._fsdp_param_group
-            if group is None:
-                continue
-
-            def post_backward(*args: Any, group: Any = group, original: Any = group.post_backward, **kwargs: Any) -> Any:
-                out = original(*args, **kwargs)
-                for param in group.fsdp_params:
-                    if param.sharded_param.grad is not None:
-                        self.relabel(param.sharded_param.grad, role, "gradients")
-                return out
-
-            group.post_backward = post_backward
+        """Label the gradients of `module`'s trainable parameters as `role`'s when they are accumulated
+        (an FSDP2 module's: `rlbench.estimate.ranks.label_sharded`)."""
+        for p in module.parameters():
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(lambda q, role=role: self.relabel(q.grad, role, "gradients"))
 
     # -- MemTracker hooks: every new storage gets a role/kind label ------------------------------
     def _label_new(self, reftype: Any, t: torch.Tensor) -> Any:

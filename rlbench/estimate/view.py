@@ -13,7 +13,7 @@ from rlbench.estimate.trace import KINDS, ROLES
 
 GIB, MIB = 2**30, 2**20
 KIND_HEADERS = {"weights": "weights", "gradients": "grads", "optimizer": "optim", "activations": "activ",
-                "logits": "logits", "kv_cache": "KV"}
+                "logits": "logits", "kv_cache": "KV", "gathered": "gathered"}
 
 
 def as_json(estimate: SuiteEstimate, card: tuple[float, str] | None, headroom: dict[str, Any] | None,
