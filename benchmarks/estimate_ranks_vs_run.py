@@ -7,7 +7,8 @@ SUITE defaults to suites/distributed-cpu.yaml (2 gloo ranks, embedded model), ru
 predicts (`rollout.ignore_eos: true`, `probe_heap: exact`, as in benchmarks/test_estimate_vs_run.py).
 For each algorithm, the suite's ranks run the worker's `Run` under torchrun with each phase's rise
 recorded call by call (benchmarks/rank_rises.py) while the estimate traces rank 0 of them on the
-prompts the run draws. Printed per rank: static bytes per role (each rank's shards: exact), and
+prompts the run draws. Printed per rank: static bytes per role (each rank's shards: rank 0's
+exactly, the others' at most that, since padding may leave a rank fewer real rows), and
 each phase's rise above its start against the estimate's transient, from the calls after the
 first (a phase's first call also pages in library code and makes one-time heap: 8 MiB at the
 embedded model's first generate; see tests/test_estimate.py), the first call shown beside. Phases
@@ -129,6 +130,14 @@ def compare_report(suite_path: str, overrides: list[str], report_dir: Path) -> t
                                                                       "settings": estimate_json["settings"]}
 
 
+def static_agrees(row: dict[str, Any]) -> bool:
+    """Rank 0's static bytes are the estimate's exactly; another rank may hold less, where FSDP2's
+    padding leaves it a shard with fewer real rows (a scalar head's one output row is rank 0's)."""
+    if row.get("rank", 0) == 0:
+        return row["predicted_bytes"] == row["measured_bytes"]
+    return row["measured_bytes"] <= row["predicted_bytes"]
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
@@ -161,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"  {r['algorithm']} rank {r['rank']} {r['phase']}: first call {r['first_call_bytes'] / MIB:.1f} "
                           f"MiB, later calls up to {r['measured_bytes'] / MIB:.1f} MiB ({r['calls']} calls)",
                           highlight=False)
-    static_ok = all(r["predicted_bytes"] == r["measured_bytes"] for r in rows if r["what"] == "static")
+    static_ok = all(static_agrees(r) for r in rows if r["what"] == "static")
     worst = worst_error(rows, "rise")
     seconds = sum(e["seconds"] for e in estimate["estimates"])
-    console.print(f"ranks {estimate['settings'].get('ranks')}; static bytes exact: {static_ok}; worst rise error above "
+    console.print(f"ranks {estimate['settings'].get('ranks')}; static bytes as predicted: {static_ok}; worst rise error above "
                   f"10 MiB: {worst:.1%}; estimates took {seconds:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, **estimate}, indent=2))

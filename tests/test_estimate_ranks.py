@@ -177,7 +177,8 @@ def test_two_gloo_ranks_hold_what_the_per_rank_estimate_predicts(tmp_path):
     assert set(measured) == {0, 1} and estimate.ranks == 2
     for rank, figures in measured.items():
         # Every rank holds its shards: half of each weight, gradient and AdamW state (padded to equal
-        # shards) and the rotary buffer whole, exactly as predicted.
+        # shards) and the rotary buffer whole, exactly as predicted (rank 0's trace; no scalar head here,
+        # whose one output row would leave rank 1 a padded shard of fewer bytes).
         assert figures["static"] == {role: algo.static[role]["total"] for role in figures["static"]}, rank
         for phase, calls in figures["rises"].items():
             predicted = algo.phases[phase].transient_bytes

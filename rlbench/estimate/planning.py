@@ -27,7 +27,7 @@ import yaml
 
 MODELS = ("shape:qwen2.5-0.5b", "shape:qwen2.5-1.5b", "shape:qwen2.5-7b", "shape:llama-3.1-8b")
 ALGORITHMS = ("ppo", "grpo", "grpo_zero")
-PRECISIONS = {"fp32": "float32", "bf16-mixed": "bfloat16"}
+PRECISIONS = {"bf16-mixed": "bfloat16", "fp32": "float32"}  # the common case first
 RANKS = (1, 2, 4, 8)
 GPU = "H100-80GB"
 PROMPT_TOKENS = 256

@@ -38,6 +38,12 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
     algo = suite.algorithms[index]
     out: dict[str, Any] = {"ranks": ranks, "fits": fits(estimate, suite, total_gib), "required_bytes_by_ranks": {},
                            "skipped_ranks": {}, "smallest_ranks": None, "largest_completions_per_step": None}
+    if estimate.error:
+        return out
+    fixed = verdict(estimate, suite, total_gib)["required_bytes"] - estimate.process_peak_bytes
+    if fixed >= usable_bytes(total_gib):  # the device overhead (and vLLM's share) alone: no rank count helps
+        out["note"] = "the device overhead alone exceeds what the card may use with the margin"
+        return out
     for n in RANK_COUNTS:
         errors = rank_errors(suite, n)
         if errors:

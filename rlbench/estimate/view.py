@@ -57,6 +57,8 @@ def _phase_rows(by_role: dict[str, dict[str, int]], scale: int) -> list[tuple[st
 def _sizing_line(s: dict[str, Any], card: tuple[float, str]) -> str:
     """The sizing answers of one algorithm (`rlbench.estimate.sizing`) in one line."""
     n = s["smallest_ranks"]
+    if n is None and s.get("note"):
+        return f"no rank count fits {card[1]}: {s['note']}"
     if n is None:
         tried = ", ".join(f"{k}: {v / GIB:,.1f} GiB" for k, v in s["required_bytes_by_ranks"].items())
         return f"no power-of-two rank count up to the step's split fits {card[1]} (per rank {tried})"
