@@ -130,6 +130,10 @@ def markdown(cells: dict[str, Any], seconds: float) -> str:
                 name = model.removeprefix("shape:")
                 lines.append(f"| {name} | {precision} | {algo} | " + " | ".join(row)
                              + f" | {smallest if smallest else f'> {RANKS[-1]}'} |")
+    missing = sum(1 for m in MODELS for p in PRECISIONS for n in RANKS if f"{m}|{p}|{n}" not in cells)
+    if missing:
+        lines += ["", f"`-`: {missing} of {len(MODELS) * len(PRECISIONS) * len(RANKS)} (model, precision, rank count) "
+                  "cells not estimated yet; the command resumes from `--cache` and fills them."]
     lines += ["", "Per-rank figures for one model and rank count, with every phase by role and kind: "
               "`rlbench estimate --model shape:qwen2.5-7b --ranks 4 --set model.precision=bf16-mixed`; the smallest "
               "rank count and the largest batch for a card: `--gpu H100-80GB`.", ""]
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help="only these models (comma-separated), e.g. to share the table between "
                                          "processes, each with its own --cache; --merge then writes the table")
     parser.add_argument("--merge", nargs="*", default=[], help="cache files of other processes to merge in")
+    parser.add_argument("--render", action="store_true", help="write the table from the cache alone (no estimate)")
     args = parser.parse_args(argv)
     cache_path = Path(args.cache) if args.cache else None
     cache = json.loads(cache_path.read_text()) if cache_path and cache_path.exists() else {}
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     models = tuple(args.models.split(",")) if args.models else MODELS
-    cells = estimate_cells(cache, save, models)
+    cells = cache if args.render else estimate_cells(cache, save, models)
     seconds = sum(c.get("seconds", 0) for c in cells.values()) or time.perf_counter() - start
     Path(args.output).write_text(markdown(cells, seconds))
     print(f"wrote {args.output}", file=sys.stderr)

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch._guards import active_fake_mode
 from torch._subclasses.fake_tensor import (
     DataDependentOutputException,
     DynamicOutputShapeException,
@@ -234,6 +235,9 @@ class PhaseTracker(HooklessMemTracker):
             return args[0].device
         if DTensor in types:  # FSDP2's sharded parameters: DTensor runs its local ops, which come back here
             return NotImplemented
+        outer = active_fake_mode()
+        if outer is not None and outer is not self.fake_mode:  # DTensor's sharding propagation: metadata only
+            return func(*args, **(kwargs or {}))
         self._settle_sum()
         kwargs = kwargs or {}
         tensors = _tensors(args) + _tensors(tuple(kwargs.values()))
