@@ -48,10 +48,13 @@ QWEN2_STEP = ["model.sft.steps=0", "rollout.completions_per_step=16", "rollout.m
 
 
 def measure_by_call(suite_path: Path, suite: Any, index: int, stages: dict[str, Any]) -> subprocess.Popen:
-    """torchrun of benchmarks/rank_rises.py for `suite.algorithms[index]` (started; read it with `read_ranks`)."""
+    """torchrun of benchmarks/rank_rises.py for `suite.algorithms[index]` (started; read it with `read_ranks`),
+    each rank's figures written beside the suite as rank{r}.txt."""
     from rlbench.measure.memory import cpu_worker_env
 
-    env = dict(os.environ, **cpu_worker_env(suite.probe_heap), OMP_NUM_THREADS="1",
+    out_dir = suite_path.parent / f"ranks{index}"
+    out_dir.mkdir(exist_ok=True)
+    env = dict(os.environ, **cpu_worker_env(suite.probe_heap), OMP_NUM_THREADS="1", RLBENCH_RANK_RISES_DIR=str(out_dir),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(suite.distributed.nproc_per_node), str(ROOT / "benchmarks" / "rank_rises.py"), str(suite_path),
@@ -60,11 +63,18 @@ def measure_by_call(suite_path: Path, suite: Any, index: int, stages: dict[str, 
 
 
 def read_ranks(proc: subprocess.Popen) -> dict[int, dict[str, Any]]:
-    out, err = proc.communicate(timeout=3600)
+    """Every rank's figures ({rank: {rises, static}}) once the ranks of `measure_by_call` have finished."""
+    _, err = proc.communicate(timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"the ranks failed:\n{err[-3000:]}")
-    return {int(line.split()[1]): json.loads(line.split(maxsplit=2)[2])
-            for line in out.splitlines() if line.startswith("RANK ")}
+    out_dir = Path(proc.args[proc.args.index(str(ROOT / "benchmarks" / "rank_rises.py")) + 1]).parent
+    lines = [path.read_text().strip() for path in sorted(out_dir.glob("ranks*/rank*.txt"))]
+    found = {int(line.split()[1]): json.loads(line.split(maxsplit=2)[2]) for line in lines}
+    for path in out_dir.glob("ranks*/rank*.txt"):
+        path.unlink()
+    if not found:
+        raise RuntimeError(f"the ranks wrote no figures:\n{err[-3000:]}")
+    return found
 
 
 def call_rows(label: str, algo: Any, measured: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@
 Each rank builds the worker's `Run` (the suite's probe, this rank's `Dist`), runs the suite's
 budget.steps steps with `rlbench.train.Run.step`, and prints one line `RANK r {json}`: its static
 bytes per role and, per phase, the rise above the phase's start net of the static state it created
-(what `PhaseStats.add` keeps the largest of), one figure per call. Start it with the worker's heap
+(what `PhaseStats.add` keeps the largest of), one figure per call; with RLBENCH_RANK_RISES_DIR set,
+also in that folder as rank{r}.txt (two ranks' long lines on one stdout may interleave). Start it with the worker's heap
 setting (`rlbench.measure.memory.cpu_worker_env(suite.probe_heap)`), as the runner does. Used by
 tests/test_estimate_ranks.py and benchmarks/estimate_ranks_vs_run.py.
 """
@@ -14,6 +15,7 @@ tests/test_estimate_ranks.py and benchmarks/estimate_ranks_vs_run.py.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -49,7 +51,11 @@ def main(argv: list[str]) -> None:
         run.step()
     static = {role: role_static_bytes(model, opt, run.precision.compute_dtype)["total"]
               for role, (model, opt) in run.role_models().items()}
-    print("RANK", dist.rank, json.dumps({"rises": rises, "static": static}), flush=True)
+    line = f"RANK {dist.rank} {json.dumps({'rises': rises, 'static': static})}"
+    out_dir = os.environ.get("RLBENCH_RANK_RISES_DIR")  # one file per rank: ranks' stdout lines may interleave
+    if out_dir:
+        Path(out_dir, f"rank{dist.rank}.txt").write_text(line + "\n")
+    print(line, flush=True)
     dist.close()
 
 

@@ -36,7 +36,7 @@ algorithms:
   - name: grpo_zero
     params: {beta: 0.04}
 budget: {steps: 2}
-rollout: {engine: hf, completions_per_step: 16, group_size: 4, max_new_tokens: 16, ignore_eos: true}
+rollout: {engine: hf, completions_per_step: 32, group_size: 4, max_new_tokens: 32, ignore_eos: true}
 eval: {size: 8, batch_size: 8}
 probe: cpu
 probe_heap: exact
@@ -92,7 +92,7 @@ def test_the_line_search_finds_what_bisection_finds_in_fewer_estimates():
 
 
 def test_sizing_finds_the_smallest_power_of_two_and_the_largest_step(tmp_path):
-    suite = load_suite(tiny_suite(tmp_path, "\n"), ["distributed.nproc_per_node=1"])
+    suite = load_suite(tiny_suite(tmp_path), ["distributed.nproc_per_node=1", "rollout.completions_per_step=16"])
     per_completion, static = 100 * MIB, 12 * GIB
 
     def estimate_at(s, algo, ranks):  # a formula in place of the trace: static sharded, the batch split
@@ -166,15 +166,15 @@ def test_two_gloo_ranks_hold_what_the_per_rank_estimate_predicts(tmp_path):
     path = tiny_suite(tmp_path)
     suite = load_suite(path)
     script = ROOT / "benchmarks" / "rank_rises.py"  # the worker's Run on each rank, rises call by call
-    env = dict(os.environ, **cpu_worker_env(suite.probe_heap), OMP_NUM_THREADS="1")
+    env = dict(os.environ, **cpu_worker_env(suite.probe_heap), OMP_NUM_THREADS="1", RLBENCH_RANK_RISES_DIR=str(tmp_path))
     ranks = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                               str(script), str(path), str(resolve_base("embedded"))],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     estimate = estimate_suite(suite, device="cpu", prompt_lengths=run_prompt_lengths(suite), ranks=2)  # meanwhile
     out, err = ranks.communicate(timeout=300)
     assert ranks.returncode == 0, err[-3000:]
-    measured = {int(line.split()[1]): json.loads(line.split(maxsplit=2)[2])
-                for line in out.splitlines() if line.startswith("RANK ")}
+    lines = [path.read_text() for path in sorted(tmp_path.glob("rank*.txt"))]  # one file per rank
+    measured = {int(line.split()[1]): json.loads(line.split(maxsplit=2)[2]) for line in lines}
     [algo] = estimate.algorithms
     assert set(measured) == {0, 1} and estimate.ranks == 2
     for rank, figures in measured.items():
@@ -186,7 +186,7 @@ def test_two_gloo_ranks_hold_what_the_per_rank_estimate_predicts(tmp_path):
         for phase, calls in figures["rises"].items():
             predicted = algo.phases[phase].transient_bytes
             later = max(calls[1:])  # the first call also pages in library code (tests/test_estimate.py)
-            if max(later, predicted) > 10 * MIB:  # the update here (about 14 MiB): within 10%
+            if max(later, predicted) > 10 * MIB:  # the update here (about 34 MiB): within 10%
                 held += 1
                 assert abs(later - predicted) <= 0.10 * predicted, (rank, phase, calls, predicted)
             else:
