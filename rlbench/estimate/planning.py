@@ -117,23 +117,26 @@ def markdown(cells: dict[str, Any], seconds: float) -> str:
     for model in MODELS:
         for precision in PRECISIONS:
             for algo in ALGORITHMS:
-                row, smallest = [], None
+                row, smallest, unknown = [], None, False
                 for ranks in RANKS:
                     cell = cells.get(f"{model}|{precision}|{ranks}", {}).get(algo)
                     if cell is None or cell.get("error"):
                         row.append("error" if cell else "-")
+                        unknown = unknown or (cell is None and smallest is None)
                         continue
                     figure = f"{cell['peak_bytes'] / 2**30:,.1f}"
                     row.append(figure if cell["fits"] else f"*{figure}*")
                     if cell["fits"] and smallest is None:
                         smallest = ranks
                 name = model.removeprefix("shape:")
-                lines.append(f"| {name} | {precision} | {algo} | " + " | ".join(row)
-                             + f" | {smallest if smallest else f'> {RANKS[-1]}'} |")
+                gpus = smallest if smallest else "-" if unknown else f"> {RANKS[-1]}"
+                lines.append(f"| {name} | {precision} | {algo} | " + " | ".join(row) + f" | {gpus} |")
     missing = sum(1 for m in MODELS for p in PRECISIONS for n in RANKS if f"{m}|{p}|{n}" not in cells)
     if missing:
-        lines += ["", f"`-`: {missing} of {len(MODELS) * len(PRECISIONS) * len(RANKS)} (model, precision, rank count) "
-                  "cells not estimated yet; the command resumes from `--cache` and fills them."]
+        note = (f"**Incomplete:** `-` marks {missing} of {len(MODELS) * len(PRECISIONS) * len(RANKS)} (model, "
+                "precision, rank count) cells not estimated yet (each takes about 2 minutes of CPU; see "
+                "docs/results/ranks.md). The command resumes from `--cache` and fills them.")
+        lines[4:4] = [note, ""]
     lines += ["", "Per-rank figures for one model and rank count, with every phase by role and kind: "
               "`rlbench estimate --model shape:qwen2.5-7b --ranks 4 --set model.precision=bf16-mixed`; the smallest "
               "rank count and the largest batch for a card: `--gpu H100-80GB`.", ""]
