@@ -135,7 +135,7 @@ def test_settings_fsdp2_cannot_run_are_refused_per_rank(tmp_path, capsys, extra,
 def test_a_distributed_suite_is_estimated_per_rank_by_default(tmp_path):
     suite = load_suite(tiny_suite(tmp_path))
     assert suite_ranks(suite, None) == 2 and suite_ranks(suite, 1) == 1
-    assert rank_errors(suite, 2) == [] and "nproc_per_node=8 ranks" in rank_errors(suite, 8)[0]
+    assert rank_errors(suite, 2) == [] and "nproc_per_node=16 ranks" in rank_errors(suite, 16)[0]
     with pytest.raises(UserError, match="--ranks: must be between 1 and"):
         suite_ranks(suite, 0)
 
