@@ -232,8 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Run each algorithm's real loop (loading, generation, scoring, log-probs, values, the update\n"
         "with AdamW) on fake tensors under PyTorch's MemTracker: no weight is loaded, nothing is\n"
         "downloaded. Every phase's predicted peak by role and kind (weights, gradients, optimizer\n"
-        "state, activations, logits, KV cache), worst case: every completion runs to max_new_tokens.",
-        ["rlbench estimate suites/gpu-memory.yaml --set model.name=shape:qwen2.5-0.5b --gpu h100",
+        "state, activations, logits, KV cache), worst case: every completion runs to max_new_tokens.\n"
+        "Per rank with --ranks N or a suite's distributed block: every role sharded with FSDP2.",
+        ["rlbench estimate --model shape:qwen2.5-7b --gpu H100-80GB   # fits? fewest GPUs? largest step?",
+         "rlbench estimate suites/distributed-cpu.yaml --json         # per rank, 2 ranks",
+         "rlbench estimate suites/gpu-memory.yaml --set model.name=shape:qwen2.5-0.5b --gpu h100",
          "rlbench estimate --model shape:qwen2.5-7b --algos grpo_zero --gpu-gib 80 --headroom completions_per_step",
          "rlbench estimate suites/quickstart.yaml --json"])
     from rlbench.estimate.command import add_arguments

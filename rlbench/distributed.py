@@ -102,7 +102,8 @@ class Dist:
 
     def describe(self) -> dict[str, Any]:
         """This rank's part of the report: who it was and what it sent."""
-        return {"rank": self.rank, "world_size": self.world, "backend": self.backend,
+        return {"rank": self.rank, "world_size": self.world, "backend": self.backend, "local_rank": self.local_rank,
+                "node_rank": int(os.environ.get("GROUP_RANK", "0")), "host": os.uname().nodename,
                 "strategy": self.cfg.strategy if self.cfg else None, "pid": os.getpid(),
                 "collectives": self.collectives, "collectives_method": COLLECTIVES_METHOD, "notes": self.notes}
 

@@ -122,7 +122,7 @@ def meta_model(path: str | Path, cfg: ModelConfig, precision: Precision, scalar:
         scalar_model_from_classifier,
     )
 
-    kwargs = pretrained_kwargs(cfg, precision)
+    kwargs = pretrained_kwargs(cfg, precision, trainable)  # bf16-mixed: float32 masters for a trained role
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     with torch.device("meta"):
         if not scalar:
@@ -131,7 +131,7 @@ def meta_model(path: str | Path, cfg: ModelConfig, precision: Precision, scalar:
             model = scalar_model_from_classifier(AutoModelForSequenceClassification.from_config(config, **kwargs))
         else:
             backbone = AutoModel.from_config(config, **kwargs)
-            model = ScalarHeadModel(backbone, backbone.config.hidden_size).to(precision.dtype)
+            model = ScalarHeadModel(backbone, backbone.config.hidden_size).to(precision.parameter_dtype(trainable))
     if trainable and cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model.backbone if scalar else model)
     return model

@@ -15,10 +15,14 @@ the estimate follows the code: LoRA (the reference is the policy with adapters o
 `beta: 0` (no reference), gradient checkpointing, precision and micro-batches come from the same
 paths a run takes.
 
+Per rank (`--ranks N`, or a suite's `distributed:` block): the same run as one rank of an FSDP2
+run sees it, every role sharded over N ranks, on PyTorch's fake process group (`ranks`).
+
 Modules: `trace` (the tracker: fake/real execution, labels, region peaks), `simulate` and `standins` (one run on
-fake tensors), `predict` (depth extrapolation, per-phase figures), `source` (configs and prompt
-lengths), `fit` (cards, fits / does not fit, the largest value that fits), `view` (tables, JSON),
-`command` (the CLI).
+fake tensors), `ranks` (one rank of an FSDP2 run), `predict` (depth extrapolation, per-phase
+figures), `source` (configs and prompt lengths), `gpus` (the cards and the margin), `fit` (fits /
+does not fit, the largest value that fits), `sizing` (smallest rank count, largest step),
+`planning` (the docs' planning table), `view` (tables, JSON), `command` (the CLI).
 
 What it does not see: memory that is not a tensor (the CUDA context, allocator fragmentation,
 library code; `fit.DEVICE_OVERHEAD_GIB` stands for the first two on a GPU), and a vLLM engine's
@@ -47,6 +51,7 @@ class SuiteEstimate:
     algorithms: list[Any]  # predict.AlgorithmEstimate
     seconds: float
     notes: list[str] = field(default_factory=list)
+    ranks: int = 1  # > 1: every figure is one rank's, every role sharded with FSDP2 over this many ranks
 
     def settings(self) -> dict[str, Any]:
         s = self.suite
@@ -59,16 +64,19 @@ class SuiteEstimate:
             "prompt_tokens": self.prompt_tokens, "prompt_tokens_from": self.prompt_note,
             "max_new_tokens": s.rollout.max_new_tokens, "engine": s.rollout.engine,
             "eval_batch_size": min(s.eval.size, s.eval.batch_size), "traced_on": self.device,
+            "ranks": self.ranks, "per_rank": self.ranks > 1, "strategy": "fsdp2" if self.ranks > 1 else None,
         }
 
 
 def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int | None = None,
                    exact: bool = False, model: Any = None, prompt_lengths: dict[str, int] | None = None,
-                   ) -> SuiteEstimate:
+                   ranks: int = 1, prompt_note: str = "given") -> SuiteEstimate:
     """Predict every algorithm of `suite` (see the module docstring). `model` reuses a resolved
     `source.ModelSource` (the headroom search estimates one model many times). `prompt_lengths`
     (prompt text -> tokens, `check.run_prompt_lengths`) traces the prompts a run drew, each at its
-    own length, instead of every prompt at the widest: to compare with that run."""
+    own length, instead of every prompt at the widest: to compare with that run. `ranks` > 1: one
+    rank of an FSDP2 run over that many ranks (`ranks.py`; `ranks.check_ranks` first). `prompt_note`
+    says where a given `prompt_tokens` came from."""
     import time
 
     import torch
@@ -85,14 +93,21 @@ def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int |
     elif prompt_tokens is None:
         prompt_tokens, note = longest_prompt(suite, model.tokenizer)
     else:
-        note = "given"
+        note = prompt_note
     traced_on = torch.device(device) if device else default_device()
-    algorithms = [estimate_algorithm(suite, algo, model.config, prompt_tokens, traced_on, exact, prompt_lengths)
+    algorithms = [estimate_algorithm(suite, algo, model.config, prompt_tokens, traced_on, exact, prompt_lengths, ranks)
                   for algo in suite.algorithms]
     notes = []
+    if ranks > 1:
+        notes.append(f"per rank: every role sharded with FSDP2 over {ranks} ranks as rlbench run shards it (traced as "
+                     f"rank 0 of {ranks} on PyTorch's fake process group; each rank samples 1/{ranks} of the step's "
+                     "prompts and trains on its share of each minibatch)")
+    elif suite.distributed is not None:
+        notes.append(f"one process, as asked (--ranks 1): the suite runs on {suite.distributed.nproc_per_node} ranks, "
+                     "where each rank holds less")
     if suite.rollout.engine != "hf":
         notes.append(f"engine {suite.rollout.engine}: generation happens in the engine, which reserves "
                      f"rollout.gpu_memory_utilization ({suite.rollout.gpu_memory_utilization}) of the card for its "
                      "weights and KV cache (added to the fit); the policy recomputes the old log-probs")
     return SuiteEstimate(suite, model, prompt_tokens, note, traced_on.type, algorithms,
-                         time.perf_counter() - start, notes)
+                         time.perf_counter() - start, notes, ranks)

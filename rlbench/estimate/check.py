@@ -20,6 +20,8 @@ exactly) and, for every phase the report attributes to a role, two rows:
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -87,10 +89,47 @@ def compare(estimate: dict[str, Any], report: dict[str, Any], probe: str) -> lis
     return rows
 
 
-def _row(label: str, what: str, phase: str, role: str, predicted: int, measured: int) -> dict[str, Any]:
-    return {"algorithm": label, "what": what, "phase": phase, "role": role, "predicted_bytes": int(predicted),
-            "measured_bytes": int(measured), "error": _error(predicted, measured),
-            "checked": what == "static" or max(predicted, measured) > CHECKED_ABOVE}
+RANK_CHECKED_ABOVE = 10 * MIB  # a rank of the distributed CPU suite holds tens of MiB
+
+
+def compare_ranks(estimate: dict[str, Any], report: dict[str, Any], report_dir: Path, probe: str) -> list[dict[str, Any]]:
+    """`compare` for a distributed run, rank by rank: each rank's own result (`rank{r}/result.json`
+    under the run's folder) against the per-rank estimate, rows carrying `rank`. Rises are held to
+    the tolerance above `RANK_CHECKED_ABOVE`; peaks above the baseline are shown, not held: a rank's
+    process loads the distributed libraries (gloo, FSDP2) after its baseline reading."""
+    algorithms = {a["label"]: a for a in estimate["algorithms"]}
+    rows: list[dict[str, Any]] = []
+    for run in report["runs"]:
+        algo = algorithms.get(run.get("label") or run.get("algorithm"))
+        world = (run.get("distributed") or {}).get("world_size", 1)
+        if algo is None or run.get("status") != "ok" or world < 2:
+            continue
+        for rank in range(world):
+            result = json.loads((report_dir / run["run_dir"] / f"rank{rank}" / "result.json").read_text())
+            base = (result.get("baseline_bytes") or {}).get(probe, 0)
+            for role, entry in result["roles"].items():
+                if role not in algo["static"]:
+                    continue
+                rows.append(_row(algo["label"], "static", "", role, algo["static"][role]["total"],
+                                 entry["static"]["total"], rank=rank))
+                for phase, measured in entry["phases"].items():
+                    predicted = algo["phases"].get(phase)
+                    if predicted is None or probe not in measured["rise_bytes"]:
+                        continue
+                    rows.append(_row(algo["label"], "rise", phase, role, predicted[RISE], measured["rise_bytes"][probe],
+                                     RANK_CHECKED_ABOVE, rank))
+                    rows.append(_row(algo["label"], "peak", phase, role, predicted["peak_bytes"],
+                                     measured["peak_bytes"][probe] - base, None, rank))
+    return rows
+
+
+def _row(label: str, what: str, phase: str, role: str, predicted: int, measured: int,
+         above: int | None = CHECKED_ABOVE, rank: int | None = None) -> dict[str, Any]:
+    """One comparison; `checked` (held to the tolerance): static always, others above `above` (never when None)."""
+    row = {"algorithm": label, "what": what, "phase": phase, "role": role, "predicted_bytes": int(predicted),
+           "measured_bytes": int(measured), "error": _error(predicted, measured),
+           "checked": what == "static" or (above is not None and max(predicted, measured) > above)}
+    return row if rank is None else {**row, "rank": rank}
 
 
 def worst_error(rows: list[dict[str, Any]], what: str = "rise") -> float:
@@ -100,13 +139,15 @@ def worst_error(rows: list[dict[str, Any]], what: str = "rise") -> float:
 
 
 def print_rows(rows: list[dict[str, Any]], console: Console, title: str) -> None:
+    ranked = any("rank" in r for r in rows)
     table = Table(title=title, title_justify="left")
-    for col in ("algorithm", "phase", "role", "figure", "predicted MiB", "measured MiB", "error"):
+    for col in ("algorithm", *(("rank",) if ranked else ()), "phase", "role", "figure", "predicted MiB",
+                "measured MiB", "error"):
         table.add_column(col, justify="left" if col in ("algorithm", "phase", "role", "figure") else "right")
     for r in rows:
         error = "" if r["error"] is None else f"{r['error']:+.1%}"
         if not r["checked"]:
             error = f"[dim]{error}[/]"
-        table.add_row(r["algorithm"], r["phase"], r["role"], r["what"], f"{r['predicted_bytes'] / MIB:,.1f}",
-                      f"{r['measured_bytes'] / MIB:,.1f}", error)
+        table.add_row(r["algorithm"], *((str(r.get("rank", "")),) if ranked else ()), r["phase"], r["role"], r["what"],
+                      f"{r['predicted_bytes'] / MIB:,.1f}", f"{r['measured_bytes'] / MIB:,.1f}", error)
     console.print(table)

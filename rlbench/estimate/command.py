@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -27,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help=f"model.dtype: {', '.join(DTYPES)} (default: the suite's, else bfloat16)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument("--gpu-gib", type=float, metavar="N", help="answer fits / does not fit on a card of N GiB")
-    parser.add_argument("--gpu", metavar="NAME", help="the same for a known card: rtx4090, l4, a100-40gb, h100, h200, ...")
+    parser.add_argument("--gpu", metavar="NAME", help="the same for a known card (H100-80GB, H200, A100-40GB, A100-80GB, "
+                                                     "L4, A10G, RTX-4090, ...), with the smallest power-of-two rank "
+                                                     "count that fits and the largest completions_per_step there")
+    parser.add_argument("--ranks", type=int, metavar="N", help="per rank, every role sharded with FSDP2 over N ranks "
+                                                              "(default: the suite's distributed.nproc_per_node, else 1)")
     parser.add_argument("--headroom", metavar="SETTING", help="find the largest completions_per_step, max_new_tokens "
                                                              "or group_size that fits the card")
     parser.add_argument("--prompt-tokens", type=int, metavar="N", help="prompt length to assume (default: the task's "
@@ -74,12 +79,16 @@ def build_suite(args: argparse.Namespace) -> Suite:
 
 
 def estimate_command(args: argparse.Namespace, console: Console) -> int:
-    from rlbench.estimate.fit import HEADROOM_FIELDS, card_gib, headroom
+    from rlbench.estimate.fit import HEADROOM_FIELDS, card_gib, headroom, limits
+    from rlbench.estimate.ranks import check_ranks, suite_ranks
 
+    started = time.perf_counter()
     if args.gpu is not None and args.gpu_gib is not None:
         raise UserError("--gpu and --gpu-gib: give one of them")
     card = card_gib(args.gpu_gib, args.gpu)
     suite = build_suite(args)
+    ranks = suite_ranks(suite, args.ranks)
+    check_ranks(suite, ranks)
     if args.headroom is not None:
         if args.headroom not in HEADROOM_FIELDS:
             raise UserError(f"--headroom: unknown setting '{args.headroom}'; choose one of {', '.join(HEADROOM_FIELDS)}")
@@ -97,20 +106,32 @@ def estimate_command(args: argparse.Namespace, console: Console) -> int:
 
     from rlbench.estimate import estimate_suite
     from rlbench.estimate.predict import estimate_algorithm
-    from rlbench.estimate.source import resolve_model
+    from rlbench.estimate.source import context_length, longest_prompt, resolve_model
     from rlbench.estimate.view import as_json, print_estimate
 
     model = resolve_model(suite.model.name, suite.model.trust_remote_code)
-    estimate = estimate_suite(suite, args.device, args.prompt_tokens, args.exact, model)
-    found = None
-    if args.headroom is not None:
-        import torch
+    context = context_length(model.config)
+    prompt_tokens, note = (args.prompt_tokens, "given") if args.prompt_tokens else longest_prompt(suite, model.tokenizer)
+    limits(suite, context, prompt_tokens)
+    estimate = estimate_suite(suite, args.device, prompt_tokens, args.exact, model, ranks=ranks, prompt_note=note)
+    import torch
 
-        device = torch.device(estimate.device)
-        found = headroom(suite, args.headroom, card[0], lambda s, a: estimate_algorithm(
-            s, a, model.config, estimate.prompt_tokens, device, args.exact))
+    device = torch.device(estimate.device)
+
+    def estimate_at(s: Suite, algo: object, n: int) -> object:
+        return estimate_algorithm(s, algo, model.config, estimate.prompt_tokens, device, args.exact, ranks=n)
+
+    found = sizing = None
+    if args.headroom is not None:
+        found = headroom(suite, args.headroom, card[0], lambda s, a: estimate_at(s, a, ranks), context,
+                         estimate.prompt_tokens, ranks)
+    if card is not None and not args.headroom:
+        from rlbench.estimate.sizing import size_suite
+
+        sizing = size_suite(suite, card[0], ranks, estimate.algorithms, estimate_at, context, estimate.prompt_tokens)
+        estimate.seconds = time.perf_counter() - started
     if args.json:
-        print(json.dumps(as_json(estimate, card, found, args.headroom), indent=2))
+        print(json.dumps(as_json(estimate, card, found, args.headroom, sizing), indent=2))
     else:
-        print_estimate(estimate, console, card, found, args.headroom)
+        print_estimate(estimate, console, card, found, args.headroom, sizing)
     return 1 if any(a.error for a in estimate.algorithms) else 0

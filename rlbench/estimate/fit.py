@@ -1,15 +1,18 @@
 """Will it fit: the predicted process peak against a card, and the largest setting that still fits.
 
-The peak compared is the estimate's process peak (the largest phase peak of live tensors) plus
-`DEVICE_OVERHEAD_GIB`, what a CUDA process holds beyond PyTorch's tensors (the CUDA context and
-the caching allocator's rounding and fragmentation), plus, for the vllm engine, the share of the
-card vLLM reserves (`rollout.gpu_memory_utilization`).
+The peak compared is the estimate's process peak (the largest phase peak of live tensors; per rank
+when the estimate is for several ranks) plus `DEVICE_OVERHEAD_GIB`, what a CUDA process holds
+beyond PyTorch's tensors (the CUDA context and the caching allocator's rounding and
+fragmentation), plus, for the vllm engine, the share of the card vLLM reserves
+(`rollout.gpu_memory_utilization`). It fits when that stays under the card's memory less
+`gpus.MARGIN` (20%).
 
 `headroom(suite, "completions_per_step", gib)` finds, per algorithm, the largest value of a rollout
 setting whose estimate fits: it doubles from the suite's value until it does not fit (or halves
-until it does), then bisects, each probe a full estimate on fake tensors. completions_per_step
-moves in whole groups; group_size moves with the number of prompts per step held fixed (more
-completions per prompt), as a user raising G would.
+until it does), then bisects, each probe a full estimate on fake tensors, never past
+`MAX_COMPLETIONS` completions or the model's context (`limits`). completions_per_step moves in
+whole groups (split evenly over the ranks); group_size moves with the number of prompts per step
+held fixed (more completions per prompt), as a user raising G would.
 """
 
 from __future__ import annotations
@@ -20,30 +23,43 @@ from typing import Any
 
 from rlbench.config import AlgorithmConfig, Suite, algorithm_params, step_shape
 from rlbench.errors import UserError
+from rlbench.estimate.gpus import GPUS, MARGIN, gpu_gib, usable_bytes
 
 GIB = 2**30
 DEVICE_OVERHEAD_GIB = 1.0
-# Memory each card reports (nvidia-smi's total), GiB.
-CARDS = {
-    "rtx3090": 24.0, "rtx4090": 24.0, "a10g": 22.5, "l4": 22.5, "a100-40gb": 40.0, "a6000": 48.0, "l40s": 45.0,
-    "a100-80gb": 80.0, "h100": 79.6, "h200": 140.4,
-}
+CARDS = {name.lower(): gib for name, (gib, _) in GPUS.items()}  # GiB each card reports (see rlbench.estimate.gpus)
 HEADROOM_FIELDS = ("completions_per_step", "max_new_tokens", "group_size")
-MAX_VALUE = 1 << 20
+# What one trace may be asked to hold: past these the trace's own Python work (one token list and
+# one text per completion) takes minutes, and no RL step of this kind is that large.
+MAX_COMPLETIONS = 16384
+MAX_VALUE = MAX_COMPLETIONS
+MAX_SEQUENCE_TOKENS = 1 << 20  # the context assumed of a model whose config names none
 
 
-def card_gib(gpu_gib: float | None, gpu: str | None) -> tuple[float, str] | None:
+def card_gib(gpu_gib_: float | None, gpu: str | None) -> tuple[float, str] | None:
     """(GiB, name) of the card asked for, or None; UserError for a bad figure or an unknown card."""
     if gpu is not None:
-        key = gpu.strip().lower()
-        if key not in CARDS:
-            raise UserError(f"--gpu: unknown card '{gpu}'; known: {', '.join(sorted(CARDS))} (or give --gpu-gib N)")
-        return CARDS[key], key
-    if gpu_gib is None:
+        return gpu_gib(gpu)
+    if gpu_gib_ is None:
         return None
-    if not gpu_gib > 0 or gpu_gib > 1e6:
-        raise UserError(f"--gpu-gib: must be a positive number of GiB, got {gpu_gib:g}")
-    return gpu_gib, f"{gpu_gib:g} GiB"
+    if not gpu_gib_ > 0 or gpu_gib_ > 1e6:
+        raise UserError(f"--gpu-gib: must be a positive number of GiB, got {gpu_gib_:g}")
+    return gpu_gib_, f"{gpu_gib_:g} GiB"
+
+
+def limits(suite: Suite, context: int | None, prompt_tokens: int) -> None:
+    """UserError, one line naming the setting, when a trace of `suite` would not end in seconds:
+    more than `MAX_COMPLETIONS` completions, or prompts plus completions longer than the model's
+    context (`context`: its max_position_embeddings, None when it names none)."""
+    rollout = suite.rollout
+    if rollout.completions_per_step > MAX_COMPLETIONS:
+        raise UserError(f"rollout.completions_per_step: the estimate traces at most {MAX_COMPLETIONS:,} completions "
+                        f"per step, got {rollout.completions_per_step:,}")
+    context = context or MAX_SEQUENCE_TOKENS
+    if prompt_tokens + rollout.max_new_tokens > context:
+        raise UserError(f"--prompt-tokens/rollout.max_new_tokens: {prompt_tokens:,} prompt tokens + "
+                        f"{rollout.max_new_tokens:,} new tokens exceed the model's context of {context:,} "
+                        "(max_position_embeddings)")
 
 
 def required_bytes(algorithm: Any, suite: Suite, total_gib: float) -> int:
@@ -55,11 +71,13 @@ def required_bytes(algorithm: Any, suite: Suite, total_gib: float) -> int:
 
 
 def verdict(algorithm: Any, suite: Suite, total_gib: float) -> dict[str, Any]:
+    """Fits when what the card must hold stays under its memory less `MARGIN`; `free_bytes`: what is
+    left of the card beyond that."""
     needed = required_bytes(algorithm, suite, total_gib)
-    margin = total_gib * GIB - needed
-    return {"fits": margin >= 0, "required_bytes": needed, "device_bytes": int(total_gib * GIB),
-            "margin_bytes": int(margin), "margin_fraction": margin / (total_gib * GIB),
-            "device_overhead_bytes": int(DEVICE_OVERHEAD_GIB * GIB)}
+    usable = usable_bytes(total_gib)
+    return {"fits": needed <= usable, "required_bytes": needed, "device_bytes": int(total_gib * GIB),
+            "usable_bytes": usable, "margin": MARGIN, "margin_bytes": int(usable - needed),
+            "free_fraction": 1 - needed / (total_gib * GIB), "device_overhead_bytes": int(DEVICE_OVERHEAD_GIB * GIB)}
 
 
 def with_value(suite: Suite, name: str, value: int, algo: AlgorithmConfig) -> Suite:
@@ -73,9 +91,10 @@ def with_value(suite: Suite, name: str, value: int, algo: AlgorithmConfig) -> Su
     return dataclasses.replace(suite, rollout=rollout)
 
 
-def largest_fitting(fits: Callable[[int], bool], start: int, step: int = 1) -> tuple[int | None, int]:
-    """The largest multiple of `step` for which `fits` holds (monotone: fits(v) implies fits(u) for u < v),
-    searched from `start`; (None if not even `step` fits, probes made)."""
+def largest_fitting(fits: Callable[[int], bool], start: int, step: int = 1,
+                    limit: int = MAX_VALUE) -> tuple[int | None, int]:
+    """The largest multiple of `step` up to `limit` for which `fits` holds (monotone: fits(v) implies
+    fits(u) for u < v), searched from `start`; (None if not even `step` fits, probes made)."""
     probes = 0
 
     def check(v: int) -> bool:
@@ -83,16 +102,17 @@ def largest_fitting(fits: Callable[[int], bool], start: int, step: int = 1) -> t
         probes += 1
         return fits(v * step)
 
-    k = max(1, start // step)
+    top = max(1, limit // step)
+    k = min(top, max(1, start // step))
     if check(k):
         low, high = k, None
         while high is None:
-            if low * 2 * step > MAX_VALUE:
+            if low == top:
                 return low * step, probes
-            if check(low * 2):
-                low *= 2
+            if check(min(low * 2, top)):
+                low = min(low * 2, top)
             else:
-                high = low * 2
+                high = min(low * 2, top)
     else:
         high, low = k, None
         while low is None:
@@ -111,8 +131,29 @@ def largest_fitting(fits: Callable[[int], bool], start: int, step: int = 1) -> t
     return low * step, probes
 
 
-def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[Suite, Any], Any]) -> dict[str, Any]:
-    """Per algorithm label, the largest value of rollout setting `name` that fits `total_gib`.
+def search_step(suite: Suite, name: str, algo: AlgorithmConfig, ranks: int = 1) -> int:
+    """The unit `name` moves in for `algo`: completions_per_step in whole groups, as many as split
+    evenly over `ranks` ranks and the update's minibatches; the others one at a time."""
+    if name != "completions_per_step":
+        return 1
+    params = algorithm_params(algo)
+    group = step_shape(params, suite.rollout).group_size
+    return group * (ranks * getattr(params, "num_minibatches", 1) if ranks > 1 else 1)
+
+
+def search_limit(suite: Suite, name: str, algo: AlgorithmConfig, context: int | None, prompt_tokens: int) -> int:
+    """The largest value the search for `name` may try (see `limits`)."""
+    if name == "max_new_tokens":
+        return max(1, (context or MAX_SEQUENCE_TOKENS) - prompt_tokens)
+    if name == "group_size":
+        return max(1, MAX_COMPLETIONS // max(1, step_shape(algorithm_params(algo), suite.rollout).prompts_per_step))
+    return MAX_COMPLETIONS
+
+
+def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[Suite, Any], Any],
+             context: int | None = None, prompt_tokens: int = 0, ranks: int = 1) -> dict[str, Any]:
+    """Per algorithm label, the largest value of rollout setting `name` that fits `total_gib`
+    (`capped`: the search stopped at its limit, `search_limit`, still fitting).
 
     `estimate_one(suite, algo)` returns an AlgorithmEstimate for one algorithm of a suite.
     """
@@ -121,9 +162,12 @@ def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[
     out: dict[str, Any] = {}
     for index, algo in enumerate(suite.algorithms):
         group = step_shape(algorithm_params(algo), suite.rollout).group_size
-        step = group if name == "completions_per_step" else 1
+        step = search_step(suite, name, algo, ranks)
         if name == "group_size" and group != suite.rollout.group_size:
             out[algo.label or algo.name] = {"value": None, "note": f"its own group_size ({group}) is fixed"}
+            continue
+        if name == "group_size" and ranks > 1:
+            out[algo.label or algo.name] = {"value": None, "note": "group_size is searched on one rank only"}
             continue
 
         def fits(value: int, index: int = index, algo: AlgorithmConfig = algo) -> bool:
@@ -131,6 +175,63 @@ def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[
             estimate = estimate_one(changed, changed.algorithms[index])
             return not estimate.error and verdict(estimate, changed, total_gib)["fits"]
 
-        value, probes = largest_fitting(fits, getattr(suite.rollout, name), step)
-        out[algo.label or algo.name] = {"value": value, "probes": probes, "step": step}
+        limit = search_limit(suite, name, algo, context, prompt_tokens)
+        value, probes = largest_fitting(fits, getattr(suite.rollout, name), step, limit)
+        out[algo.label or algo.name] = {"value": value, "probes": probes, "step": step,
+                                        "capped": value is not None and value + step > limit}
     return out
+
+
+def largest_under(required: Callable[[int], int | None], usable: int, start: int, step: int = 1,
+                  limit: int = MAX_VALUE) -> tuple[int | None, int]:
+    """The largest multiple of `step` up to `limit` whose `required(value)` bytes (monotone in value;
+    None: the estimate failed, as not fitting) stay within `usable`; (None if not even `step` does,
+    probes made). The next value tried is where the line through the two nearest probes meets
+    `usable` (memory grows about linearly with the batch), kept inside the bracket and halving it
+    at least every other probe, so a handful of estimates settle what bisection takes a dozen for."""
+    top = max(1, limit // step)
+    seen: dict[int, float] = {}
+    lo: int | None = None  # the largest multiple known to fit
+    hi: int | None = None  # the smallest known not to
+
+    def probe(k: int) -> None:
+        nonlocal lo, hi
+        value = required(k * step)
+        seen[k] = float("inf") if value is None else value
+        if seen[k] <= usable:
+            lo = k if lo is None else max(lo, k)
+        else:
+            hi = k if hi is None else min(hi, k)
+
+    probe(min(top, max(1, start // step)))
+    halve = False
+    while True:
+        if lo == top:
+            return top * step, len(seen)
+        if hi == 1:
+            return None, len(seen)
+        if lo is not None and hi is not None and hi - lo <= 1:
+            return lo * step, len(seen)
+        low, high = (lo if lo is not None else max(1, hi // 16)), (hi if hi is not None else min(top, lo * 16))
+        finite = sorted((k, r) for k, r in seen.items() if r != float("inf"))
+        guess = None
+        if not halve and len(finite) >= 2:
+            (ka, ra), (kb, rb) = _nearest(finite, lo, hi)
+            if rb != ra:
+                guess = int(ka + (usable - ra) * (kb - ka) / (rb - ra))
+        if guess is None or not (lo or 0) < guess < (hi or top + 1):
+            guess = (low + high) // 2 if lo is not None and hi is not None else (lo * 2 if lo is not None else hi // 2)
+        guess = max(1, min(top, guess))
+        if guess in seen:  # nothing new to learn there: halve the bracket
+            guess = (low + high + 1) // 2
+        width = (hi or top + 1) - (lo or 0)
+        probe(guess)
+        halve = (hi or top + 1) - (lo or 0) > width // 2  # the bracket did not halve: bisect next time
+
+
+def _nearest(points: list[tuple[int, float]], lo: int | None, hi: int | None) -> tuple[tuple[int, float], ...]:
+    """The two probes nearest the bracket's ends (the bracket's own ends when both are known)."""
+    by_k = dict(points)
+    if lo in by_k and hi in by_k:
+        return (lo, by_k[lo]), (hi, by_k[hi])
+    return tuple(points[-2:]) if hi is None else tuple(points[:2])

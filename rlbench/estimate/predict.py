@@ -153,12 +153,13 @@ def trace_depths(depth: int, exact: bool) -> tuple[int, ...]:
 
 def estimate_algorithm(suite: Suite, algo: AlgorithmConfig, config: Any, prompt_tokens: int,
                        device: torch.device, exact: bool = False,
-                       prompt_lengths: dict[str, int] | None = None) -> AlgorithmEstimate:
+                       prompt_lengths: dict[str, int] | None = None, ranks: int = 1) -> AlgorithmEstimate:
     """Trace `algo` of `suite` on a model of `config` and predict each phase at the full depth
-    (`prompt_lengths`: a run's own prompts, see `rlbench.estimate.simulate.trace_run`)."""
+    (`prompt_lengths`: a run's own prompts, see `rlbench.estimate.simulate.trace_run`); `ranks` > 1:
+    per rank, every role sharded with FSDP2 over that many ranks (`rlbench.estimate.ranks`)."""
     depth = config.num_hidden_layers
     try:
-        traces = [trace_run(suite, algo, config, d, prompt_tokens, device, not exact, prompt_lengths)
+        traces = [trace_run(suite, algo, config, d, prompt_tokens, device, not exact, prompt_lengths, ranks)
                   for d in trace_depths(depth, exact)]
     except TraceFailed as failed:
         return AlgorithmEstimate(algo.label or algo.name, algo.name, (), {}, {}, (), error=str(failed))

@@ -198,12 +198,15 @@ def traced_suite(suite: Suite, algo: AlgorithmConfig, own_task: bool = False) ->
 
 
 def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prompt_tokens: int,
-              device: torch.device, skip_decode: bool = True, prompt_lengths: dict[str, int] | None = None) -> Trace:
+              device: torch.device, skip_decode: bool = True, prompt_lengths: dict[str, int] | None = None,
+              ranks: int = 1) -> Trace:
     """Trace two steps and the evaluation of `algo` with `config` cut to `depth` decoder layers;
     with `prompt_lengths` (prompt text -> tokens, `rlbench.estimate.check.run_prompt_lengths`) on the
-    suite's own task, each prompt at its own length."""
+    suite's own task, each prompt at its own length; `ranks` > 1: rank 0 of an FSDP2 run of that
+    many ranks (`rlbench.estimate.ranks`)."""
     from rlbench.algorithms.base import uses_reward_model
     from rlbench.catalog import load_problems
+    from rlbench.estimate.ranks import SimulatedRanks, fake_process_group, label_sharded, mesh_tensors
 
     config = _with_depth(config, depth)
     tokenizer = WorstCaseTokenizer(config.vocab_size, prompt_tokens, _token(config, "pad_token_id", 0),
@@ -213,6 +216,10 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
     run_suite = traced_suite(suite, algo, own_task=prompt_lengths is not None)
     with tempfile.TemporaryDirectory(prefix="rlbench-estimate-") as tmp, ExitStack() as stack:
         config.save_pretrained(tmp)
+        dist = None
+        if ranks > 1:
+            stack.enter_context(fake_process_group(ranks))
+            dist = SimulatedRanks(ranks, device)
         stack.enter_context(fake_checkpoints(tracker, tokenizer))
         stack.enter_context(fake_conversions())
         stack.enter_context(tracker)
@@ -220,7 +227,7 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
         try:
             algorithm = make_algorithm(algo)
             parts = run_parts(run_suite, algo, TracedProbe(tracker, algorithm.roles()), seed=seed,
-                              policy_dir=model_dir, algorithm=algorithm)
+                              policy_dir=model_dir, algorithm=algorithm, dist=dist)
             parts = dataclasses.replace(
                 parts, schedule=fewer_passes(parts.schedule), device=device,
                 engine=traced_engine(suite.rollout.engine, tracker, suite.rollout.max_new_tokens, skip_decode, device))
@@ -228,9 +235,14 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
         except Exception as exc:  # noqa: BLE001 - reported as the algorithm's estimate failing
             raise TraceFailed(None, exc) from exc
         for role, (model, _) in run.role_models().items():
-            assert all(isinstance(p, FakeTensor) for p in model.parameters()), f"{role}: a real weight was made"
+            assert all(isinstance(local_tensor(p), FakeTensor) for p in model.parameters()), \
+                f"{role}: a real weight was made"
             tracker.layer_map(model)
-            if role in ("policy", "value"):
+            if dist is not None:  # FSDP2's units: gathered weights, sharded gradients, the mesh's rank table
+                label_sharded(tracker, model, role, trained=role in ("policy", "value"))
+                for table in mesh_tensors(model):
+                    tracker.relabel(table, "other", "activations")
+            elif role in ("policy", "value"):
                 tracker.grads_as(model, role)
         try:
             for _ in range(STEPS):
@@ -240,6 +252,13 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
             raise TraceFailed(tracker.failed_phase, exc) from exc
         end = tracker.live()
     return Trace(depth, tracker.starts, tracker.ends, tracker.peaks, end, tuple(run.roles))
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor this rank holds: a sharded (DTensor) parameter's local shard, else the tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def _with_depth(config: Any, depth: int) -> Any:

@@ -134,6 +134,12 @@ def _count(config: Any) -> tuple[str, int]:
     return type(model).__name__, sum(p.numel() for p in model.parameters())
 
 
+def context_length(config: Any) -> int | None:
+    """The longest sequence the model's positions cover (max_position_embeddings), None where it names none."""
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 def longest_prompt(suite: Any, tokenizer: Any | None) -> tuple[int, str]:
     """(prompt tokens, how they were found): the task's longest prompt under `tokenizer` (a sample of
     the training split), capped at model.max_prompt_tokens; the cap itself without a tokenizer."""

@@ -24,7 +24,7 @@ found through the optimizer hooks) that also executes every operation itself:
   operator (the buffer it replaced), is counted as that in-place sum (`_settle_sum`).
 
 Each storage carries a label `role/kind` (kinds: weights, gradients, optimizer, activations,
-logits, kv_cache). New storages are labelled by context: weights while a role loads, optimizer
+logits, kv_cache, and gathered: the full parameters FSDP2 all-gathers for a unit while it computes). New storages are labelled by context: weights while a role loads, optimizer
 inside `optimizer.step()`, logits when the last dimension is the vocabulary, activations otherwise,
 each under the role of the phase that made them; gradients and KV caches are relabelled when
 they are known (`relabel`). MemTracker's per-module snapshots are not used (its module hooks
@@ -49,18 +49,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch._guards import active_fake_mode
 from torch._subclasses.fake_tensor import (
     DataDependentOutputException,
     DynamicOutputShapeException,
     FakeTensor,
     FakeTensorMode,
 )
+from torch.distributed._tools.common_utils import get_untyped_storages
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _RefType
+from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 ROLES = ("policy", "reference", "reward", "value", "rollout", "other")
-KINDS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache")
+KINDS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache", "gathered")
 Label = _RefType("Label", {f"{r}/{k}": f"{r}/{k}" for r in ROLES for k in KINDS})
 TOTAL = "Total"
 REAL_LIMIT = 64 * 2**20  # integer/boolean results above this stay fake
@@ -194,10 +197,12 @@ class PhaseTracker(HooklessMemTracker):
         """Note which storages are decoder layer k's weights (and which are weights outside the layers)."""
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
             match = LAYER_NAME.search(f".{name}")
-            self._layers[tensor.untyped_storage()] = int(match.group(1)) if match else -1
+            for storage in get_untyped_storages(tensor):  # a sharded (DTensor) weight: its local shard's
+                self._layers[storage] = int(match.group(1)) if match else -1
 
     def grads_as(self, module: torch.nn.Module, role: str) -> None:
-        """Label the gradients of `module`'s trainable parameters as `role`'s when they are accumulated."""
+        """Label the gradients of `module`'s trainable parameters as `role`'s when they are accumulated
+        (an FSDP2 module's: `rlbench.estimate.ranks.label_sharded`)."""
         for p in module.parameters():
             if p.requires_grad:
                 p.register_post_accumulate_grad_hook(lambda q, role=role: self.relabel(q.grad, role, "gradients"))
@@ -228,6 +233,11 @@ class PhaseTracker(HooklessMemTracker):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if func is torch.ops.prim.device.default:  # `tensor.device`: asked often, allocates nothing
             return args[0].device
+        if DTensor in types:  # FSDP2's sharded parameters: DTensor runs its local ops, which come back here
+            return NotImplemented
+        outer = active_fake_mode()
+        if outer is not None and outer is not self.fake_mode:  # DTensor's sharding propagation: metadata only
+            return func(*args, **(kwargs or {}))
         self._settle_sum()
         kwargs = kwargs or {}
         tensors = _tensors(args) + _tensors(tuple(kwargs.values()))

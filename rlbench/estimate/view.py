@@ -13,11 +13,11 @@ from rlbench.estimate.trace import KINDS, ROLES
 
 GIB, MIB = 2**30, 2**20
 KIND_HEADERS = {"weights": "weights", "gradients": "grads", "optimizer": "optim", "activations": "activ",
-                "logits": "logits", "kv_cache": "KV"}
+                "logits": "logits", "kv_cache": "KV", "gathered": "gathered"}
 
 
 def as_json(estimate: SuiteEstimate, card: tuple[float, str] | None, headroom: dict[str, Any] | None,
-            headroom_field: str | None) -> dict[str, Any]:
+            headroom_field: str | None, sizing: dict[str, Any] | None = None) -> dict[str, Any]:
     from rlbench.estimate.fit import verdict
 
     algorithms = []
@@ -27,8 +27,13 @@ def as_json(estimate: SuiteEstimate, card: tuple[float, str] | None, headroom: d
             entry["fit"] = verdict(algo, estimate.suite, card[0])
         if headroom is not None:
             entry["headroom"] = {"field": headroom_field, **headroom.get(algo.label, {})}
+        if sizing is not None:
+            entry["sizing"] = sizing.get(algo.label)
         algorithms.append(entry)
-    return {"settings": estimate.settings(), "card": None if card is None else {"name": card[1], "gib": card[0]},
+    from rlbench.estimate.gpus import MARGIN
+
+    card_entry = None if card is None else {"name": card[1], "gib": card[0], "margin": MARGIN}
+    return {"settings": estimate.settings(), "card": card_entry,
             "algorithms": algorithms, "seconds": round(estimate.seconds, 2), "notes": estimate.notes,
             "units": "bytes"}
 
@@ -49,9 +54,25 @@ def _phase_rows(by_role: dict[str, dict[str, int]], scale: int) -> list[tuple[st
     return rows
 
 
+def _sizing_line(s: dict[str, Any], card: tuple[float, str]) -> str:
+    """The sizing answers of one algorithm (`rlbench.estimate.sizing`) in one line."""
+    n = s["smallest_ranks"]
+    if n is None and s.get("note"):
+        return f"no rank count fits {card[1]}: {s['note']}"
+    if n is None:
+        tried = ", ".join(f"{k}: {v / GIB:,.1f} GiB" for k, v in s["required_bytes_by_ranks"].items())
+        return f"no power-of-two rank count up to the step's split fits {card[1]} (per rank {tried})"
+    value = s["largest_completions_per_step"]
+    batch = (f"largest completions_per_step that fits there: {value:,}" + (" (the search's cap)" if s.get("capped") else "")
+             if value else "no completions_per_step fits there")
+    return f"smallest rank count that fits: {n} x {card[1]}; {batch}"
+
+
 def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float, str] | None,
-                   headroom: dict[str, Any] | None, headroom_field: str | None) -> None:
+                   headroom: dict[str, Any] | None, headroom_field: str | None,
+                   sizing: dict[str, Any] | None = None) -> None:
     from rlbench.estimate.fit import DEVICE_OVERHEAD_GIB, verdict
+    from rlbench.estimate.gpus import MARGIN
 
     s = estimate.settings()
     largest = max(a.process_peak_bytes for a in estimate.algorithms)
@@ -70,7 +91,9 @@ def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float,
             console.print(f"[red]{algo.label}: rlbench's code raised {algo.error}[/] while traced (a run with these "
                           "settings is likely to fail the same way)", highlight=False, soft_wrap=True)
             continue
-        table = Table(title=f"{algo.label}: predicted peak of live tensors per phase ({unit})", title_justify="left")
+        per = f" per rank of {estimate.ranks} (FSDP2)" if estimate.ranks > 1 else ""
+        table = Table(title=f"{algo.label}: predicted peak of live tensors per phase{per} ({unit})",
+                      title_justify="left")
         for col in ("phase", "role", *(KIND_HEADERS[k] for k in KINDS), "peak", "transient"):
             table.add_column(col, justify="left" if col in ("phase", "role") else "right")
         for name, phase in algo.phases.items():
@@ -82,15 +105,19 @@ def print_estimate(estimate: SuiteEstimate, console: Console, card: tuple[float,
             table.add_section()
         console.print(table)
         static = ", ".join(f"{role} {algo.static[role]['total'] / scale:,.2f}" for role in ROLES if role in algo.static)
-        line = (f"process peak {algo.process_peak_bytes / scale:,.2f} {unit} in {algo.peak_phase}; "
-                f"static {unit} by role: {static}")
+        rank = " per rank" if estimate.ranks > 1 else ""
+        line = (f"process peak{rank} {algo.process_peak_bytes / scale:,.2f} {unit} in {algo.peak_phase}; "
+                f"static {unit}{rank} by role: {static}")
         if card is not None:
             v = verdict(algo, estimate.suite, card[0])
             word = "[green]fits[/]" if v["fits"] else "[red]does not fit[/]"
             name = f"a {card[1]} card" if card[1].endswith(" GiB") else f"{card[1]} ({card[0]:g} GiB)"
-            line += (f"\n{name}: {word}, needs {v['required_bytes'] / GIB:,.2f} GiB with "
-                     f"{DEVICE_OVERHEAD_GIB:g} GiB of device overhead, margin {v['margin_bytes'] / GIB:+,.2f} GiB "
-                     f"({v['margin_fraction']:+.0%})")
+            on = f" on {estimate.ranks} ranks" if estimate.ranks > 1 else ""
+            line += (f"\n{name}{on}: {word} with a {MARGIN:.0%} margin, needs {v['required_bytes'] / GIB:,.2f} GiB "
+                     f"with {DEVICE_OVERHEAD_GIB:g} GiB of device overhead of {v['usable_bytes'] / GIB:,.2f} GiB usable "
+                     f"({v['margin_bytes'] / GIB:+,.2f} GiB)")
+        if sizing is not None and algo.label in sizing:
+            line += "\n" + _sizing_line(sizing[algo.label], card)
         if headroom is not None:
             h = headroom.get(algo.label, {})
             found = h.get("note") or (f"largest {headroom_field} that fits: {h['value']}" if h.get("value")
