@@ -181,7 +181,7 @@ class Run:
                 batch.values = self._in_micro_batches(rollout, self._values)
         lengths = rollout.attention_mask.sum(-1).tolist()  # this rank's sequences, real tokens each
         counts = StepCounts(prompts=len(prompts), completions=len(problems), tokens=rollout.num_tokens,
-                            sequence_tokens=sum(lengths), flops_by_phase=self.step_flops(lengths))
+                            sequence_tokens=sum(lengths), flops_by_phase=self.step_flops(rollout))
         # Every rank's rows, so that advantages see the whole batch (a no-op in one process).
         batch, reward_parts = self.dist.gather_batch(batch, reward_parts, self.tokenizer.pad_token_id)
         rollout, rewards, gold = batch.rollout, batch.rewards, batch.gold
@@ -248,25 +248,30 @@ class Run:
                 lambda mine: evaluate_suite(self.engine, self.tokenizer, mine, self.suite, self.seed),
                 problems, self.policy)
 
-    def step_flops(self, lengths: list[int]) -> dict[str, int]:
-        """Model FLOPs of one step's phases over sequences of these lengths, each phase that ran
-        with its role's shape: forwards for generation, reward scores, old and reference log-probs
-        and values; trained passes (fwd + bwd) for every optimisation pass of the policy and value."""
-        from rlbench.measure.flops import sequence_flops
+    def step_flops(self, rollout: Rollout) -> dict[str, int]:
+        """Model FLOPs of one step's phases over this rollout's rows (`flops.pass_flops`: a group's
+        prompt once where the pass shares it), each phase that ran with its role's shape: forwards
+        for generation, reward scores, old and reference log-probs and values; trained passes
+        (fwd + bwd) for every optimisation pass of the policy and value."""
+        from rlbench.measure.flops import pass_flops
 
-        shapes = self.flop_shapes
-        forwards = {
-            "generate": "policy" if not self.supervised else None,
-            "score": "reward" if self.algorithm.reward_source in ("model", "both") else None,
-            "old_logprobs": "policy" if self.engine.has_own_weights and not self.supervised else None,
-            "ref_logprobs": "reference" if "reference" in self.roles else None,
-            "values": "value" if self.value_model is not None else None,
+        shapes, width = self.flop_shapes, rollout.prompt_width
+        prompts = rollout.attention_mask[:, :width].sum(-1).tolist()
+        completions = rollout.attention_mask[:, width:].sum(-1).tolist()
+        shared = self._micro(rollout)[0][1]  # the group the packed log-prob forwards share a prompt over
+        trained = 1 if self.suite.model.gradient_checkpointing else shared  # the module's forward: every row in full
+        forwards = {  # phase: (role, kind, rows sharing a prompt)
+            "generate": ("policy", "sample", self.group_size) if not self.supervised else None,
+            "score": ("reward", "sequence", 1) if self.algorithm.reward_source in ("model", "both") else None,
+            "old_logprobs": ("policy", "logprobs", shared) if self.engine.has_own_weights and not self.supervised else None,
+            "ref_logprobs": ("reference", "logprobs", shared) if "reference" in self.roles else None,
+            "values": ("value", "logprobs", 1) if self.value_model is not None else None,
         }
-        out = {phase: sequence_flops(shapes[role], lengths, training=False)
-               for phase, role in forwards.items() if role is not None}
-        out["update"] = self.passes * sequence_flops(shapes["policy"], lengths, training=True)
+        out = {phase: pass_flops(shapes[role], prompts, completions, group, kind)
+               for phase, (role, kind, group) in ((p, f) for p, f in forwards.items() if f is not None)}
+        out["update"] = self.passes * pass_flops(shapes["policy"], prompts, completions, trained, "logprobs", True)
         if self.value_model is not None:
-            out["value_update"] = self.passes * sequence_flops(shapes["value"], lengths, training=True)
+            out["value_update"] = self.passes * pass_flops(shapes["value"], prompts, completions, 1, "logprobs", True)
         return out
 
     def _score(self, rollout: Rollout, problems: list[Problem]) -> tuple[torch.Tensor, dict[str, list[float]]]:
