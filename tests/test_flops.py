@@ -11,16 +11,16 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from rlbench.measure.flops import (
     CPU_PEAK_CACHE_FILE,
+    FlopShape,
     Peak,
     cpu_identity,
     cpu_model_name,
     cpu_peak_flops,
     cpu_read_bandwidth,
     flop_params,
+    flop_shape,
     gpu_chip,
     gpu_peak_flops,
-    FlopShape,
-    flop_shape,
     mfu,
     model_flops_per_token,
     pass_flops,

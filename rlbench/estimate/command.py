@@ -73,6 +73,19 @@ def build_suite(args: argparse.Namespace) -> Suite:
     return suite
 
 
+def _precision_advice(suite: Suite, device: str) -> None:
+    """measure/roofline.py's one line on bf16 for an fp32 suite on a CPU with native bf16, on stderr."""
+    import torch
+
+    from rlbench.cache import cache_root
+    from rlbench.measure.roofline import precision_advice
+    from rlbench.models.precision import resolve_precision
+
+    advice = precision_advice(resolve_precision(suite.model).name, torch.device(device).type, cache_root())
+    if advice:
+        Console(stderr=True, soft_wrap=True).print(f"note: {advice}", markup=False, highlight=False)
+
+
 def estimate_command(args: argparse.Namespace, console: Console) -> int:
     from rlbench.estimate.fit import HEADROOM_FIELDS, card_gib, headroom
 
@@ -102,6 +115,7 @@ def estimate_command(args: argparse.Namespace, console: Console) -> int:
 
     model = resolve_model(suite.model.name, suite.model.trust_remote_code)
     estimate = estimate_suite(suite, args.device, args.prompt_tokens, args.exact, model)
+    _precision_advice(suite, estimate.device)
     found = None
     if args.headroom is not None:
         import torch

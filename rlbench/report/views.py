@@ -25,6 +25,7 @@ from rlbench.report.format import (
     stderr_note,
     warning_lines,
 )
+from rlbench.report.roofline import floor_ratio
 from rlbench.report.seeds import seed_table
 
 
@@ -36,7 +37,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     right = {"justify": "right", "no_wrap": True}
     for col, kw in (("run", {"no_wrap": True}), ("status", {"no_wrap": True}), ("stopped by", {"no_wrap": True}),
                     ("roles", {"no_wrap": True}), ("compl.", right), ("prompts", right), ("FLOPs", right),
-                    (f"peak MiB ({probe})", right), ("step s", right), ("gen tok/s", right)):
+                    (f"peak MiB ({probe})", right), ("step s", right), ("gen tok/s", right), ("x floor", right)):
         table.add_column(col, **kw)
     for run in report["runs"]:
         status = run.get("status", "?")
@@ -47,9 +48,10 @@ def summary_table(report: dict[str, Any]) -> Table:
             Text(run["id"]), Text(str(status), style=colour), Text(str(run.get("stopped_by") or "-")), roles,
             str(budget.get("completions", "-")), str(budget.get("prompts", "-")), num(budget.get("flops"), "{:.3g}"),
             mib(_value(run, "memory/process_peak_bytes")), num(_value(run, "time/step_s"), "{:.2f}"),
-            num(_value(run, "throughput/gen_tokens_per_s"), "{:,.0f}"),
+            num(_value(run, "throughput/gen_tokens_per_s"), "{:,.0f}"), num(floor_ratio(run), "{:.1f}"),
         )
-    table.caption = "roles: pol(icy), ref(erence), rew(ard), val(ue)"
+    table.caption = ("roles: pol(icy), ref(erence), rew(ard), val(ue); x floor: the phases' time over their floors "
+                     "on this hardware (summary.md)")
     return table
 
 
