@@ -50,6 +50,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=10, help="operators listed per phase")
     parser.add_argument("--no-profile", action="store_true", help="phase times only")
     parser.add_argument("--compare", default=None, help="a git revision whose lean forward runs side by side")
+    parser.add_argument("--logprob-head", type=int, default=0, metavar="TOKENS",
+                        help="with --compare: only the LM-head part of reference log-probs and of the update "
+                             "(log-probs, entropy, backward) for TOKENS tokens at the model's hidden size and "
+                             "vocabulary, REF's code against the working tree's, alternating, --steps rounds")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "profile_phases.json")
     return parser.parse_args(argv)
 
@@ -178,6 +182,46 @@ def profile_precision(args: argparse.Namespace, precision: str, revision: dict[s
     return result
 
 
+def logprob_head(args: argparse.Namespace, revision: dict[str, Any]) -> dict[str, Any]:
+    """Seconds of the LM-head part of reference log-probs (no gradient) and of the update (with the
+    backward pass) at the model's hidden size and vocabulary: REF's token_logprobs against now."""
+    import torch
+
+    import rlbench.models.forward as now
+    from rlbench.models.shape import shape_config
+
+    config = shape_config(args.model.removeprefix("shape:")) if args.model.startswith("shape:") else {
+        "hidden_size": 128, "vocab_size": 398}
+    hidden, vocab, n = config["hidden_size"], config["vocab_size"], args.logprob_head
+    generator = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(hidden, vocab, bias=False)
+    scores = torch.randn(n, hidden, generator=generator)
+    tokens = torch.randint(0, vocab, (n,), generator=generator)
+    calls = {
+        "ref_logprobs before": lambda: revision["forward"].token_logprobs(scores, tokens, 1.0, head, vocab),
+        "ref_logprobs now": lambda: now.token_logprobs(scores, tokens, 1.0, head, vocab, entropy=False),
+        "update before": lambda: revision["forward"].token_logprobs(scores.requires_grad_(), tokens, 1.0, head, vocab),
+        "update now": lambda: now.token_logprobs(scores.requires_grad_(), tokens, 1.0, head, vocab),
+    }
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for i in range(args.steps):
+        for name in (calls if i % 2 == 0 else list(calls)[::-1]):
+            start = time.perf_counter()
+            if name.startswith("update"):
+                calls[name]()[0].sum().backward()
+                head.weight.grad = scores.grad = None
+            else:
+                with torch.no_grad():
+                    calls[name]()
+            times[name].append(time.perf_counter() - start)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    for phase in ("ref_logprobs", "update"):
+        print(f"{phase} LM-head part, {n} tokens x {hidden} -> {vocab}: before {median[phase + ' before']:.3f} s, "
+              f"now {median[phase + ' now']:.3f} s, now/before {median[phase + ' now'] / median[phase + ' before']:.3f} "
+              f"(per round: {[round(a / b, 3) for a, b in zip(times[phase + ' now'], times[phase + ' before'])]})")
+    return {"tokens": n, "hidden": hidden, "vocab": vocab, "median_s": median, "times": times}
+
+
 def print_result(result: dict[str, Any]) -> None:
     median, fl = result["median_s"], result["floors"]
     peak = fl["peak"]
@@ -209,7 +253,10 @@ def main(argv: list[str]) -> int:
     revision = load_revision(args.compare) if args.compare else None
     load_before = os.getloadavg()
     results = []
-    for precision in args.precision:
+    if args.logprob_head:
+        assert revision is not None, "--logprob-head compares with --compare REF"
+        results.append(logprob_head(args, revision))
+    for precision in [] if args.logprob_head else args.precision:
         results.append(profile_precision(args, precision, revision))
         print_result(results[-1])
     document = {"benchmark": "profile_phases", "settings": {k: str(v) for k, v in vars(args).items()},
