@@ -193,6 +193,11 @@ def test_cpu_peak_is_measured_once_per_dtype_and_cached(tmp_path) -> None:
     # bf16 is its own entry, measured afresh (on AVX2 it is far below fp32, on AMX far above)
     assert cpu_peak_flops(tmp_path, "bf16", max_n=256, reps=1) not in (123.0, measured)
     assert len(json.loads(cache_path.read_text())) == 2
+    # A run that reached more than the cached peak (123 FLOP/s, as if measured under heavy load) has
+    # it measured again; the larger is kept, and read from then on.
+    again = cpu_peak_flops(tmp_path, "fp32", max_n=256, reps=1, at_least=124.0)
+    assert again > 1e8 and json.loads(cache_path.read_text())[key]["value"] == again
+    assert cpu_peak_flops(tmp_path, "fp32", max_n=256, reps=1, at_least=again) == again
 
 
 def test_a_cache_copied_from_another_machine_is_not_used(tmp_path) -> None:

@@ -27,12 +27,10 @@ nothing), the output head (LM or scalar head: `FlopShape.head_params`) only wher
 used (generation: the prompt's last position once per group, then each fed token; log-probs and
 values: the C positions predicting completion tokens), and attention is causal: the token at
 position i attends to i positions (a KV-cache decoder's work; PaLM counts the full square).
-Padding, recomputation (micro-batch re-forwards, checkpointed chunks) and the reward model's
-scoring of prompt positions beyond its sequence pass are not model FLOPs. Integer arithmetic
-throughout: the count is exact and the same on every machine. An earlier count charged every
-completion for its whole sequence, prompt included, with full-square attention: about 3x the
-FLOPs of a quickstart step (2.6 GFLOP against 0.85 executed), so a bf16-mixed step on an AVX2
-CPU read MFU 1.06; a `budget.flops` limit now buys correspondingly more steps.
+Padding and recomputation (micro-batch re-forwards, checkpointed chunks) are not model FLOPs. Integer arithmetic
+throughout: exact and the same on every machine. (An earlier count charged each completion its
+prompt, with full-square attention: a bf16-mixed step on an AVX2 CPU read MFU 1.06; see
+docs/methodology.md.)
 
 Peaks, per compute dtype (MFU divides by the peak of the dtype the matmuls run in: bf16 under
 bf16-mixed, where an AMX CPU's bf16 peak is about 7x its fp32 one and an AVX2 CPU's is far below
@@ -243,9 +241,10 @@ def measure_read_bandwidth(nbytes: int = 2**30, reps: int = 3) -> float:
     return x.numel() * 4 / best
 
 
-def _cached(cache_dir: str | os.PathLike[str], key: str, measure: Any, **details: Any) -> float:
+def _cached(cache_dir: str | os.PathLike[str], key: str, measure: Any, at_least: float = 0.0, **details: Any) -> float:
     """The value cached under `key` in cache_dir/CPU_PEAK_CACHE_FILE, else `measure()` stored there
-    (atomically: a reader never sees half a file)."""
+    (atomically: a reader never sees half a file). A cached value below `at_least` (a rate a run
+    reached: it was measured while other processes ran) is measured again, and the larger kept."""
     path = Path(cache_dir) / CPU_PEAK_CACHE_FILE
     try:
         cache = json.loads(path.read_text())
@@ -253,9 +252,10 @@ def _cached(cache_dir: str | os.PathLike[str], key: str, measure: Any, **details
     except (OSError, ValueError, AssertionError):
         cache = {}
     entry = cache.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("value"), (int, float)) and entry["value"] > 0:
-        return float(entry["value"])
-    value = float(measure())
+    cached = entry["value"] if isinstance(entry, dict) and isinstance(entry.get("value"), (int, float)) else 0.0
+    if cached > 0 and cached >= at_least:
+        return float(cached)
+    value = max(float(measure()), cached)
     cache[key] = {"value": value, **details,
                   "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,16 +265,15 @@ def _cached(cache_dir: str | os.PathLike[str], key: str, measure: Any, **details
     return value
 
 
-def cpu_peak_flops(cache_dir: str | os.PathLike[str], dtype: str = "fp32", max_n: int = 2048, reps: int = 3) -> float:
+def cpu_peak_flops(cache_dir: str | os.PathLike[str], dtype: str = "fp32", max_n: int = 2048, reps: int = 3,
+                   at_least: float = 0.0) -> float:
     """Peak FLOP/s of this CPU in `dtype` (fp32, bf16, fp16), measured once with a matmul
-    (measure_matmul_flops) and cached in cache_dir under cpu_identity(), the dtype and max_n.
-
-    On a shared machine the figure drops while other processes run; best-of-reps limits that.
-    """
+    (measure_matmul_flops) and cached in cache_dir under cpu_identity(), the dtype and max_n; measured
+    again where a run's model FLOP/s (`at_least`) passed it (a peak measured under load)."""
     assert dtype in CPU_DTYPES, f"dtype {dtype!r}: expected one of {CPU_DTYPES}"
     key = f"{cpu_identity()} | {dtype} mm and linear up to {max_n}"
-    return _cached(cache_dir, key, lambda: measure_matmul_flops(dtype, max_n, reps), kind="peak_flops_per_s",
-                   dtype=dtype, max_n=max_n, reps=reps)
+    return _cached(cache_dir, key, lambda: measure_matmul_flops(dtype, max_n, reps), at_least,
+                   kind="peak_flops_per_s", dtype=dtype, max_n=max_n, reps=reps)
 
 
 def cpu_read_bandwidth(cache_dir: str | os.PathLike[str], nbytes: int = 2**30, reps: int = 3) -> float:
@@ -383,10 +382,10 @@ class Peak:
         return {"flops_per_s": self.flops_per_s, "dtype": self.dtype, "source": self.source, "device": self.device}
 
 
-def peak_flops(device: Any, dtype: Any, cache_dir: str | os.PathLike[str]) -> Peak | None:
+def peak_flops(device: Any, dtype: Any, cache_dir: str | os.PathLike[str], at_least: float = 0.0) -> Peak | None:
     """The peak of `device` (a torch.device or 'cpu'/'cuda') in compute dtype `dtype`: a CUDA GPU's
-    datasheet figure (None for a GPU or dtype not in the table), a CPU's measured and cached one
-    (tf32 is a GPU mode: on a CPU it is fp32)."""
+    datasheet figure (None for a GPU or dtype not in the table), a CPU's measured and cached one,
+    measured again below `at_least` (tf32 is a GPU mode: on a CPU it is fp32)."""
     import torch
 
     device = torch.device(device)
@@ -396,4 +395,4 @@ def peak_flops(device: Any, dtype: Any, cache_dir: str | os.PathLike[str]) -> Pe
         value = gpu_peak_flops(name, key)
         return None if value is None else Peak(value, key, "datasheet", name)
     key = "fp32" if key == "tf32" else key
-    return Peak(cpu_peak_flops(cache_dir, key), key, "measured", cpu_model_name())
+    return Peak(cpu_peak_flops(cache_dir, key, at_least=at_least), key, "measured", cpu_model_name())
