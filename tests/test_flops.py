@@ -272,3 +272,13 @@ def test_a_bf16_mixed_run_divides_by_the_bf16_peak(tmp_path) -> None:
     mfu_value = summary["throughput"]["throughput/mfu"]
     assert mfu_value == pytest.approx(run.budget.flops / run.budget.seconds / peak["flops_per_s"], rel=1e-12)
     assert 0 < mfu_value < 1
+    # Each phase against its floor: the compute floor is the phase's FLOPs over the same peak; the
+    # generate phase has a memory floor too (weights per decoding step over the measured bandwidth).
+    roofline = summary["roofline"]
+    assert set(roofline) == {"generate", "ref_logprobs", "update"} and summary["read_bytes_per_s"] > 0
+    assert roofline["update"]["compute_s"] == pytest.approx(run.budget.flops_by_phase["update"] / peak["flops_per_s"])
+    assert roofline["generate"]["memory_s"] == pytest.approx(
+        run.budget.bytes_by_phase["generate"] / summary["read_bytes_per_s"])
+    for phase in roofline.values():
+        assert phase["floor_s"] == max(s for s in (phase["compute_s"], phase["memory_s"]) if s is not None)
+        assert phase["ratio"] == pytest.approx(phase["measured_s"] / phase["floor_s"]) and phase["ratio"] > 0
