@@ -17,12 +17,17 @@ checkpoint of the embedded model when one exists, else the freshly initialised e
 `--model shape:<name>` loads a shape model's saved directory, random weights and the synthetic
 tokenizer, in both), train on the same prompts in the same order, G = 8 completions per prompt, 64
 completions per step (`--group`, `--completions`), temperature 1.0, beta 0.04 (so both hold a reference model), the DAPO/token-mean loss,
-clip epsilon 0.2, AdamW at lr 1e-4, gradient clipping at 1.0, one update per batch, fp32, the same
+clip epsilon 0.2, AdamW at lr 1e-4, gradient clipping at 1.0, one update per batch, the same precision, the same
 torch thread count, and the same reward: answer_correct + 0.1 format_strict (rlbench's rule
 functions, called from TRL's reward function). TRL's trainer is configured so that one of its
 steps is one generation of 64 completions and one optimizer step (per_device_train_batch_size 64,
 num_generations 8, gradient_accumulation_steps 1, steps_per_generation 1, num_iterations 1), with
-no vLLM, no gradient checkpointing, bf16/fp16 off and no reporting.
+no vLLM, no gradient checkpointing and no reporting. Precision (`--precision`): fp32 (the default:
+TRL's bf16/fp16 off, rlbench's model.precision fp32), or bf16-mixed: TRL with `bf16=True` (accelerate's
+bf16 autocast over the fp32 model it loads, fp32 AdamW) against rlbench's bf16-mixed (fp32 master
+weights and AdamW moments for the policy, bf16 autocast in every phase, the frozen reference held in
+bf16: model.dtype bfloat16). Both then compute their matmuls in bf16; TRL's reference is an fp32
+copy computed under autocast.
 
 How it is timed. TRL runs its own training loop; a callback starts the clock at `on_step_begin`
 and stops it at `on_step_end` (generation, scoring, reference log-probs, loss, backward, clipping,
@@ -99,6 +104,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fresh-model", action="store_true",
                         help="use the freshly initialised embedded model (it rarely emits EOS, so every completion "
                              "runs to max_new_tokens)")
+    parser.add_argument("--precision", choices=("fp32", "bf16-mixed"), default="fp32",
+                        help="fp32, or bf16-mixed: TRL with bf16=True against rlbench's bf16-mixed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON output (default results/vs_trl.json; scaling.json or ablation.json for those modes)")
@@ -206,12 +213,13 @@ def export_model(source: Path | None, into: Path, fresh: bool = False) -> tuple[
     return save_pretrained_pair(model, tokenizer, into), origin
 
 
-def make_suite(max_new_tokens: int, group: int, threads: int, completions: int = COMPLETIONS_PER_STEP):
+def make_suite(max_new_tokens: int, group: int, threads: int, completions: int = COMPLETIONS_PER_STEP,
+               precision: str = "fp32"):
     from rlbench.config import AlgorithmConfig, BudgetConfig, ModelConfig, RolloutConfig, Suite, TaskConfig
 
     return Suite(
         name="vs_trl",
-        model=ModelConfig(),
+        model=ModelConfig(dtype="bfloat16" if precision == "bf16-mixed" else "float32", precision=precision),
         task=TaskConfig(train_size=TRAIN_SIZE),
         algorithms=[AlgorithmConfig(name="grpo_zero", rewards=dict(REWARD_WEIGHTS),
                                     params={"lr": LR, "beta": BETA, "clip_eps": CLIP_EPS, "agg": "token_mean",
@@ -225,13 +233,13 @@ def make_suite(max_new_tokens: int, group: int, threads: int, completions: int =
 
 
 def make_run(model_dir: Path, max_new_tokens: int, group: int, threads: int, seed: int,
-             completions: int = COMPLETIONS_PER_STEP):
+             completions: int = COMPLETIONS_PER_STEP, precision: str = "fp32"):
     import torch
 
     from rlbench.measure.probing import NullProbe
     from rlbench.train import Run
 
-    suite = make_suite(max_new_tokens, group, threads, completions)
+    suite = make_suite(max_new_tokens, group, threads, completions, precision)
     torch.manual_seed(seed)
     return Run.build(suite, suite.algorithms[0], seed, model_dir, None, NullProbe())
 
@@ -264,7 +272,7 @@ def compare_length(model_dir: Path, max_new_tokens: int, args: argparse.Namespac
     from rlbench.rewards import score_rules
     from rlbench.tasks import prompt_text
 
-    run = make_run(model_dir, max_new_tokens, args.group, args.threads, args.seed, args.completions)
+    run = make_run(model_dir, max_new_tokens, args.group, args.threads, args.seed, args.completions, args.precision)
     timed_end = args.warmup + args.steps
     total_steps = timed_end + args.memory_steps
     # The prompts rlbench's run will take, in its order, so both frameworks see the same ones each step.
@@ -329,7 +337,7 @@ def compare_length(model_dir: Path, max_new_tokens: int, args: argparse.Namespac
             max_steps=total_steps,
             use_vllm=False,
             gradient_checkpointing=False,
-            bf16=False,
+            bf16=args.precision == "bf16-mixed",
             fp16=False,
             use_cpu=True,
             report_to="none",
@@ -506,7 +514,7 @@ def main(argv: list[str]) -> int:
     mode = "scaling" if args.scaling else "ablation" if args.ablation else "vs_trl"
     with tempfile.TemporaryDirectory(prefix="vs_trl_model_") as tmp:
         model_dir, origin = export_model(args.model, Path(tmp), args.fresh_model)
-        print(f"model: {origin}; threads: {args.threads}; load average: {load_before[0]:.2f}", flush=True)
+        print(f"model: {origin}; precision: {args.precision}; threads: {args.threads}; load average: {load_before[0]:.2f}", flush=True)
         document: dict[str, Any] = {
             "benchmark": mode,
             "settings": {"completions_per_step": args.completions, "group_size": args.group,
@@ -515,7 +523,7 @@ def main(argv: list[str]) -> int:
                                        else "MALLOC_MMAP_THRESHOLD_=65536" if args.allocator == "mmap"
                                        else "glibc default"),
                          "memory_steps": args.memory_steps,
-                         "temperature": 1.0, "beta": BETA, "clip_eps": CLIP_EPS, "lr": LR, "dtype": "float32",
+                         "temperature": 1.0, "beta": BETA, "clip_eps": CLIP_EPS, "lr": LR, "precision": args.precision,
                          "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
                          "rewards": REWARD_WEIGHTS, "model": origin},
             "environment": {**environment(Path(__file__).resolve().parent.parent),

@@ -85,6 +85,16 @@ def run_suite(path: str | None, overrides: list[str], output: str | None, consol
         gate.restore()
 
 
+def _precision_advice(suite: Suite) -> str | None:
+    """measure/roofline.py's one line on bf16 for an fp32 suite on a CPU that computes bf16 natively."""
+    from rlbench.cache import cache_root
+    from rlbench.device import default_device
+    from rlbench.measure.roofline import precision_advice
+    from rlbench.models.precision import resolve_precision
+
+    return precision_advice(resolve_precision(suite.model).name, default_device().type, cache_root())
+
+
 def _run(path: str | None, overrides: list[str], output: str | None, console: Console, resume: str | None,
          gate: InterruptGate, smoke: bool = False) -> tuple[Path, int]:
     from rlbench.environment import environment
@@ -152,6 +162,8 @@ def _run(path: str | None, overrides: list[str], output: str | None, console: Co
     else:
         console.print(f"[bold]rlbench[/] suite [cyan]{escape(suite.name)}[/]: {len(todo)} run(s) -> "
                       f"{escape(str(out_dir))}", highlight=False)
+    if todo and (advice := _precision_advice(suite)):
+        console.print(f"[yellow]note:[/] {escape(advice)}", highlight=False, soft_wrap=True)
     failure: BaseException | None = None
     try:
         if todo:

@@ -19,6 +19,7 @@ from rlbench.models.embedded import build_embedded, save_pretrained_pair
 from rlbench.train import Run
 
 POLICY_N, SCALAR_N, LAYERS, HIDDEN = 904_064, 853_249, 4, 128
+POLICY_HEAD, SCALAR_HEAD = 50_944, 129
 
 SUITE = """
 name: flops
@@ -48,32 +49,51 @@ def make_run(tmp_path, policy_dir, budget: str, index: int = 0) -> Run:
     return Run.build(suite, suite.algorithms[index], 0, policy_dir, policy_dir, NullProbe())
 
 
-def by_hand(n: int, t: int, trained: bool) -> int:
-    """One sequence of t tokens: t x (2N + 4LdT), three times that trained."""
-    return t * (2 * n + 4 * LAYERS * HIDDEN * t) * (3 if trained else 1)
+def by_hand(n: int, head: int, prompts: list[int], completions: list[int], group: int, kind: str,
+            trained: bool) -> int:
+    """Position by position, as rlbench runs a pass: a token run at position i costs 2 (N - head)
+    + 4Ld i, a head output 2 head. Groups of `group` rows share their first row's prompt, run once;
+    a completion's last token is not run (it predicts nothing) except in a whole-sequence pass."""
+    total = 0
+    for start in range(0, len(prompts), group):
+        p = prompts[start]
+        if kind == "sequence":
+            for c in completions[start:start + group]:
+                total += sum(2 * n + 4 * LAYERS * HIDDEN * i for i in range(1, p + c + 1))
+            continue
+        total += sum(2 * (n - head) + 4 * LAYERS * HIDDEN * i for i in range(1, p + 1))
+        total += 2 * head if kind == "sample" else 0  # the prompt's last position, once per group
+        for c in completions[start:start + group]:
+            total += sum(2 * (n - head) + 4 * LAYERS * HIDDEN * i for i in range(p + 1, p + c))
+            total += 2 * head * (c - 1 if kind == "sample" else c)
+    return total * (3 if trained else 1)
 
 
 def test_one_step_counts_every_phase_by_hand(tmp_path, policy_dir):
     run = make_run(tmp_path, policy_dir, "{steps: 1}")
-    assert {role: s.n_params for role, s in run.flop_shapes.items()} == {
-        "policy": POLICY_N, "reference": POLICY_N, "reward": SCALAR_N, "value": SCALAR_N}
-    lengths = []
+    assert {role: (s.n_params, s.head_params) for role, s in run.flop_shapes.items()} == {
+        "policy": (POLICY_N, POLICY_HEAD), "reference": (POLICY_N, POLICY_HEAD), "reward": (SCALAR_N, SCALAR_HEAD),
+        "value": (SCALAR_N, SCALAR_HEAD)}
+    prompts, completions = [], []
     generate = run.engine.generate
 
     def recording(*args, **kwargs):
         rollout = generate(*args, **kwargs)
-        lengths.extend(rollout.attention_mask.sum(-1).tolist())
+        prompts.extend(rollout.attention_mask[:, :rollout.prompt_width].sum(-1).tolist())
+        completions.extend(rollout.attention_mask[:, rollout.prompt_width:].sum(-1).tolist())
         return rollout
 
     run.engine.generate = recording
     metrics = run.step()
-    assert len(lengths) == 8
-    fwd_policy = sum(by_hand(POLICY_N, t, False) for t in lengths)
-    fwd_scalar = sum(by_hand(SCALAR_N, t, False) for t in lengths)
+    assert len(prompts) == len(completions) == 8
+    lengths = (prompts, completions, 1)  # PPO: one completion per prompt
     expected = {
-        "generate": fwd_policy, "score": fwd_scalar, "ref_logprobs": fwd_policy, "values": fwd_scalar,
-        "update": 2 * sum(by_hand(POLICY_N, t, True) for t in lengths),  # ppo_epochs: 2 trained passes
-        "value_update": 2 * sum(by_hand(SCALAR_N, t, True) for t in lengths),
+        "generate": by_hand(POLICY_N, POLICY_HEAD, *lengths, "sample", False),
+        "score": by_hand(SCALAR_N, SCALAR_HEAD, *lengths, "sequence", False),
+        "ref_logprobs": by_hand(POLICY_N, POLICY_HEAD, *lengths, "logprobs", False),
+        "values": by_hand(SCALAR_N, SCALAR_HEAD, *lengths, "logprobs", False),
+        "update": 2 * by_hand(POLICY_N, POLICY_HEAD, *lengths, "logprobs", True),  # ppo_epochs: 2 trained passes
+        "value_update": 2 * by_hand(SCALAR_N, SCALAR_HEAD, *lengths, "logprobs", True),
     }
     assert run.budget.flops_by_phase == expected
     assert run.budget.flops == sum(expected.values()) == metrics["flops"]
@@ -82,6 +102,29 @@ def test_one_step_counts_every_phase_by_hand(tmp_path, policy_dir):
     from rlbench.measure.summary import _rl_flops
 
     assert _rl_flops(run) == run.budget.flops
+
+
+def test_a_group_shares_its_prompt_in_every_count(tmp_path, policy_dir):
+    """GRPO-Zero, 2 prompts x 4 completions: generation, reference log-probs and the update run
+    each prompt once per group of 4."""
+    run = make_run(tmp_path, policy_dir, "{steps: 1}", index=1)
+    rows = []
+    generate = run.engine.generate
+
+    def recording(*args, **kwargs):
+        rollout = generate(*args, **kwargs)
+        rows.append(rollout)
+        return rollout
+
+    run.engine.generate = recording
+    run.step()
+    mask, width = rows[0].attention_mask, rows[0].prompt_width
+    lengths = (mask[:, :width].sum(-1).tolist(), mask[:, width:].sum(-1).tolist(), 4)
+    assert run.budget.flops_by_phase == {
+        "generate": by_hand(POLICY_N, POLICY_HEAD, *lengths, "sample", False),
+        "ref_logprobs": by_hand(POLICY_N, POLICY_HEAD, *lengths, "logprobs", False),
+        "update": by_hand(POLICY_N, POLICY_HEAD, *lengths, "logprobs", True),
+    }
 
 
 def steps_until_exhausted(run: Run) -> list[dict]:

@@ -151,3 +151,25 @@ def test_micro_batched_updates_give_the_same_gradients(tmp_path, monkeypatch) ->
                 # near-zero gradient's last-bit difference can move a parameter by up to lr.
                 # 2 k u = 1.2e-3 of each tensor's largest |gradient|; measured: 5.7e-7 of it at most.
                 assert_reordered_close(b.grad, a.grad, backward_terms, msg=name)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_reference_logprobs_skip_the_entropy_and_give_the_same_numbers(model_and_rollout, temperature):
+    """completion_logprobs (the reference's and old log-probs) computes no entropy; its log-probs are
+    those the update computes with entropies, bit for bit (the same operations on the same rows),
+    and at T = 1 the entropy reuses their logsumexp: it equals the one computed on its own, exactly."""
+    from rlbench.models.forward import completion_logprobs, token_logprobs
+
+    model, r = model_and_rollout
+    with torch.no_grad():
+        alone = completion_logprobs(model, r.input_ids, r.attention_mask, r.prompt_width, r.completion_ids,
+                                    temperature, group_size=4)
+        lp, _ = completion_logprobs_and_entropy(model, r.input_ids, r.attention_mask, r.prompt_width,
+                                                r.completion_ids, temperature, group_size=4)
+        assert torch.equal(alone, lp)
+        logits = torch.randn(7, 398, generator=torch.Generator().manual_seed(0)) * 5
+        tokens = torch.arange(7)
+        logprobs, entropy = token_logprobs(logits, tokens, temperature)
+        assert token_logprobs(logits, tokens, temperature, entropy=False)[1] is None
+        assert torch.equal(logprobs, gather_logprobs(logits, tokens, temperature))
+        assert torch.equal(entropy, torch.logsumexp(logits, -1) - (logits.softmax(-1) * logits).sum(-1))

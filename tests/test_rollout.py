@@ -173,6 +173,24 @@ def test_decoding_only_the_live_rows_leaves_their_logits_unchanged():
             tokens = tokens + 1
 
 
+def test_bf16_mixed_decoding_keeps_a_bf16_cache_and_decodes_only_the_live_rows():
+    """Under bf16 autocast (bf16-mixed) the decoder's linears are bf16 copies: keys and values are
+    cached in bf16 (every matmul reading them is bf16), and decoding only the live rows stores
+    them without a dtype clash (it raised "Index put requires the source and destination dtypes
+    match" once a quarter of the rows had finished)."""
+    from rlbench.rollout.hf import make_decoder
+
+    model = _qwen2_gqa_with_biases().eval()
+    ids, mask = _grouped_prompts(group=3)
+    alive = torch.tensor([True, False, False, True, False, True, False, False, True])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        decoder = make_decoder(model, ids, mask, 3, 4)
+        decoder.prefill()
+        assert decoder.keys.dtype == decoder.values.dtype == decoder.prompt_keys[0].dtype == torch.bfloat16
+        logits = decoder.step(torch.arange(10, 19), alive)
+    assert torch.isfinite(logits[alive]).all() and (logits[~alive] == 0).all()
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_packed_forward_matches_the_module_forward_and_its_gradients(arch):
     model = ARCHITECTURES[arch]()

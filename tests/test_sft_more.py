@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import torch
 
@@ -16,7 +17,7 @@ from rlbench.models.embedded import build_embedded, save_pretrained_pair
 from rlbench.report.schema import schema_errors
 from rlbench.tasks import demonstration
 from rlbench.train import Run
-from tests.test_budget_flops import POLICY_N, by_hand
+from tests.test_budget_flops import POLICY_HEAD, POLICY_N, by_hand
 
 SUITE = """
 name: sftmore
@@ -57,8 +58,12 @@ def test_steps_train_on_demonstrations_and_count_trained_flops(tmp_path):
     # FLOPs: only the update, two trained passes of 6N + 12LdT per token.
     assert set(run.budget.flops_by_phase) == {"update"}
     assert run.budget.flops == steps[-1]["flops"] > steps[0]["flops"] > 0
-    batch_lengths = [12, 30]
-    assert run.step_flops(batch_lengths) == {"update": 2 * sum(by_hand(POLICY_N, t, True) for t in batch_lengths)}
+    # Two demonstrations in a rollout's layout: prompts of 5 and 8 tokens (left-padded to 8),
+    # completions of 7 and 22 (right-padded to 22); each row its own prompt (group 1).
+    mask = torch.zeros(2, 30, dtype=torch.long)
+    mask[0, 3:15], mask[1, :30] = 1, 1
+    batch = SimpleNamespace(attention_mask=mask, prompt_width=8, completion_ids=torch.zeros(2, 22, dtype=torch.long))
+    assert run.step_flops(batch) == {"update": 2 * by_hand(POLICY_N, POLICY_HEAD, [5, 8], [7, 22], 1, "logprobs", True)}
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in run.policy.parameters())
 
 

@@ -158,8 +158,9 @@ class BudgetConfig:
     completions: int | None = f(None, "generated sequences (the default fairness unit)", gt=0)
     tokens: int | None = f(None, "generated tokens", gt=0)
     wall_seconds: float | None = f(None, "wall-clock seconds of RL (evaluation excluded)", gt=0)
-    flops: float | None = f(None, "model FLOPs of every role and phase (PaLM's 2N+4LdT per token forward, "
-                                  "6N+12LdT trained), counted from token counts and model shapes: the same on "
+    flops: float | None = f(None, "model FLOPs of every role and phase as rlbench computes them (PaLM's 2N per "
+                                  "token plus 4Ld per attended position forward, 3x trained; a group's prompt once; "
+                                  "docs/methodology.md), counted from token counts and model shapes: the same on "
                                   "every machine; e.g. 2.0e12", gt=0)
 
 

@@ -78,6 +78,19 @@ def build_suite(args: argparse.Namespace) -> Suite:
     return suite
 
 
+def _precision_advice(suite: Suite, device: str) -> None:
+    """measure/roofline.py's one line on bf16 for an fp32 suite on a CPU with native bf16, on stderr."""
+    import torch
+
+    from rlbench.cache import cache_root
+    from rlbench.measure.roofline import precision_advice
+    from rlbench.models.precision import resolve_precision
+
+    advice = precision_advice(resolve_precision(suite.model).name, torch.device(device).type, cache_root())
+    if advice:
+        Console(stderr=True, soft_wrap=True).print(f"note: {advice}", markup=False, highlight=False)
+
+
 def estimate_command(args: argparse.Namespace, console: Console) -> int:
     from rlbench.estimate.fit import HEADROOM_FIELDS, card_gib, headroom, limits
     from rlbench.estimate.ranks import check_ranks, suite_ranks
@@ -114,6 +127,7 @@ def estimate_command(args: argparse.Namespace, console: Console) -> int:
     prompt_tokens, note = (args.prompt_tokens, "given") if args.prompt_tokens else longest_prompt(suite, model.tokenizer)
     limits(suite, context, prompt_tokens)
     estimate = estimate_suite(suite, args.device, prompt_tokens, args.exact, model, ranks=ranks, prompt_note=note)
+    _precision_advice(suite, estimate.device)
     import torch
 
     device = torch.device(estimate.device)

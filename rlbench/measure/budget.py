@@ -1,7 +1,8 @@
 """A run's consumption of the suite's budget, and which limit stops it.
 
 Every step adds its `StepCounts` (prompts, completions, generated and processed tokens, model FLOPs
-by phase: summed over ranks in a distributed run) and its seconds. `used()` gives the consumption in
+by phase, and the least bytes each phase reads (`measure/roofline.py`): summed over ranks in a
+distributed run) and its seconds. `used()` gives the consumption in
 the limits' own shape (a `BudgetConfig`), so limits and consumption line up field by field;
 `exhausted()` names the first limit reached, in `BUDGET_LIMITS` order.
 
@@ -27,15 +28,19 @@ class StepCounts:
     tokens: int  # generated tokens (EOS included)
     sequence_tokens: int  # prompt + completion positions processed
     flops_by_phase: dict[str, int]  # model FLOPs of each phase that ran, exact integers
+    bytes_by_phase: dict[str, int] = field(default_factory=dict)  # least bytes each phase reads (its floor)
 
     def values(self) -> list[int]:
         """Every count in a fixed order (what ranks sum)."""
-        return [self.prompts, self.completions, self.tokens, self.sequence_tokens, *self.flops_by_phase.values()]
+        return [self.prompts, self.completions, self.tokens, self.sequence_tokens, *self.flops_by_phase.values(),
+                *self.bytes_by_phase.values()]
 
     def with_values(self, values: list[int]) -> StepCounts:
         """These counts replaced by `values` (in `values()` order), e.g. their sums over ranks."""
-        prompts, completions, tokens, sequence_tokens, *flops = values
-        return StepCounts(prompts, completions, tokens, sequence_tokens, dict(zip(self.flops_by_phase, flops)))
+        prompts, completions, tokens, sequence_tokens, *rest = values
+        flops, nbytes = rest[:len(self.flops_by_phase)], rest[len(self.flops_by_phase):]
+        return StepCounts(prompts, completions, tokens, sequence_tokens, dict(zip(self.flops_by_phase, flops)),
+                          dict(zip(self.bytes_by_phase, nbytes)))
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Budget:
     sequence_tokens: int = 0  # prompt + completion positions processed
     seconds: float = 0.0
     flops_by_phase: dict[str, int] = field(default_factory=dict)  # model FLOPs, exact integers
+    bytes_by_phase: dict[str, int] = field(default_factory=dict)  # least bytes read (measure/roofline.py)
 
     @property
     def flops(self) -> int:
@@ -65,6 +71,8 @@ class Budget:
         self.sequence_tokens += counts.sequence_tokens
         for phase, flops in counts.flops_by_phase.items():
             self.flops_by_phase[phase] = self.flops_by_phase.get(phase, 0) + flops
+        for phase, nbytes in counts.bytes_by_phase.items():
+            self.bytes_by_phase[phase] = self.bytes_by_phase.get(phase, 0) + nbytes
         self.trained_tokens += counts.tokens * passes
         self.seconds += seconds
 
@@ -88,4 +96,5 @@ class Budget:
         return {"steps": self.steps, "prompts": self.prompts, "completions": self.completions,
                 "tokens_generated": self.tokens, "tokens_trained": self.trained_tokens,
                 "wall_seconds": round(self.seconds, 3), "flops": self.flops,
-                "flops_by_phase": dict(self.flops_by_phase)}
+                "flops_by_phase": dict(self.flops_by_phase),
+                **({"bytes_by_phase": dict(self.bytes_by_phase)} if self.bytes_by_phase else {})}

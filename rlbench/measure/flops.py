@@ -18,16 +18,19 @@ to the input embedding; `flop_params` computes it. The attention term ignores th
 the sequence length for a training sequence; for tokens generated with a KV cache, the mean
 context length (prompt + half the completion).
 
-Run accounting (`sequence_flops`, used by budget.flops and by MFU) counts every pass over a
-sequence of T real tokens (prompt + completion, padding excluded) as T tokens each attending to
-T positions, each role with its own shape (`flop_shape`): a forward for generation, the reward
-model's score, the reference's and the value model's estimates; a trained pass for each
-optimisation pass of the policy and the value model. Integer arithmetic throughout: the count is
-exact and the same on every machine. It is per sequence: a group's shared prompt is counted once
-for each of its completions, although rlbench computes it once per group (prefill, and the packed
-log-prob passes), so MFU can pass 1 where the kernels run close to their peak: a bf16-mixed step
-on an AVX2 CPU (no bf16 units: nearly all its time is bf16 matmul) read 1.06 on the AMD EPYC machine,
-with about 2.6 GFLOP counted against 0.85 GFLOP of matmuls executed per step (torch.profiler).
+Run accounting (`pass_flops`, used by budget.flops and by MFU) counts the model FLOPs each pass
+computes, as rlbench runs it (a convention that keeps MFU <= 1: never a token the code does not
+run). Per group of G completions sharing a prompt of P real tokens, each completion with C real
+tokens: the prompt runs once per group where the pass shares it (generation's prefill, the packed
+log-prob passes), each completion's first C - 1 tokens run per row (the last token predicts
+nothing), the output head (LM or scalar head: `FlopShape.head_params`) only where its output is
+used (generation: the prompt's last position once per group, then each fed token; log-probs and
+values: the C positions predicting completion tokens), and attention is causal: the token at
+position i attends to i positions (a KV-cache decoder's work; PaLM counts the full square).
+Padding and recomputation (micro-batch re-forwards, checkpointed chunks) are not model FLOPs. Integer arithmetic
+throughout: exact and the same on every machine. (An earlier count charged each completion its
+prompt, with full-square attention: a bf16-mixed step on an AVX2 CPU read MFU 1.06; see
+docs/methodology.md.)
 
 Peaks, per compute dtype (MFU divides by the peak of the dtype the matmuls run in: bf16 under
 bf16-mixed, where an AMX CPU's bf16 peak is about 7x its fp32 one and an AVX2 CPU's is far below
@@ -47,7 +50,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,24 +96,63 @@ def flop_params(model: Any) -> int:
 
 @dataclass(frozen=True)
 class FlopShape:
-    """What model_flops_per_token needs of a model: N, L and d."""
+    """What the FLOP count needs of a model: N, L and d; the output head's share of N; the width
+    of a position's keys (or values) in one layer, for the bytes a decoder streams."""
 
     n_params: int
     n_layers: int
     hidden: int
+    head_params: int = 0  # the output projection's part of n_params (LM head, or a scalar head)
+    kv_width: int = 0  # key/value heads x head dim (0: unknown)
 
 
 def flop_shape(model: Any) -> FlopShape:
-    """N (flop_params), layers and hidden size of a causal LM or a scalar-head model (its backbone's config)."""
+    """N (flop_params), layers, hidden size, head parameters and key/value width of a causal LM or
+    of a scalar-head model (its backbone's config; its `head` is the output projection)."""
     config = getattr(model, "config", None) or model.backbone.config
-    return FlopShape(flop_params(model), config.num_hidden_layers, config.hidden_size)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else getattr(model, "head", None)
+    head_params = 0 if head is None else sum(p.numel() for p in head.parameters())
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return FlopShape(flop_params(model), config.num_hidden_layers, config.hidden_size, head_params, kv_heads * head_dim)
 
 
-def sequence_flops(shape: FlopShape, lengths: Iterable[int], training: bool) -> int:
-    """Model FLOPs of one pass over whole sequences of these lengths (real tokens each): every one
-    of a sequence's T tokens attends to T positions. Exact integers for integer shapes and lengths."""
-    return sum(t * model_flops_per_token(shape.n_params, shape.n_layers, shape.hidden, t, training)
-               for t in lengths)
+PASS_KINDS = ("sample", "logprobs", "sequence")
+
+
+def pass_flops(shape: FlopShape, prompt_lengths: Sequence[int], completion_lengths: Sequence[int], group: int,
+               kind: str, training: bool = False) -> int:
+    """Model FLOPs of one pass over rows in groups of `group` consecutive rows sharing one prompt
+    (see the module docstring), as rlbench computes it:
+
+    - "sample" (generation): each group's P prompt tokens once, then each row's first C - 1 tokens;
+      the head at the prompt's last position once per group and at every fed token.
+    - "logprobs" (old, reference and policy log-probs, values): the same tokens; the head at the C
+      positions predicting each completion token, per row.
+    - "sequence" (the reward model's score): every row in full, P + C tokens, head at every position.
+
+    Forward: 2 x (N - head) per token run, 2 x head per head position, 4Ld per attended position
+    (causal: position i attends to i); `training` triples it. prompt_lengths[r] and
+    completion_lengths[r] are row r's real tokens (a group's rows share the first one's prompt).
+    """
+    assert kind in PASS_KINDS, f"kind {kind!r}: expected one of {PASS_KINDS}"
+    assert len(prompt_lengths) == len(completion_lengths) and len(prompt_lengths) % group == 0, \
+        f"{len(prompt_lengths)} rows with {len(completion_lengths)} completions are not whole groups of {group}"
+    tokens = heads = attended_twice = 0  # attended_twice: 2 x attended positions, exact for sums of 1..T
+    for start in range(0, len(prompt_lengths), group):
+        p, rows = int(prompt_lengths[start]), [int(c) for c in completion_lengths[start:start + group]]
+        if kind == "sequence":
+            tokens += sum(p + c for c in rows)
+            heads += sum(p + c for c in rows)
+            attended_twice += sum((p + c) * (p + c + 1) for c in rows)
+            continue
+        fed = [max(c - 1, 0) for c in rows]  # completion tokens run: every one but the last
+        tokens += p + sum(fed)
+        heads += (1 + sum(fed)) if kind == "sample" else sum(rows)
+        attended_twice += p * (p + 1) + sum(f * (2 * p + f + 1) for f in fed)  # 2 x sum_{j=1..f} (p + j)
+    body = shape.n_params - shape.head_params
+    forward = 2 * body * tokens + 2 * shape.head_params * heads + 2 * shape.n_layers * shape.hidden * attended_twice
+    return 3 * forward if training else forward
 
 
 def mfu(flops: float, seconds: float, peak_flops: float) -> float:
@@ -199,9 +241,10 @@ def measure_read_bandwidth(nbytes: int = 2**30, reps: int = 3) -> float:
     return x.numel() * 4 / best
 
 
-def _cached(cache_dir: str | os.PathLike[str], key: str, measure: Any, **details: Any) -> float:
+def _cached(cache_dir: str | os.PathLike[str], key: str, measure: Any, at_least: float = 0.0, **details: Any) -> float:
     """The value cached under `key` in cache_dir/CPU_PEAK_CACHE_FILE, else `measure()` stored there
-    (atomically: a reader never sees half a file)."""
+    (atomically: a reader never sees half a file). A cached value below `at_least` (a rate a run
+    reached: it was measured while other processes ran) is measured again, and the larger kept."""
     path = Path(cache_dir) / CPU_PEAK_CACHE_FILE
     try:
         cache = json.loads(path.read_text())
@@ -209,9 +252,10 @@ def _cached(cache_dir: str | os.PathLike[str], key: str, measure: Any, **details
     except (OSError, ValueError, AssertionError):
         cache = {}
     entry = cache.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("value"), (int, float)) and entry["value"] > 0:
-        return float(entry["value"])
-    value = float(measure())
+    cached = entry["value"] if isinstance(entry, dict) and isinstance(entry.get("value"), (int, float)) else 0.0
+    if cached > 0 and cached >= at_least:
+        return float(cached)
+    value = max(float(measure()), cached)
     cache[key] = {"value": value, **details,
                   "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,16 +265,15 @@ def _cached(cache_dir: str | os.PathLike[str], key: str, measure: Any, **details
     return value
 
 
-def cpu_peak_flops(cache_dir: str | os.PathLike[str], dtype: str = "fp32", max_n: int = 2048, reps: int = 3) -> float:
+def cpu_peak_flops(cache_dir: str | os.PathLike[str], dtype: str = "fp32", max_n: int = 2048, reps: int = 3,
+                   at_least: float = 0.0) -> float:
     """Peak FLOP/s of this CPU in `dtype` (fp32, bf16, fp16), measured once with a matmul
-    (measure_matmul_flops) and cached in cache_dir under cpu_identity(), the dtype and max_n.
-
-    On a shared machine the figure drops while other processes run; best-of-reps limits that.
-    """
+    (measure_matmul_flops) and cached in cache_dir under cpu_identity(), the dtype and max_n; measured
+    again where a run's model FLOP/s (`at_least`) passed it (a peak measured under load)."""
     assert dtype in CPU_DTYPES, f"dtype {dtype!r}: expected one of {CPU_DTYPES}"
     key = f"{cpu_identity()} | {dtype} mm and linear up to {max_n}"
-    return _cached(cache_dir, key, lambda: measure_matmul_flops(dtype, max_n, reps), kind="peak_flops_per_s",
-                   dtype=dtype, max_n=max_n, reps=reps)
+    return _cached(cache_dir, key, lambda: measure_matmul_flops(dtype, max_n, reps), at_least,
+                   kind="peak_flops_per_s", dtype=dtype, max_n=max_n, reps=reps)
 
 
 def cpu_read_bandwidth(cache_dir: str | os.PathLike[str], nbytes: int = 2**30, reps: int = 3) -> float:
@@ -339,10 +382,10 @@ class Peak:
         return {"flops_per_s": self.flops_per_s, "dtype": self.dtype, "source": self.source, "device": self.device}
 
 
-def peak_flops(device: Any, dtype: Any, cache_dir: str | os.PathLike[str]) -> Peak | None:
+def peak_flops(device: Any, dtype: Any, cache_dir: str | os.PathLike[str], at_least: float = 0.0) -> Peak | None:
     """The peak of `device` (a torch.device or 'cpu'/'cuda') in compute dtype `dtype`: a CUDA GPU's
-    datasheet figure (None for a GPU or dtype not in the table), a CPU's measured and cached one
-    (tf32 is a GPU mode: on a CPU it is fp32)."""
+    datasheet figure (None for a GPU or dtype not in the table), a CPU's measured and cached one,
+    measured again below `at_least` (tf32 is a GPU mode: on a CPU it is fp32)."""
     import torch
 
     device = torch.device(device)
@@ -352,4 +395,4 @@ def peak_flops(device: Any, dtype: Any, cache_dir: str | os.PathLike[str]) -> Pe
         value = gpu_peak_flops(name, key)
         return None if value is None else Peak(value, key, "datasheet", name)
     key = "fp32" if key == "tf32" else key
-    return Peak(cpu_peak_flops(cache_dir, key), key, "measured", cpu_model_name())
+    return Peak(cpu_peak_flops(cache_dir, key, at_least=at_least), key, "measured", cpu_model_name())

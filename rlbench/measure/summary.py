@@ -81,6 +81,7 @@ def summarize_run(run: Run, probe: RunProbe, result: dict[str, Any]) -> dict[str
         "budget": run.budget.consumed(),
         "throughput": throughput,
         **({"mfu_peak": peak.as_dict()} if peak and "throughput/mfu" in throughput else {}),
+        **_roofline(run, peak),
         "accuracy": accuracy,
         "learning": learning,
         "reward_hacking": hacking,
@@ -227,7 +228,24 @@ def _peak_flops(run: Run) -> Any:
     if not run.budget.steps:
         return None
     device = next(run.policy.parameters()).device
-    return peak_flops(device, run.precision.compute_dtype or run.precision.dtype, cache_root())
+    reached = run.budget.flops / max(run.budget.seconds, 1e-9)  # a cached peak below this was measured under load
+    return peak_flops(device, run.precision.compute_dtype or run.precision.dtype, cache_root(), at_least=reached)
+
+
+def _roofline(run: Run, peak: Any) -> dict[str, Any]:
+    """{"roofline": each phase against its floor (measure/roofline.py), "read_bytes_per_s": the
+    bandwidth used} for a run that counted its FLOPs or bytes; the bandwidth is measured on a CPU only."""
+    from rlbench.cache import cache_root
+    from rlbench.measure.flops import cpu_read_bandwidth
+    from rlbench.measure.roofline import roofline
+
+    if not run.budget.steps or not (run.budget.flops_by_phase or run.budget.bytes_by_phase):
+        return {}
+    on_cpu = next(run.policy.parameters()).device.type == "cpu"
+    bandwidth = cpu_read_bandwidth(cache_root()) if on_cpu else None
+    phases = roofline(dict(run.phases.seconds), run.budget.flops_by_phase, run.budget.bytes_by_phase,
+                      peak.flops_per_s if peak else None, bandwidth)
+    return {"roofline": phases, **({"read_bytes_per_s": bandwidth} if bandwidth else {})} if phases else {}
 
 
 def _accuracy(evals: list[dict[str, Any]], model_name: str = "", paired: dict[str, Any] | None = None) -> dict[str, Any]:

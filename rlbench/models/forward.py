@@ -95,8 +95,18 @@ def completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(logits / temperature) at `tokens`, without materialising the full log-softmax."""
-    logits = logits.float() / temperature
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return _scaled_logprobs(_scaled(logits.float(), temperature), tokens)[0]
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature; the logits themselves at temperature 1 (x / 1 is x: no pass over them)."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def _scaled_logprobs(scaled: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log softmax(scaled) at `tokens`, logsumexp(scaled)) per row."""
+    lse = torch.logsumexp(scaled, dim=-1)
+    return scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse, lse
 
 
 def scatter_rows(values: torch.Tensor, index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -108,43 +118,51 @@ def scatter_rows(values: torch.Tensor, index: torch.Tensor, shape: tuple[int, in
 
 
 def _logprobs_and_entropy(scores: torch.Tensor, tokens: torch.Tensor, temperature: float,
-                          head: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """log softmax(logits / T) at `tokens` and the entropy of softmax(logits) (no gradient), for
-    logits = head(scores), or scores themselves when head is None."""
+                          head: Callable[[torch.Tensor], torch.Tensor] | None,
+                          entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / T) at `tokens` and the entropy of softmax(logits) (no gradient; None
+    without `entropy`), for logits = head(scores), or scores themselves when head is None. At T = 1
+    the entropy reuses the log-probs' logsumexp (one pass over the logits fewer)."""
     logits = (scores if head is None else head(scores)).float()
+    logprobs, lse = _scaled_logprobs(_scaled(logits, temperature), tokens)
+    if not entropy:
+        return logprobs, None
     with torch.no_grad():  # -sum p log p = logsumexp(l) - sum p l
-        entropy = torch.logsumexp(logits, -1) - (logits.softmax(-1) * logits).sum(-1)
-    return gather_logprobs(logits, tokens, temperature), entropy
+        lse = lse.detach() if temperature == 1.0 else torch.logsumexp(logits, -1)
+        return logprobs, lse - (logits.softmax(-1) * logits).sum(-1)
 
 
 def token_logprobs(scores: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
                    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probs [n], entropies [n]) of `tokens` [n] from final hidden states [n, H] through the LM
-    `head` (or from logits [n, V] when head is None), `LOGITS_CHUNK_BYTES` of logits at a time.
+                   vocab_size: int | None = None, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs [n], entropies [n], or None without `entropy`) of `tokens` [n] from final hidden
+    states [n, H] through the LM `head` (or from logits [n, V] when head is None),
+    `LOGITS_CHUNK_BYTES` of logits at a time.
 
     With gradients, each chunk runs under activation checkpointing: its logits are freed after the
     forward and recomputed in the backward pass, so at most one chunk's logits exist at a time.
-    Entropies carry no gradient.
+    Entropies carry no gradient; the reference's and old log-probs need none (`entropy=False`).
     """
     vocab = vocab_size or scores.shape[-1]
     rows = max(1, LOGITS_CHUNK_BYTES // (4 * vocab))
     if len(tokens) <= rows:
-        return _logprobs_and_entropy(scores, tokens, temperature, head)
+        return _logprobs_and_entropy(scores, tokens, temperature, head, entropy)
     grad = torch.is_grad_enabled()
     outs = []
     for start in range(0, len(tokens), rows):
-        args = (scores[start:start + rows], tokens[start:start + rows], temperature, head)
+        args = (scores[start:start + rows], tokens[start:start + rows], temperature, head, entropy)
         outs.append(checkpoint(_logprobs_and_entropy, *args, use_reentrant=False) if grad
                     else _logprobs_and_entropy(*args))
-    return torch.cat([lp for lp, _ in outs]), torch.cat([ent for _, ent in outs])
+    return torch.cat([lp for lp, _ in outs]), torch.cat([ent for _, ent in outs]) if entropy else None
 
 
 def packed_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     prompt_width: int, completion_ids: torch.Tensor, temperature: float = 1.0,
-                    group_size: int = 1, lean: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log-probs [n], entropies [n], index [n]) of the real completion tokens (layout of `packed_logits`);
-    on the lean path the LM head runs a chunk of tokens at a time (`token_logprobs`)."""
+                    group_size: int = 1, lean: bool = True,
+                    entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(log-probs [n], entropies [n] or None without `entropy`, index [n]) of the real completion
+    tokens (layout of `packed_logits`); on the lean path the LM head runs a chunk of tokens at a
+    time (`token_logprobs`)."""
     t = input_ids.shape[1] - prompt_width
     parts = llama_parts(model) if lean and t > 0 else None
     if parts is not None:
@@ -154,8 +172,8 @@ def packed_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
     else:
         scores, index = packed_logits(model, input_ids, attention_mask, prompt_width, group_size, lean)
         head, vocab = None, None
-    logprobs, entropy = token_logprobs(scores, completion_ids.flatten()[index], temperature, head, vocab)
-    return logprobs, entropy, index
+    logprobs, entropies = token_logprobs(scores, completion_ids.flatten()[index], temperature, head, vocab, entropy)
+    return logprobs, entropies, index
 
 
 def completion_logprobs_and_entropy(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -174,6 +192,7 @@ def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attenti
                         group_size: int = 1, lean: bool = True) -> torch.Tensor:
     """Per-token log-probs [N, T] of the completion tokens under `model` (same scaling as sampling);
     0 where the completion's attention mask is 0. Full-vocabulary logits are never held for all
-    tokens at once on the lean path."""
-    return completion_logprobs_and_entropy(model, input_ids, attention_mask, prompt_width, completion_ids,
-                                           temperature, group_size, lean)[0]
+    tokens at once on the lean path, and no entropy is computed."""
+    logprobs, _, index = packed_logprobs(model, input_ids, attention_mask, prompt_width, completion_ids, temperature,
+                                         group_size, lean, entropy=False)
+    return scatter_rows(logprobs, index, tuple(completion_ids.shape))

@@ -231,8 +231,10 @@ class LlamaDecoder:
         dtype, device = parts.embed.dtype, parts.embed.device
         self.cos, self.sin = rotary_tables(parts, int(self.first_position.max()) + max_new_tokens, dtype, device)
         cache_shape = (len(parts.blocks), n, parts.kv_heads, max_new_tokens, parts.head_dim)
-        self.keys = torch.zeros(cache_shape, dtype=dtype, device=device)  # zeros: finished rows' slots stay finite
-        self.values = torch.zeros(cache_shape, dtype=dtype, device=device)
+        # Keys and values in the projections' dtype (bf16 after `cast_linears`: read only by bf16 matmuls)
+        self.cache_dtype = parts.blocks[0].k.weight.dtype if parts.blocks else dtype
+        self.keys = torch.zeros(cache_shape, dtype=self.cache_dtype, device=device)  # zeros: finished rows stay finite
+        self.values = torch.zeros(cache_shape, dtype=self.cache_dtype, device=device)
         self.prompt_keys: list[torch.Tensor] = []  # per layer [B, kv_heads, D, P] (transposed), once per group
         self.prompt_values: list[torch.Tensor] = []
         bias = torch.zeros(self.prompts, 1, 1, width, dtype=dtype, device=device)
@@ -250,8 +252,8 @@ class LlamaDecoder:
             q = rotate(block.q(h).view(b, width, p.heads, p.head_dim).transpose(1, 2), cos, sin)
             k = rotate(block.k(h).view(b, width, p.kv_heads, p.head_dim).transpose(1, 2), cos, sin)
             v = block.v(h).view(b, width, p.kv_heads, p.head_dim).transpose(1, 2)
-            self.prompt_keys.append(k.transpose(-1, -2).contiguous())  # [B, kv, D, P]: ready for q @ k^T
-            self.prompt_values.append(v.contiguous())
+            self.prompt_keys.append(k.transpose(-1, -2).to(self.cache_dtype).contiguous())  # [B, kv, D, P]: q @ k^T
+            self.prompt_values.append(v.to(self.cache_dtype).contiguous())
             out = F.scaled_dot_product_attention(q, repeat_kv(k, p.group_heads), repeat_kv(v, p.group_heads),
                                                  attn_mask=allowed, scale=p.scaling)
             x = x + block.o(out.transpose(1, 2).reshape(b, width, p.heads * p.head_dim))
@@ -280,6 +282,7 @@ class LlamaDecoder:
             q = rotate(block.q(h).view(m, p.heads, p.head_dim), cos, sin) * p.scaling
             k = rotate(block.k(h).view(m, p.kv_heads, p.head_dim), cos, sin)
             v = block.v(h).view(m, p.kv_heads, p.head_dim)
+            k, v = k.to(self.cache_dtype), v.to(self.cache_dtype)  # rotated keys are float32 under autocast
             if live is None:
                 self.keys[layer, :, :, t], self.values[layer, :, :, t] = k, v
                 out = self._attend(q, layer, t + 1)

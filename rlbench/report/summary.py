@@ -30,6 +30,7 @@ from rlbench.report.format import (
 )
 from rlbench.report.machine import fingerprint_text, peak_text
 from rlbench.report.peaks import peak_cell, split_peak
+from rlbench.report.roofline import floor_ratio, roofline_markdown
 from rlbench.report.seeds import seed_markdown
 from rlbench.report.tradeoffs import tradeoff_markdown
 
@@ -143,14 +144,16 @@ def throughput_section(report: dict[str, Any]) -> list[str]:
                      num(tp.get("throughput/gen_tokens_per_s"), "{:,.0f}"),
                      num(tp.get("throughput/trained_tokens_per_s"), "{:,.0f}"),
                      num(tp.get("throughput/completions_per_s"), "{:,.1f}"),
-                     num(None if mfu is None else mfu * 100, "{:.1f}")])
+                     num(None if mfu is None else mfu * 100, "{:.1f}"), num(floor_ratio(run), "{:.1f}")])
     table = markdown_table(["run", "step s", *[f"{p} s" for p in phases], "gen tok/s", "trained tok/s",
-                            "completions/s", "MFU %"], rows)
+                            "completions/s", "MFU %", "x floor"], rows)
     peaks = sorted({text for text in map(peak_text, report["runs"]) if text})
     return ["## time and throughput", "", table, "",
             "Phase columns: seconds spent in each phase over the whole run (every step); step s: mean "
             "seconds per RL step; MFU: model FLOPs per second over the device's peak in the compute dtype"
-            + (f" ({md_text('; '.join(peaks))})." if peaks else ".")]
+            + (f" ({md_text('; '.join(peaks))})." if peaks else ".")
+            + " x floor: the phases' measured time over the sum of their floors (next section)."
+            , *roofline_markdown(report)]
 
 
 def _budget_text(budget: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ from rlbench.report.format import (
     warning_lines,
 )
 from rlbench.report.peaks import peak_cell, split_peak
+from rlbench.report.roofline import floor_ratio
 from rlbench.report.seeds import seed_table
 
 
@@ -37,7 +38,8 @@ def summary_table(report: dict[str, Any]) -> Table:
     right = {"justify": "right", "no_wrap": True}
     for col, kw in (("run", {"no_wrap": True}), ("status", {"no_wrap": True}), ("stopped by", {"no_wrap": True}),
                     ("roles", {"no_wrap": True}), ("compl.", right), ("prompts", right), ("FLOPs", right),
-                    ("train peak MiB", right), ("eval peak MiB", right), ("step s", right), ("gen tok/s", right)):
+                    ("train peak MiB", right), ("eval peak MiB", right), ("step s", right), ("gen tok/s", right),
+                    ("x floor", right)):
         table.add_column(col, **kw)
     for run in report["runs"]:
         status = run.get("status", "?")
@@ -49,10 +51,11 @@ def summary_table(report: dict[str, Any]) -> Table:
             str(budget.get("completions", "-")), str(budget.get("prompts", "-")), num(budget.get("flops"), "{:.3g}"),
             *(peak_cell(split_peak(run, probe, evaluation)) for evaluation in (False, True)),
             num(_value(run, "time/step_s"), "{:.2f}"),
-            num(_value(run, "throughput/gen_tokens_per_s"), "{:,.0f}"),
+            num(_value(run, "throughput/gen_tokens_per_s"), "{:,.0f}"), num(floor_ratio(run), "{:.1f}"),
         )
     table.caption = (f"roles: pol(icy), ref(erence), rew(ard), val(ue); peaks measured by {probe}, with the phase: "
-                     "train, the highest phase that is not an evaluation; eval, the evaluation's")
+                     "train, the highest phase that is not an evaluation; eval, the evaluation's; x floor: the phases' time "
+                     "over their floors on this hardware (summary.md)")
     return table
 
 

@@ -195,7 +195,8 @@ class Run:
                 batch.values = self._in_micro_batches(rollout, self._values)
         lengths = rollout.attention_mask.sum(-1).tolist()  # this rank's sequences, real tokens each
         counts = StepCounts(prompts=len(prompts), completions=len(problems), tokens=rollout.num_tokens,
-                            sequence_tokens=sum(lengths), flops_by_phase=self.step_flops(lengths))
+                            sequence_tokens=sum(lengths), flops_by_phase=self.step_flops(rollout),
+                            bytes_by_phase=self.step_bytes(rollout))
         # Every rank's rows, so that advantages see the whole batch (a no-op in one process).
         batch, reward_parts = self.dist.gather_batch(batch, reward_parts, self.tokenizer.pad_token_id)
         rollout, rewards, gold = batch.rollout, batch.rewards, batch.gold
@@ -262,26 +263,46 @@ class Run:
                 lambda mine: evaluate_suite(self.engine, self.tokenizer, mine, self.suite, self.seed),
                 problems, self.policy)
 
-    def step_flops(self, lengths: list[int]) -> dict[str, int]:
-        """Model FLOPs of one step's phases over sequences of these lengths, each phase that ran
-        with its role's shape: forwards for generation, reward scores, old and reference log-probs
-        and values; trained passes (fwd + bwd) for every optimisation pass of the policy and value."""
-        from rlbench.measure.flops import sequence_flops
+    def _step_passes(self, rollout: Rollout) -> list[tuple[str, str, str, int, bool, int]]:
+        """(phase, role, pass kind, rows sharing a prompt, trained, passes) of each model pass of a step."""
+        shared = self._micro(rollout)[0][1]  # the group the packed log-prob forwards share a prompt over
+        trained = 1 if self.suite.model.gradient_checkpointing else shared  # the module's forward: every row in full
+        groups = max(1, rollout.completion_ids.shape[0] // self.group_size)  # minibatches are whole groups
+        sampled, minibatches = not self.supervised, self.passes * min(self.schedule.num_minibatches, groups)
+        passes = [("generate", "policy", "sample", self.group_size, False, 1) if sampled else None,
+                  ("score", "reward", "sequence", 1, False, 1) if self.algorithm.reward_source in ("model", "both") else None,
+                  ("old_logprobs", "policy", "logprobs", shared, False, 1) if self.engine.has_own_weights and sampled else None,
+                  ("ref_logprobs", "reference", "logprobs", shared, False, 1) if "reference" in self.roles else None,
+                  ("values", "value", "logprobs", 1, False, 1) if self.value_model is not None else None,
+                  ("update", "policy", "logprobs", trained, True, minibatches),
+                  ("value_update", "value", "logprobs", 1, True, minibatches) if self.value_model is not None else None]
+        return [p for p in passes if p is not None]
 
-        shapes = self.flop_shapes
-        forwards = {
-            "generate": "policy" if not self.supervised else None,
-            "score": "reward" if self.algorithm.reward_source in ("model", "both") else None,
-            "old_logprobs": "policy" if self.engine.has_own_weights and not self.supervised else None,
-            "ref_logprobs": "reference" if "reference" in self.roles else None,
-            "values": "value" if self.value_model is not None else None,
-        }
-        out = {phase: sequence_flops(shapes[role], lengths, training=False)
-               for phase, role in forwards.items() if role is not None}
-        out["update"] = self.passes * sequence_flops(shapes["policy"], lengths, training=True)
-        if self.value_model is not None:
-            out["value_update"] = self.passes * sequence_flops(shapes["value"], lengths, training=True)
-        return out
+    def step_flops(self, rollout: Rollout) -> dict[str, int]:
+        """Model FLOPs of one step's phases over this rollout's rows (`flops.pass_flops`: a group's
+        prompt once where the pass shares it), each phase that ran with its role's shape: forwards
+        for generation, reward scores, old and reference log-probs and values; trained passes
+        (fwd + bwd) for every optimisation pass (`self.passes`) of the policy and value."""
+        from rlbench.measure.flops import pass_flops
+
+        mask, width = rollout.attention_mask, rollout.prompt_width
+        prompts, completions = mask[:, :width].sum(-1).tolist(), mask[:, width:].sum(-1).tolist()
+        return {phase: (self.passes if training else 1) * pass_flops(
+                    self.flop_shapes[role], prompts, completions, group, kind, training)
+                for phase, role, kind, group, training, _ in self._step_passes(rollout)}
+
+    def step_bytes(self, rollout: Rollout) -> dict[str, int]:
+        """The least bytes each phase of the step reads, in the compute dtype (`measure/roofline.py`):
+        generation its weights per decoding step and the KV cache; other passes their weights once
+        per batch (twice per trained minibatch)."""
+        from rlbench.measure.roofline import decode_bytes, pass_bytes
+
+        element = (self.precision.compute_dtype or self.precision.dtype).itemsize
+        mask, width = rollout.attention_mask, rollout.prompt_width
+        prompts, completions = mask[:, :width].sum(-1).tolist(), mask[:, width:].sum(-1).tolist()
+        return {phase: decode_bytes(self.flop_shapes[role], prompts, completions, group, element) if kind == "sample"
+                else pass_bytes(self.flop_shapes[role], element, reads * (2 if training else 1))
+                for phase, role, kind, group, training, reads in self._step_passes(rollout)}
 
     def _score(self, rollout: Rollout, problems: list[Problem]) -> tuple[torch.Tensor, dict[str, list[float]]]:
         source = self.algorithm.reward_source
