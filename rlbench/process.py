@@ -195,6 +195,7 @@ def survive_broken_pipe(console: Any) -> None:
     said = []
 
     def on_broken_pipe() -> None:
+        console.quiet = True
         null = os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(null, sys.stdout.fileno())
