@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from rlbench.algorithms.losses import bradley_terry_loss
-from rlbench.cache import cached_dir, stable_hash
+from rlbench.cache import cached_dir, stage_key
 from rlbench.catalog import load_problems
 from rlbench.config import RewardModelConfig, Suite
 from rlbench.errors import UserError
@@ -201,8 +201,8 @@ def train_reward_model(model: ScalarHeadModel, samples: list[LabelledSample], pa
 
 
 def reward_model_key(policy_dir: Path, suite: Suite) -> str:
-    """Hash of everything that determines the trained reward model."""
-    return stable_hash({
+    """Hash of everything that determines the trained reward model, with the numerics environment."""
+    return stage_key({
         "policy": policy_dir.name,  # an SFT directory's name is the hash of its base, settings and task
         "model": suite.model.name, "dtype": suite.model.dtype,
         "reward_model": asdict(suite.model.reward_model), "task": asdict(suite.task),

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rlbench.cache import cached_dir, stable_hash
+from rlbench.cache import cached_dir, stage_key
 from rlbench.catalog import load_problems
 from rlbench.config import SFTConfig, TaskConfig
 from rlbench.device import default_device, module_device
@@ -70,9 +70,10 @@ def train_sft(model: torch.nn.Module, tokenizer, problems: list[Problem], cfg: S
 
 def sft_key(base: str, base_dir: Path, cfg: SFTConfig, task: TaskConfig, seed: int) -> str:
     """Covers the base model's name and directory (a cached embedded base is named by the hash of
-    its config and tokenizer), the SFT settings, the task, the seed and SFT_VERSION."""
-    return stable_hash({"base": base, "base_dir": base_dir.name, "sft": asdict(cfg), "task": asdict(task),
-                        "seed": seed, "version": SFT_VERSION})
+    its config and tokenizer), the SFT settings, the task, the seed, SFT_VERSION and the numerics
+    environment (`stage_key`)."""
+    return stage_key({"base": base, "base_dir": base_dir.name, "sft": asdict(cfg), "task": asdict(task),
+                      "seed": seed, "version": SFT_VERSION})
 
 
 def cold_start(base_dir: Path, base_name: str, cfg: SFTConfig, task: TaskConfig, seed: int,
