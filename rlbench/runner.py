@@ -279,8 +279,7 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
     else:
         result = read_json(result_path) if result_path.exists() else {}
     if watchdog.expired is not None:
-        result.update(status="timeout", error=f"stopped by the watchdog after {watchdog.expired:.0f} s "
-                                              "(its time limit: run_timeout_s, or derived from the budget)")
+        mark_timeout(result, watchdog.expired)
     elif interrupted and result.get("status") != "ok":  # a run that finished as Ctrl-C came stays ok
         result.update(status="interrupted", error=result.get("error") or "interrupted by the user")
     elif result.get("status") not in RUN_STATUSES:
@@ -294,6 +293,22 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
     detail = f" ({escape(str(result['error']))})" if result["status"] != "ok" and result.get("error") else ""
     console.print(f"  {escape(entry['id'])}: [{colour}]{result['status']}[/]{detail}", highlight=False)
     return result
+
+
+def mark_timeout(result: dict[str, Any], limit: float) -> None:
+    """A run the watchdog stopped at `limit` seconds is `timeout`; a rank of it that left no result
+    had hung (it did not answer SIGTERM: blocked in a collective or a system call), so it is
+    `timeout` too, not a rank "killed by SIGKILL" as if it had crashed."""
+    result.update(status="timeout", error=f"stopped by the watchdog after {limit:.0f} s "
+                                          "(its time limit: run_timeout_s, or derived from the budget)")
+    hung = []
+    for rank in (result.get("distributed") or {}).get("ranks") or []:
+        if rank.get("status") not in ("ok", "interrupted") and "before writing its result" in str(rank.get("error")):
+            rank.update(status="timeout", error="hung: no answer to the watchdog's SIGTERM (blocked in a collective "
+                                                "or a system call), then killed")
+            hung.append(str(rank.get("rank")))
+    if hung:
+        result["error"] += f"; rank {', '.join(hung)} hung"
 
 
 def _follow(proc: subprocess.Popen, log: Any, seen: dict[str, float], progress: Any, task: Any) -> None:

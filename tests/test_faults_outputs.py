@@ -86,3 +86,25 @@ def test_plots_on_a_full_disk_are_a_warning_and_the_exit_code_stays_the_runs(tmp
     text = " ".join(captured.out.split())
     assert f"warning: plots and summary.md in {out} not written" in text and "No space left on device" in text
     assert json.loads((out / "report.json").read_text())["status"] == "complete"
+
+
+def test_a_rank_the_watchdog_had_to_kill_is_reported_hung_not_crashed(tmp_path: Path) -> None:
+    from rlbench.rank_results import merge_ranks
+    from rlbench.runner import mark_timeout
+
+    # rank 0 answered the watchdog's SIGTERM and wrote its result; rank 1, blocked in a collective,
+    # did not, and torchrun's summary gives its end: SIGKILL (exit code -9).
+    (tmp_path / "rank0").mkdir()
+    (tmp_path / "rank0" / "result.json").write_text(json.dumps(
+        {"status": "interrupted", "error": "interrupted by the user", "distributed": {"pid": 10}}))
+    log = ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\nFailures:\n[1]:\n  time : x\n"
+           "  host : h\n  rank : 1 (local_rank: 1)\n  exitcode : -9 (pid: 11)\n")
+    result = merge_ranks(tmp_path, 2, log)
+    assert "killed by signal 9 (SIGKILL)" in result["distributed"]["ranks"][1]["error"]  # what was reported
+    mark_timeout(result, 30.0)
+    assert result["status"] == "timeout"
+    assert result["error"] == ("stopped by the watchdog after 30 s (its time limit: run_timeout_s, or derived from "
+                               "the budget); rank 1 hung")
+    first, second = result["distributed"]["ranks"]
+    assert first["status"] == "interrupted"
+    assert second["status"] == "timeout" and second["error"].startswith("hung: no answer to the watchdog's SIGTERM")
