@@ -22,7 +22,7 @@ MODULES: dict[str, list[str]] = {  # in the order they are tried: the named bugs
     "rlbench/algorithms/sft_more.py": ["tests/test_sft_more_loss.py"],
     "rlbench/algorithms/base.py": ["tests/test_algorithm_base.py"],
     "rlbench/algorithms/params.py": ["tests/test_algorithm_params.py"],
-    "rlbench/report/check.py": ["tests/test_check.py", "tests/test_faults_check.py"],
+    "rlbench/report/check.py": ["tests/test_check.py", "tests/test_faults_check.py", "tests/test_check_command.py"],
 }
 # Modules tried for their named mutants only (no generated ones), with the tests that cover those.
 NAMED_ONLY: dict[str, list[str]] = {
