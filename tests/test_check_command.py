@@ -67,3 +67,17 @@ def test_a_json_document_on_a_terminal_is_still_json() -> None:
     console = terminal()
     check_command(OK, OK, [], console, fmt="json")
     assert isinstance(json.loads(console.file.getvalue()), dict)  # colour codes would make it unreadable
+
+
+def test_with_an_output_file_it_holds_the_tables_and_the_console_the_verdict(tmp_path: Path) -> None:
+    console = Console(file=io.StringIO(), width=400)
+    out = tmp_path / "check.txt"
+    assert check_command(OK, OK, [], console, output=str(out)) == 0
+    text = out.read_text()
+    assert text.startswith(f"rlbench check {OK}\n  against {OK}\n") and "metric(s) compared" in text  # the tables
+    assert console.file.getvalue() == ("ok: no regression (0 improvement(s)) among the machine-independent metrics\n"
+                                       f"wrote: {out}\n")
+    console = Console(file=io.StringIO(), width=400)
+    check_command(OK, OK, [], console, output=str(tmp_path / "check.json"), fmt="json")
+    assert console.file.getvalue().startswith(f"rlbench check {OK}\n")  # the document went to the file: tables here
+    assert isinstance(json.loads((tmp_path / "check.json").read_text()), dict)
