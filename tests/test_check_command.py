@@ -81,3 +81,23 @@ def test_with_an_output_file_it_holds_the_tables_and_the_console_the_verdict(tmp
     check_command(OK, OK, [], console, output=str(tmp_path / "check.json"), fmt="json")
     assert console.file.getvalue().startswith(f"rlbench check {OK}\n")  # the document went to the file: tables here
     assert isinstance(json.loads((tmp_path / "check.json").read_text()), dict)
+
+
+def test_the_tables_header_is_plain_unwrapped_text_on_a_narrow_terminal(tmp_path: Path) -> None:
+    console = Console(file=io.StringIO(), force_terminal=True, color_system="standard", width=60)
+    check_command(OK, OK, [], console, output=str(tmp_path / "check.json"), fmt="json")
+    lines = console.file.getvalue().splitlines()
+    # one line each, however narrow the terminal (soft wrap), with no highlighter colour in the figures
+    [header] = [line for line in lines if "metric(s) compared" in line]
+    assert header.startswith("  2 run(s), 26 metric(s) compared; thresholds: memory 2%") and "memory peaks gated" in header
+    hardware = [line for line in lines if "not comparable: hardware differs" in line][0]  # the line, then a table title
+    assert "not comparable: hardware differs (the baseline and the new report record no hardware class" in hardware
+
+
+def test_markdown_has_the_means_over_seeds_of_both_reports() -> None:
+    seeds = str(REPORTS / "two_seeds.json")
+    console = Console(file=io.StringIO(), width=400)
+    check_command(seeds, seeds, [], console, fmt="md")
+    text = console.file.getvalue()
+    assert text.lstrip().startswith("#") and "mean over seeds: new" in text and "mean over seeds: baseline" in text
+    assert not text.lstrip().startswith("{")  # not the JSON document

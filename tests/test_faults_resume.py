@@ -168,40 +168,50 @@ def test_a_closed_terminal_ends_the_suite_with_the_report_finished(tmp_path: Pat
     assert {r["status"] for r in report["runs"]} == {"interrupted"}
 
 
-def _spec_fifo(tmp_path: Path) -> Path:
+def _spec_fifo(tmp_path: Path) -> tuple[Path, int]:
+    """A fifo for the worker's spec, held open here for writing (O_RDWR never blocks): the worker's
+    open succeeds and its read waits for the spec, with the fifo among its open files."""
     fifo = tmp_path / "spec.json"
-    os.mkfifo(fifo)  # the worker blocks reading its spec until it is written
-    return fifo
+    os.mkfifo(fifo)
+    return fifo, os.open(fifo, os.O_RDWR)
 
 
-def _has_reader(fifo: Path) -> bool:
+def _holds(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open (it has run its own code that far)."""
     try:
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-    except OSError:  # ENXIO: nobody has it open for reading yet
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
         return False
-    return True
 
 
 def test_a_worker_dies_with_its_runner_even_by_sigkill(tmp_path: Path) -> None:
-    fifo = _spec_fifo(tmp_path)
+    fifo, writer = _spec_fifo(tmp_path)
     runner = ("import os, subprocess, sys, time\n"
               f"p = subprocess.Popen({worker_command(fifo)!r}, env=dict(os.environ, {PARENT_ENV}=str(os.getpid())))\n"
               "print(p.pid, flush=True); time.sleep(300)")
     proc = subprocess.Popen([sys.executable, "-c", runner], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     worker = int(proc.stdout.readline())
-    wait_for(lambda: _has_reader(fifo))  # the worker runs its own code: past the boot that ties it to the runner
+    wait_for(lambda: _holds(worker, fifo))  # past the boot that ties it to the runner, waiting for its spec
     proc.kill()
     proc.wait()
-    wait_for(lambda: gone(worker), 60)
+    try:
+        wait_for(lambda: gone(worker), 60)
+    finally:
+        if not gone(worker):
+            os.kill(worker, signal.SIGKILL)
+        os.close(writer)
 
 
 def test_a_sigterm_while_the_worker_starts_is_held_until_it_can_write_its_result(tmp_path: Path) -> None:
-    fifo = _spec_fifo(tmp_path)
+    fifo, writer = _spec_fifo(tmp_path)
     run_dir = tmp_path / "run"
     with stop_signals_blocked():
         proc = subprocess.Popen(worker_command(fifo), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     proc.send_signal(signal.SIGTERM)  # long before it has a handler: without the block it dies with nothing
-    fifo.write_text(json.dumps({"run_dir": str(run_dir), "suite_path": "unused"}))
+    wait_for(lambda: _holds(proc.pid, fifo) or proc.poll() is not None)
+    assert proc.poll() is None, f"the worker died of the SIGTERM (exit code {proc.returncode}), with no result"
+    os.write(writer, json.dumps({"run_dir": str(run_dir), "suite_path": "unused"}).encode())
+    os.close(writer)  # the worker reads its spec to the end
     proc.wait(timeout=120)
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "interrupted" and "finished" in result
