@@ -23,6 +23,8 @@ MODULES: dict[str, list[str]] = {  # in the order they are tried: the named bugs
     "rlbench/algorithms/base.py": ["tests/test_algorithm_base.py"],
     "rlbench/algorithms/params.py": ["tests/test_algorithm_params.py"],
     "rlbench/report/check.py": ["tests/test_check.py", "tests/test_faults_check.py", "tests/test_check_command.py"],
+    # the gate's thresholds and noise (exceeds, judge), moved out of check.py
+    "rlbench/report/gate.py": ["tests/test_check.py", "tests/test_faults_check.py"],
 }
 # Modules tried for their named mutants only (no generated ones), with the tests that cover those.
 NAMED_ONLY: dict[str, list[str]] = {
@@ -41,10 +43,10 @@ NAMED: tuple[Named, ...] = (
           "16 * z ** 3", "8 * z ** 3"),
     Named("stats-weak-rm-boundary", "rlbench/report/stats.py", "weak_reward_model",
           "accuracy - 0.5 <= z * se", "accuracy - 0.5 < z * se"),
-    Named("check-absolute-threshold", "rlbench/report/check.py", "exceeds",
+    Named("check-absolute-threshold", "rlbench/report/gate.py", "exceeds",
           "1 if worse > threshold.limit", "1 if worse >= threshold.limit"),
-    Named("check-within-noise", "rlbench/report/check.py", "judge",
-          "abs(new_value - base_value) <= _combined_stderr", "abs(new_value - base_value) < _combined_stderr"),
+    Named("check-within-noise", "rlbench/report/gate.py", "judge",
+          "abs(new_value - base_value) <= noise", "abs(new_value - base_value) < noise"),
     Named("answers-first-hash-marks", "rlbench/tasks/answers.py", "_from_hash_marks",
           "canonical_number(found[-1])", "canonical_number(found[0])"),
     Named("answers-first-a-line", "rlbench/tasks/answers.py", "_from_a_line", "lines[-1]", "lines[0]",
