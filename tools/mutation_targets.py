@@ -11,7 +11,7 @@ MODULES: dict[str, list[str]] = {  # in the order they are tried: the named bugs
     "rlbench/measure/summary.py": ["tests/test_summary.py", "tests/test_reconciliation.py"],
     "rlbench/report/stats.py": ["tests/test_stats.py"],
     "rlbench/measure/static.py": ["tests/test_static_bytes.py"],
-    "rlbench/measure/flops.py": ["tests/test_flops.py", "tests/test_budget_flops.py"],
+    "rlbench/measure/flops.py": ["tests/test_flops.py", "tests/test_budget_flops.py", "tests/test_flops_identity.py"],
     "rlbench/algorithms/grpo.py": ["tests/test_grpo.py"],
     "rlbench/algorithms/ppo.py": ["tests/test_ppo.py"],
     "rlbench/algorithms/losses.py": ["tests/test_losses.py", "tests/test_grpo.py::test_grpo_loss_and_gradient_by_hand",
