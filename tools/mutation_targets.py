@@ -24,7 +24,7 @@ MODULES: dict[str, list[str]] = {  # in the order they are tried: the named bugs
     "rlbench/algorithms/params.py": ["tests/test_algorithm_params.py"],
     "rlbench/report/check.py": ["tests/test_check.py", "tests/test_faults_check.py", "tests/test_check_command.py"],
     # the gate's thresholds and noise (exceeds, judge), moved out of check.py
-    "rlbench/report/gate.py": ["tests/test_check.py", "tests/test_faults_check.py"],
+    "rlbench/report/gate.py": ["tests/test_check_inputs.py", "tests/test_check.py", "tests/test_faults_check.py"],
 }
 # Modules tried for their named mutants only (no generated ones), with the tests that cover those.
 NAMED_ONLY: dict[str, list[str]] = {
