@@ -107,4 +107,10 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
      "`2048` -> `2049`"):
         "the largest matmul timed, 2049 instead of 2048: the same peak rate within the timing noise of a shared CPU; "
         "no test can tell the two apart without timing one (tests read a recorded rate)",
+    ("rlbench/measure/flops.py", "measure_matmul_flops", "def measure_matmul_flops(dtype: str = \"fp32\", max_n: int = 2048, reps: int = 3, min_seconds: float = 0.2,", "`3` -> `4`"):
+        "timed calls per layout, 4 instead of 3: more of the same timing, the best rate within noise",
+    ("rlbench/measure/flops.py", "measure_matmul_flops", "def measure_matmul_flops(dtype: str = \"fp32\", max_n: int = 2048, reps: int = 3, min_seconds: float = 0.2,", "`0.2` -> `0.1`"):
+        "the shortest timing kept: a shorter floor times the same matmuls, the best rate within noise",
+    ("rlbench/measure/flops.py", "measure_matmul_flops", "min_total_seconds: float = 1.0", "`1.0` -> `0.5`"):
+        "how long the timing lasts in all: half a second less of the same calls, the best rate within noise",
 }
