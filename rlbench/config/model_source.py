@@ -3,6 +3,7 @@
     model_positions("embedded")                 # 512: the embedded model's max_position_embeddings
     model_positions("shape:qwen2.5-0.5b")       # 32768, from the shipped config (checked: see below)
     model_positions("/data/models/qwen2.5")     # UserError when that directory does not exist
+    model_positions("path/to/config.json")      # a config file, as `rlbench estimate` takes one
     model_positions("Qwen/Qwen2.5-0.5B")        # None: a hub name, whose config is not read here
 
 A name is the embedded model, `shape:<known name or config.json path>`, a local directory, or a
@@ -103,16 +104,16 @@ def model_positions(name: str) -> int | None:
     if is_shape(name):
         return shape_config(name).get("max_position_embeddings")
     path = Path(name).expanduser()
-    if path.is_dir():
+    if path.is_dir() or path.is_file():  # a model directory, or a config.json (`rlbench estimate` reads one)
         try:
-            config = json.loads((path / "config.json").read_bytes().decode("utf-8"))
+            config = json.loads((path / "config.json" if path.is_dir() else path).read_bytes().decode("utf-8"))
         except (OSError, ValueError, RecursionError):
             return None  # what the directory lacks is said when it is loaded (rlbench.models.loading)
         positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
         return positions if isinstance(positions, int) and not isinstance(positions, bool) else None
     looks_local = name.startswith(("/", ".", "~")) or path.exists()
     if looks_local or len(name) > REPO_ID_MAX or not REPO_ID.fullmatch(name) or ".." in name or "--" in name:
-        what = "not a directory" if path.exists() else "no such directory"
+        what = "no such directory"
         raise UserError(f"model.name: {what}: {name} (a local model is a directory with its config.json and "
                         "weights; a hub model is named owner/name)")
     return None
