@@ -134,6 +134,7 @@ def test_a_resume_records_the_commit_it_ran_at(tmp_path: Path, monkeypatch) -> N
 
 
 def test_sighup_is_a_ctrl_c_in_the_runner_unless_started_under_nohup() -> None:
+    outer = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal starts it (these tests may run under nohup)
     gate = InterruptGate()
     gate.install()
     try:
@@ -152,12 +153,14 @@ def test_sighup_is_a_ctrl_c_in_the_runner_unless_started_under_nohup() -> None:
     finally:
         gate.restore()
         signal.signal(signal.SIGHUP, previous)
+        signal.signal(signal.SIGHUP, outer)
 
 
 def test_a_closed_terminal_ends_the_suite_with_the_report_finished(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "rlbench", "run", str(TINY), "--output", str(out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # not nohup's
     wait_for(lambda: list(out.glob("tiny/*/report.json")) or proc.poll() is not None)
     [report_path] = list(out.glob("tiny/*/report.json"))  # saved as `running` before the first stage
     proc.send_signal(signal.SIGHUP)
