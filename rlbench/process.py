@@ -6,12 +6,15 @@ SIGTERM into KeyboardInterrupt so that a `kill` ends a run like Ctrl-C, with its
 
 - `worker_command`: the worker (or torchrun and each rank of a distributed run) runs from the
   same rlbench package as the runner, never from a `rlbench/` directory that happens to be in
-  the current directory (`python -m` would put the current directory first on sys.path).
+  the current directory (`python -m` would put the current directory first on sys.path), and
+  dies with the process that started it (the runner, or torchrun for a rank), however that ends.
+- `survive_broken_pipe`: a closed stdout (`| head`) does not stop the runner before its report is saved.
 - `signal_run`, `end_ranks`: torchrun starts each rank in a session of its own, so signals go to
   each rank's group too, and no rank outlives its run.
-- `InterruptGate`: in the runner, Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt only where
-  the runner waits (stages, a worker's progress); while it collects a stopped worker's result or
-  writes the report, they are only counted, so a second Ctrl-C cannot lose a measured run.
+- `InterruptGate`: in the runner, Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closed; not
+  under nohup) raise KeyboardInterrupt only where the runner waits (stages, a worker's progress);
+  while it collects a stopped worker's result or writes the report, they are only counted, so a
+  second Ctrl-C cannot lose a measured run.
 - `Watchdog`: a worker past its time limit gets SIGTERM (it writes what it has measured), then
   SIGKILL; its whole process group goes, so nothing it started is left behind.
 - `exit_status`: a worker killed by SIGKILL is `oom` only when the kernel's OOM killer ran meanwhile.
@@ -45,8 +48,45 @@ if sys.path and sys.path[0] in ("", "."):
 if root not in sys.path:
     sys.path.insert(0, root)
 """
-_WORKER_BOOT = _CLEAN_PATH + "from rlbench.worker import main\nsys.exit(main(sys.argv[1:]))\n"
-_TORCHRUN_BOOT = _CLEAN_PATH + "from torch.distributed.run import main\nmain()\n"
+# A worker (and torchrun) dies with the process that started it, even by SIGKILL: the kernel sends
+# it SIGKILL when its parent ends (PR_SET_PDEATHSIG on Linux; elsewhere a thread that watches the
+# parent). A parent gone before this was armed is seen by its pid (PARENT_ENV) and the worker exits.
+# Each process names itself the parent of what it starts (torchrun's ranks).
+PARENT_ENV = "RLBENCH_PARENT_PID"
+_DIE_WITH_PARENT = """\
+import os, signal
+parent = int(os.environ.get("RLBENCH_PARENT_PID") or 0)
+try:
+    import ctypes
+    if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl")
+except (OSError, AttributeError):
+    import threading, time
+    def _watch_parent(ppid=os.getppid()):
+        while os.getppid() == ppid:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=_watch_parent, daemon=True).start()
+if parent and os.getppid() != parent:
+    os._exit(1)
+os.environ["RLBENCH_PARENT_PID"] = str(os.getpid())
+"""
+_WORKER_BOOT = _CLEAN_PATH + _DIE_WITH_PARENT + "from rlbench.worker import main\nsys.exit(main(sys.argv[1:]))\n"
+_TORCHRUN_BOOT = (_CLEAN_PATH + _DIE_WITH_PARENT + "signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, "
+                  "signal.SIGTERM, signal.SIGHUP))\nfrom torch.distributed.run import main\nmain()\n")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Start a worker inside this block: it inherits the stop signals blocked, and the worker
+    unblocks them once its handlers are in place (torchrun at once). A SIGTERM from the watchdog
+    or the user while it starts is then held until the worker can write its result, not lost."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -107,7 +147,9 @@ class InterruptGate:
         return self.count > 0
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # started under nohup: a closed terminal is to be ignored
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
@@ -117,6 +159,8 @@ class InterruptGate:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.count += 1
+        if signum == signal.SIGHUP:  # the terminal is gone: what is printed from now on goes nowhere
+            _detach_from_terminal()
         if self._open:
             self._open = False  # one KeyboardInterrupt; later signals while it unwinds are only counted
             raise KeyboardInterrupt(f"signal {signum}")
@@ -130,6 +174,45 @@ class InterruptGate:
             yield
         finally:
             self._open = False
+
+
+def _detach_from_terminal() -> None:
+    """Point stdout and stderr at /dev/null where they are a terminal (writes to a hung-up one fail)."""
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+        except OSError:
+            continue
+
+
+def survive_broken_pipe(console: Any) -> None:
+    """Rich ends the process on a broken stdout pipe (`rlbench run ... | head -1`: SystemExit(1)
+    from inside a print), which would skip saving the report. For this console a broken pipe instead
+    sends its output to /dev/null and says so once on stderr; the run goes on."""
+    said = []
+
+    def on_broken_pipe() -> None:
+        console.quiet = True
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        finally:
+            os.close(null)
+        if not said:
+            said.append(True)
+            try:
+                sys.stderr.write("rlbench: stdout was closed (broken pipe); the run goes on and its report is "
+                                 "saved as usual\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+    console.on_broken_pipe = on_broken_pipe
 
 
 def signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -2,7 +2,7 @@
 
 `check_requirements(suite)` raises one UserError, one line listing everything missing, before any
 work starts; `missing_requirements(suite)` returns the same items for `rlbench validate` to warn
-with. Checked: a GPU (the nvml/torch_cuda probes, 16-bit dtypes, flash attention, nccl; one
+with. Checked: torch threads this machine can start, a GPU (the nvml/torch_cuda probes, 16-bit dtypes, flash attention, nccl; one
 per rank of a distributed run over nccl), the
 optional packages (vllm, peft, flash-attn), and the hub for a model or GSM8K not on disk.
 
@@ -23,6 +23,8 @@ from pathlib import Path
 
 from rlbench.config import Suite
 from rlbench.errors import UserError
+
+THREADS_PER_CORE = 16  # more OpenMP threads than this per core gain nothing and may not start
 
 
 def _has_cuda() -> bool:
@@ -63,6 +65,10 @@ def missing_requirements(suite: Suite) -> list[str]:
     ):
         if needed and importlib.util.find_spec(package) is None:
             missing.append(f"{what} needs {package}, which is not installed ({install})")
+    cores = os.cpu_count() or 1
+    if suite.threads and suite.threads > THREADS_PER_CORE * cores:
+        missing.append(f"threads: {suite.threads} torch threads on this machine's {cores} cores (at most "
+                       f"{THREADS_PER_CORE} per core start reliably; set threads to {cores} or leave it unset)")
     name = model.name
     hub_needed = []
     if name != "embedded" and not name.startswith("shape:") and not Path(name).expanduser().is_dir() \
@@ -156,7 +162,10 @@ def _in_hub_cache(name: str) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return False
-    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # HFValidationError: not a repo id (a path that does not exist, spaces, ...)
+        return False
 
 
 def _dataset_cached(name: str) -> bool:

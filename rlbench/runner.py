@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +39,7 @@ from rlbench.config import Suite, load_suite, resolved_dict, smoke_suite
 from rlbench.errors import UserError
 from rlbench.process import (
     EVENT_PREFIX,
+    PARENT_ENV,
     InterruptGate,
     Watchdog,
     end_ranks,
@@ -48,13 +50,15 @@ from rlbench.process import (
     oom_killer_ran,
     quiet_libraries,
     signal_run,
+    stop_signals_blocked,
+    survive_broken_pipe,
     time_limit,
     worker_command,
 )
 from rlbench.progress import ProgressBar
 from rlbench.report.io import write_json_atomic
 from rlbench.report.schema import SCHEMA_VERSION
-from rlbench.results import new_results_dir, reopen_results_dir
+from rlbench.results import new_results_dir, reopen_results_dir, report_lock, results_dir_of
 from rlbench.stages.prepare import needs_reward_model, prepare_stages
 
 INTERRUPT_GRACE_S = 40.0  # after Ctrl-C, seconds a worker gets to write its partial result (torchrun gives ranks 30)
@@ -78,9 +82,11 @@ def run_suite(path: str | None, overrides: list[str], output: str | None, consol
     earlier report that did not end ok; returns (report path, exit code). `smoke`: as
     config.smoke_suite shortens it, the report marked `smoke`."""
     gate = InterruptGate()
-    gate.install()  # Ctrl-C and `kill` end the suite with the report kept, never mid-write
+    gate.install()  # Ctrl-C, `kill` and a closed terminal end the suite with the report kept, never mid-write
+    survive_broken_pipe(console)  # `rlbench run ... | head -1`: the report is still finished and saved
     try:
-        return _run(path, overrides, output, console, resume, gate, smoke)
+        with ExitStack() as held:  # the results folder's lock, for as long as this runner writes there
+            return _run(path, overrides, output, console, resume, gate, held, smoke)
     finally:
         gate.restore()
 
@@ -96,12 +102,13 @@ def _precision_advice(suite: Suite) -> str | None:
 
 
 def _run(path: str | None, overrides: list[str], output: str | None, console: Console, resume: str | None,
-         gate: InterruptGate, smoke: bool = False) -> tuple[Path, int]:
-    from rlbench.environment import environment
+         gate: InterruptGate, held: ExitStack, smoke: bool = False) -> tuple[Path, int]:
+    from rlbench.environment import environment, git_state
     from rlbench.requirements import check_requirements
 
     quiet_libraries()
     if resume is not None:
+        held.enter_context(report_lock(results_dir_of(resume), f"--resume {resume}"))
         out_dir, report, suite = reopen_results_dir(resume)
         if [p["id"] for p in plan_runs(suite)] != [r["id"] for r in report["runs"]]:
             raise UserError(f"--resume {resume}: the report's runs do not match its suite.resolved.yaml")
@@ -116,8 +123,10 @@ def _run(path: str | None, overrides: list[str], output: str | None, console: Co
                 plan = plans[entry["id"]]
                 entry.clear()
                 entry.update(plan)
+        source = Path(report.get("suite_file") or ".").resolve().parent  # where the first run read its git state
         report["resumed"] = [*report.get("resumed", []), {
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kept": kept, "rerun": again}]
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kept": kept, "rerun": again,
+            "git": git_state(source if source.is_dir() else Path.cwd())}]
         report["status"] = "running"
     else:
         assert path is not None, "a suite file or a results directory to resume"
@@ -129,6 +138,7 @@ def _run(path: str | None, overrides: list[str], output: str | None, console: Co
             suite = replace(suite, output=output)
         _check_inputs(suite)
         out_dir = new_results_dir(Path(suite.output), suite.name, "--output" if output else "output")
+        held.enter_context(report_lock(out_dir, str(out_dir)))
         suite_file = out_dir / "suite.resolved.yaml"
         suite_file.write_text(yaml.safe_dump(resolved_dict(suite), sort_keys=False))
         report = {
@@ -179,7 +189,7 @@ def _run(path: str | None, overrides: list[str], output: str | None, console: Co
             save()
     except KeyboardInterrupt:
         pass
-    except Exception as exc:  # noqa: BLE001 - a stage that fails still leaves a finished report
+    except BaseException as exc:  # noqa: BLE001 - a stage that fails (or exits) still leaves a finished report
         failure = exc
     interrupted = gate.interrupted
     why = f"not run: {_last_line(failure)}" if failure else "not run"
@@ -195,7 +205,13 @@ def _run(path: str | None, overrides: list[str], output: str | None, console: Co
     from rlbench.report.views import print_report, write_artifacts
 
     print_report(report, console)
-    write_artifacts(report, out_dir, console)
+    try:
+        write_artifacts(report, out_dir, console)
+    except (OSError, UserError) as err:  # the runs are measured and saved: plots are a view of them
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        console.print(f"[yellow]warning:[/] plots and summary.md in {escape(str(out_dir))} not written{escape(where)}: "
+                      f"{escape(getattr(err, 'strerror', None) or str(err))}; `rlbench report "
+                      f"{escape(str(report_path))}` writes them later", highlight=False, soft_wrap=True)
     console.print(f"report: [bold]{escape(str(report_path))}[/]", highlight=False)
     if interrupted:
         return report_path, 130
@@ -227,13 +243,14 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
     run_dir = out_dir / "runs" / entry["id"].replace("/", "-")
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / "result.json"
-    for stale in (result_path, *run_dir.glob("rank*/result.json")):  # a rerun (--resume) must not read
-        stale.unlink(missing_ok=True)                                    # the last attempt's results
+    for stale in (*run_dir.glob("*.log"), *run_dir.glob("rank*/*.json"), *run_dir.glob("rank*/*.log"),
+                  result_path):  # a rerun (--resume) must not read, or leave beside its result, the last attempt's
+        stale.unlink(missing_ok=True)
     spec = {"suite_path": str(suite_file), "algorithm_index": entry["algorithm_index"], "seed": entry["seed"],
             "policy_dir": stages["policy_dir"], "reward_dir": stages.get("reward_dir"), "run_dir": str(run_dir),
             "eval_before": stages.get("eval_before"), "reward_model_warning": stages.get("reward_model_warning")}
     spec_path = write_json_atomic(run_dir / "spec.json", spec)
-    env = dict(os.environ, **cpu_worker_env(suite.probe_heap), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **cpu_worker_env(suite.probe_heap), PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())})
     ranks = suite.distributed.nproc_per_node if suite.distributed is not None else 1
     if ranks > 1:  # torchrun warns unless OMP_NUM_THREADS is set; each rank sets its own
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -247,36 +264,28 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
 
     interrupted = False
     with open(run_dir / "worker.log", "w") as log:
-        proc = subprocess.Popen(worker_command(spec_path, ranks), stdout=subprocess.PIPE, stderr=log, text=True,
-                                env=env, start_new_session=True)
-        with Watchdog(proc, limit, send=lambda sig: signal_run(proc, sig, run_dir)) as watchdog:
-            try:
-                with gate.opened(), ProgressBar(console, escape(entry["id"]), 1.0, fraction=True) as (progress, task):
-                    for line in proc.stdout:
-                        if not line.startswith(EVENT_PREFIX):
-                            log.write(line)
-                            continue
-                        event = json.loads(line[len(EVENT_PREFIX):])
-                        if event["event"] == "loaded":
-                            seen["loaded"] = time.monotonic()
-                        elif event["event"] == "step":
-                            seen["rl_seconds"] = time.monotonic() - seen.get("loaded", time.monotonic())
-                            seen["fraction"] = float(event["fraction"])
-                            progress.update(task, completed=event["fraction"],
-                                            info=f"step {event['step']}  completions {event['completions']}  "
-                                                 f"reward {event['reward']:.3f}  gold {event['gold']:.2f}")
-                        elif event["event"] == "eval":
-                            progress.update(task, info="evaluating")
-            except KeyboardInterrupt:
-                interrupted = True
-                signal_run(proc, signal.SIGINT, run_dir)
-                console.print(f"  {escape(entry['id'])}: interrupted; waiting up to {INTERRUPT_GRACE_S:.0f} s for "
-                              "it to write what it measured", highlight=False)
-            deadline = time.monotonic() + (INTERRUPT_GRACE_S if interrupted else math.inf)
-            while not exited(proc) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        code = finish_group(proc)  # the watchdog has stopped: nothing else signals the group now
-        end_ranks(run_dir, spec_path)
+        with stop_signals_blocked():
+            proc = subprocess.Popen(worker_command(spec_path, ranks), stdout=subprocess.PIPE, stderr=log, text=True,
+                                    env=env, start_new_session=True)
+        try:
+            with Watchdog(proc, limit, send=lambda sig: signal_run(proc, sig, run_dir)) as watchdog:
+                try:
+                    with gate.opened(), ProgressBar(console, escape(entry["id"]), 1.0, fraction=True) as bar:
+                        _follow(proc, log, seen, *bar)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    signal_run(proc, signal.SIGINT, run_dir)
+                    console.print(f"  {escape(entry['id'])}: interrupted; waiting up to {INTERRUPT_GRACE_S:.0f} s "
+                                  "for it to write what it measured", highlight=False)
+                deadline = time.monotonic() + (INTERRUPT_GRACE_S if interrupted else math.inf)
+                while not exited(proc) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        except BaseException:  # the runner cannot follow its worker (a thread that cannot start, ...): end it
+            signal_run(proc, signal.SIGKILL, run_dir)
+            raise
+        finally:
+            code = finish_group(proc)  # the watchdog has stopped: nothing else signals the group now
+            end_ranks(run_dir, spec_path)
     oom_after = oom_kill_counts()
     if ranks > 1:
         from rlbench.rank_results import merge_ranks
@@ -287,8 +296,7 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
     else:
         result = read_json(result_path) if result_path.exists() else {}
     if watchdog.expired is not None:
-        result.update(status="timeout", error=f"stopped by the watchdog after {watchdog.expired:.0f} s "
-                                              "(its time limit: run_timeout_s, or derived from the budget)")
+        mark_timeout(result, watchdog.expired)
     elif interrupted and result.get("status") != "ok":  # a run that finished as Ctrl-C came stays ok
         result.update(status="interrupted", error=result.get("error") or "interrupted by the user")
     elif result.get("status") not in RUN_STATUSES:
@@ -302,6 +310,41 @@ def execute_run(suite: Suite, suite_file: Path, entry: dict[str, Any], stages: d
     detail = f" ({escape(str(result['error']))})" if result["status"] != "ok" and result.get("error") else ""
     console.print(f"  {escape(entry['id'])}: [{colour}]{result['status']}[/]{detail}", highlight=False)
     return result
+
+
+def mark_timeout(result: dict[str, Any], limit: float) -> None:
+    """A run the watchdog stopped at `limit` seconds is `timeout`; a rank of it that left no result
+    had hung (it did not answer SIGTERM: blocked in a collective or a system call), so it is
+    `timeout` too, not a rank "killed by SIGKILL" as if it had crashed."""
+    result.update(status="timeout", error=f"stopped by the watchdog after {limit:.0f} s "
+                                          "(its time limit: run_timeout_s, or derived from the budget)")
+    hung = []
+    for rank in (result.get("distributed") or {}).get("ranks") or []:
+        if rank.get("status") not in ("ok", "interrupted") and "before writing its result" in str(rank.get("error")):
+            rank.update(status="timeout", error="hung: no answer to the watchdog's SIGTERM (blocked in a collective "
+                                                "or a system call), then killed")
+            hung.append(str(rank.get("rank")))
+    if hung:
+        result["error"] += f"; rank {', '.join(hung)} hung"
+
+
+def _follow(proc: subprocess.Popen, log: Any, seen: dict[str, float], progress: Any, task: Any) -> None:
+    """Read the worker's stdout to its end: progress events move the bar, other lines go to the log."""
+    for line in proc.stdout:
+        if not line.startswith(EVENT_PREFIX):
+            log.write(line)
+            continue
+        event = json.loads(line[len(EVENT_PREFIX):])
+        if event["event"] == "loaded":
+            seen["loaded"] = time.monotonic()
+        elif event["event"] == "step":
+            seen["rl_seconds"] = time.monotonic() - seen.get("loaded", time.monotonic())
+            seen["fraction"] = float(event["fraction"])
+            progress.update(task, completed=event["fraction"],
+                            info=f"step {event['step']}  completions {event['completions']}  "
+                                 f"reward {event['reward']:.3f}  gold {event['gold']:.2f}")
+        elif event["event"] == "eval":
+            progress.update(task, info="evaluating")
 
 
 def _read_text(path: Path) -> str:

@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from rlbench.process import emit, quiet_libraries, raise_interrupt
+from rlbench.process import STOP_SIGNALS, emit, quiet_libraries, raise_interrupt
 
 
 def main(argv: list[str]) -> int:
@@ -41,6 +41,7 @@ def main(argv: list[str]) -> int:
     say = emit if rank == 0 else (lambda event: None)
 
     signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGHUP, raise_interrupt)
     if world > 1:  # torchrun forwards the signal the runner also sends: unwind once, then finish writing
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _interrupt_once)
@@ -49,6 +50,7 @@ def main(argv: list[str]) -> int:
     probe = None
     dist = None
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked while it started: one that came is raised here
         import torch
 
         from rlbench.catalog import load_problems, problem_clusters, resolve_probe
@@ -107,7 +109,7 @@ def main(argv: list[str]) -> int:
         result.update(status=_status_of(exc), error=_last_line(exc))
         (out_dir / "error.log").write_text(traceback.format_exc())
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C or kill must not lose the result
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C or kill must not lose the result
             signal.signal(sig, signal.SIG_IGN)
         result["finished"] = time.time()
         if run is not None:

@@ -57,25 +57,34 @@ def test_the_cli_says_one_line_and_exits_2(tmp_path, capsys):
     assert "model.sft.min_steps: must be below the SFT horizon of 16 steps" in err and "Traceback" not in err
 
 
-def test_cache_keys_of_suites_without_the_new_settings_are_unchanged():
-    """The hashes rlbench computed before these settings existed (main d700320, quickstart suite)."""
+def test_stage_keys_cover_the_numerics_and_the_new_settings_only_where_set(monkeypatch):
+    """SFT and reward-model keys change with the numerics environment (another torch or CPU kind
+    rebuilds the stage); the accuracy settings enter a key only where a suite sets them, and the
+    starting evaluation's key is the one rlbench computed before they existed (main d700320)."""
+    import rlbench.environment
     from rlbench.cache import stable_hash
     from rlbench.stages.reward_model import reward_model_key
     from rlbench.stages.sft import sft_key
     from rlbench.stages.starting_eval import eval_key_settings
 
     suite = load_suite(QUICKSTART)
-    assert sft_key("embedded", Path("/c/base/abc"), suite.model.sft, suite.task, 0) == "68a289a78408d53d"
-    assert reward_model_key(Path("/c/sft/def"), suite) == "f9e8714325509d95"
+    base = Path("/c/base/abc")
+    sft_here, rm_here = sft_key("embedded", base, suite.model.sft, suite.task, 0), reward_model_key(Path("/c/sft/def"), suite)
+    monkeypatch.setattr(rlbench.environment, "stage_numerics", lambda device=None: {"torch": "another"})
+    assert sft_key("embedded", base, suite.model.sft, suite.task, 0) != sft_here
+    assert reward_model_key(Path("/c/sft/def"), suite) != rm_here
+    monkeypatch.undo()
+    assert sft_key("embedded", base, suite.model.sft, suite.task, 0) == sft_here
     assert stable_hash({"eval": eval_key_settings(suite)}) == "813fef35de9167bb"
-    # ... and the new settings do enter them
+    # without a demonstration set the dev evaluation's length does not enter the key; with one it does
+    assert sft_key("embedded", base, suite.model.sft, suite.task, 0, eval_tokens=48) == sft_here
     demos = replace(suite.model.sft, demonstrations=100)
-    assert sft_key("embedded", Path("/c/base/abc"), demos, suite.task, 0) != "68a289a78408d53d"
-    assert sft_key("embedded", Path("/c/base/abc"), demos, suite.task, 0, eval_tokens=40) != \
-        sft_key("embedded", Path("/c/base/abc"), demos, suite.task, 0, eval_tokens=48)
+    assert sft_key("embedded", base, demos, suite.task, 0) != sft_here
+    assert sft_key("embedded", base, demos, suite.task, 0, eval_tokens=40) != \
+        sft_key("embedded", base, demos, suite.task, 0, eval_tokens=48)
     verifier = replace(suite, model=replace(suite.model, reward_model=replace(suite.model.reward_model,
                                                                               kind="verifier")))
-    assert reward_model_key(Path("/c/sft/def"), verifier) != "f9e8714325509d95"
+    assert reward_model_key(Path("/c/sft/def"), verifier) != rm_here
     strict = replace(suite, eval=replace(suite.eval, headline="strict"))
     assert stable_hash({"eval": eval_key_settings(strict)}) != "813fef35de9167bb"
 

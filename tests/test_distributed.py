@@ -139,8 +139,18 @@ def test_a_sharded_update_equals_the_single_process_update(tmp_path):
     assert single["learning/grad_norm"] > 0.1  # the update did move the weights
     after = run.policy.state_dict()
     assert set(sharded["params"]) == set(after)
-    worst = max((sharded["params"][k] - after[k]).abs().max().item() for k in after)
-    assert worst <= 1e-5, worst
+    # AdamW moves each parameter by lr * m_hat / (sqrt(v_hat) + eps) per step: on its first step
+    # m_hat / sqrt(v_hat) = g / |g| = +-1, so a gradient element within rounding of 0 whose sign the
+    # reordered sums flip moves by +lr on one side and -lr on the other: 2 * lr apart, whatever the
+    # rounding. On the second step |m_hat / sqrt(v_hat)| <= sqrt(sum_i a_i^2 / b_i) (Cauchy-Schwarz) with
+    # a = (0.9 * 0.1, 0.1) / (1 - 0.9^2), b = (0.999 * 0.001, 0.001) / (1 - 0.999^2): 1.0014. Two
+    # optimizer steps (num_minibatches=2): at most 2 * lr + 2 * 1.0014 * lr apart, plus the rounding of
+    # the elements whose sign did not flip (1e-5, as for the losses). Only elements with a gradient within
+    # rounding of 0 can flip, so nearly all of them stay within the rounding alone.
+    lr = suite.algorithms[0].params["lr"]
+    diffs = torch.cat([(sharded["params"][k] - after[k]).abs().flatten() for k in after])
+    assert diffs.max().item() <= (2 + 2 * 1.0014) * lr + 1e-5, diffs.max().item()
+    assert (diffs > 1e-5).float().mean().item() <= 0.01  # sign flips are rare: not a wrong update everywhere
     assert sharded["static"][0]["weights"] * 2 == sum(t.numel() * 4 for t in run.policy.parameters())
     # The frozen reference, sharded, scores the batch as one process does, and gives its root back.
     mask = batch.mask.bool()

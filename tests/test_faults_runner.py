@@ -97,15 +97,23 @@ def test_torchrun_and_its_ranks_are_started_the_same_way(tmp_path: Path) -> None
 
 
 def test_a_hung_worker_ends_as_timeout_with_its_result(tmp_path: Path) -> None:
+    # The 2 s limit cannot race the worker's start, however slow a loaded machine makes it: the worker
+    # starts with SIGTERM blocked (process.stop_signals_blocked) and unblocks it once its handler is in
+    # place, so a SIGTERM that came earlier waits for it (and TERM_GRACE_S, 10 s, for it to write).
+    # Before that, a start slower than 2 s died by SIGTERM with no result.
     suite, _ = resolved_suite_file(tmp_path, ["run_timeout_s=2"])
     fifo = tmp_path / "suite-that-never-comes.yaml"
     os.mkfifo(fifo)  # the worker blocks opening it: a real hang, in a system call
     [entry] = plan_runs(suite)
+    stale = tmp_path / "out" / "runs" / "grpo_zero-seed0" / "error.log"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("Traceback of an earlier attempt")  # a --resume reruns the run in the same folder
     result = execute_run(suite, fifo, entry, {"policy_dir": str(tmp_path)}, tmp_path / "out", quiet())
     # That the watchdog, at its 2 s, ended it (not a wall-clock bound, which a busy machine stretches):
     assert result["status"] == "timeout"
     assert result["error"].startswith("stopped by the watchdog after 2 s")
     assert "finished" in result  # the worker wrote what it had when SIGTERM came
+    assert not stale.exists()  # no earlier attempt's error beside this result
 
 
 def test_the_watchdog_kills_the_whole_group_even_when_sigterm_is_ignored(tmp_path: Path) -> None:

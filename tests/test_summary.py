@@ -261,3 +261,31 @@ def test_heldout_witness():
         assert heldout_witness(accuracy) == ((0.1, 0.3), STDERR_SUM)
     assert heldout_witness({"paired": {"delta": 0.12, "ci95": [0.02, 0.18]}}) == (None, STDERR_SUM)
     assert heldout_witness({}) == (None, STDERR_SUM)
+
+
+def test_the_mfu_peak_is_named_exactly_when_an_mfu_is_reported(summary, suite):
+    assert summary["mfu_peak"]["flops_per_s"] == 2e10  # the recorded matmul rate behind the 0.02 MFU
+    run = FinishedRun(suite)
+    run.budget.flops_by_phase = {}  # no FLOPs counted: no MFU, so no peak to name
+    assert "mfu_peak" not in summarize_run(run, RecordedProbe(), {})
+
+
+class EngineChildren:
+    """The cpu probe's record of the rollout engine's child processes (vLLM's engine core)."""
+
+    name = "cpu"
+
+    def children_memory(self) -> dict:
+        return {"method": "VmRSS", "peak_call": {}, "resident_bytes": {"EngineCore": 5000, "worker": 700}}
+
+
+class RecordedProbeWithChildren(RecordedProbe):
+    probes = [EngineChildren()]
+
+
+def test_the_engines_child_processes_go_to_the_rollout_role(summary, suite):
+    # without child processes recorded, nothing is said of them
+    assert "engine_processes" not in summary["memory"] and "resident_bytes" not in summary["roles"]["rollout"]
+    out = summarize_run(FinishedRun(suite), RecordedProbeWithChildren(), {})
+    assert out["memory"]["engine_processes"] == {"cpu": EngineChildren().children_memory()}
+    assert out["roles"]["rollout"]["resident_bytes"] == {"cpu": 5700}  # 5,000 + 700

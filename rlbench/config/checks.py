@@ -17,6 +17,7 @@ from typing import Any
 
 from rlbench.config.accuracy_checks import check_accuracy_settings
 from rlbench.config.derived import step_shape
+from rlbench.config.model_source import model_positions
 from rlbench.config.schema import (
     BUDGET_LIMITS,
     PRECISION_MODES,
@@ -34,6 +35,7 @@ SAFE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX_CHARS - 1}}}")
 # torch seeds a generator with any integer below 2**64; runs derive further seeds from theirs
 # (seed * 1_000_003 + step for sampling), so seeds stay below 2**32 to leave that room.
 SEED_RANGE = (0, 2**32 - 1)
+MAX_THREADS = 4096  # the largest machines have about 1,000 cores; 100,000 threads crash the OpenMP runtime
 
 
 def check_suite(suite: Suite, errors: Errors) -> Suite:
@@ -73,6 +75,10 @@ def check_suite(suite: Suite, errors: Errors) -> Suite:
             errors.append(("name", problem))
     if ok("seeds"):
         _check_seeds(suite.seeds, errors)
+    _check_model(suite, ok, errors)
+    if ok("threads") and suite.threads is not None and suite.threads > MAX_THREADS:
+        errors.append(("threads", f"at most {MAX_THREADS} (more torch threads than any machine has cores cannot "
+                                  f"start; leave it unset for all cores), got {suite.threads}"))
     for fld in dataclasses.fields(CheckConfig):
         path = f"check.{fld.name}"
         if ok(path):
@@ -81,6 +87,23 @@ def check_suite(suite: Suite, errors: Errors) -> Suite:
             except UserError as err:
                 errors.append((path, str(err)))
     return dataclasses.replace(suite, algorithms=algorithms)
+
+
+def _check_model(suite: Suite, ok: Callable[[str], bool], errors: Errors) -> None:
+    """model.name names something that exists (a shape that can be built, a directory, or a hub
+    id), and a completion fits the model's positions with room for its prompt."""
+    if not ok("model.name"):
+        return
+    try:
+        positions = model_positions(suite.model.name)
+    except UserError as err:
+        errors.extend(("model.name", m.removeprefix("model.name: ")) for m in err.messages)
+        return
+    if positions and ok("rollout.max_new_tokens") and suite.rollout.max_new_tokens >= positions:
+        errors.append(("rollout.max_new_tokens",
+                       f"{suite.rollout.max_new_tokens} tokens do not fit the model's {positions} positions "
+                       f"(max_position_embeddings of {suite.model.name}), which also hold the prompt; use fewer "
+                       f"than {positions} minus the longest prompt"))
 
 
 def _check_algorithm(i: int, alg: AlgorithmConfig, ok: Callable[[str], bool], errors: Errors) -> AlgorithmConfig:

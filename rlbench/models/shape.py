@@ -16,6 +16,9 @@ Token ids (pad, bos, eos) are the synthetic tokenizer's; every other field is th
 What follows from random weights: EOS is one token in ~150,000, so every completion runs to
 `max_new_tokens` (the worst case, which is what a memory measurement wants); SFT and accuracy are
 meaningless and skipped; the reward and value models are the same shape with a fresh scalar head.
+
+The config is read and checked without torch by `rlbench.config.model_source.shape_config` (so a
+suite is checked before anything loads); this module builds and caches the model.
 """
 
 from __future__ import annotations
@@ -25,44 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from rlbench.cache import cached_dir, stable_hash
+from rlbench.config.model_source import SHAPE_PREFIX, SHAPES_DIR, is_shape, known_shapes, shape_config
 from rlbench.errors import UserError
 from rlbench.models.tokenizer import SHAPE_MARKER
 
-SHAPE_PREFIX = "shape:"
-SHAPES_DIR = Path(__file__).parent / "shapes"
 SHAPE_VERSION = 1
 # Set from the synthetic tokenizer, never from the file: the ids must be the tokenizer's.
 TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 MEANINGLESS_ACCURACY = ("shape model (random weights): accuracy is not measured; every completion runs to "
                         "max_new_tokens, the worst case for memory and time")
-
-
-def is_shape(name: str) -> bool:
-    return name.startswith(SHAPE_PREFIX)
-
-
-def known_shapes() -> list[str]:
-    return sorted(p.stem for p in SHAPES_DIR.glob("*.json"))
-
-
-def shape_config(name: str) -> dict[str, Any]:
-    """The config dict of `shape:<known name>` or `shape:<path to a config.json>` (torch-free)."""
-    spec = name[len(SHAPE_PREFIX):] if is_shape(name) else name
-    shipped = SHAPES_DIR / f"{spec}.json"
-    path = shipped if shipped.is_file() else Path(spec).expanduser()
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise UserError(f"model.name: '{name}': no shape '{spec}' (known: {', '.join(known_shapes())}) and no "
-                        "config.json at that path")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"model.name: '{name}': cannot read {path} as JSON ({exc})") from None
-    missing = [k for k in ("model_type", "vocab_size") if k not in config]
-    if missing:
-        raise UserError(f"model.name: '{name}': {path} has no {' or '.join(missing)}; give a model's config.json")
-    return config
 
 
 def shape_spec(name: str, seed: int = 0) -> dict[str, Any]:
@@ -80,7 +54,7 @@ def transformers_config(config: dict[str, Any], token_ids: dict[str, int] | None
               if not k.startswith("_") and k not in ("model_type", "torch_dtype", "dtype", "auto_map", *TOKEN_FIELDS)}
     try:
         return AutoConfig.for_model(config["model_type"], **fields, **(token_ids or {}))
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"model.name: model_type '{config['model_type']}' is not one transformers knows ({exc})") from None
 
 
@@ -122,3 +96,7 @@ def shape_base_dir(name: str, seed: int = 0) -> Path:
         (tmp / SHAPE_MARKER).write_text(json.dumps({"name": name, "seed": seed}, indent=2))
 
     return cached_dir("base", stable_hash(spec), build)[0]
+
+
+__all__ = ["SHAPE_PREFIX", "SHAPES_DIR", "build_shape", "is_shape", "known_shapes", "shape_base_dir",
+           "shape_config", "shape_spec", "transformers_config"]

@@ -13,6 +13,7 @@ which score full reward by construction: it is left out of the two reward panels
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -46,19 +47,37 @@ UNIT_LABELS = {"completions": "completions consumed", "tokens": "tokens generate
 
 
 def read_steps(report_dir: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The run's per-step metrics from <report dir>/<run_dir>/steps.jsonl ([] when absent)."""
-    if not run.get("run_dir"):
+    """The run's per-step metrics from <report dir>/<run_dir>/steps.jsonl ([] when absent or
+    unreadable). Rows are what a worker writes: numbers by name, `step` a whole number; anything
+    else in a crafted or damaged file (text, lists, NaN, numbers beyond a float) is left out."""
+    if not isinstance(run.get("run_dir"), str) or not run["run_dir"]:
         return []
     path = report_dir / run["run_dir"] / "steps.jsonl"
-    if not path.exists():
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError:  # absent, a directory, unreadable
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
             break  # a line cut off by a crash ends the usable part
-    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), (int, float))]
+        if isinstance(row, dict):
+            numbers = {k: v for k, v in row.items() if _finite(v)}
+            if isinstance(numbers.get("step"), int) or (_finite(numbers.get("step")) and float(row["step"]).is_integer()):
+                rows.append(dict(numbers, step=int(numbers["step"])))
+    return rows
+
+
+def _finite(value: Any) -> bool:
+    """A number a float holds (no bool, NaN, infinity or integer beyond a float's range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def budget_unit(report: dict[str, Any]) -> str:

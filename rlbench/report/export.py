@@ -61,8 +61,8 @@ def export_runs(report: dict[str, Any], report_dir: Path) -> list[ExportRun]:
     out = []
     for run in report["runs"]:
         scalars: dict[int, dict[str, float]] = {}
-        for row in read_steps(report_dir, run):
-            step = int(row["step"])
+        for row in read_steps(report_dir, run):  # numbers only, `step` a whole number
+            step = row["step"]
             for key, value in row.items():
                 if key != "step" and _number(value):
                     scalars.setdefault(step, {})["budget/completions" if key == "completions" else key] = float(value)
@@ -85,7 +85,13 @@ def export_runs(report: dict[str, Any], report_dir: Path) -> list[ExportRun]:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A number a float holds: no bool, NaN, infinity, or integer beyond a float's range (crafted reports)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _safe(name: str) -> str:

@@ -4,7 +4,9 @@ Names, labels, descriptions and errors come from suite files and reports, which 
 they are shown as literal text on every surface. `literal` escapes Rich markup (a label `lab[/x]`
 or `[link=...]` is printed as typed, never interpreted), `md_text` escapes Markdown and HTML for
 summary.md and `compare --format md` (no raw `<img onerror>`, no `[..](javascript:..)` link), and
-plots escape matplotlib's mathtext (`$`) in rlbench/report/plots.py.
+plots escape matplotlib's mathtext (`$`) in rlbench/report/plots.py. All three also show control
+characters as escapes (`visible`): an ANSI sequence, a carriage return or a bidirectional override
+(U+202E) in a label or description read from a report never reaches a terminal or a file raw.
 """
 
 from __future__ import annotations
@@ -151,14 +153,28 @@ def primary_probe(report: dict[str, Any]) -> str:
     return "cpu"
 
 
+# C0 and C1 controls (ESC, CR, BEL, ...), DEL, and the bidirectional marks and overrides that
+# reorder what a reader sees; newlines and tabs are kept where the surface allows them.
+_UNSEEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: Any) -> str:
+    """`text` with every control character and bidirectional override written as its escape
+    (`\x1b`, `\r`, `\u202e`), so the text shows what it holds and cannot move the cursor, colour
+    the terminal or reverse what follows it."""
+    return _UNSEEN.sub(lambda m: repr(m.group())[1:-1] if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                       str(text))
+
+
 def plot_text(text: Any) -> str:
     """Report text for matplotlib, shown literally: every `$` escaped, so no mathtext is parsed."""
-    return str(text).replace("$", r"\$")
+    return visible(text).replace("$", r"\$")
 
 
 def literal(text: Any) -> str:
-    """`text` for a Rich console or table cell: markup escaped, printed exactly as written."""
-    return _rich_escape(str(text))
+    """`text` for a Rich console or table cell: markup escaped, control characters as escapes,
+    printed exactly as written."""
+    return _rich_escape(visible(text))
 
 
 _MD_INLINE = re.compile(r"([\\`*_\[\]|~$])")  # emphasis, code, links and images, table cells, strikethrough, math
@@ -172,7 +188,7 @@ def md_text(text: Any, block: bool = False) -> str:
     math or table cell boundary can come from it. `block`: the text starts a paragraph, so a
     leading list marker or heading mark is escaped too.
     """
-    out = " ".join(str(text).split())  # newlines would end a table row or start a block
+    out = visible(" ".join(str(text).split()))  # newlines would end a table row or start a block
     out = _MD_INLINE.sub(r"\\\1", out)
     out = "".join(_MD_HTML.get(c, c) for c in out)
     if block:

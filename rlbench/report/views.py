@@ -23,6 +23,7 @@ from rlbench.report.format import (
     p_value_text,
     primary_probe,
     stderr_note,
+    visible,
     warning_lines,
 )
 from rlbench.report.peaks import peak_cell, split_peak
@@ -47,7 +48,7 @@ def summary_table(report: dict[str, Any]) -> Table:
         budget = run.get("budget") or {}
         roles = "+".join(ROLE_SHORT[r] for r in ROLE_ORDER if r in (run.get("roles") or {})) or "-"
         table.add_row(
-            Text(run["id"]), Text(str(status), style=colour), Text(str(run.get("stopped_by") or "-")), roles,
+            Text(visible(run["id"])), Text(str(status), style=colour), Text(str(run.get("stopped_by") or "-")), roles,
             str(budget.get("completions", "-")), str(budget.get("prompts", "-")), num(budget.get("flops"), "{:.3g}"),
             *(peak_cell(split_peak(run, probe, evaluation)) for evaluation in (False, True)),
             num(_value(run, "time/step_s"), "{:.2f}"),
@@ -76,7 +77,7 @@ def accuracy_table(report: dict[str, Any]) -> Table:
         acc = run.get("accuracy") or {}
         hacking = hacking_text(run)
         table.add_row(
-            Text(run["id"]), accuracy_pm(acc, "before"), accuracy_pm(acc, "after"), delta_interval(acc),
+            Text(visible(run["id"])), accuracy_pm(acc, "before"), accuracy_pm(acc, "after"), delta_interval(acc),
             p_value_text(acc),
             Text(hacking, style="red" if hacking.startswith("FLAG") else ("yellow" if "weak" in hacking else "")),
         )
@@ -108,7 +109,7 @@ def memory_table(report: dict[str, Any]) -> Table:
             phases = entry.get("phases", {})
             peak_phase = max(phases, key=lambda p: phases[p]["peak_bytes"].get(probe, 0), default=None)
             table.add_row(
-                Text(run["id"] if i == 0 else ""), Text(role), mib(static.get("weights")),
+                Text(visible(run["id"]) if i == 0 else ""), Text(role), mib(static.get("weights")),
                 *((mib(static.get("master")),) if masters else ()), mib(static.get("gradients")),
                 mib(static.get("optimizer")), mib(static.get("total")), mib(entry.get("load_bytes", {}).get(probe)),
                 mib(entry.get("peak_bytes", {}).get(probe)), Text(peak_phase or "-"),
@@ -163,7 +164,7 @@ def rank_memory_table(report: dict[str, Any]) -> Table | None:
                          [sum(k["bytes"] for k in rank.get("collective_bytes", {}).get(phase, {}).values())
                           if rank else None for rank in ranks], None, None, ""))
         for i, (role, per_rank, total, peak, phase) in enumerate(rows):
-            table.add_row(run["id"] if i == 0 else "", role, *(mib(v) for v in per_rank), mib(total), mib(peak), phase)
+            table.add_row(literal(run["id"]) if i == 0 else "", role, *(mib(v) for v in per_rank), mib(total), mib(peak), phase)
         table.add_section()
     return table
 
@@ -232,7 +233,7 @@ def run_verdict(report_path: Path) -> str:
     runs = report.get("runs") or []
     bad = [r for r in runs if r.get("status") != "ok"]
     head = ("interrupted" if report.get("status") == "interrupted" else "FAIL") if bad else "ok"
-    why = "; ".join(f"{r['id']} {r.get('status')}" + (f": {str(r['error']).splitlines()[0][:200]}"
-                                                      if r.get("error") else "") for r in bad)
+    why = visible("; ".join(f"{r['id']} {r.get('status')}" + (f": {str(r['error']).splitlines()[0][:200]}"
+                                                      if r.get("error") else "") for r in bad))
     return f"{head}: {len(runs) - len(bad)} of {len(runs)} run(s) ended ok" + (f" ({why})" if why else "") + \
         f"; report: {report_path}"

@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from rlbench.cache import built_record
 from rlbench.config import Suite
 from rlbench.progress import ProgressBar
 
@@ -60,7 +61,7 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
                       f"{int(stats['sft/steps'])} steps, final loss {stats['sft/final_loss']:.3f})")
         if "sft/best_step" in stats:
             console.print(sft_stop_line(stats))
-        stages["report"]["sft"] = dict(stats, cache_hit=hit, path=str(policy_dir))
+        stages["report"]["sft"] = dict(stats, cache_hit=hit, path=str(policy_dir), built=built_record(Path(policy_dir)))
     stages["policy_dir"] = str(policy_dir)
 
     if needs_reward_model(suite) and shape:  # the same shape with a fresh scalar head, untrained
@@ -76,7 +77,8 @@ def prepare_stages(suite: Suite, console: Console) -> dict[str, Any]:
         console.print(f"reward model: {'cached' if hit else 'trained'}, held-out pairwise accuracy "
                       f"{rm_stats.get('reward_model/heldout_accuracy', float('nan')):.3f}")
         stages["reward_dir"] = str(reward_dir)
-        stages["report"]["reward_model"] = dict(rm_stats, cache_hit=hit, path=str(reward_dir))
+        stages["report"]["reward_model"] = dict(rm_stats, cache_hit=hit, path=str(reward_dir),
+                                                built=built_record(Path(reward_dir)))
         weak = reward_model_warning(rm_stats)
         if weak:
             console.print(f"[yellow]warning:[/] weak reward model: {escape(weak)}; a run that optimises its "

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from rlbench.algorithms.losses import bradley_terry_loss
-from rlbench.cache import cached_dir, stable_hash
+from rlbench.cache import cached_dir, stage_key
 from rlbench.catalog import load_problems
 from rlbench.config import RewardModelConfig, Suite
 from rlbench.errors import UserError
@@ -206,12 +206,12 @@ def train_reward_model(model: ScalarHeadModel, samples: list[LabelledSample], pa
 
 
 def reward_model_key(policy_dir: Path, suite: Suite) -> str:
-    """Hash of everything that determines the trained reward model (`kind` only when it is not the
-    default pairwise, so the key of a suite that does not set it is what it was before it existed)."""
+    """Hash of everything that determines the trained reward model, with the numerics environment
+    (`stage_key`); `kind` only when it is not the default pairwise."""
     rm_settings = asdict(suite.model.reward_model)
     if rm_settings["kind"] == "pairwise":
         del rm_settings["kind"]
-    return stable_hash({
+    return stage_key({
         "policy": policy_dir.name,  # an SFT directory's name is the hash of its base, settings and task
         "model": suite.model.name, "dtype": suite.model.dtype,
         "reward_model": rm_settings, "task": asdict(suite.task),

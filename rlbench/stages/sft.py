@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rlbench.cache import cached_dir, stable_hash
+from rlbench.cache import cached_dir, stage_key
 from rlbench.catalog import load_problems
 from rlbench.config import SFTConfig, TaskConfig
 from rlbench.config.accuracy_checks import sft_horizon
@@ -136,15 +136,16 @@ def train_sft(model: torch.nn.Module, tokenizer, problems: list[Problem], cfg: S
 
 def sft_key(base: str, base_dir: Path, cfg: SFTConfig, task: TaskConfig, seed: int, eval_tokens: int = 0) -> str:
     """Covers the base model's name and directory (a cached embedded base is named by the hash of
-    its config and tokenizer), the SFT settings, the task, the seed and SFT_VERSION; with a fixed
-    demonstration set also the stopping rule's settings and the dev evaluation's length."""
+    its config and tokenizer), the SFT settings, the task, the seed, SFT_VERSION and the numerics
+    environment (`stage_key`); with a fixed demonstration set also the stopping rule's settings and
+    the dev evaluation's length."""
     settings = asdict(cfg)
     if cfg.demonstrations is None:
         settings = {k: v for k, v in settings.items() if k not in NEW_FIELDS}
     else:
         settings["eval_tokens"] = eval_tokens
-    return stable_hash({"base": base, "base_dir": base_dir.name, "sft": settings, "task": asdict(task),
-                        "seed": seed, "version": SFT_VERSION})
+    return stage_key({"base": base, "base_dir": base_dir.name, "sft": settings, "task": asdict(task),
+                      "seed": seed, "version": SFT_VERSION})
 
 
 def cold_start(base_dir: Path, base_name: str, cfg: SFTConfig, task: TaskConfig, seed: int,
