@@ -127,7 +127,7 @@ def test_every_environment_variable_rlbench_reads_is_documented() -> None:
 
     source = "\n".join(p.read_text() for p in (ROOT / "rlbench").rglob("*.py"))
     read = set(re.findall(r"environ(?:\.get)?[\[(]\"([A-Z_][A-Z0-9_]*)\"", source))
-    set_by_rlbench_or_torchrun = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+    set_by_rlbench_or_torchrun = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "RLBENCH_PARENT_PID",
                                   "MALLOC_MMAP_THRESHOLD_"}
     documented = {name for name, _, _ in ENVIRONMENT}
     assert read - set_by_rlbench_or_torchrun == documented
