@@ -99,11 +99,11 @@ def test_unchanged_report_passes(base: dict, thresholds: dict[str, Threshold]) -
     assert result.runs == ["grpo_zero/seed0", "ppo_rules/seed0"]
     # grpo_zero: 2 roles x 5 static figures (weights, master, gradients, optimizer, total) + 2 role
     # anonymous peaks + the process's (its rise is shown, not gated); ppo_rules: 3 x 5 + 3 + 1;
-    # each: 6 throughput/* (completions, tokens, generated and trained tokens per s, FLOPs per s,
-    # MFU) + time/step_s, eval/accuracy, and the 6 work counts fixed-length rollouts fix (steps,
+    # each: 5 gated throughput/* (completions, tokens, generated and trained tokens per s, FLOPs per
+    # s; MFU is shown, not gated: rlbench/report/gate.py) + time/step_s, eval/accuracy, and the 6 work counts fixed-length rollouts fix (steps,
     # completions, prompts, generated and trained tokens, FLOPs); each also its training and
     # evaluation anonymous peaks (2, derived on reading: rlbench/report/peaks.py).
-    assert result.metrics_compared == (10 + 3 + 7 + 1 + 6 + 2) + (15 + 4 + 7 + 1 + 6 + 2)
+    assert result.metrics_compared == (10 + 3 + 6 + 1 + 6 + 2) + (15 + 4 + 6 + 1 + 6 + 2)
 
 
 def test_policy_peak_raised_20_percent_fails_and_names_metric_and_run(base: dict, thresholds) -> None:

@@ -161,3 +161,17 @@ def test_a_key_only_the_newer_schema_has_is_new_not_missing(base: dict) -> None:
            in result.notes
     comparison = compare_reports([old, base], ["old", "new"], Selection(changed=True, metrics=("*master_bytes",)))
     assert comparison.sections == []  # shown only when asked for, never as a change
+
+
+def test_mfu_is_shown_not_gated_while_the_flop_rate_is(base: dict) -> None:
+    # A peak measured on a busy machine gave MFU 97% where a quiet one gives 14%: the peak is a
+    # measurement of the machine, so MFU is not gated; the model FLOP rate of the same work is.
+    new = copy.deepcopy(base)
+    run_id = new["runs"][0]["id"]
+    _metric(new, run_id, "throughput/mfu")["value"] = _metric(base, run_id, "throughput/mfu")["value"] / 10
+    result = check_reports(new, base, thresholds_for(base, []))
+    assert result.ok and result.regressions == []
+    _metric(new, run_id, "throughput/model_flops_per_s")["value"] = \
+        _metric(base, run_id, "throughput/model_flops_per_s")["value"] / 10
+    [finding] = check_reports(new, base, thresholds_for(base, [])).regressions
+    assert finding.metric == "throughput/model_flops_per_s"
