@@ -15,6 +15,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from rlbench.report.format import plot_text as _plain
 from rlbench.report.format import primary_probe
@@ -52,6 +53,7 @@ def tradeoff_figure(report: dict[str, Any], rows: list[Tradeoff] | None = None) 
                         elinewidth=1.6)
             drawn += 1
         ax.set_xlabel(xlabel, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # equal budgets put every point in a narrow range
         if not drawn:
             ax.text(0.5, 0.5, "not recorded in this report", ha="center", va="center", transform=ax.transAxes,
                     color="#777777")
