@@ -49,7 +49,7 @@ from rlbench.config import RewardModelConfig, Suite
 from rlbench.errors import UserError
 from rlbench.models.batching import left_pad
 from rlbench.models.heads import HEAD_FILE, ScalarHeadModel
-from rlbench.models.optim import adamw
+from rlbench.models.optim import adamw, train_in_batches
 from rlbench.rewards import gold_correct
 from rlbench.rollout import SamplingParams
 from rlbench.stages.verifier import classification_accuracy, roc_auc, train_verifier
@@ -188,21 +188,9 @@ def train_reward_model(model: ScalarHeadModel, samples: list[LabelledSample], pa
     generator = torch.Generator().manual_seed(seed)
     optimizer = adamw(model.parameters(), lr=cfg.lr)
     model.train()
-    order: list[int] = []
-    losses = []
-    for step in range(cfg.steps):
-        if len(order) < cfg.batch_size:
-            order += torch.randperm(len(pairs), generator=generator).tolist()
-        batch, order = [pairs[i] for i in order[:cfg.batch_size]], order[cfg.batch_size:]
-        loss = bradley_terry_loss(*pair_scores(model, samples, batch, pad_id))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        optimizer.step()
-        losses.append(loss.item())
-        if on_step is not None:
-            on_step(step + 1, losses[-1])
-    return losses
+    return train_in_batches(model, optimizer, pairs, cfg.steps, cfg.batch_size, generator,
+                            lambda batch: bradley_terry_loss(*pair_scores(model, samples, batch, pad_id)),
+                            MAX_GRAD_NORM, on_step)
 
 
 def reward_model_key(policy_dir: Path, suite: Suite) -> str:

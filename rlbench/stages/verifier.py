@@ -18,7 +18,7 @@ import torch
 from rlbench.algorithms.losses import verifier_loss
 from rlbench.config import RewardModelConfig
 from rlbench.models.heads import ScalarHeadModel
-from rlbench.models.optim import adamw
+from rlbench.models.optim import adamw, train_in_batches
 
 MAX_GRAD_NORM = 1.0
 
@@ -32,22 +32,13 @@ def train_verifier(model: ScalarHeadModel, samples: list, indices: list[int], cf
     generator = torch.Generator().manual_seed(seed)
     optimizer = adamw(model.parameters(), lr=cfg.lr)
     model.train()
-    order: list[int] = []
-    losses = []
-    for step in range(cfg.steps):
-        if len(order) < cfg.batch_size:
-            order += [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
-        batch, order = [samples[i] for i in order[:cfg.batch_size]], order[cfg.batch_size:]
+
+    def batch_loss(batch: list) -> torch.Tensor:
         labels = torch.tensor([float(s.correct) for s in batch])
-        loss = verifier_loss(model.score(*pack(batch)).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        optimizer.step()
-        losses.append(loss.item())
-        if on_step is not None:
-            on_step(step + 1, losses[-1])
-    return losses
+        return verifier_loss(model.score(*pack(batch)).float(), labels)
+
+    return train_in_batches(model, optimizer, [samples[i] for i in indices], cfg.steps, cfg.batch_size, generator,
+                            batch_loss, MAX_GRAD_NORM, on_step)
 
 
 def roc_auc(scores: list[float], correct: list[bool]) -> float:
