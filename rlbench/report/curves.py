@@ -13,7 +13,6 @@ which score full reward by construction: it is left out of the two reward panels
 from __future__ import annotations
 
 import json
-import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from rlbench.config.schema import BUDGET_LIMITS, MACHINE_BOUND_LIMITS
 from rlbench.report.format import plot_text as plain
+from rlbench.report.sanity import finite_number
 from rlbench.report.tradeoffs import CONTROL_ARMS
 
 # (steps.jsonl key, or "eval" for held-out evaluations; panel title; y label)
@@ -64,20 +64,10 @@ def read_steps(report_dir: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
         except (ValueError, RecursionError):
             break  # a line cut off by a crash ends the usable part
         if isinstance(row, dict):
-            numbers = {k: v for k, v in row.items() if _finite(v)}
-            if isinstance(numbers.get("step"), int) or (_finite(numbers.get("step")) and float(row["step"]).is_integer()):
+            numbers = {k: v for k, v in row.items() if finite_number(v)}
+            if isinstance(numbers.get("step"), int) or (finite_number(numbers.get("step")) and float(row["step"]).is_integer()):
                 rows.append(dict(numbers, step=int(numbers["step"])))
     return rows
-
-
-def _finite(value: Any) -> bool:
-    """A number a float holds (no bool, NaN, infinity or integer beyond a float's range)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
 
 
 def budget_unit(report: dict[str, Any]) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import re
 import time
@@ -38,6 +37,7 @@ from rich.console import Console
 from rlbench.errors import UserError
 from rlbench.report.format import literal
 from rlbench.report.plots import read_steps
+from rlbench.report.sanity import finite_number
 
 TARGETS = ("tensorboard", "wandb")
 EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -64,13 +64,13 @@ def export_runs(report: dict[str, Any], report_dir: Path) -> list[ExportRun]:
         for row in read_steps(report_dir, run):  # numbers only, `step` a whole number
             step = row["step"]
             for key, value in row.items():
-                if key != "step" and _number(value):
+                if key != "step" and finite_number(value):
                     scalars.setdefault(step, {})["budget/completions" if key == "completions" else key] = float(value)
         for evaluation in (run.get("accuracy") or {}).get("curve") or run.get("evals") or []:
-            if not _number(evaluation.get("step")):
+            if not finite_number(evaluation.get("step")):
                 continue
             for key, value in evaluation.items():
-                if key.startswith("eval/") and _number(value):
+                if key.startswith("eval/") and finite_number(value):
                     scalars.setdefault(int(evaluation["step"]), {})[key] = float(value)
         index = run.get("algorithm_index")
         algorithm = algorithms[index] if isinstance(index, int) and 0 <= index < len(algorithms) else {}
@@ -78,20 +78,10 @@ def export_runs(report: dict[str, Any], report_dir: Path) -> list[ExportRun]:
                   "algorithm": algorithm, "model": suite.get("model"), "task": suite.get("task"),
                   "budget": suite.get("budget"), "rollout": suite.get("rollout"), "report": report.get("created")}
         final = {name: float(m["value"]) for name, m in (run.get("metrics") or {}).items()
-                 if isinstance(m, dict) and _number(m.get("value"))}
+                 if isinstance(m, dict) and finite_number(m.get("value"))}
         folder = Path(run["run_dir"]).name if run.get("run_dir") else run["id"]
         out.append(ExportRun(run["id"], _safe(folder), dict(sorted(scalars.items())), config, final))
     return out
-
-
-def _number(value: Any) -> bool:
-    """A number a float holds: no bool, NaN, infinity, or integer beyond a float's range (crafted reports)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
 
 
 def _safe(name: str) -> str:

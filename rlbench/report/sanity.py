@@ -43,6 +43,16 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def finite_number(value: Any) -> bool:
+    """A number a float holds: no bool, NaN, infinity, or integer beyond a float's range (crafted reports)."""
+    if not _number(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def impossible(name: str, metric: dict[str, Any]) -> str | None:
     """Why a metric's value or standard error cannot be, or None. NaN and infinities are left to the gate."""
     value, unit = metric.get("value"), metric.get("unit")
