@@ -52,7 +52,10 @@ def suite_report(tmp_path_factory):
     from rlbench.rank_results import merge_ranks
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from multinode_cpu import launch
+    try:
+        from multinode_cpu import launch
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
 
     out = tmp_path_factory.mktemp("distributed")
     cache = tmp_path_factory.getbasetemp() / "rlbench-cache"  # conftest's cache
