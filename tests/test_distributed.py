@@ -63,7 +63,9 @@ def suite_report(tmp_path_factory):
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     [path] = list(out.glob("distributed-cpu/*/report.json"))
-    suite = load_suite(str(SUITE), [*FAST, "budget.steps=2", "distributed.nproc_per_node=1"])
+    # One rank per launcher: a rank takes all the cores its node has unless told (`threads` is shared by a
+    # node's ranks), and here both "nodes" share this machine's.
+    suite = load_suite(str(SUITE), [*FAST, "budget.steps=2", "distributed.nproc_per_node=1", "threads=1"])
     run_dir = out / "two-nodes"
     run_dir.mkdir()
     (run_dir / "suite.yaml").write_text(yaml.safe_dump(resolved_dict(suite), sort_keys=False))
