@@ -15,8 +15,14 @@ embedded model's first generate; see tests/test_estimate.py), the first call sho
 over 10 MiB are held to `--tolerance`; exit 1 when one misses it or a static figure differs.
 
 `--report DIR` compares a finished `rlbench run` of the suite instead (`check.compare_ranks`: the
-report's rise is the largest over calls, the first included, and its peak is above a baseline
-read before the rank loaded gloo and FSDP2).
+report's steady rise, the largest over the calls after the first, where the report has it, else
+the largest over all calls; its peak is above a baseline read before the rank loaded gloo and
+FSDP2), against the per-rank estimate on the run's own prompts, or with `--estimate FILE` against
+a saved `rlbench estimate SUITE --json` (e.g. the default one, every prompt as long as the longest):
+
+    rlbench run suites/distributed-cpu.yaml --set rollout.ignore_eos=true --set probe_heap=exact
+    rlbench estimate suites/distributed-cpu.yaml --json > estimate.json
+    python benchmarks/estimate_ranks_vs_run.py --report RUN_DIR --estimate estimate.json
 
 `--qwen2`: on a small Qwen2 shape with the real vocabulary (151,936; hidden 64, 2 layers), shape
 models skipping SFT, and a smaller step (16 completions of 16 tokens) so that its vocabulary-wide
@@ -123,18 +129,25 @@ def compare_by_call(suite_path: str, overrides: list[str], out_dir: Path) -> tup
     return rows, {"estimates": estimates, "settings": estimates[0]["settings"] if estimates else {}}
 
 
-def compare_report(suite_path: str, overrides: list[str], report_dir: Path) -> tuple[list[dict[str, Any]], dict]:
-    """(rows, estimate JSON) of the per-rank estimate of the suite against the run in `report_dir`."""
-    from rlbench.config import load_suite
-    from rlbench.estimate import estimate_suite
-    from rlbench.estimate.check import compare_ranks, run_prompt_lengths
-    from rlbench.estimate.ranks import suite_ranks
-    from rlbench.estimate.view import as_json
+def compare_report(suite_path: str, overrides: list[str], report_dir: Path,
+                   saved: Path | None = None) -> tuple[list[dict[str, Any]], dict]:
+    """(rows, estimate JSON) of the per-rank estimate of the suite (or the `saved` one) against the
+    run in `report_dir`."""
+    from rlbench.estimate.check import compare_ranks
 
-    suite = load_suite(suite_path, overrides)
-    estimate = estimate_suite(suite, device="cpu", prompt_lengths=run_prompt_lengths(suite),
-                              ranks=suite_ranks(suite, None))
-    estimate_json = as_json(estimate, None, None, None)
+    if saved is not None:
+        estimate_json = json.loads(saved.read_text())
+    else:
+        from rlbench.config import load_suite
+        from rlbench.estimate import estimate_suite
+        from rlbench.estimate.check import run_prompt_lengths
+        from rlbench.estimate.ranks import suite_ranks
+        from rlbench.estimate.view import as_json
+
+        suite = load_suite(suite_path, overrides)
+        estimate = estimate_suite(suite, device="cpu", prompt_lengths=run_prompt_lengths(suite),
+                                  ranks=suite_ranks(suite, None))
+        estimate_json = as_json(estimate, None, None, None)
     report = json.loads((report_dir / "report.json").read_text())
     return compare_ranks(estimate_json, report, report_dir, "cpu"), {"estimates": [estimate_json],
                                                                       "settings": estimate_json["settings"]}
@@ -157,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", nargs="?", default=str(ROOT / "suites" / "distributed-cpu.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--report", help="an earlier run's folder (holding report.json) instead of running")
+    parser.add_argument("--estimate", help="with --report: a saved `rlbench estimate SUITE --json` instead of estimating")
     parser.add_argument("--qwen2", action="store_true", help="on a small Qwen2 shape with the real vocabulary")
     parser.add_argument("--json", help="write rows and the estimate to this file")
     parser.add_argument("--tolerance", type=float, default=0.10)
@@ -169,20 +183,25 @@ def main(argv: list[str] | None = None) -> int:
             overrides += [f"model.name=shape:{config}", *QWEN2_STEP]
         overrides += args.overrides
         if args.report:
-            rows, estimate = compare_report(args.suite, overrides, Path(args.report))
+            rows, estimate = compare_report(args.suite, overrides, Path(args.report),
+                                            Path(args.estimate) if args.estimate else None)
         else:
             rows, estimate = compare_by_call(args.suite, overrides, Path(tmp))
     console = Console(width=160)
-    print_rows(rows, console, "per rank, predicted vs measured (cpu probe); rises: the calls after the first; "
-                              "dim: not held (under 10 MiB, or a peak)")
+    print_rows(rows, console, "per rank, predicted vs measured (cpu probe); rises: the calls after the first "
+                              "where a phase ran more than once; dim: not held (under 10 MiB, or a peak)")
     for r in rows:
         if "first_call_bytes" in r and r["checked"]:
             console.print(f"  {r['algorithm']} rank {r['rank']} {r['phase']}: first call {r['first_call_bytes'] / MIB:.1f} "
                           f"MiB, later calls up to {r['measured_bytes'] / MIB:.1f} MiB ({r['calls']} calls)",
                           highlight=False)
+        elif r.get("rise_of") and r["checked"]:
+            console.print(f"  {r['algorithm']} rank {r['rank']} {r['phase']}: rise over {r['rise_of']} "
+                          f"{r['measured_bytes'] / MIB:.1f} MiB (all calls: {r['all_calls_bytes'] / MIB:.1f})",
+                          highlight=False)
     static_ok = all(static_agrees(r) for r in rows if r["what"] == "static")
     worst = worst_error(rows, "rise")
-    seconds = sum(e["seconds"] for e in estimate["estimates"])
+    seconds = sum(e.get("seconds", 0.0) for e in estimate["estimates"])
     console.print(f"ranks {estimate['settings'].get('ranks')}; static bytes as predicted: {static_ok}; worst rise error above "
                   f"10 MiB: {worst:.1%}; estimates took {seconds:.1f} s")
     if args.json:

@@ -85,13 +85,16 @@ def launch(spec_path: Path, nodes: int, per_node: int, log: Path, timeout_s: flo
 
 
 def rank_rows(run_dir: Path, world: int) -> list[dict[str, Any]]:
-    """Per rank: node, local rank, static bytes per role, phase rises and peaks above the baseline (cpu probe)."""
+    """Per rank: node, local rank, static bytes per role, phase rises (all calls; after the first) and peaks
+    above the baseline (cpu probe)."""
     rows = []
     for rank in range(world):
         result = json.loads((run_dir / f"rank{rank}" / "result.json").read_text())
         base = result["baseline_bytes"]["cpu"]
         dist = result["distributed"]
         phases = {phase: {"rise_mib": round(f["rise_bytes"]["cpu"] / MIB, 2),
+                          "steady_rise_mib": (None if f.get("steady_rise_bytes") is None
+                                              else round(f["steady_rise_bytes"]["cpu"] / MIB, 2)),
                           "peak_above_baseline_mib": round((f["peak_bytes"]["cpu"] - base) / MIB, 2)}
                   for role in result["roles"].values() for phase, f in role["phases"].items()}
         rows.append({"rank": rank, "node_rank": dist.get("node_rank"), "local_rank": dist.get("local_rank"),

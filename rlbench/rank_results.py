@@ -4,10 +4,13 @@ Rank r of a run writes `rank{r}/result.json` (see rlbench/worker.py). The merged
 0's: its budget, throughput, accuracy and learning figures are the whole run's, since ranks
 gather each step's batch, reduce the budget and merge evaluations. Beside it, `distributed`:
 
-    ranks                  per rank: status, pid, static bytes per role, phase peaks per role,
-                           process peak, collective bytes per phase
+    ranks                  per rank: status, pid, node rank, local rank, host, static bytes per
+                           role, phase peaks and rises per role, process peak, collective bytes
+                           per phase
     static_bytes_sum       per role, each static figure summed over ranks
     phase_peak_bytes_max   per role and phase, the highest peak of any rank, per probe
+    phase_rise_bytes_max   per role and phase, the largest rise of any rank over all calls, per probe
+    phase_steady_rise_bytes_max  the same over the calls after the first (None where a phase ran once)
     process_peak_bytes_max per probe, the highest process peak of any rank
     collective_bytes       per phase and kind, the most any rank joined
     measured_by            which probe or method measured each of these
@@ -29,6 +32,7 @@ from typing import Any
 
 STATIC_METHOD = ("computed from this rank's tensors: the local shard of every FSDP2 parameter, gradient and "
                  "optimizer state (padded to equal shards), replicated buffers in full")
+PHASE_FIGURES = ("peak_bytes", "rise_bytes", "steady_rise_bytes")  # per role and phase, per rank and max
 _FAILURE = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
 
 
@@ -90,27 +94,22 @@ def _distributed(results: dict[int, dict[str, Any]], statuses: dict[int, tuple[s
         memory = result.get("memory") or {}
         ranks.append({
             "rank": rank, "status": statuses[rank][0], "error": statuses[rank][1], "pid": described.get("pid"),
+            "node_rank": described.get("node_rank"), "local_rank": described.get("local_rank"),
+            "host": described.get("host"),
             "static_bytes": {role: entry["static"] for role, entry in roles.items()},
             "peak_bytes": {role: entry.get("peak_bytes", {}) for role, entry in roles.items()},
-            "phase_peak_bytes": {role: {phase: p["peak_bytes"] for phase, p in entry.get("phases", {}).items()}
-                                 for role, entry in roles.items()},
+            **{f"phase_{key}": _by_phase(roles, key) for key in PHASE_FIGURES},
             "process_peak_bytes": {probe: r["process_peak_bytes"]
                                    for probe, r in (memory.get("reconciliation") or {}).items()},
             "collective_bytes": described.get("collectives", {}),
         })
     static_sum: dict[str, dict[str, int]] = {}
-    phase_max: dict[str, dict[str, dict[str, int]]] = {}
     process_max: dict[str, int] = {}
     collectives: dict[str, dict[str, dict[str, int]]] = {}
     for entry in ranks:
         for role, static in entry["static_bytes"].items():
             for kind, value in static.items():
                 static_sum.setdefault(role, {})[kind] = static_sum.get(role, {}).get(kind, 0) + value
-        for role, phases in entry["phase_peak_bytes"].items():
-            for phase, peaks in phases.items():
-                slot = phase_max.setdefault(role, {}).setdefault(phase, {})
-                for probe, value in peaks.items():
-                    slot[probe] = max(slot.get(probe, 0), value)
         for probe, value in entry["process_peak_bytes"].items():
             process_max[probe] = max(process_max.get(probe, 0), value)
         for phase, kinds in entry["collective_bytes"].items():
@@ -122,12 +121,37 @@ def _distributed(results: dict[int, dict[str, Any]], statuses: dict[int, tuple[s
     probes = {p["probe"]: p.get("method", "") for p in (first.get("memory") or {}).get("probes", [])}
     return {
         "world_size": world, "strategy": described.get("strategy"), "backend": described.get("backend"),
-        "ranks": ranks, "static_bytes_sum": static_sum, "phase_peak_bytes_max": phase_max,
+        "ranks": ranks, "static_bytes_sum": static_sum,
+        **{f"phase_{key}_max": _max_over_ranks(ranks, f"phase_{key}") for key in PHASE_FIGURES},
         "process_peak_bytes_max": process_max, "collective_bytes": collectives,
         "measured_by": {"static_bytes": STATIC_METHOD, "peak_bytes": probes,
                         "collective_bytes": described.get("collectives_method", "")},
         "notes": sorted({n for r in results.values() for n in (r.get("distributed") or {}).get("notes", [])}),
     }
+
+
+def _by_phase(roles: dict[str, Any], key: str) -> dict[str, dict[str, dict[str, int] | None]]:
+    """Per role and phase, one figure of a rank's result (`steady_rise_bytes` stays None for a phase
+    called once, and is None in a result written before it existed)."""
+    return {role: {phase: figures.get(key, None if key == "steady_rise_bytes" else {})
+                   for phase, figures in (entry.get("phases") or {}).items()}
+            for role, entry in roles.items()}
+
+
+def _max_over_ranks(ranks: list[dict[str, Any]], key: str) -> dict[str, dict[str, dict[str, int] | None]]:
+    """Per role and phase, the highest figure of any rank per probe (`key`: a per-rank figure by role
+    and phase); None where no rank has one (a steady rise of a phase called once)."""
+    out: dict[str, dict[str, dict[str, int] | None]] = {}
+    for entry in ranks:
+        for role, phases in entry[key].items():
+            for phase, figures in phases.items():
+                slot = out.setdefault(role, {}).setdefault(phase, None)
+                if figures is None:
+                    continue
+                slot = out[role][phase] = dict(slot or {})
+                for probe, value in figures.items():
+                    slot[probe] = max(slot.get(probe, 0), value)
+    return out
 
 
 def _per_device_mfu(merged: dict[str, Any], world: int) -> None:

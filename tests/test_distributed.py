@@ -1,11 +1,14 @@
 """The distributed path: suites/distributed-cpu.yaml on two ranks (torchrun, FSDP2, gloo), one
-sharded update against the single-process update on the same batch, a rank that dies and an
-interrupt (no process outlives its run), and the checks of the `distributed:` block."""
+algorithm as `rlbench run` launches it (1 node x 2 ranks), the other as 2 nodes x 1 rank (two
+torchrun launchers on one c10d rendezvous, benchmarks/multinode_cpu.py); one sharded update against
+the single-process update on the same batch, a rank that dies and an interrupt (no process outlives
+its run), and the checks of the `distributed:` block."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,14 +36,49 @@ def _run_suite(out: Path, overrides: list[str], cache: Path) -> subprocess.Popen
                             env=dict(os.environ, RLBENCH_CACHE=str(cache)))
 
 
+def _only(label: str) -> str:
+    """An override keeping the suite's algorithm `label` alone."""
+    [algo] = [a for a in yaml.safe_load(SUITE.read_text())["algorithms"] if (a.get("label") or a["name"]) == label]
+    return "algorithms=" + yaml.safe_dump([algo], default_flow_style=True).strip()
+
+
 @pytest.fixture(scope="module")
 def suite_report(tmp_path_factory):
+    """GRPO-Zero as `rlbench run` runs the suite (one torchrun, 2 ranks), then PPO as 2 nodes x 1
+    rank: the worker started by two torchrun launchers of one rank each on one c10d rendezvous on
+    localhost (benchmarks/multinode_cpu.py's `launch`), from a spec written as the runner writes it,
+    and its ranks merged as the runner merges them. The report, its folder, the runner's stdout and
+    PPO's merged result."""
+    from rlbench.rank_results import merge_ranks
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from multinode_cpu import launch
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
     out = tmp_path_factory.mktemp("distributed")
-    proc = _run_suite(out, ["budget.steps=2"], tmp_path_factory.getbasetemp() / "rlbench-cache")  # conftest's cache
+    cache = tmp_path_factory.getbasetemp() / "rlbench-cache"  # conftest's cache
+    proc = _run_suite(out, ["budget.steps=2", _only("grpo_zero")], cache)
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     [path] = list(out.glob("distributed-cpu/*/report.json"))
-    return json.loads(path.read_text()), path.parent, stdout
+    # One rank per launcher: a rank takes all the cores its node has unless told (`threads` is shared by a
+    # node's ranks), and here both "nodes" share this machine's.
+    suite = load_suite(str(SUITE), [*FAST, "budget.steps=2", "distributed.nproc_per_node=1", "threads=1"])
+    run_dir = out / "two-nodes"
+    run_dir.mkdir()
+    (run_dir / "suite.yaml").write_text(yaml.safe_dump(resolved_dict(suite), sort_keys=False))
+    [ppo] = [i for i, algo in enumerate(suite.algorithms) if algo.label == "ppo_rules"]
+    spec = {"suite_path": str(run_dir / "suite.yaml"), "algorithm_index": ppo, "seed": 0, "run_dir": str(run_dir),
+            "policy_dir": str(_base_dir()), "reward_dir": None, "eval_before": None}  # sft.steps=0: the base model
+    (run_dir / "spec.json").write_text(json.dumps(spec))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RLBENCH_CACHE", str(cache))
+        code = launch(run_dir / "spec.json", 2, 1, run_dir / "launchers.log", 600)
+    log = (run_dir / "launchers.log").read_text()
+    assert code == 0, log[-3000:]
+    return json.loads(path.read_text()), path.parent, stdout, {"id": "ppo_rules/2x1", **merge_ranks(run_dir, 2, log)}
 
 
 def _single_process_policy_static(policy_dir: Path) -> dict[str, int]:
@@ -59,13 +97,14 @@ def _single_process_policy_static(policy_dir: Path) -> dict[str, int]:
 
 
 def test_the_suite_runs_on_two_ranks_with_half_the_static_bytes_per_rank(suite_report):
-    report, _, stdout = suite_report
+    report, _, stdout, two_nodes = suite_report
     assert schema_errors(report) == []
+    assert schema_errors({**report, "runs": [{**report["runs"][0], **two_nodes}]}) == []  # the merged 2 x 1 run too
     assert report["status"] == "complete"
-    assert [r["status"] for r in report["runs"]] == ["ok", "ok"]
+    assert [r["status"] for r in report["runs"]] == ["ok"] and two_nodes["status"] == "ok"
     single = _single_process_policy_static(Path(report["stages"].get("sft", {}).get("path") or _base_dir()))
     n_tensors = 38  # the embedded model's parameter tensors; each has a replicated 4-byte AdamW step
-    for run in report["runs"]:
+    for run in [*report["runs"], two_nodes]:
         d = run["distributed"]
         assert d["world_size"] == 2 and d["backend"] == "gloo" and [r["status"] for r in d["ranks"]] == ["ok", "ok"]
         assert run["budget"]["steps"] == 2 and run["budget"]["completions"] == 64  # both ranks' completions
@@ -80,11 +119,44 @@ def test_the_suite_runs_on_two_ranks_with_half_the_static_bytes_per_rank(suite_r
         for role, phases in d["phase_peak_bytes_max"].items():
             for phase, peaks in phases.items():
                 assert peaks["cpu"] == max(r["phase_peak_bytes"][role][phase]["cpu"] for r in d["ranks"])
+        for role, phases in d["phase_steady_rise_bytes_max"].items():
+            for phase, steady in phases.items():
+                calls = run["roles"][role]["phases"][phase]["calls"]  # rank 0's; every rank calls each phase alike
+                assert (steady is None) == (calls == 1), (role, phase, calls)
+                if steady is not None:
+                    assert steady["cpu"] == max(r["phase_steady_rise_bytes"][role][phase]["cpu"] for r in d["ranks"])
+                    assert steady["cpu"] <= d["phase_rise_bytes_max"][role][phase]["cpu"]
         # One all-gather per FSDP unit (4 layers + root) per step for the whole rollout: none per token.
         assert d["collective_bytes"]["generate"] == {"fsdp_all_gather": {
             "calls": 2 * 5, "bytes": 2 * single["weights"]}}
         assert d["collective_bytes"]["update"]["fsdp_reduce_scatter"]["calls"] > 0
     assert "memory per rank" in stdout and "collectives: generate" in stdout
+    # Where each rank ran: one launcher's two ranks on node 0; two launchers of one rank each, one per
+    # node (global rank = node rank x ranks per node + local rank).
+    one_node = report["runs"][0]["distributed"]["ranks"]
+    assert [(r["node_rank"], r["local_rank"]) for r in one_node] == [(0, 0), (0, 1)]
+    assert [(r["node_rank"], r["local_rank"]) for r in two_nodes["distributed"]["ranks"]] == [(0, 0), (1, 0)]
+    assert all(r["host"] for r in one_node)
+
+
+def test_the_per_rank_tables_show_each_rank_s_node_and_steady_rises(suite_report):
+    """`rlbench report`'s per-rank table and summary.md's per-rank section, on the saved 2 x 1 run."""
+    from rich.console import Console
+
+    from rlbench.report.rank_view import rank_markdown
+    from rlbench.report.views import rank_memory_table
+
+    report, _, _, two_nodes = suite_report
+    view = {**report, "runs": [two_nodes]}
+    console = Console(record=True, width=200)
+    console.print(rank_memory_table(view))
+    assert re.search(r"node rank / local rank\s+│\s+0 / 0\s+│\s+1 / 0\s+│", console.export_text())
+    lines = "\n".join(rank_markdown(view, "cpu")).splitlines()
+    rank_rows = [line.split(" | ")[1:4] for line in lines if line.startswith("| ppo")][:2]
+    assert rank_rows == [["0", "0", "0"], ["1", "1", "0"]]  # rank, node rank, local rank
+    generate = [line for line in lines if "| generate |" in line]
+    steady = two_nodes["distributed"]["ranks"][1]["phase_steady_rise_bytes"]["policy"]["generate"]["cpu"]
+    assert len(generate) == 2 and generate[1].endswith(f"| {steady / 2**20:,.1f} |")
 
 
 def _base_dir() -> Path:

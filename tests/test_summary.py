@@ -127,8 +127,12 @@ def test_roles_static_bytes_and_peaks(summary):
     assert roles["policy"]["load_bytes"] == {"cpu": 300} and roles["rollout"]["load_bytes"] == {}
     # policy's phases: generate (peak 5,000), update (9,000) and eval (no reading); reference: ref_logprobs
     assert set(roles["policy"]["phases"]) == {"generate", "update", "eval"}
+    # The steady rise is the second update's alone (7,972; the first call's 6,900 left out); generate ran
+    # once, so it has none.
     assert roles["policy"]["phases"]["update"] == {"seconds": 4.0, "calls": 2, "peak_bytes": {"cpu": 9000},
-                                                   "rise_bytes": {"cpu": 7972}, "anon_peak_bytes": {"cpu": 8000}}
+                                                   "rise_bytes": {"cpu": 7972}, "steady_rise_bytes": {"cpu": 7972},
+                                                   "anon_peak_bytes": {"cpu": 8000}}
+    assert roles["policy"]["phases"]["generate"]["steady_rise_bytes"] is None
     assert roles["policy"]["phases"]["eval"]["peak_bytes"] == {}
     assert roles["policy"]["peak_bytes"] == {"cpu": 9000}  # the higher of its phases
     assert roles["reference"]["peak_bytes"] == {"cpu": 3000}
@@ -289,3 +293,14 @@ def test_the_engines_child_processes_go_to_the_rollout_role(summary, suite):
     out = summarize_run(FinishedRun(suite), RecordedProbeWithChildren(), {})
     assert out["memory"]["engine_processes"] == {"cpu": EngineChildren().children_memory()}
     assert out["roles"]["rollout"]["resident_bytes"] == {"cpu": 5700}  # 5,000 + 700
+
+
+def test_the_steady_rise_leaves_out_a_phase_s_first_call():
+    """A first generate that rises 15,000 (library code paged in, one-time heap), later ones 7,000 and
+    8,000: the rise over all calls is the first's, the steady rise the largest of the later ones."""
+    stats = PhaseStats()
+    for start, peak in ((1000, 16000), (1000, 8000), (2000, 10000)):
+        stats.add("generate", 1.0, {"cpu": SimpleNamespace(start_bytes=start, peak_bytes=peak, note="")})
+    stats.add("eval", 1.0, {"cpu": SimpleNamespace(start_bytes=0, peak_bytes=500, note="")})
+    assert stats.rise_bytes["cpu"] == {"generate": 15000, "eval": 500}
+    assert stats.steady_rise_bytes["cpu"] == {"generate": 8000}  # eval ran once: no steady figure

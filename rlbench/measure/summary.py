@@ -128,6 +128,8 @@ def _roles(run: Run) -> dict[str, Any]:
                 "calls": run.phases.calls[phase],
                 "peak_bytes": {p: v[phase] for p, v in run.phases.peak_bytes.items() if phase in v},
                 "rise_bytes": {p: v[phase] for p, v in run.phases.rise_bytes.items() if phase in v},
+                "steady_rise_bytes": ({p: v[phase] for p, v in run.phases.steady_rise_bytes.items() if phase in v}
+                                      if run.phases.calls[phase] > 1 else None),
             }
         entry["phases"] = phases
         probes = {p for ph in phases.values() for p in ph["peak_bytes"]}

@@ -23,6 +23,12 @@ CHANGELOG (what each version changed; readers accept all of them):
     every version has, so no report lacks them once read): memory/training_peak_bytes,
     memory/eval_peak_bytes, memory/training_anon_peak_bytes, memory/eval_anon_peak_bytes
     (rlbench/report/peaks.py); the top-level `smoke` flag.
+    Added to version 2 without a version change, optional, and not derivable (an earlier report
+    lacks them; every reader takes them as new, not missing, and none is a gated metric): per role
+    and phase `steady_rise_bytes` (the largest rise over the calls after the first; null for a phase
+    called once; rlbench/estimate/check.py falls back to `rise_bytes` without it); in a distributed
+    run, per rank `node_rank`, `local_rank`, `host`, `phase_rise_bytes`, `phase_steady_rise_bytes`,
+    and `phase_rise_bytes_max`, `phase_steady_rise_bytes_max` over ranks (readers show "-").
 """
 
 from __future__ import annotations

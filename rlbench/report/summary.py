@@ -30,6 +30,7 @@ from rlbench.report.format import (
 )
 from rlbench.report.machine import fingerprint_text, peak_text
 from rlbench.report.peaks import peak_cell, split_peak
+from rlbench.report.rank_view import rank_markdown
 from rlbench.report.roofline import floor_ratio, roofline_markdown
 from rlbench.report.seeds import seed_markdown
 from rlbench.report.tradeoffs import tradeoff_markdown
@@ -102,6 +103,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
             rows.append([run["id"], "baseline (before loading)", "", "", "", "", "", "", mib(recon["baseline_bytes"])])
     lines.append(markdown_table(["run", "role", "weights", "grads", "optimizer", "static", "peak phase",
                                  "phase transient", "phase peak"], rows))
+    lines += rank_markdown(report, probe)
     failed = [r for r in report["runs"] if r.get("status") != "ok"]
     if failed:
         lines += ["", "## runs that did not end ok", ""]

@@ -132,8 +132,9 @@ def memory_table(report: dict[str, Any]) -> Table:
 
 
 def rank_memory_table(report: dict[str, Any]) -> Table | None:
-    """Distributed runs only: static bytes of each role on each rank and their sum, the highest
-    phase peak any rank reached, each rank's process peak, and collective MiB per phase."""
+    """Distributed runs only: each rank's node rank and local rank (where it ran), static bytes of
+    each role on each rank and their sum, the highest phase peak any rank reached, each rank's
+    process peak, and collective MiB per phase."""
     runs = [run for run in report["runs"] if run.get("distributed")]
     if not runs:
         return None
@@ -150,7 +151,10 @@ def rank_memory_table(report: dict[str, Any]) -> Table | None:
     for run in runs:
         d = run["distributed"]
         ranks = d["ranks"] + [{}] * (world - len(d["ranks"]))
-        rows = []
+        rows: list[tuple[str, list[Any], Any, Any, str]] = [
+            ("node rank / local rank", [" / ".join("-" if rank.get(k) is None else str(rank[k])
+                                                   for k in ("node_rank", "local_rank")) if rank else None
+                                        for rank in ranks], None, None, "")]
         for role in (r for r in ROLE_ORDER if r in d["static_bytes_sum"]):
             phases = d["phase_peak_bytes_max"].get(role, {})
             peak_phase = max(phases, key=lambda p: phases[p].get(probe, 0), default=None)
@@ -164,7 +168,8 @@ def rank_memory_table(report: dict[str, Any]) -> Table | None:
                          [sum(k["bytes"] for k in rank.get("collective_bytes", {}).get(phase, {}).values())
                           if rank else None for rank in ranks], None, None, ""))
         for i, (role, per_rank, total, peak, phase) in enumerate(rows):
-            table.add_row(literal(run["id"]) if i == 0 else "", role, *(mib(v) for v in per_rank), mib(total), mib(peak), phase)
+            table.add_row(literal(run["id"]) if i == 0 else "", role,
+                          *(Text(v) if isinstance(v, str) else mib(v) for v in per_rank), mib(total), mib(peak), phase)
         table.add_section()
     return table
 
