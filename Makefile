@@ -33,8 +33,11 @@ endif
 demo: $(BIN)/.installed
 	$(BIN)/rlbench run suites/quickstart.yaml
 
+# Two workers (pytest-xdist), a file's tests on one of them: on 2 cores the tests take about half
+# the time of one process (tests/conftest.py). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: $(BIN)/.installed lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check rlbench tests benchmarks

@@ -22,6 +22,7 @@ import yaml
 from rlbench.config import load_suite, resolved_dict
 from rlbench.errors import UserError
 from rlbench.report.schema import schema_errors
+from tests.conftest import private_cache
 from tests.tolerances import assert_reordered_close, llama_chain_terms, reorder_atol
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def suite_report(tmp_path_factory):
         sys.path.remove(str(ROOT / "benchmarks"))
 
     out = tmp_path_factory.mktemp("distributed")
-    cache = tmp_path_factory.getbasetemp() / "rlbench-cache"  # conftest's cache
+    cache = private_cache(tmp_path_factory)
     proc = _run_suite(out, ["budget.steps=2", _only("grpo_zero")], cache)
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
