@@ -82,12 +82,12 @@ def test_the_line_search_finds_what_bisection_finds_in_fewer_estimates():
         def required(v: int, slope: int = slope, base: int = base) -> int:
             return base + slope * v + v // 7  # monotone, nearly linear (memory against the batch)
 
-        got, probes = largest_under(required, usable, start, step, 16384)
+        got, probes, _ = largest_under(required, usable, start, step, 16384)
         expected, bisected = largest_fitting(lambda v, u=usable: required(v) <= u, start, step, 16384)
         assert got == expected
         assert probes <= bisected
     # capped: everything fits, the search stops at its limit instead of climbing on
-    value, probes = largest_under(lambda v: 0, 1, 8, 4, 64)
+    value, probes, _ = largest_under(lambda v: 0, 1, 8, 4, 64)
     assert value == 64 and probes <= 4  # 8, then 16 times larger at most per probe, capped at 64
 
 
@@ -195,3 +195,53 @@ def test_two_gloo_ranks_hold_what_the_per_rank_estimate_predicts(tmp_path):
                 # ref_logprobs 4.6 MiB predicted, 5.8 and 7.3 MiB read on its two calls).
                 assert abs(later - predicted) <= 4 * MIB, (rank, phase, calls, predicted)
         assert held >= 1, figures["rises"]
+
+
+# ---- per rank, 3 and 4 layers extrapolate to the full depth exactly --------------------------------------
+
+SHORT = """
+name: short-ranks
+model: {name: MODEL, dtype: float32, sft: {steps: 0}}
+task: {name: synthetic, train_size: 64, max_steps: 1}
+algorithms:
+  - name: ALGO
+budget: {steps: 1}
+rollout: {engine: hf, completions_per_step: 8, group_size: 4, max_new_tokens: 4}
+eval: {size: 2, batch_size: 2}
+distributed: {nproc_per_node: 2}
+"""
+# A tiny Llama with its own LM head, as a config.json: nothing to download.
+SHORT_CONFIG = {"model_type": "llama", "vocab_size": 96, "hidden_size": 32, "intermediate_size": 64,
+                "num_hidden_layers": 5, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "max_position_embeddings": 256, "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1,
+                "eos_token_id": 2}
+
+
+@pytest.mark.parametrize("algo", ["grpo_zero"])
+def test_per_rank_figures_from_three_and_four_layers_equal_the_full_trace(tmp_path, algo):
+    """FSDP2 over 2 ranks: every figure of every phase (peak, rise, transient, by role and kind) and
+    every role's static state, extrapolated from the 3- and 4-layer traces, equals the 5-layer
+    trace's to the byte (each decoder layer is one FSDP2 unit of like shards: what a layer adds is
+    the same at every depth, and the gathered unit's transient and the head's are the same)."""
+    import torch
+
+    from rlbench.estimate.predict import assemble
+    from rlbench.estimate.simulate import trace_run
+    from rlbench.estimate.source import config_from_dict
+
+    (tmp_path / "config.json").write_text(json.dumps(SHORT_CONFIG))
+    suite = load_suite(_short(tmp_path, algo))
+    config, cpu = config_from_dict(SHORT_CONFIG), torch.device("cpu")
+    [spec] = suite.algorithms
+    full = assemble("x", spec, [trace_run(suite, spec, config, 5, 10, cpu, ranks=2)], 5)
+    line = assemble("x", spec, [trace_run(suite, spec, config, d, 10, cpu, ranks=2) for d in (3, 4)], 5)
+    assert line.static == full.static and full.static["policy"]["gradients"] > 0  # sharded gradients stay
+    assert set(line.phases) == set(full.phases)
+    for name, phase in full.phases.items():
+        assert line.phases[name].as_dict() | {"calls": 0} == phase.as_dict() | {"calls": 0}, name
+
+
+def _short(tmp_path: Path, algo: str) -> Path:
+    path = tmp_path / "short.yaml"
+    path.write_text(SHORT.replace("MODEL", str(tmp_path / "config.json")).replace("ALGO", algo))
+    return path
