@@ -106,6 +106,35 @@ def test_sizing_finds_the_smallest_power_of_two_and_the_largest_step(tmp_path):
     assert set(answer["required_bytes_by_ranks"]) == {1, 2}
 
 
+def test_rank_counts_whose_static_share_cannot_fit_are_not_traced(tmp_path):
+    suite = load_suite(tiny_suite(tmp_path), ["distributed.nproc_per_node=1", "rollout.completions_per_step=64"])
+    per_completion, static = 10 * MIB, 40 * GIB
+    asked = []
+
+    def estimate_at(s, algo, ranks):
+        asked.append((ranks, s.rollout.completions_per_step))
+        return estimate_of(static // ranks + per_completion * s.rollout.completions_per_step // ranks)
+
+    [answer] = size_suite(suite, 10.0, 1, [estimate_of(static + per_completion * 64)], estimate_at).values()
+    # 8 GiB usable of 10, 1 GiB of it overhead: 40/2 and 40/4 GiB of static state cannot fit, 40/8 can
+    assert answer["smallest_ranks"] == 8 and set(answer["skipped_ranks"]) == {2, 4}
+    assert "not traced" in answer["skipped_ranks"][2]
+    # on 8 ranks: 5 GiB + 1 GiB + c * 1.25 MiB <= 8 GiB: c <= 1638.4, in steps of 32 (a group of 4 per rank): 1632;
+    # the line through the first two probes lands there and, memory being linear here, is trusted
+    assert answer["largest_completions_per_step"] == 1632 and answer["batch_by_line"] is True
+    assert asked == [(8, 64), (8, 128), (8, 1632)]  # 8 ranks at the suite's batch, twice that, the line's answer
+
+
+def test_the_note_says_how_the_figures_were_made():
+    from rlbench.estimate import depth_note
+
+    line, full = estimate_of(1), estimate_of(1)
+    line.traced_depths, full.traced_depths = (3, 4), (28,)
+    assert "extrapolated to the model's 28 decoder layers from traces of a copy cut to 3 and 4 layers" in \
+        depth_note([line], 28, False)
+    assert depth_note([full], 28, True).startswith("every decoder layer traced (28); every decode step traced")
+
+
 # ---- what the estimate refuses, in one line ------------------------------------------------------------
 
 

@@ -232,7 +232,10 @@ def largest_under(required: Callable[[int], int | None], usable: int, start: int
         probe(guess)
         if trust_line and by_line and lo == guess < top and _line_exceeds(seen, guess, usable):
             return guess * step, len(seen), True
-        halve = (hi or top + 1) - (lo or 0) > width // 2  # the bracket did not halve: bisect next time
+        if hi is not None:  # the bracket did not halve: bisect next time
+            halve = (hi or top + 1) - (lo or 0) > width // 2
+        else:  # no value known too large yet: the line's next guess, unless it just undershot (then double)
+            halve = by_line and lo == guess
 
 
 def _line_exceeds(seen: dict[int, float], k: int, usable: int) -> bool:

@@ -50,7 +50,7 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
     if fixed >= usable_bytes(total_gib):  # the device overhead (and vLLM's share) alone: no rank count helps
         out["note"] = "the device overhead alone exceeds what the card may use with the margin"
         return out
-    floor = static_floor(estimate, ranks)
+    floor, by_ranks = static_floor(estimate, ranks), {}
     for n in RANK_COUNTS:
         errors = rank_errors(suite, n)
         if errors:
@@ -63,6 +63,7 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
                                        "per rank) with the device overhead exceeds what the card may use")
             continue
         at_n = estimate if n == ranks else estimate_at(suite, algo, n)
+        by_ranks[n] = at_n
         if at_n.error:
             out["skipped_ranks"][n] = at_n.error
             continue
@@ -74,7 +75,7 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
     if n is None:
         return out
 
-    at_n = estimate if n == ranks else None  # the estimate at the suite's own batch, when already made
+    at_n = by_ranks[n]  # the estimate at the suite's own batch on n ranks, already made
 
     def required(value: int) -> int | None:
         changed = with_value(suite, "completions_per_step", value, algo)
