@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     results, worst = [], 0.0
     for precision in args.precision or [None]:
         args_p = argparse.Namespace(**vars(args))
-        args_p.overrides = list(args.overrides) + ([f"model.precision={precision}"] if precision else [])
+        dtype = {"fp32": ["model.dtype=float32"], "bf16-mixed": ["model.dtype=bfloat16"]}.get(precision, [])
+        args_p.overrides = list(args.overrides) + ([f"model.precision={precision}", *dtype] if precision else [])
         suite = build_suite(args_p)
         model = resolve_model(suite.model.name)
         depth, ranks, tokens = model.config.num_hidden_layers, args.ranks or 1, args.prompt_tokens or 41
