@@ -200,6 +200,11 @@ class PhaseTracker(HooklessMemTracker):
             for storage in get_untyped_storages(tensor):  # a sharded (DTensor) weight: its local shard's
                 self._layers[storage] = int(match.group(1)) if match else -1
 
+    def layer_of(self, tensor: torch.Tensor, layer: int) -> None:
+        """Note that `tensor`'s storage is decoder layer `layer`'s weights (-1: outside the layers), as
+        FSDP2's gathered copy of a unit's weights is while the unit computes."""
+        self._layers[tensor.untyped_storage()] = layer
+
     def grads_as(self, module: torch.nn.Module, role: str) -> None:
         """Label the gradients of `module`'s trainable parameters as `role`'s when they are accumulated
         (an FSDP2 module's: `rlbench.estimate.ranks.label_sharded`)."""
