@@ -105,7 +105,7 @@ def markdown(cells: dict[str, Any], seconds: float) -> str:
         "Each figure is the per-rank process peak of `rlbench estimate --ranks N` (GiB): the largest phase peak of live "
         "tensors on one rank, every role sharded with FSDP2 over N ranks as `rlbench run` shards it (parameters, "
         "gradients and AdamW state sharded; each unit all-gathered while it computes; the whole policy gathered once "
-        "for generation), traced on fake tensors, a copy of the model cut to 3 and 4 decoder layers extrapolated to "
+        "for generation), traced on fake tensors, a copy of the model cut to 4 and 5 decoder layers extrapolated to "
         "its real depth (memory is affine in the number of layers; `benchmarks/estimate_depth_vs_full.py` holds the "
         "extrapolation against a trace of every layer). The step: "
         f"{SETTINGS['completions_per_step']} completions (GRPO and GRPO-Zero: groups of {SETTINGS['group_size']}; "

@@ -35,7 +35,7 @@ Peaks are kept per region: (phase, call, pass, segment). A pass is a run of oper
 the first decoder layer's weights are read, in the `first`, `middle` or `last` layer, `after` a
 weight outside the layers is read past them, or `all` layers at once (an optimizer's foreach
 kernels). In each region the peak is an affine function of the number of layers, which is what lets
-`rlbench.estimate.predict` trace 3 and 4 layers and extrapolate to 28.
+`rlbench.estimate.predict` trace 4 and 5 layers and extrapolate to 28.
 """
 
 from __future__ import annotations
