@@ -6,9 +6,11 @@ For each shape (Qwen2.5-0.5B, 1.5B, 7B, Llama-3.1-8B) x algorithm (PPO, GRPO, GR
 precision (fp32, bf16-mixed) x rank count (1, 2, 4, 8), the per-rank process peak that
 `rlbench estimate --ranks N` predicts at one stated step (`SETTINGS`), and the smallest of those
 rank counts whose peak fits an 80 GB card (H100-80GB, with the 20% margin and the device overhead
-of `rlbench.estimate.fit`). Every figure is an estimate on fake tensors: nothing is loaded, and
-each takes tens of seconds on a CPU (the whole table about an hour on 2 busy cores); `--cache`
-keeps finished cells, so an interrupted table resumes.
+of `rlbench.estimate.fit`). Every figure is an estimate on fake tensors: nothing is loaded; a
+cell (three algorithms at one rank count) takes a few minutes of CPU at this step (512 new tokens,
+4 micro-batches, checkpointing: more operations to trace than the schema's default step), the
+whole table a few hours on one core; `--cache` keeps finished cells, so an interrupted table
+resumes, and `--models` with `--merge` shares it between processes.
 """
 
 from __future__ import annotations
