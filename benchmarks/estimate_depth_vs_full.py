@@ -10,7 +10,8 @@ fast-forwarded in both, which tests/test_estimate.py holds equal to every step).
 role's static weights, gradients and optimizer state; every phase's peak, rise, transient and
 its peak's bytes by role and kind; the process peak. Printed: the largest relative error and every
 figure that differs; exit 1 when one is off by more than `--tolerance` (default 1%).
-The schema's default step (the estimate's: 64 completions in groups of 4, 48 new tokens) unless
+`--full-from` reuses the full traces of an earlier `--out-json` (after a change to the short
+traces). The schema's default step (the estimate's: 64 completions in groups of 4, 48 new tokens) unless
 `--set` changes it; prompts of `--prompt-tokens` (default 41).
 """
 
@@ -56,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", action="append", default=[], help="model.precision (repeatable)")
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--out-json", dest="out", help="write every figure here")
+    parser.add_argument("--full-from", help="an earlier --out-json: compare with its full traces instead of tracing again")
     add_arguments(parser)
     args = parser.parse_args(argv)
     results, worst = [], 0.0
+    earlier = json.loads(open(args.full_from).read()) if args.full_from else []
     for precision in args.precision or [None]:
         args_p = argparse.Namespace(**vars(args))
         dtype = {"fp32": ["model.dtype=float32"], "bf16-mixed": ["model.dtype=bfloat16"]}.get(precision, [])
@@ -71,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.process_time()
             line = estimate_algorithm(suite, algo, model.config, tokens, cpu, ranks=ranks)
             t1 = time.process_time()
-            full = assemble(algo.label or algo.name, algo,
-                            [trace_run(suite, algo, model.config, depth, tokens, cpu, True, None, ranks)], depth)
+            known = [r for r in earlier if (r["model"], r["precision"], r["algorithm"], r["ranks"])
+                     == (suite.model.name, precision, algo.name, ranks)]
+            if known:
+                full_figures = {k: r["full"] for k, r in known[0]["figures"].items() if r["full"]}
+            else:
+                full_figures = figures(assemble(algo.label or algo.name, algo, [
+                    trace_run(suite, algo, model.config, depth, tokens, cpu, True, None, ranks)], depth))
             t2 = time.process_time()
-            rows = compare(figures(line), figures(full))
+            rows = compare(figures(line), full_figures)
             off = {k: r for k, r in rows.items() if r["error"]}
             largest = max((abs(r["error"]) for r in rows.values()), default=0.0)
             worst = max(worst, largest)
