@@ -7,9 +7,9 @@ precision (fp32, bf16-mixed) x rank count (1, 2, 4, 8), the per-rank process pea
 `rlbench estimate --ranks N` predicts at one stated step (`SETTINGS`), and the smallest of those
 rank counts whose peak fits an 80 GB card (H100-80GB, with the 20% margin and the device overhead
 of `rlbench.estimate.fit`). Every figure is an estimate on fake tensors: nothing is loaded; a
-cell (three algorithms at one rank count) takes a few minutes of CPU at this step (512 new tokens,
+cell (three algorithms at one rank count) takes more than 5 minutes of CPU at this step (512 new tokens,
 4 micro-batches, checkpointing: more operations to trace than the schema's default step), the
-whole table a few hours on one core; `--cache` keeps finished cells, so an interrupted table
+whole table several hours on one core; `--cache` keeps finished cells, so an interrupted table
 resumes, and `--models` with `--merge` shares it between processes.
 """
 
@@ -144,7 +144,7 @@ def markdown(cells: dict[str, Any], seconds: float) -> str:
     missing = sum(1 for m in MODELS for p in PRECISIONS for n in RANKS if f"{m}|{p}|{n}" not in cells)
     if missing:
         note = (f"**Incomplete:** `-` marks {missing} of {len(MODELS) * len(PRECISIONS) * len(RANKS)} (model, "
-                "precision, rank count) cells not estimated yet (each takes one to a few minutes of CPU; see "
+                "precision, rank count) cells not estimated yet (each takes more than 5 minutes of CPU on this machine; see "
                 "docs/results/ranks.md). The command resumes from `--cache` and fills them.")
         lines[4:4] = [note, ""]
     lines += ["", "Per-rank figures for one model and rank count, with every phase by role and kind: "
