@@ -104,7 +104,7 @@ def markdown(cells: dict[str, Any], seconds: float) -> str:
         "do not depend on the machine; their time does). Do not edit by hand: change `rlbench/estimate/planning.py` "
         "and run the command again.",
         "",
-        "Each figure is the per-rank process peak of `rlbench estimate --ranks N` (GiB): the largest phase peak of live "
+        "Each figure is the per-rank process peak of `rlbench estimate --ranks 4` (and 1, 2, 8) (GiB): the largest phase peak of live "
         "tensors on one rank, every role sharded with FSDP2 over N ranks as `rlbench run` shards it (parameters, "
         "gradients and AdamW state sharded; each unit all-gathered while it computes; the whole policy gathered once "
         "for generation), traced on fake tensors, a copy of the model cut to 4 and 5 decoder layers extrapolated to "
