@@ -65,6 +65,8 @@ class SuiteEstimate:
             "max_new_tokens": s.rollout.max_new_tokens, "engine": s.rollout.engine,
             "eval_batch_size": min(s.eval.size, s.eval.batch_size), "traced_on": self.device,
             "ranks": self.ranks, "per_rank": self.ranks > 1, "strategy": "fsdp2" if self.ranks > 1 else None,
+            "traced_layers": list(next((a.traced_depths for a in self.algorithms if a.traced_depths), ())),
+            "extrapolated": any(len(a.traced_depths) > 1 for a in self.algorithms),
         }
 
 
@@ -97,7 +99,7 @@ def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int |
     traced_on = torch.device(device) if device else default_device()
     algorithms = [estimate_algorithm(suite, algo, model.config, prompt_tokens, traced_on, exact, prompt_lengths, ranks)
                   for algo in suite.algorithms]
-    notes = []
+    notes = [depth_note(algorithms, model.config.num_hidden_layers, exact)]
     if ranks > 1:
         notes.append(f"per rank: every role sharded with FSDP2 over {ranks} ranks as rlbench run shards it (traced as "
                      f"rank 0 of {ranks} on PyTorch's fake process group; each rank samples 1/{ranks} of the step's "
@@ -111,3 +113,14 @@ def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int |
                      "weights and KV cache (added to the fit); the policy recomputes the old log-probs")
     return SuiteEstimate(suite, model, prompt_tokens, note, traced_on.type, algorithms,
                          time.perf_counter() - start, notes, ranks)
+
+
+def depth_note(algorithms: list[Any], layers: int, exact: bool) -> str:
+    """How the figures were made: extrapolated from shortened traces, or every layer traced."""
+    depths = next((a.traced_depths for a in algorithms if a.traced_depths), ())
+    decode = "every decode step traced" if exact else "the first and last decode steps traced, the ones between fast-forwarded"
+    if len(depths) > 1:
+        return (f"every figure extrapolated to the model's {layers} decoder layers from traces of a copy cut to "
+                f"{' and '.join(map(str, depths))} layers (memory is affine in the number of layers; --exact traces "
+                f"all {layers}); {decode}")
+    return f"every decoder layer traced ({layers}); {decode}"

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                        "longest prompt, else model.max_prompt_tokens)")
     parser.add_argument("--device", help="trace on cpu or cuda kernels (default: cuda when present)")
     parser.add_argument("--exact", action="store_true", help="trace every decoder layer and decode step instead of "
-                                                            "3 and 4 layers and the first and last steps (slower)")
+                                                            "4 and 5 layers and the first and last steps (slower)")
 
 
 def build_suite(args: argparse.Namespace) -> Suite:

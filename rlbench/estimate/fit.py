@@ -183,12 +183,15 @@ def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[
 
 
 def largest_under(required: Callable[[int], int | None], usable: int, start: int, step: int = 1,
-                  limit: int = MAX_VALUE) -> tuple[int | None, int]:
+                  limit: int = MAX_VALUE, trust_line: bool = False) -> tuple[int | None, int, bool]:
     """The largest multiple of `step` up to `limit` whose `required(value)` bytes (monotone in value;
     None: the estimate failed, as not fitting) stay within `usable`; (None if not even `step` does,
-    probes made). The next value tried is where the line through the two nearest probes meets
-    `usable` (memory grows about linearly with the batch), kept inside the bracket and halving it
-    at least every other probe, so a handful of estimates settle what bisection takes a dozen for."""
+    probes made, whether the line settled it). The next value tried is where the line through the
+    two nearest probes meets `usable` (memory grows about linearly with the batch), kept inside the
+    bracket and halving it at least every other probe, so a handful of estimates settle what
+    bisection takes a dozen for. `trust_line`: a value the line chose that fits, and past which
+    the line through it and the nearest other probe leaves no multiple that fits, is the answer
+    (the next multiple's bytes predicted, not traced: one estimate instead of two or three)."""
     top = max(1, limit // step)
     seen: dict[int, float] = {}
     lo: int | None = None  # the largest multiple known to fit
@@ -207,26 +210,42 @@ def largest_under(required: Callable[[int], int | None], usable: int, start: int
     halve = False
     while True:
         if lo == top:
-            return top * step, len(seen)
+            return top * step, len(seen), False
         if hi == 1:
-            return None, len(seen)
+            return None, len(seen), False
         if lo is not None and hi is not None and hi - lo <= 1:
-            return lo * step, len(seen)
+            return lo * step, len(seen), False
         low, high = (lo if lo is not None else max(1, hi // 16)), (hi if hi is not None else min(top, lo * 16))
         finite = sorted((k, r) for k, r in seen.items() if r != float("inf"))
-        guess = None
+        guess, by_line = None, False
         if not halve and len(finite) >= 2:
             (ka, ra), (kb, rb) = _nearest(finite, lo, hi)
             if rb != ra:
                 guess = int(ka + (usable - ra) * (kb - ka) / (rb - ra))
+                by_line = (lo or 0) < guess < (hi or top + 1)
         if guess is None or not (lo or 0) < guess < (hi or top + 1):
             guess = (low + high) // 2 if lo is not None and hi is not None else (lo * 2 if lo is not None else hi // 2)
         guess = max(1, min(top, guess))
         if guess in seen:  # nothing new to learn there: halve the bracket
-            guess = (low + high + 1) // 2
+            guess, by_line = (low + high + 1) // 2, False
         width = (hi or top + 1) - (lo or 0)
         probe(guess)
-        halve = (hi or top + 1) - (lo or 0) > width // 2  # the bracket did not halve: bisect next time
+        if trust_line and by_line and lo == guess < top and _line_exceeds(seen, guess, usable):
+            return guess * step, len(seen), True
+        if hi is not None:  # the bracket did not halve: bisect next time
+            halve = (hi or top + 1) - (lo or 0) > width // 2
+        else:  # no value known too large yet: the line's next guess, unless it just undershot (then double)
+            halve = by_line and lo == guess
+
+
+def _line_exceeds(seen: dict[int, float], k: int, usable: int) -> bool:
+    """Whether the line through probe `k` and the nearest other finite probe puts `k + 1` over `usable`."""
+    others = [j for j, r in seen.items() if j != k and r != float("inf")]
+    if not others:
+        return False
+    j = min(others, key=lambda j: abs(j - k))
+    slope = (seen[k] - seen[j]) / (k - j)
+    return slope > 0 and seen[k] + slope > usable
 
 
 def _nearest(points: list[tuple[int, float]], lo: int | None, hi: int | None) -> tuple[tuple[int, float], ...]:

@@ -88,17 +88,23 @@ def label_sharded(tracker: Any, module: torch.nn.Module, role: str, trained: boo
     reduce-scattered them (the unsharded ones before it are the backward's transient)."""
     from torch.distributed.fsdp import FSDPModule
 
-    for unit in module.modules():
+    from rlbench.estimate.trace import LAYER_NAME
+
+    for name, unit in module.named_modules():
         group = unit._get_fsdp_state()._fsdp_param_group if isinstance(unit, FSDPModule) else None
         if group is None:
             continue
+        match = LAYER_NAME.search(f".{name}.")
+        layer = int(match.group(1)) if match else -1
 
-        def wait_for_unshard(*args: Any, group: Any = group, original: Any = group.wait_for_unshard, **kwargs: Any) -> Any:
+        def wait_for_unshard(*args: Any, group: Any = group, original: Any = group.wait_for_unshard, layer: int = layer,
+                             **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
             for param in group.fsdp_params:
                 for tensor in param.all_gather_outputs:
                     if tensor.untyped_storage().nbytes():
                         tracker.relabel(tensor, role, "gathered")
+                        tracker.layer_of(tensor, layer)  # its layer's compute marks the region as the shard's does
             return out
 
         def post_backward(*args: Any, group: Any = group, original: Any = group.post_backward, **kwargs: Any) -> Any:

@@ -10,6 +10,12 @@ Per algorithm, for a card of `total_gib` (`rlbench.estimate.gpus`, with its 20% 
 - `largest_completions_per_step`: at that count, the largest completions_per_step that fits
   (`fit.largest_under`, whole groups split evenly over the ranks).
 
+What keeps it to a few estimates: a rank count whose share of the one-process static state
+(weights, gradients, AdamW state: at least 1/N of it on each rank, FSDP2's shards padded up) plus
+the device overhead already exceeds the card is skipped without a trace; and the batch search
+trusts the line through its probes once a value the line chose fits and the line leaves no larger
+one (`largest_under(trust_line=True)`: the next value's figure predicted, `batch_by_line`).
+
     answers = size_suite(suite, 79.6, 1, estimates, lambda s, a, n: estimate_algorithm(..., ranks=n))
 """
 
@@ -44,6 +50,7 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
     if fixed >= usable_bytes(total_gib):  # the device overhead (and vLLM's share) alone: no rank count helps
         out["note"] = "the device overhead alone exceeds what the card may use with the margin"
         return out
+    floor, by_ranks = static_floor(estimate, ranks), {}
     for n in RANK_COUNTS:
         errors = rank_errors(suite, n)
         if errors:
@@ -51,7 +58,12 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
             if n > ranks:
                 break  # more ranks split the step no better
             continue
+        if n != ranks and floor // n + fixed > usable_bytes(total_gib):
+            out["skipped_ranks"][n] = (f"not traced: 1/{n} of the static state alone ({floor / n / 2**30:,.2f} GiB "
+                                       "per rank) with the device overhead exceeds what the card may use")
+            continue
         at_n = estimate if n == ranks else estimate_at(suite, algo, n)
+        by_ranks[n] = at_n
         if at_n.error:
             out["skipped_ranks"][n] = at_n.error
             continue
@@ -63,7 +75,7 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
     if n is None:
         return out
 
-    at_n = estimate if n == ranks else None  # the estimate at the suite's own batch, when already made
+    at_n = by_ranks[n]  # the estimate at the suite's own batch on n ranks, already made
 
     def required(value: int) -> int | None:
         changed = with_value(suite, "completions_per_step", value, algo)
@@ -77,10 +89,20 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
 
     step = search_step(suite, "completions_per_step", algo, n)
     limit = search_limit(suite, "completions_per_step", algo, context, prompt_tokens)
-    value, probes = largest_under(required, usable_bytes(total_gib), suite.rollout.completions_per_step, step, limit)
-    out.update(largest_completions_per_step=value, completions_step=step, probes=probes,
+    value, probes, by_line = largest_under(required, usable_bytes(total_gib), suite.rollout.completions_per_step,
+                                           step, limit, trust_line=True)
+    out.update(largest_completions_per_step=value, completions_step=step, probes=probes, batch_by_line=by_line,
                capped=value is not None and value + step > limit)
     return out
+
+
+def static_floor(estimate: Any, ranks: int) -> int:
+    """Bytes of static state that N ranks hold at least 1/N of each (FSDP2 shards every weight,
+    gradient and AdamW moment, rank 0's shard the largest): the one-process estimate's, 0 when
+    `estimate` is already per rank (its shards' sum is no lower bound of the whole)."""
+    if ranks != 1 or estimate.error:
+        return 0
+    return sum(kinds["total"] for kinds in estimate.static.values())
 
 
 def size_suite(suite: Suite, total_gib: float, ranks: int, estimates: list[Any], estimate_at: EstimateAt,

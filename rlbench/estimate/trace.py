@@ -35,7 +35,7 @@ Peaks are kept per region: (phase, call, pass, segment). A pass is a run of oper
 the first decoder layer's weights are read, in the `first`, `middle` or `last` layer, `after` a
 weight outside the layers is read past them, or `all` layers at once (an optimizer's foreach
 kernels). In each region the peak is an affine function of the number of layers, which is what lets
-`rlbench.estimate.predict` trace 3 and 4 layers and extrapolate to 28.
+`rlbench.estimate.predict` trace 4 and 5 layers and extrapolate to 28.
 """
 
 from __future__ import annotations
@@ -199,6 +199,11 @@ class PhaseTracker(HooklessMemTracker):
             match = LAYER_NAME.search(f".{name}")
             for storage in get_untyped_storages(tensor):  # a sharded (DTensor) weight: its local shard's
                 self._layers[storage] = int(match.group(1)) if match else -1
+
+    def layer_of(self, tensor: torch.Tensor, layer: int) -> None:
+        """Note that `tensor`'s storage is decoder layer `layer`'s weights (-1: outside the layers), as
+        FSDP2's gathered copy of a unit's weights is while the unit computes."""
+        self._layers[tensor.untyped_storage()] = layer
 
     def grads_as(self, module: torch.nn.Module, role: str) -> None:
         """Label the gradients of `module`'s trainable parameters as `role`'s when they are accumulated

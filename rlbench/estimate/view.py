@@ -65,6 +65,8 @@ def _sizing_line(s: dict[str, Any], card: tuple[float, str]) -> str:
     value = s["largest_completions_per_step"]
     batch = (f"largest completions_per_step that fits there: {value:,}" + (" (the search's cap)" if s.get("capped") else "")
              if value else "no completions_per_step fits there")
+    if value and s.get("batch_by_line"):
+        batch += f" (traced; {value + s['completions_step']:,} predicted not to by the line through its estimates)"
     return f"smallest rank count that fits: {n} x {card[1]}; {batch}"
 
 
