@@ -158,11 +158,14 @@ def test_mfu() -> None:
         ("NVIDIA H100 PCIe", torch.float16, 756.5e12),
         ("NVIDIA H100 NVL", "bf16", 835.5e12),
         ("NVIDIA H200", torch.bfloat16, 989.5e12),
+        ("NVIDIA H200 NVL", "bf16", 835.5e12),
         ("NVIDIA L4", "fp16", 121e12),
         ("NVIDIA A10G", "bf16", 125e12),
         ("NVIDIA GeForce RTX 4090", torch.float32, 82.6e12),
         ("Tesla V100-SXM2-16GB", "fp16", 125e12),
         ("Tesla V100-SXM2-16GB", "bf16", None),  # Volta has no bf16
+        ("Tesla V100-PCIE-16GB", "fp16", 112e12),
+        ("Tesla V100S-PCIE-32GB", "fp16", 130e12),  # the V100S, not taken for a V100
         ("Tesla T4", torch.float32, 8.1e12),
         ("NVIDIA L40S", "bf16", None),  # not in the table, and not mistaken for an L4
         ("AMD Instinct MI300X", "bf16", None),
@@ -205,8 +208,36 @@ def test_a_cache_copied_from_another_machine_is_not_used(tmp_path) -> None:
     other = identity.replace(cpu_model_name(), "Some Other CPU", 1)
     assert other != identity
     (tmp_path / CPU_PEAK_CACHE_FILE).write_text(json.dumps({f"{other} | fp32 mm and linear up to 256": {"value": 123.0}}))
-    assert cpu_peak_flops(tmp_path, "fp32", max_n=256, reps=1) != 123.0
-    assert len(json.loads((tmp_path / CPU_PEAK_CACHE_FILE).read_text())) == 2
+    assert cpu_peak_flops(tmp_path, "fp32", max_n=256) != 123.0
+    cache = json.loads((tmp_path / CPU_PEAK_CACHE_FILE).read_text())
+    assert len(cache) == 2 and cache[f"{identity} | fp32 mm and linear up to 256"]["reps"] == 3  # the default
+
+
+def test_any_positive_cached_figure_is_read_and_a_broken_entry_is_measured_again(tmp_path) -> None:
+    identity = cpu_identity()
+    (tmp_path / CPU_PEAK_CACHE_FILE).write_text(json.dumps({
+        f"{identity} | fp32 mm and linear up to 256": {"value": 0.5},
+        f"{identity} | read {2**30} bytes": {"value": 0.25},  # the default size read: 1 GiB
+        f"{identity} | read {2**20} bytes": 5}))  # an entry with no value object
+    # cached figures below 1 (nothing measures so low, but nothing is wrong with them) are read
+    assert cpu_peak_flops(tmp_path, "fp32", max_n=256) == 0.5
+    assert cpu_peak_flops(tmp_path, "fp32", max_n=256, at_least=0.5) == 0.5  # a run that reached it exactly
+    assert cpu_read_bandwidth(tmp_path) == 0.25
+    assert cpu_read_bandwidth(tmp_path, nbytes=2**20, reps=1) > 1e8  # measured again (any machine reads 0.1 GB/s)
+    # into a cache folder that does not exist yet, recording how it measured
+    nested = tmp_path / "a" / "b"
+    assert cpu_read_bandwidth(nested, nbytes=2**20) > 1e8
+    assert json.loads((nested / CPU_PEAK_CACHE_FILE).read_text())[f"{identity} | read {2**20} bytes"]["reps"] == 3
+
+
+def test_an_unknown_key_value_width_is_zero_and_reads_as_the_hidden_size() -> None:
+    from rlbench.measure.roofline import decode_bytes
+
+    # FlopShape(N=100, L=2, d=4), kv_width left out (0, unknown), fp32 (4 bytes); one row, prompt 3, 2 tokens.
+    # Weights: 100 x 4 = 400 bytes, read at the prefill and at the 1 decoding step: 800.
+    # Keys and values per position: 2 x L 2 x width 4 (the hidden size) x 4 bytes = 64; positions read
+    # at that step: the prompt's 3 and the row's 1 own: 4 x 64 = 256. 800 + 256 = 1,056.
+    assert decode_bytes(FlopShape(100, 2, 4), [3], [2], 1, 4) == 1_056
 
 
 def test_read_bandwidth_is_measured_once_and_cached_beside_the_peaks(tmp_path) -> None:

@@ -83,7 +83,7 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
         "the one-seed branch: min and max of a single value are that value",
     ("rlbench/algorithms/advantages.py", "group_advantages", "torch.zeros_like(rewards[0])", "`0` -> `-1`"):
         "the branch of a single reward: rewards[0] and rewards[-1] are the same element",
-    ("rlbench/measure/flops.py", "cpu_peak_flops", "json.dump(cache, tmp, indent=2)", "`2` -> `3`"):
+    ("rlbench/measure/flops.py", "_cached", "json.dump(cache, tmp, indent=2)", "`2` -> `3`"):
         "the indentation of the cache file: the same JSON document",
     ("rlbench/algorithms/losses.py", "masked_mean", "total / count.clamp_min(1.0)", "`1.0` -> `0.5`"):
         "a mask's count is a whole number: clamped at 0.5 or at 1, an empty mask gives 0 / c = 0 and any other "
@@ -103,14 +103,4 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
      '`storage.device.type != "meta" and storage.data_ptr()` -> `storage.device.type != "meta" or storage.data_ptr()`'):
         "differs only for a real storage whose data pointer is 0, an empty one: it then shares a key with other "
         "empty storages, and every one of them holds 0 bytes (a storage with bytes never has pointer 0)",
-    ("rlbench/measure/flops.py", "measure_matmul_flops", "def measure_matmul_flops(dtype: str = \"fp32\", max_n: int = 2048, reps: int = 3, min_seconds: float = 0.2,",
-     "`2048` -> `2049`"):
-        "the largest matmul timed, 2049 instead of 2048: the same peak rate within the timing noise of a shared CPU; "
-        "no test can tell the two apart without timing one (tests read a recorded rate)",
-    ("rlbench/measure/flops.py", "measure_matmul_flops", "def measure_matmul_flops(dtype: str = \"fp32\", max_n: int = 2048, reps: int = 3, min_seconds: float = 0.2,", "`3` -> `4`"):
-        "timed calls per layout, 4 instead of 3: more of the same timing, the best rate within noise",
-    ("rlbench/measure/flops.py", "measure_matmul_flops", "def measure_matmul_flops(dtype: str = \"fp32\", max_n: int = 2048, reps: int = 3, min_seconds: float = 0.2,", "`0.2` -> `0.1`"):
-        "the shortest timing kept: a shorter floor times the same matmuls, the best rate within noise",
-    ("rlbench/measure/flops.py", "measure_matmul_flops", "min_total_seconds: float = 1.0", "`1.0` -> `0.5`"):
-        "how long the timing lasts in all: half a second less of the same calls, the best rate within noise",
 }
