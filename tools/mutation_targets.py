@@ -22,9 +22,11 @@ MODULES: dict[str, list[str]] = {  # in the order they are tried: the named bugs
     "rlbench/algorithms/sft_more.py": ["tests/test_sft_more_loss.py"],
     "rlbench/algorithms/base.py": ["tests/test_algorithm_base.py"],
     "rlbench/algorithms/params.py": ["tests/test_algorithm_params.py"],
-    "rlbench/report/check.py": ["tests/test_check.py", "tests/test_faults_check.py", "tests/test_check_command.py"],
+    "rlbench/report/check.py": ["tests/test_check.py", "tests/test_faults_check.py", "tests/test_check_command.py",
+                                "tests/test_check_formats.py", "tests/test_check_hardware.py"],
     # the gate's thresholds and noise (exceeds, judge), moved out of check.py
-    "rlbench/report/gate.py": ["tests/test_check_inputs.py", "tests/test_check.py", "tests/test_faults_check.py"],
+    "rlbench/report/gate.py": ["tests/test_check_inputs.py", "tests/test_check.py", "tests/test_faults_check.py",
+                               "tests/test_check_hardware.py"],
 }
 # Modules tried for their named mutants only (no generated ones), with the tests that cover those.
 NAMED_ONLY: dict[str, list[str]] = {
