@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -313,3 +314,33 @@ def test_a_bf16_mixed_run_divides_by_the_bf16_peak(tmp_path) -> None:
     for phase in roofline.values():
         assert phase["floor_s"] == max(s for s in (phase["compute_s"], phase["memory_s"]) if s is not None)
         assert phase["ratio"] == pytest.approx(phase["measured_s"] / phase["floor_s"]) and phase["ratio"] > 0
+
+
+def _best_seconds(call, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_the_measured_rates_are_those_of_the_work_timed() -> None:
+    # The peak is 2 n^3 FLOPs over the best time of an n x n matmul (n = max_n = 128 here, under the
+    # 256 it starts at), the bandwidth the tensor's bytes over the best time of its sum. Timed here
+    # too, best of 20 (each a fraction of a millisecond: a best of many escapes other processes), the
+    # two agree within a factor of 8 on a loaded machine; a wrong FLOP count (n^4: 128x) or byte
+    # count (numel / 4: 16x too few) does not.
+    import torch.nn.functional as F
+
+    from rlbench.measure.flops import measure_matmul_flops, measure_read_bandwidth
+
+    n = 128
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    rate = measure_matmul_flops("fp32", n, 3, min_total_seconds=0.1)
+    here = 2 * n**3 / min(_best_seconds(lambda: torch.mm(a, b), 20), _best_seconds(lambda: F.linear(a, b), 20))
+    assert 1 / 8 < rate / here < 8
+    x = torch.ones(2**20)  # 4 MiB
+    x.sum()
+    bandwidth = measure_read_bandwidth(x.numel() * 4, 5)
+    assert 1 / 8 < bandwidth / (x.numel() * 4 / _best_seconds(x.sum, 20)) < 8
