@@ -53,7 +53,7 @@ def aggregate(loss_per_token: Tensor, mask: Tensor, agg: str) -> Tensor:
     if agg == "token_mean":
         return masked_mean(loss_per_token, mask)
     if agg == "seq_mean_token_mean":
-        return masked_mean(loss_per_token, mask, dim=2).mean()
+        return masked_mean(loss_per_token, mask, dim=1).mean()
     if agg == "seq_mean_token_sum_norm":
         return (loss_per_token * mask.to(loss_per_token.dtype)).sum() / mask.numel()
     raise ValueError(f"unknown agg {agg!r}; valid values: {', '.join(AGG_MODES)}")
