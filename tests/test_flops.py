@@ -344,3 +344,20 @@ def test_the_measured_rates_are_those_of_the_work_timed() -> None:
     x.sum()
     bandwidth = measure_read_bandwidth(x.numel() * 4, 5)
     assert 1 / 8 < bandwidth / (x.numel() * 4 / _best_seconds(x.sum, 20)) < 8
+
+
+def test_flop_shape_reads_the_key_value_width_and_the_head_of_each_kind_of_config() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaModel
+
+    torch.manual_seed(0)
+    # Grouped-query attention with a head size of its own: 2 key/value heads x head_dim 16 = 32
+    # (not 4 heads x 16 = 64, nor 2 x hidden 32 / 4 heads = 16); the LM head is 50 x 32 = 1,600.
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16, vocab_size=50)
+    shape = flop_shape(LlamaForCausalLM(config))
+    assert (shape.n_layers, shape.hidden, shape.head_params, shape.kv_width) == (2, 32, 1_600, 32)
+    assert flop_shape(LlamaModel(config)).head_params == 0  # a model without an output projection
+    # GPT-2's config names neither head_dim nor key/value heads: 4 heads of 32 / 4 = 8, a whole number
+    gpt2 = GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=50, n_positions=16, bos_token_id=0, eos_token_id=0)
+    shape = flop_shape(GPT2LMHeadModel(gpt2))
+    assert shape.kv_width == 32 and isinstance(shape.kv_width, int) and shape.head_params == 1_600  # tied: once
