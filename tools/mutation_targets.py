@@ -19,7 +19,9 @@ MODULES: dict[str, list[str]] = {  # in the order they are tried: the named bugs
                                      "tests/test_ppo.py::test_ppo_value_loss_and_gradient_by_hand"],
     "rlbench/algorithms/advantages.py": ["tests/test_advantages.py",
                                          "tests/test_ppo.py::test_advantages_are_whitened_gae_by_hand"],
-    "rlbench/algorithms/sft_more.py": ["tests/test_sft_more_loss.py"],
+    "rlbench/algorithms/sft_more.py": ["tests/test_sft_more_loss.py",  # and which demonstrations each arm trains on:
+                                       "tests/test_accuracy_stages.py::test_sft_more_trains_on_the_same_"
+                                       "demonstrations_and_sft_new_data_on_fresh_ones"],
     "rlbench/algorithms/base.py": ["tests/test_algorithm_base.py"],
     "rlbench/algorithms/params.py": ["tests/test_algorithm_params.py"],
     "rlbench/report/check.py": ["tests/test_check.py", "tests/test_faults_check.py", "tests/test_check_command.py",
