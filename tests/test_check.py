@@ -20,6 +20,7 @@ from rlbench.cli import main
 from rlbench.errors import UserError
 from rlbench.measure.evaluation import standard_error
 from rlbench.report.check import (
+    Finding,
     Threshold,
     check_command,
     check_reports,
@@ -385,3 +386,12 @@ def test_check_and_compare_give_the_same_label_to_every_gated_change(change) -> 
     assert by_check, "the change must be reported by check"
     for (run, metric), label in by_check.items():
         assert by_compare[(run, metric_label(metric))] == label, (run, metric)
+
+
+def test_a_finding_with_one_side_missing_has_no_change():
+    # a metric new since the new report's schema: the baseline's value, none in the new report
+    only_base = Finding("r/seed0", "memory/policy/anon_peak_bytes", 1024.0, None, "-", "bytes", note="not compared")
+    only_new = Finding("r/seed0", "eval/accuracy", None, 0.5, "-")
+    assert only_base.delta is None and only_base.relative_delta is None
+    assert only_new.delta is None and only_new.relative_delta is None
+    assert Finding("r/seed0", "time/step_s", 2.0, 3.0, "10%").delta == 1.0  # both sides: new - base

@@ -107,4 +107,7 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
      '`storage.device.type != "meta" and storage.data_ptr()` -> `storage.device.type != "meta" or storage.data_ptr()`'):
         "differs only for a real storage whose data pointer is 0, an empty one: it then shares a key with other "
         "empty storages, and every one of them holds 0 bytes (a storage with bytes never has pointer 0)",
+    ("rlbench/report/gate.py", "memory_kind", 'last = name.rsplit("/", 1)[-1]', "`1` -> `2`"):
+        "the last piece of a split from the right is the text after the last '/' whatever the number of splits "
+        "(1 or 2): the same name for every string",
 }
