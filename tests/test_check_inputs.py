@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,19 @@ def test_a_change_equal_to_the_noise_is_within_noise(base) -> None:
     assert _metrics(base, GRPO)["eval/size"]["value"] == 16
     result = check_reports(new, baseline, thresholds_for(base, []))
     assert result.ok and [(f.metric, f.label) for f in result.unflagged] == [("eval/accuracy", "within noise")]
+
+
+def test_a_measured_figure_has_no_noise_and_a_change_keeps_the_baselines_error() -> None:
+    # memory and time are measured, not estimated: no noise, whatever stderr a report attaches
+    assert noise_level("time/step_s", {"value": 2.0, "stderr": 0.5, "unit": "s"}, {"value": 2.5}, 16) == 0.0
+    assert noise_level("eval/accuracy", {"value": 0.5, "unit": "fraction"}, {"value": 0.25}, 16) == 0.0  # no stderr
+    # A change of accuracy (a name ending in _delta) is no proportion, nor is a proportion over an unknown
+    # number of problems: the new error is taken equal to the baseline's 3/32, not recomputed from the new
+    # value (sqrt(0.25 x 0.75 / 16) = 0.108). Noise sqrt(2) x 3/32 = 0.1326 (a few roundings: 1e-15 relative).
+    base_metric = {"value": 0.125, "stderr": 3 / 32, "unit": "fraction", "higher_is_better": True}
+    expected = pytest.approx(math.sqrt(2) * 3 / 32, rel=1e-15)
+    assert noise_level("eval/accuracy_delta", base_metric, {"value": 0.25}, 16) == expected
+    assert noise_level("eval/accuracy", base_metric, {"value": 0.25}, None) == expected
+    # judge without a noise level has none: a step 0.5 s slower (25%, over a 10% threshold) is worse
+    assert judge({"value": 2.0, "unit": "s", "higher_is_better": False}, {"value": 2.5, "unit": "s"},
+                 Threshold(0.1, True)) == "worse"
