@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from rlbench.report.check import (
     gated,
     memory_kind,
     thresholds_for,
+    worse_factor,
 )
 from rlbench.report.schema import load_report
 
@@ -395,3 +397,18 @@ def test_a_finding_with_one_side_missing_has_no_change():
     assert only_base.delta is None and only_base.relative_delta is None
     assert only_new.delta is None and only_new.relative_delta is None
     assert Finding("r/seed0", "time/step_s", 2.0, 3.0, "10%").delta == 1.0  # both sides: new - base
+
+
+def test_a_run_only_in_the_new_report_is_noted_and_the_matched_ones_are_not(base: dict, thresholds) -> None:
+    baseline = copy.deepcopy(base)
+    extra = baseline["runs"].pop()  # the new report has a run the baseline lacks
+    result = check_reports(base, baseline, thresholds)
+    only_new = [note for note in result.notes if "only in the new report" in note]
+    assert only_new == [f"{extra['id']}: only in the new report, not checked"]
+    assert result.runs == [r["id"] for r in baseline["runs"]]
+
+
+def test_a_figure_zero_on_both_sides_is_unchanged_and_one_from_zero_infinitely_worse() -> None:
+    assert worse_factor(0.0, 0.0, True) == worse_factor(0.0, 0.0, False) == 1.0
+    assert worse_factor(0.0, 2.0, False) == math.inf  # a time from 0 s to 2 s
+    assert exceeds(Threshold(0.05, True), 0.0, 0.0, True) == 0
