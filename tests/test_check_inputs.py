@@ -238,3 +238,12 @@ def test_a_measured_figure_has_no_noise_and_a_change_keeps_the_baselines_error()
     # judge without a noise level has none: a step 0.5 s slower (25%, over a 10% threshold) is worse
     assert judge({"value": 2.0, "unit": "s", "higher_is_better": False}, {"value": 2.5, "unit": "s"},
                  Threshold(0.1, True)) == "worse"
+
+
+def test_an_absolute_threshold_on_a_figure_where_lower_is_better() -> None:
+    # 0.5 -> 0.75 is a rise of 0.25 exactly (binary fractions): equal to the limit, within it
+    limit = Threshold(0.25, relative=False)
+    assert exceeds(limit, 0.5, 0.75, higher_is_better=False) == 0
+    assert exceeds(limit, 0.5, 0.25, higher_is_better=False) == 0
+    assert exceeds(limit, 0.5, 0.75 + 2**-20, higher_is_better=False) == 1
+    assert exceeds(limit, 0.5, 0.25 - 2**-20, higher_is_better=False) == -1
