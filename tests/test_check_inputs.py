@@ -26,6 +26,7 @@ import pytest
 from rlbench.cli import main
 from rlbench.errors import UserError
 from rlbench.report.check import Threshold, check_reports, exceeds, judge, noise_level, thresholds_for
+from rlbench.report.gate import problem_count
 from rlbench.report.schema import MAX_DEPTH, load_report
 
 REPORTS = Path(__file__).parent / "fixtures" / "reports"
@@ -247,3 +248,20 @@ def test_an_absolute_threshold_on_a_figure_where_lower_is_better() -> None:
     assert exceeds(limit, 0.5, 0.25, higher_is_better=False) == 0
     assert exceeds(limit, 0.5, 0.75 + 2**-20, higher_is_better=False) == 1
     assert exceeds(limit, 0.5, 0.25 - 2**-20, higher_is_better=False) == -1
+
+
+def test_unusable_figures_are_named_with_the_report_they_are_in(base) -> None:
+    bad = copy.deepcopy(base)
+    bad["runs"][0]["budget"]["tokens_generated"] = -1
+    with pytest.raises(UserError, match=r"^new\.json: unusable: "):
+        check_reports(bad, base, thresholds_for(base, []), names=("new.json", "base.json"))
+    with pytest.raises(UserError, match=r"^base\.json: unusable: "):
+        check_reports(base, bad, thresholds_for(base, []), names=("new.json", "base.json"))
+
+
+def test_the_problem_count_is_the_runs_eval_size_else_the_suites() -> None:
+    assert problem_count({"metrics": {"eval/size": {"value": 16.0}}}, {"eval": {"size": 64}}) == 16
+    assert problem_count({"metrics": {}}, {"eval": {"size": 64}}) == 64
+    assert problem_count({"metrics": {"eval/size": {"value": 1.0}}}, {}) == 1  # one problem is a count
+    for size in (0.5, math.inf, "16"):  # not a count of problems
+        assert problem_count({"metrics": {"eval/size": {"value": size}}}, {}) is None

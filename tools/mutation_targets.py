@@ -28,7 +28,7 @@ MODULES: dict[str, list[str]] = {  # in the order they are tried: the named bugs
                                 "tests/test_check_formats.py", "tests/test_check_hardware.py"],
     # the gate's thresholds and noise (exceeds, judge), moved out of check.py
     "rlbench/report/gate.py": ["tests/test_check_inputs.py", "tests/test_check.py", "tests/test_faults_check.py",
-                               "tests/test_check_hardware.py"],
+                               "tests/test_check_hardware.py", "tests/test_check_command.py"],
 }
 # Modules tried for their named mutants only (no generated ones), with the tests that cover those.
 NAMED_ONLY: dict[str, list[str]] = {
