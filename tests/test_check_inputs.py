@@ -265,3 +265,29 @@ def test_the_problem_count_is_the_runs_eval_size_else_the_suites() -> None:
     assert problem_count({"metrics": {"eval/size": {"value": 1.0}}}, {}) == 1  # one problem is a count
     for size in (0.5, math.inf, "16"):  # not a count of problems
         assert problem_count({"metrics": {"eval/size": {"value": size}}}, {}) is None
+
+
+def test_metrics_that_are_not_gated_are_not_judged(base) -> None:
+    # MFU and the per-phase times have a direction but no gate: tripled, they are neither a regression
+    # nor an improvement, nor counted among the metrics compared
+    new = copy.deepcopy(base)
+    for name in ("throughput/mfu", "time/generate_s"):
+        _metrics(new, GRPO)[name]["value"] *= 3
+    same = check_reports(base, base, thresholds_for(base, []))
+    result = check_reports(new, base, thresholds_for(base, []))
+    assert result.ok and not result.improvements and result.metrics_compared == same.metrics_compared
+    assert not [f for f in result.passed + result.unflagged if f.metric in ("throughput/mfu", "time/generate_s")]
+
+
+def test_without_eval_size_the_noise_counts_the_suites_problems(base) -> None:
+    # as test_a_change_equal_to_the_noise_is_within_noise, with the runs' eval/size removed: the count is
+    # the baseline suite's eval.size, 16, and the noise 5/32 again (without a count it would be
+    # sqrt(2) x 3/32 = 0.133, and the fall of 0.15625 worse)
+    baseline, new = copy.deepcopy(base), copy.deepcopy(base)
+    assert baseline["suite"]["eval"]["size"] == 16
+    _accuracy(baseline, 21 / 32, 3 / 32)
+    _accuracy(new, 0.5, None)
+    for report in (baseline, new):
+        del _metrics(report, GRPO)["eval/size"]
+    result = check_reports(new, baseline, thresholds_for(base, []))
+    assert result.ok and [(f.metric, f.label) for f in result.unflagged] == [("eval/accuracy", "within noise")]
