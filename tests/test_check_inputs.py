@@ -291,3 +291,40 @@ def test_without_eval_size_the_noise_counts_the_suites_problems(base) -> None:
         del _metrics(report, GRPO)["eval/size"]
     result = check_reports(new, baseline, thresholds_for(base, []))
     assert result.ok and [(f.metric, f.label) for f in result.unflagged] == [("eval/accuracy", "within noise")]
+
+
+def test_a_relative_change_equal_to_the_limit_is_within_it_in_either_direction() -> None:
+    # 7 -> 8.4 is 20% more, and 8.4 -> 7 its reverse. 8.4 / 7 rounds to 1.2 exactly, but 7 / 8.4 to
+    # 0.8333..., whose reciprocal rounds to 1.2000000000000002: a change equal to the limit must read as
+    # within it whichever of the two is the better value.
+    limit = Threshold(0.2, relative=True)
+    for higher_is_better in (True, False):
+        assert exceeds(limit, 7.0, 8.4, higher_is_better) == 0
+        assert exceeds(limit, 8.4, 7.0, higher_is_better) == 0
+    assert exceeds(limit, 7.0, 8.4 + 2**-40, True) == -1 and exceeds(limit, 7.0, 8.4 + 2**-40, False) == 1
+    for higher in (True, False, None):  # and so for judge, with a direction or without one
+        assert judge({"value": 7.0, "higher_is_better": higher}, {"value": 8.4}, limit) == "within threshold"
+    # 4 -> 5: 5 / 4 - 1 = 0.25 exactly: better or worse by exactly the limit is within it
+    limit = Threshold(0.25, relative=True)
+    assert exceeds(limit, 4.0, 5.0, True) == exceeds(limit, 4.0, 5.0, False) == 0
+
+
+def test_memory_peaks_not_gated_are_listed_when_present_and_shown_when_they_matter(base) -> None:
+    from rlbench.report.gate import Finding, shown_not_gated
+
+    # gating anonymous peaks, the total ones are listed, not gated; one missing from the new report is not
+    new = copy.deepcopy(base)
+    del _metrics(new, GRPO)["memory/policy/peak_bytes"]
+    result = check_reports(new, base, thresholds_for(base, []))
+    listed = {(f.run, f.metric) for f in result.not_gated}
+    assert (PPO, "memory/policy/peak_bytes") in listed and (GRPO, "memory/policy/peak_bytes") not in listed
+    _metrics(new, PPO)["memory/policy/peak_bytes"]["value"] = math.nan  # nor one no threshold can compare
+    assert not [f for f in check_reports(new, base, thresholds_for(base, [])).not_gated
+                if f.metric == "memory/policy/peak_bytes"]
+    # shown: the process, training and evaluation peaks always, a role's only beyond the threshold
+    process = Finding(GRPO, "memory/process_peak_bytes", 1.0, 1.0, "2%", label="unchanged")
+    training = Finding(GRPO, "memory/training_peak_bytes", 1.0, 1.0, "2%", label="unchanged")
+    worse = Finding(GRPO, "memory/policy/peak_bytes", 1.0, 2.0, "2%", label="worse")
+    better = Finding(GRPO, "memory/value/peak_bytes", 2.0, 1.0, "2%", label="better")
+    within = Finding(GRPO, "memory/reference/peak_bytes", 1.0, 1.01, "2%", label="within threshold")
+    assert shown_not_gated([process, training, worse, better, within]) == [process, training, worse, better]

@@ -110,4 +110,14 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
     ("rlbench/report/gate.py", "memory_kind", 'last = name.rsplit("/", 1)[-1]', "`1` -> `2`"):
         "the last piece of a split from the right is the text after the last '/' whatever the number of splits "
         "(1 or 2): the same name for every string",
+    ("rlbench/report/gate.py", "judge", "bool(higher) if higher is not None else True", "`higher is not None` -> `higher is None`"):
+        "judge reads only whether exceeds returns 0, and that does not depend on the direction passed: a relative "
+        "limit is passed when bad/good - 1 or good/bad - 1 exceeds it (worse_factor both ways, each computed "
+        "directly; the direction only swaps the two), an absolute one when base - new or new - base does "
+        "(negation is exact); the direction sets only the sign, which judge takes from `higher` itself",
+    ("rlbench/report/gate.py", "judge", "bool(higher) if higher is not None else True", "`True` -> `False`"):
+        "as for `higher is not None`: the direction given to exceeds never decides whether it returns 0",
+    ("rlbench/report/gate.py", "judge", 'return "better" if (new_value > base_value) == higher else "worse"',
+     "`new_value > base_value` -> `new_value >= base_value`"):
+        "equal values returned 'unchanged' at the top of judge: here new_value != base_value, so > and >= agree",
 }
