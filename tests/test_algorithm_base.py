@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from rlbench.algorithms.base import Batch, UpdateSchedule
+from rlbench.algorithms.base import Batch, UpdateSchedule, uses_reward_model
+from rlbench.algorithms.grpo import GRPO
+from rlbench.algorithms.params import GRPOParams, PPOParams
+from rlbench.algorithms.ppo import PPO
 from rlbench.rollout import Rollout
 
 
@@ -40,3 +43,10 @@ def test_select_takes_the_rows_and_keeps_what_is_missing_missing():
 def test_update_schedule_defaults_are_one_pass_one_minibatch():
     schedule = UpdateSchedule(lr=1e-4, weight_decay=0.0, max_grad_norm=1.0)
     assert (schedule.passes, schedule.num_minibatches, schedule.value_lr, schedule.loss_agg) == (1, 1, None, "token_mean")
+
+
+def test_the_reward_model_stage_is_needed_for_a_reward_role_or_a_value_model_started_from_it():
+    assert not uses_reward_model(GRPO(GRPOParams(), "rules"))  # rule rewards, no value model
+    assert uses_reward_model(GRPO(GRPOParams(), "model"))  # a reward role; no value model
+    assert uses_reward_model(PPO(PPOParams(value_init="reward"), "rules"))  # no reward role; the value model's start
+    assert not uses_reward_model(PPO(PPOParams(value_init="policy"), "rules"))

@@ -78,3 +78,8 @@ def test_every_numeric_bound_is_checked():
     for algorithm, params_cls in (("grpo", GRPOParams), ("ppo", PPOParams), ("sft_more", SFTMoreParams)):
         bounded = {f.name for f in dataclasses.fields(params_cls) if {"gt", "ge", "lt", "le"} & set(f.metadata)}
         assert bounded == {name for a, name in checked if a == algorithm}, algorithm
+
+
+def test_grpo_samples_its_own_group_size_when_set_else_the_suites():
+    assert GRPOParams(group_size=6).completions_per_prompt(default=4) == 6
+    assert GRPOParams().completions_per_prompt(default=4) == 4

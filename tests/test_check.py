@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from rlbench.cli import main
 from rlbench.errors import UserError
 from rlbench.measure.evaluation import standard_error
 from rlbench.report.check import (
+    Finding,
     Threshold,
     check_command,
     check_reports,
@@ -27,6 +29,7 @@ from rlbench.report.check import (
     gated,
     memory_kind,
     thresholds_for,
+    worse_factor,
 )
 from rlbench.report.schema import load_report
 
@@ -385,3 +388,27 @@ def test_check_and_compare_give_the_same_label_to_every_gated_change(change) -> 
     assert by_check, "the change must be reported by check"
     for (run, metric), label in by_check.items():
         assert by_compare[(run, metric_label(metric))] == label, (run, metric)
+
+
+def test_a_finding_with_one_side_missing_has_no_change():
+    # a metric new since the new report's schema: the baseline's value, none in the new report
+    only_base = Finding("r/seed0", "memory/policy/anon_peak_bytes", 1024.0, None, "-", "bytes", note="not compared")
+    only_new = Finding("r/seed0", "eval/accuracy", None, 0.5, "-")
+    assert only_base.delta is None and only_base.relative_delta is None
+    assert only_new.delta is None and only_new.relative_delta is None
+    assert Finding("r/seed0", "time/step_s", 2.0, 3.0, "10%").delta == 1.0  # both sides: new - base
+
+
+def test_a_run_only_in_the_new_report_is_noted_and_the_matched_ones_are_not(base: dict, thresholds) -> None:
+    baseline = copy.deepcopy(base)
+    extra = baseline["runs"].pop()  # the new report has a run the baseline lacks
+    result = check_reports(base, baseline, thresholds)
+    only_new = [note for note in result.notes if "only in the new report" in note]
+    assert only_new == [f"{extra['id']}: only in the new report, not checked"]
+    assert result.runs == [r["id"] for r in baseline["runs"]]
+
+
+def test_a_figure_zero_on_both_sides_is_unchanged_and_one_from_zero_infinitely_worse() -> None:
+    assert worse_factor(0.0, 0.0, True) == worse_factor(0.0, 0.0, False) == 1.0
+    assert worse_factor(0.0, 2.0, False) == math.inf  # a time from 0 s to 2 s
+    assert exceeds(Threshold(0.05, True), 0.0, 0.0, True) == 0

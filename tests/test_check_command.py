@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,60 @@ def test_markdown_has_the_means_over_seeds_of_both_reports() -> None:
     text = console.file.getvalue()
     assert text.lstrip().startswith("#") and "mean over seeds: new" in text and "mean over seeds: baseline" in text
     assert not text.lstrip().startswith("{")  # not the JSON document
+
+
+def test_printed_lines_carry_only_the_colours_their_markup_asks_for(tmp_path: Path) -> None:
+    # On a terminal Rich's highlighter would colour numbers (bold cyan, code 36), paths (magenta, 35/95),
+    # quoted strings (green) and brackets (bold) in any line printed without highlight=False.
+    console = terminal()
+    check_command(V2, OK, [], console, allow_mismatch=True)
+    text = console.file.getvalue()
+    assert f"\x1b[1mrlbench check\x1b[0m {V2}\n  against {OK}\n" in text
+    assert ("\x1b[33mnot comparable: hardware differs (the baseline records no hardware class (written before "
+            "schema 2))\x1b[0m: times, throughput") in text
+    assert "\x1b[2menvironment differs (information):\x1b[0m\n" in text
+    assert "\x1b[2m  packages.transformers: '5.23.0' in the baseline, '5.25.0' in the new report\x1b[0m\n" in text
+    assert "\x1b[2mnote: grpo_zero/seed0: 8 metric(s) only in the new report, not compared (" in text
+    assert text.endswith("\x1b[1;31mFAIL\x1b[0m: 22 regression(s), 0 improvement(s)\n")
+    console = terminal()
+    out = tmp_path / "check.txt"
+    check_command(OK, OK, [], console, output=str(out))
+    assert console.file.getvalue().endswith(f"\x1b[0m: no regression (0 improvement(s)) among the machine-independent "
+                                            f"metrics\nwrote: {out}\n")
+    for code in ("36m", "35m", "95m"):  # no highlighter colour anywhere
+        assert code not in text + console.file.getvalue()
+
+
+def test_the_findings_tables_columns(tmp_path: Path) -> None:
+    console = Console(file=io.StringIO(), width=400)
+    assert check_command(FAILED, OK, [], console) == 1
+    text = console.file.getvalue()
+    # a status row: the baseline's status, then the new one (statuses = (baseline, new))
+    assert re.search(r"│ grpo_zero/seed0 │ status │ +ok │ failed │ worker exited", text)
+    # names left-justified, figures right-justified (the baseline column is as wide as "524.7 MiB")
+    assert re.search(r"│ ppo_rules/seed0 │ time/step_s {2,}│  47\.811 s │  68\.011 s │ +\+20\.200 s, \+42\.2% │ - +│ "
+                     r"not comparable │", text)
+    assert "memory peaks gated: total (RSS or device)\n" in text  # every run gated the same kind
+
+
+def test_the_output_file_holds_the_tables_laid_out_for_150_columns(tmp_path: Path) -> None:
+    out = tmp_path / "check.txt"
+    check_command(FAILED, OK, [], Console(file=io.StringIO(), width=400), output=str(out))
+    table_lines = [line for line in out.read_text().splitlines() if line[:1] in "┏┃┡│└"]
+    # the regressions table's note is longer than 150 columns: the table takes all 150 and the cell folds
+    assert max(len(line) for line in table_lines) == 150
+
+
+def test_the_memory_gate_of_each_run_is_named_when_the_runs_differ(tmp_path: Path) -> None:
+    report = json.loads(Path(V2).read_text())
+    run = report["runs"][0]
+    # the first run as an older rlbench wrote it: no anonymous-memory figures (nor the phases they come from)
+    run["metrics"] = {name: value for name, value in run["metrics"].items() if "anon" not in name}
+    for role in run["roles"].values():
+        for figures in (role.get("phases") or {}).values():
+            figures.pop("anon_peak_bytes", None)
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(report))
+    console = Console(file=io.StringIO(), width=400)
+    check_command(V2, str(base), [], console)
+    assert "memory peaks gated: grpo_zero/seed0 total, ppo_rules/seed0 anon\n" in console.file.getvalue()

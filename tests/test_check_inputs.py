@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ import pytest
 from rlbench.cli import main
 from rlbench.errors import UserError
 from rlbench.report.check import Threshold, check_reports, exceeds, judge, noise_level, thresholds_for
+from rlbench.report.gate import problem_count
 from rlbench.report.schema import MAX_DEPTH, load_report
 
 REPORTS = Path(__file__).parent / "fixtures" / "reports"
@@ -221,3 +223,108 @@ def test_a_change_equal_to_the_noise_is_within_noise(base) -> None:
     assert _metrics(base, GRPO)["eval/size"]["value"] == 16
     result = check_reports(new, baseline, thresholds_for(base, []))
     assert result.ok and [(f.metric, f.label) for f in result.unflagged] == [("eval/accuracy", "within noise")]
+
+
+def test_a_measured_figure_has_no_noise_and_a_change_keeps_the_baselines_error() -> None:
+    # memory and time are measured, not estimated: no noise, whatever stderr a report attaches
+    assert noise_level("time/step_s", {"value": 2.0, "stderr": 0.5, "unit": "s"}, {"value": 2.5}, 16) == 0.0
+    assert noise_level("eval/accuracy", {"value": 0.5, "unit": "fraction"}, {"value": 0.25}, 16) == 0.0  # no stderr
+    # A change of accuracy (a name ending in _delta) is no proportion, nor is a proportion over an unknown
+    # number of problems: the new error is taken equal to the baseline's 3/32, not recomputed from the new
+    # value (sqrt(0.25 x 0.75 / 16) = 0.108). Noise sqrt(2) x 3/32 = 0.1326 (a few roundings: 1e-15 relative).
+    base_metric = {"value": 0.125, "stderr": 3 / 32, "unit": "fraction", "higher_is_better": True}
+    expected = pytest.approx(math.sqrt(2) * 3 / 32, rel=1e-15)
+    assert noise_level("eval/accuracy_delta", base_metric, {"value": 0.25}, 16) == expected
+    assert noise_level("eval/accuracy", base_metric, {"value": 0.25}, None) == expected
+    # judge without a noise level has none: a step 0.5 s slower (25%, over a 10% threshold) is worse
+    assert judge({"value": 2.0, "unit": "s", "higher_is_better": False}, {"value": 2.5, "unit": "s"},
+                 Threshold(0.1, True)) == "worse"
+
+
+def test_an_absolute_threshold_on_a_figure_where_lower_is_better() -> None:
+    # 0.5 -> 0.75 is a rise of 0.25 exactly (binary fractions): equal to the limit, within it
+    limit = Threshold(0.25, relative=False)
+    assert exceeds(limit, 0.5, 0.75, higher_is_better=False) == 0
+    assert exceeds(limit, 0.5, 0.25, higher_is_better=False) == 0
+    assert exceeds(limit, 0.5, 0.75 + 2**-20, higher_is_better=False) == 1
+    assert exceeds(limit, 0.5, 0.25 - 2**-20, higher_is_better=False) == -1
+
+
+def test_unusable_figures_are_named_with_the_report_they_are_in(base) -> None:
+    bad = copy.deepcopy(base)
+    bad["runs"][0]["budget"]["tokens_generated"] = -1
+    with pytest.raises(UserError, match=r"^new\.json: unusable: "):
+        check_reports(bad, base, thresholds_for(base, []), names=("new.json", "base.json"))
+    with pytest.raises(UserError, match=r"^base\.json: unusable: "):
+        check_reports(base, bad, thresholds_for(base, []), names=("new.json", "base.json"))
+
+
+def test_the_problem_count_is_the_runs_eval_size_else_the_suites() -> None:
+    assert problem_count({"metrics": {"eval/size": {"value": 16.0}}}, {"eval": {"size": 64}}) == 16
+    assert problem_count({"metrics": {}}, {"eval": {"size": 64}}) == 64
+    assert problem_count({"metrics": {"eval/size": {"value": 1.0}}}, {}) == 1  # one problem is a count
+    for size in (0.5, math.inf, "16"):  # not a count of problems
+        assert problem_count({"metrics": {"eval/size": {"value": size}}}, {}) is None
+
+
+def test_metrics_that_are_not_gated_are_not_judged(base) -> None:
+    # MFU and the per-phase times have a direction but no gate: tripled, they are neither a regression
+    # nor an improvement, nor counted among the metrics compared
+    new = copy.deepcopy(base)
+    for name in ("throughput/mfu", "time/generate_s"):
+        _metrics(new, GRPO)[name]["value"] *= 3
+    same = check_reports(base, base, thresholds_for(base, []))
+    result = check_reports(new, base, thresholds_for(base, []))
+    assert result.ok and not result.improvements and result.metrics_compared == same.metrics_compared
+    assert not [f for f in result.passed + result.unflagged if f.metric in ("throughput/mfu", "time/generate_s")]
+
+
+def test_without_eval_size_the_noise_counts_the_suites_problems(base) -> None:
+    # as test_a_change_equal_to_the_noise_is_within_noise, with the runs' eval/size removed: the count is
+    # the baseline suite's eval.size, 16, and the noise 5/32 again (without a count it would be
+    # sqrt(2) x 3/32 = 0.133, and the fall of 0.15625 worse)
+    baseline, new = copy.deepcopy(base), copy.deepcopy(base)
+    assert baseline["suite"]["eval"]["size"] == 16
+    _accuracy(baseline, 21 / 32, 3 / 32)
+    _accuracy(new, 0.5, None)
+    for report in (baseline, new):
+        del _metrics(report, GRPO)["eval/size"]
+    result = check_reports(new, baseline, thresholds_for(base, []))
+    assert result.ok and [(f.metric, f.label) for f in result.unflagged] == [("eval/accuracy", "within noise")]
+
+
+def test_a_relative_change_equal_to_the_limit_is_within_it_in_either_direction() -> None:
+    # 7 -> 8.4 is 20% more, and 8.4 -> 7 its reverse. 8.4 / 7 rounds to 1.2 exactly, but 7 / 8.4 to
+    # 0.8333..., whose reciprocal rounds to 1.2000000000000002: a change equal to the limit must read as
+    # within it whichever of the two is the better value.
+    limit = Threshold(0.2, relative=True)
+    for higher_is_better in (True, False):
+        assert exceeds(limit, 7.0, 8.4, higher_is_better) == 0
+        assert exceeds(limit, 8.4, 7.0, higher_is_better) == 0
+    assert exceeds(limit, 7.0, 8.4 + 2**-40, True) == -1 and exceeds(limit, 7.0, 8.4 + 2**-40, False) == 1
+    for higher in (True, False, None):  # and so for judge, with a direction or without one
+        assert judge({"value": 7.0, "higher_is_better": higher}, {"value": 8.4}, limit) == "within threshold"
+    # 4 -> 5: 5 / 4 - 1 = 0.25 exactly: better or worse by exactly the limit is within it
+    limit = Threshold(0.25, relative=True)
+    assert exceeds(limit, 4.0, 5.0, True) == exceeds(limit, 4.0, 5.0, False) == 0
+
+
+def test_memory_peaks_not_gated_are_listed_when_present_and_shown_when_they_matter(base) -> None:
+    from rlbench.report.gate import Finding, shown_not_gated
+
+    # gating anonymous peaks, the total ones are listed, not gated; one missing from the new report is not
+    new = copy.deepcopy(base)
+    del _metrics(new, GRPO)["memory/policy/peak_bytes"]
+    result = check_reports(new, base, thresholds_for(base, []))
+    listed = {(f.run, f.metric) for f in result.not_gated}
+    assert (PPO, "memory/policy/peak_bytes") in listed and (GRPO, "memory/policy/peak_bytes") not in listed
+    _metrics(new, PPO)["memory/policy/peak_bytes"]["value"] = math.nan  # nor one no threshold can compare
+    assert not [f for f in check_reports(new, base, thresholds_for(base, [])).not_gated
+                if f.metric == "memory/policy/peak_bytes"]
+    # shown: the process, training and evaluation peaks always, a role's only beyond the threshold
+    process = Finding(GRPO, "memory/process_peak_bytes", 1.0, 1.0, "2%", label="unchanged")
+    training = Finding(GRPO, "memory/training_peak_bytes", 1.0, 1.0, "2%", label="unchanged")
+    worse = Finding(GRPO, "memory/policy/peak_bytes", 1.0, 2.0, "2%", label="worse")
+    better = Finding(GRPO, "memory/value/peak_bytes", 2.0, 1.0, "2%", label="better")
+    within = Finding(GRPO, "memory/reference/peak_bytes", 1.0, 1.01, "2%", label="within threshold")
+    assert shown_not_gated([process, training, worse, better, within]) == [process, training, worse, better]

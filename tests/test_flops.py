@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -158,11 +159,14 @@ def test_mfu() -> None:
         ("NVIDIA H100 PCIe", torch.float16, 756.5e12),
         ("NVIDIA H100 NVL", "bf16", 835.5e12),
         ("NVIDIA H200", torch.bfloat16, 989.5e12),
+        ("NVIDIA H200 NVL", "bf16", 835.5e12),
         ("NVIDIA L4", "fp16", 121e12),
         ("NVIDIA A10G", "bf16", 125e12),
         ("NVIDIA GeForce RTX 4090", torch.float32, 82.6e12),
         ("Tesla V100-SXM2-16GB", "fp16", 125e12),
         ("Tesla V100-SXM2-16GB", "bf16", None),  # Volta has no bf16
+        ("Tesla V100-PCIE-16GB", "fp16", 112e12),
+        ("Tesla V100S-PCIE-32GB", "fp16", 130e12),  # the V100S, not taken for a V100
         ("Tesla T4", torch.float32, 8.1e12),
         ("NVIDIA L40S", "bf16", None),  # not in the table, and not mistaken for an L4
         ("AMD Instinct MI300X", "bf16", None),
@@ -205,8 +209,36 @@ def test_a_cache_copied_from_another_machine_is_not_used(tmp_path) -> None:
     other = identity.replace(cpu_model_name(), "Some Other CPU", 1)
     assert other != identity
     (tmp_path / CPU_PEAK_CACHE_FILE).write_text(json.dumps({f"{other} | fp32 mm and linear up to 256": {"value": 123.0}}))
-    assert cpu_peak_flops(tmp_path, "fp32", max_n=256, reps=1) != 123.0
-    assert len(json.loads((tmp_path / CPU_PEAK_CACHE_FILE).read_text())) == 2
+    assert cpu_peak_flops(tmp_path, "fp32", max_n=256) != 123.0
+    cache = json.loads((tmp_path / CPU_PEAK_CACHE_FILE).read_text())
+    assert len(cache) == 2 and cache[f"{identity} | fp32 mm and linear up to 256"]["reps"] == 3  # the default
+
+
+def test_any_positive_cached_figure_is_read_and_a_broken_entry_is_measured_again(tmp_path) -> None:
+    identity = cpu_identity()
+    (tmp_path / CPU_PEAK_CACHE_FILE).write_text(json.dumps({
+        f"{identity} | fp32 mm and linear up to 256": {"value": 0.5},
+        f"{identity} | read {2**30} bytes": {"value": 0.25},  # the default size read: 1 GiB
+        f"{identity} | read {2**20} bytes": 5}))  # an entry with no value object
+    # cached figures below 1 (nothing measures so low, but nothing is wrong with them) are read
+    assert cpu_peak_flops(tmp_path, "fp32", max_n=256) == 0.5
+    assert cpu_peak_flops(tmp_path, "fp32", max_n=256, at_least=0.5) == 0.5  # a run that reached it exactly
+    assert cpu_read_bandwidth(tmp_path) == 0.25
+    assert cpu_read_bandwidth(tmp_path, nbytes=2**20, reps=1) > 1e8  # measured again (any machine reads 0.1 GB/s)
+    # into a cache folder that does not exist yet, recording how it measured
+    nested = tmp_path / "a" / "b"
+    assert cpu_read_bandwidth(nested, nbytes=2**20) > 1e8
+    assert json.loads((nested / CPU_PEAK_CACHE_FILE).read_text())[f"{identity} | read {2**20} bytes"]["reps"] == 3
+
+
+def test_an_unknown_key_value_width_is_zero_and_reads_as_the_hidden_size() -> None:
+    from rlbench.measure.roofline import decode_bytes
+
+    # FlopShape(N=100, L=2, d=4), kv_width left out (0, unknown), fp32 (4 bytes); one row, prompt 3, 2 tokens.
+    # Weights: 100 x 4 = 400 bytes, read at the prefill and at the 1 decoding step: 800.
+    # Keys and values per position: 2 x L 2 x width 4 (the hidden size) x 4 bytes = 64; positions read
+    # at that step: the prompt's 3 and the row's 1 own: 4 x 64 = 256. 800 + 256 = 1,056.
+    assert decode_bytes(FlopShape(100, 2, 4), [3], [2], 1, 4) == 1_056
 
 
 def test_read_bandwidth_is_measured_once_and_cached_beside_the_peaks(tmp_path) -> None:
@@ -282,3 +314,50 @@ def test_a_bf16_mixed_run_divides_by_the_bf16_peak(tmp_path) -> None:
     for phase in roofline.values():
         assert phase["floor_s"] == max(s for s in (phase["compute_s"], phase["memory_s"]) if s is not None)
         assert phase["ratio"] == pytest.approx(phase["measured_s"] / phase["floor_s"]) and phase["ratio"] > 0
+
+
+def _best_seconds(call, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_the_measured_rates_are_those_of_the_work_timed() -> None:
+    # The peak is 2 n^3 FLOPs over the best time of an n x n matmul (n = max_n = 128 here, under the
+    # 256 it starts at), the bandwidth the tensor's bytes over the best time of its sum. Timed here
+    # too, best of 20 (each a fraction of a millisecond: a best of many escapes other processes), the
+    # two agree within a factor of 8 on a loaded machine; a wrong FLOP count (n^4: 128x) or byte
+    # count (numel / 4: 16x too few) does not.
+    import torch.nn.functional as F
+
+    from rlbench.measure.flops import measure_matmul_flops, measure_read_bandwidth
+
+    n = 128
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    rate = measure_matmul_flops("fp32", n, 3, min_total_seconds=0.1)
+    here = 2 * n**3 / min(_best_seconds(lambda: torch.mm(a, b), 20), _best_seconds(lambda: F.linear(a, b), 20))
+    assert 1 / 8 < rate / here < 8
+    x = torch.ones(2**20)  # 4 MiB
+    x.sum()
+    bandwidth = measure_read_bandwidth(x.numel() * 4, 5)
+    assert 1 / 8 < bandwidth / (x.numel() * 4 / _best_seconds(x.sum, 20)) < 8
+
+
+def test_flop_shape_reads_the_key_value_width_and_the_head_of_each_kind_of_config() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaModel
+
+    torch.manual_seed(0)
+    # Grouped-query attention with a head size of its own: 2 key/value heads x head_dim 16 = 32
+    # (not 4 heads x 16 = 64, nor 2 x hidden 32 / 4 heads = 16); the LM head is 50 x 32 = 1,600.
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16, vocab_size=50)
+    shape = flop_shape(LlamaForCausalLM(config))
+    assert (shape.n_layers, shape.hidden, shape.head_params, shape.kv_width) == (2, 32, 1_600, 32)
+    assert flop_shape(LlamaModel(config)).head_params == 0  # a model without an output projection
+    # GPT-2's config names neither head_dim nor key/value heads: 4 heads of 32 / 4 = 8, a whole number
+    gpt2 = GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=50, n_positions=16, bos_token_id=0, eos_token_id=0)
+    shape = flop_shape(GPT2LMHeadModel(gpt2))
+    assert shape.kv_width == 32 and isinstance(shape.kv_width, int) and shape.head_params == 1_600  # tied: once

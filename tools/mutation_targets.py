@@ -19,12 +19,16 @@ MODULES: dict[str, list[str]] = {  # in the order they are tried: the named bugs
                                      "tests/test_ppo.py::test_ppo_value_loss_and_gradient_by_hand"],
     "rlbench/algorithms/advantages.py": ["tests/test_advantages.py",
                                          "tests/test_ppo.py::test_advantages_are_whitened_gae_by_hand"],
-    "rlbench/algorithms/sft_more.py": ["tests/test_sft_more_loss.py"],
+    "rlbench/algorithms/sft_more.py": ["tests/test_sft_more_loss.py",  # and which demonstrations each arm trains on:
+                                       "tests/test_accuracy_stages.py::test_sft_more_trains_on_the_same_"
+                                       "demonstrations_and_sft_new_data_on_fresh_ones"],
     "rlbench/algorithms/base.py": ["tests/test_algorithm_base.py"],
     "rlbench/algorithms/params.py": ["tests/test_algorithm_params.py"],
-    "rlbench/report/check.py": ["tests/test_check.py", "tests/test_faults_check.py", "tests/test_check_command.py"],
+    "rlbench/report/check.py": ["tests/test_check.py", "tests/test_faults_check.py", "tests/test_check_command.py",
+                                "tests/test_check_formats.py", "tests/test_check_hardware.py"],
     # the gate's thresholds and noise (exceeds, judge), moved out of check.py
-    "rlbench/report/gate.py": ["tests/test_check_inputs.py", "tests/test_check.py", "tests/test_faults_check.py"],
+    "rlbench/report/gate.py": ["tests/test_check_inputs.py", "tests/test_check.py", "tests/test_faults_check.py",
+                               "tests/test_check_hardware.py", "tests/test_check_command.py"],
 }
 # Modules tried for their named mutants only (no generated ones), with the tests that cover those.
 NAMED_ONLY: dict[str, list[str]] = {
@@ -83,7 +87,7 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
         "the one-seed branch: min and max of a single value are that value",
     ("rlbench/algorithms/advantages.py", "group_advantages", "torch.zeros_like(rewards[0])", "`0` -> `-1`"):
         "the branch of a single reward: rewards[0] and rewards[-1] are the same element",
-    ("rlbench/measure/flops.py", "cpu_peak_flops", "json.dump(cache, tmp, indent=2)", "`2` -> `3`"):
+    ("rlbench/measure/flops.py", "_cached", "json.dump(cache, tmp, indent=2)", "`2` -> `3`"):
         "the indentation of the cache file: the same JSON document",
     ("rlbench/algorithms/losses.py", "masked_mean", "total / count.clamp_min(1.0)", "`1.0` -> `0.5`"):
         "a mask's count is a whole number: clamped at 0.5 or at 1, an empty mask gives 0 / c = 0 and any other "
@@ -103,14 +107,17 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
      '`storage.device.type != "meta" and storage.data_ptr()` -> `storage.device.type != "meta" or storage.data_ptr()`'):
         "differs only for a real storage whose data pointer is 0, an empty one: it then shares a key with other "
         "empty storages, and every one of them holds 0 bytes (a storage with bytes never has pointer 0)",
-    ("rlbench/measure/flops.py", "measure_matmul_flops", "def measure_matmul_flops(dtype: str = \"fp32\", max_n: int = 2048, reps: int = 3, min_seconds: float = 0.2,",
-     "`2048` -> `2049`"):
-        "the largest matmul timed, 2049 instead of 2048: the same peak rate within the timing noise of a shared CPU; "
-        "no test can tell the two apart without timing one (tests read a recorded rate)",
-    ("rlbench/measure/flops.py", "measure_matmul_flops", "def measure_matmul_flops(dtype: str = \"fp32\", max_n: int = 2048, reps: int = 3, min_seconds: float = 0.2,", "`3` -> `4`"):
-        "timed calls per layout, 4 instead of 3: more of the same timing, the best rate within noise",
-    ("rlbench/measure/flops.py", "measure_matmul_flops", "def measure_matmul_flops(dtype: str = \"fp32\", max_n: int = 2048, reps: int = 3, min_seconds: float = 0.2,", "`0.2` -> `0.1`"):
-        "the shortest timing kept: a shorter floor times the same matmuls, the best rate within noise",
-    ("rlbench/measure/flops.py", "measure_matmul_flops", "min_total_seconds: float = 1.0", "`1.0` -> `0.5`"):
-        "how long the timing lasts in all: half a second less of the same calls, the best rate within noise",
+    ("rlbench/report/gate.py", "memory_kind", 'last = name.rsplit("/", 1)[-1]', "`1` -> `2`"):
+        "the last piece of a split from the right is the text after the last '/' whatever the number of splits "
+        "(1 or 2): the same name for every string",
+    ("rlbench/report/gate.py", "judge", "bool(higher) if higher is not None else True", "`higher is not None` -> `higher is None`"):
+        "judge reads only whether exceeds returns 0, and that does not depend on the direction passed: a relative "
+        "limit is passed when bad/good - 1 or good/bad - 1 exceeds it (worse_factor both ways, each computed "
+        "directly; the direction only swaps the two), an absolute one when base - new or new - base does "
+        "(negation is exact); the direction sets only the sign, which judge takes from `higher` itself",
+    ("rlbench/report/gate.py", "judge", "bool(higher) if higher is not None else True", "`True` -> `False`"):
+        "as for `higher is not None`: the direction given to exceeds never decides whether it returns 0",
+    ("rlbench/report/gate.py", "judge", 'return "better" if (new_value > base_value) == higher else "worse"',
+     "`new_value > base_value` -> `new_value >= base_value`"):
+        "equal values returned 'unchanged' at the top of judge: here new_value != base_value, so > and >= agree",
 }

@@ -181,7 +181,7 @@ def cpu_identity() -> str:
             f"threads {torch.get_num_threads()}")
 
 
-def measure_matmul_flops(dtype: str = "fp32", max_n: int = 2048, reps: int = 3, min_seconds: float = 0.2,
+def measure_matmul_flops(dtype: str, max_n: int, reps: int, min_seconds: float = 0.2,
                          min_total_seconds: float = 1.0) -> float:
     """FLOP/s of the fastest n x n matmul in `dtype` (2n^3 FLOPs each) of at least `reps` timed calls
     per layout, after one warm-up call each, and more (up to 50) until min_total_seconds have passed:
@@ -226,7 +226,7 @@ def measure_matmul_flops(dtype: str = "fp32", max_n: int = 2048, reps: int = 3, 
     return 2 * n**3 / best
 
 
-def measure_read_bandwidth(nbytes: int = 2**30, reps: int = 3) -> float:
+def measure_read_bandwidth(nbytes: int, reps: int) -> float:
     """Bytes per second read by the fastest of `reps` sums over an fp32 tensor of `nbytes` (with
     torch's threads), after one warm-up. 1 GiB is larger than any CPU's last-level cache."""
     import torch

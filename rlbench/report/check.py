@@ -261,7 +261,7 @@ def _gates_text(gates: Mapping[str, str]) -> str:
     return ", ".join(f"{rid} {kind}" for rid, kind in gates.items())
 
 
-def _findings_table(title: str, findings: list[Finding], colour: str, labels: bool = False) -> Table:
+def _findings_table(title: str, findings: list[Finding], colour: str, labels: bool) -> Table:
     table = Table(title=f"[{colour}]{escape(title)}[/]", title_justify="left")
     for col in ("run", "metric", "baseline", "new", "change", "threshold", *(("label",) if labels else ())):
         table.add_column(col, justify="right" if col in ("baseline", "new", "change") else "left",

@@ -223,7 +223,8 @@ def exceeds(threshold: Threshold, base: float, new: float, higher_is_better: boo
         factor = worse_factor(base, new, higher_is_better)
         if factor - 1 > threshold.limit:
             return 1
-        return -1 if factor == 0 or 1 / factor - 1 > threshold.limit else 0
+        # how many times better, as directly: 1 / factor can round past a limit the change equals
+        return -1 if worse_factor(base, new, not higher_is_better) - 1 > threshold.limit else 0
     worse = (base - new) if higher_is_better else (new - base)
     return 1 if worse > threshold.limit else (-1 if -worse > threshold.limit else 0)
 
