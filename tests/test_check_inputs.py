@@ -328,3 +328,15 @@ def test_memory_peaks_not_gated_are_listed_when_present_and_shown_when_they_matt
     better = Finding(GRPO, "memory/value/peak_bytes", 2.0, 1.0, "2%", label="better")
     within = Finding(GRPO, "memory/reference/peak_bytes", 1.0, 1.01, "2%", label="within threshold")
     assert shown_not_gated([process, training, worse, better, within]) == [process, training, worse, better]
+
+
+def test_a_baseline_figure_without_a_direction_or_a_value_is_not_compared(base) -> None:
+    """A baseline metric is compared only when it is gated, says which way is better and has a value."""
+    compared = check_reports(copy.deepcopy(base), base, thresholds_for(base, [])).metrics_compared
+    name = "memory/policy/weights_bytes"
+    for key in ("higher_is_better", "value"):
+        changed = copy.deepcopy(base)
+        _metrics(changed, GRPO)[name][key] = None
+        result = check_reports(copy.deepcopy(changed), changed, thresholds_for(changed, []))
+        assert result.metrics_compared == compared - 1, key
+        assert result.ok
