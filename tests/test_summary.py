@@ -304,3 +304,24 @@ def test_the_steady_rise_leaves_out_a_phase_s_first_call():
     stats.add("eval", 1.0, {"cpu": SimpleNamespace(start_bytes=0, peak_bytes=500, note="")})
     assert stats.rise_bytes["cpu"] == {"generate": 15000, "eval": 500}
     assert stats.steady_rise_bytes["cpu"] == {"generate": 8000}  # eval ran once: no steady figure
+
+
+class EngineChildrenAtThePeak(EngineChildren):
+    def children_memory(self) -> dict:
+        # the engine's processes held 1,300 bytes when the peak call (update) began
+        return {"method": "VmRSS", "peak_call": {"update": {"start_bytes": 1300}},
+                "resident_bytes": {"EngineCore": 1300}}
+
+
+class RecordedProbeWithChildrenAtThePeak(RecordedProbe):
+    probes = [EngineChildrenAtThePeak()]
+
+
+def test_the_engine_s_workspace_at_the_peak_call_is_attributed(suite):
+    # As test_reconciliation_by_hand, with the engine's processes at 1,300 bytes when the update began:
+    # beyond its 1,000-byte cache (static), 300 bytes of workspace. Attributed 1,180 + 6,900 + 300 = 8,380;
+    # other = 9,500 - 800 - 8,380 = 320.
+    out = summarize_run(FinishedRun(suite), RecordedProbeWithChildrenAtThePeak(), {"baseline_bytes": {"cpu": 800}})
+    r = out["memory"]["reconciliation"]["cpu"]
+    assert (r["engine_processes_bytes"], r["engine_workspace_bytes"]) == (1300, 300)
+    assert (r["static_bytes"], r["attributed_bytes"], r["other_bytes"]) == (1180, 8380, 320)
