@@ -65,7 +65,7 @@ class SuiteEstimate:
             "max_new_tokens": s.rollout.max_new_tokens, "engine": s.rollout.engine,
             "eval_batch_size": min(s.eval.size, s.eval.batch_size), "traced_on": self.device,
             "ranks": self.ranks, "per_rank": self.ranks > 1, "strategy": "fsdp2" if self.ranks > 1 else None,
-            "traced_layers": list(next((a.traced_depths for a in self.algorithms if a.traced_depths), ())),
+            "traced_layers": list(traced_depths(self.algorithms)),
             "extrapolated": any(len(a.traced_depths) > 1 for a in self.algorithms),
         }
 
@@ -117,10 +117,15 @@ def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int |
 
 def depth_note(algorithms: list[Any], layers: int, exact: bool) -> str:
     """How the figures were made: extrapolated from shortened traces, or every layer traced."""
-    depths = next((a.traced_depths for a in algorithms if a.traced_depths), ())
+    depths = traced_depths(algorithms)
     decode = "every decode step traced" if exact else "the first and last decode steps traced, the ones between fast-forwarded"
     if len(depths) > 1:
         return (f"every figure extrapolated to the model's {layers} decoder layers from traces of a copy cut to "
                 f"{' and '.join(map(str, depths))} layers (memory is affine in the number of layers; --exact traces "
                 f"all {layers}); {decode}")
     return f"every decoder layer traced ({layers}); {decode}"
+
+
+def traced_depths(algorithms: list[Any]) -> tuple[int, ...]:
+    """The decoder depths the algorithms' estimates traced (the first that traced any; () for none)."""
+    return tuple(next((a.traced_depths for a in algorithms if a.traced_depths), ()))

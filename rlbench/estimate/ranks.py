@@ -88,14 +88,13 @@ def label_sharded(tracker: Any, module: torch.nn.Module, role: str, trained: boo
     reduce-scattered them (the unsharded ones before it are the backward's transient)."""
     from torch.distributed.fsdp import FSDPModule
 
-    from rlbench.estimate.trace import LAYER_NAME
+    from rlbench.estimate.trace import layer_index
 
     for name, unit in module.named_modules():
         group = unit._get_fsdp_state()._fsdp_param_group if isinstance(unit, FSDPModule) else None
         if group is None:
             continue
-        match = LAYER_NAME.search(f".{name}.")
-        layer = int(match.group(1)) if match else -1
+        layer = layer_index(f"{name}.")
 
         def wait_for_unshard(*args: Any, group: Any = group, original: Any = group.wait_for_unshard, layer: int = layer,
                              **kwargs: Any) -> Any:

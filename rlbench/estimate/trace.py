@@ -77,6 +77,13 @@ KERNEL_SCRATCH = {torch.ops.aten.logsumexp.default: lambda args: args[0].numel()
 LAYER_NAME = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 
 
+def layer_index(name: str) -> int:
+    """The decoder layer a dotted parameter or buffer name belongs to, -1 for one outside the layers
+    (a module's name: pass it with a trailing dot)."""
+    match = LAYER_NAME.search(f".{name}")
+    return int(match.group(1)) if match else -1
+
+
 def _tensors(values: tuple | list) -> list[torch.Tensor]:
     """The tensors in an operator's arguments or results (tensors, and lists of them)."""
     out = []
@@ -196,9 +203,9 @@ class PhaseTracker(HooklessMemTracker):
     def layer_map(self, module: torch.nn.Module) -> None:
         """Note which storages are decoder layer k's weights (and which are weights outside the layers)."""
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            match = LAYER_NAME.search(f".{name}")
+            layer = layer_index(name)
             for storage in get_untyped_storages(tensor):  # a sharded (DTensor) weight: its local shard's
-                self._layers[storage] = int(match.group(1)) if match else -1
+                self._layers[storage] = layer
 
     def layer_of(self, tensor: torch.Tensor, layer: int) -> None:
         """Note that `tensor`'s storage is decoder layer `layer`'s weights (-1: outside the layers), as
