@@ -116,3 +116,55 @@ def test_precision_and_dtype_must_agree() -> None:
     assert load_suite(tiny, ["model.dtype=bfloat16", "model.precision=bf16-pure"]).model.precision == "bf16-pure"
     with pytest.raises(UserError, match="model.precision: bf16-mixed needs model.dtype bfloat16, got float32"):
         load_suite(tiny, ["model.precision=bf16-mixed"])
+
+
+def _two_steps_in_one_phase(precision, model: torch.nn.Module) -> tuple[list[torch.Tensor], list[list]]:
+    """Two forward/backward/step rounds inside one phase's precision context, as PPO's minibatches
+    run: each round's output, and after each backward the gradients each parameter holds."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x = torch.linspace(-1.0, 1.0, 32).reshape(4, 8)
+    outputs, grads = [], []
+    with precision.context("cpu"):
+        for _ in range(2):
+            out = model(x)
+            outputs.append(out.detach().float())
+            out.float().square().sum().backward()
+            grads.append([p.grad for p in model.parameters()])
+            optimizer.step()
+            optimizer.zero_grad()
+    return outputs, grads
+
+
+def test_a_step_inside_a_phase_reaches_the_next_forward_under_bf16_mixed() -> None:
+    # With autocast's cast cache on, the second forward reuses the bf16 copy of the weights made
+    # before the step and returns exactly the first output (a step of lr 0.5 moves these weights by
+    # far more than a bf16 rounding step, so the outputs must differ).
+    precision = resolve_precision(ModelConfig(dtype="bfloat16", precision="bf16-mixed"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    outputs, _ = _two_steps_in_one_phase(precision, model)
+    assert not torch.equal(outputs[0], outputs[1])
+
+
+def test_fsdp2_reduces_every_layer_s_gradients_at_every_step_under_bf16_mixed() -> None:
+    # FSDP2 reduce-scatters a unit's gradients in its post-backward hook. A cached bf16 copy made
+    # in the first round carries the first round's autograd node, which runs last in the second
+    # round's backward: the layers' gradients then arrive after their hooks and are never reduced
+    # (each layer's sharded gradient stays None and the full unsharded one stays allocated).
+    import torch.distributed as c10d
+    from torch.distributed.fsdp import fully_shard
+
+    precision = resolve_precision(ModelConfig(dtype="bfloat16", precision="bf16-mixed"))
+    c10d.init_process_group("gloo", store=c10d.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+        for layer in model:
+            fully_shard(layer)
+        fully_shard(model)
+        outputs, grads = _two_steps_in_one_phase(precision, model)
+    finally:
+        c10d.destroy_process_group()
+    assert not torch.equal(outputs[0], outputs[1])
+    for step in grads:
+        assert all(g is not None for g in step), "a layer's sharded gradient was never reduced"

@@ -5,7 +5,12 @@
                 AdamW keeps float32 moments: 16 bytes per parameter, as verl and TRL with
                 accelerate/DeepSpeed deploy. Every phase computes under `torch.autocast(bf16)`,
                 which makes bf16 copies of the weights as it goes (the copies are transient: they
-                belong to the phase, not to the role). Frozen roles (reference, reward) are held
+                belong to the phase, not to the role). Autocast's cast cache is off: with it, a
+                weight's bf16 copy lives until the phase ends, so a phase of several optimizer
+                steps (PPO's minibatches) would compute every step after the first with the
+                weights of the first, and FSDP2 would keep every layer's copy after resharding
+                it (and, its gradients reaching the layer after its post-backward hook, leave
+                them unreduced). Frozen roles (reference, reward) are held
                 in bf16. The lean decoder casts the policy's linear weights to bf16 once per
                 `generate` call instead of at every token.
     bf16-pure   every role in bf16, AdamW's moments too (8 bytes per trained parameter): updates
@@ -46,10 +51,11 @@ class Precision:
         return torch.float32 if trained and self.compute_dtype is not None else self.dtype
 
     def context(self, device: torch.device | str) -> AbstractContextManager:
-        """`torch.autocast` in the compute dtype on `device`, or nothing."""
+        """`torch.autocast` in the compute dtype on `device`, without its cast cache (see the module
+        docstring), or nothing."""
         if self.compute_dtype is None:
             return nullcontext()
-        return torch.autocast(torch.device(device).type, dtype=self.compute_dtype)
+        return torch.autocast(torch.device(device).type, dtype=self.compute_dtype, cache_enabled=False)
 
 
 def resolve_precision(cfg: ModelConfig) -> Precision:
