@@ -182,6 +182,7 @@ def test_accuracy_and_its_metrics_by_hand(summary):
     assert (metrics["eval/accuracy_before"]["value"], metrics["eval/accuracy_before"]["stderr"]) == (0.3, 0.019)
     assert metrics["eval/accuracy_delta"]["stderr"] == 0.04
     assert (metrics["eval/pass@4"]["value"], metrics["eval/pass@4"]["stderr"]) == (0.6, 0.035)
+    assert metrics["eval/pass@4"]["stderr_kind"] == "binomial"  # the after-evaluation's own binomial error
     assert metrics["eval/mean_length"]["value"] == 18.0 and "stderr" not in metrics["eval/mean_length"]
     assert "eval/accuracy_stderr_binomial" not in metrics and "eval/pass@4_stderr_binomial" not in metrics
 
