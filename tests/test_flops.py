@@ -255,8 +255,10 @@ def test_read_bandwidth_is_measured_once_and_cached_beside_the_peaks(tmp_path) -
 def test_peak_flops_picks_the_compute_dtype_and_says_where_it_came_from(tmp_path, monkeypatch) -> None:
     (tmp_path / CPU_PEAK_CACHE_FILE).write_text(json.dumps({
         f"{cpu_identity()} | fp32 mm and linear up to 2048": {"value": 4e11},
-        f"{cpu_identity()} | bf16 mm and linear up to 2048": {"value": 3e12}}))
+        f"{cpu_identity()} | bf16 mm and linear up to 2048": {"value": 3e12},
+        f"{cpu_identity()} | fp16 mm and linear up to 2048": {"value": 0.5}}))
     assert peak_flops("cpu", torch.bfloat16, tmp_path) == Peak(3e12, "bf16", "measured", cpu_model_name())
+    assert peak_flops("cpu", "fp16", tmp_path).flops_per_s == 0.5  # no run's rate given: any positive figure is read
     assert peak_flops("cpu", "float32", tmp_path).flops_per_s == 4e11
     assert peak_flops("cpu", "tf32", tmp_path).dtype == "fp32"  # TF32 is a GPU mode
     # a GPU's figure comes from the datasheet table (torch.cuda stood in for: no GPU here)
