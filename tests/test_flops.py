@@ -255,8 +255,10 @@ def test_read_bandwidth_is_measured_once_and_cached_beside_the_peaks(tmp_path) -
 def test_peak_flops_picks_the_compute_dtype_and_says_where_it_came_from(tmp_path, monkeypatch) -> None:
     (tmp_path / CPU_PEAK_CACHE_FILE).write_text(json.dumps({
         f"{cpu_identity()} | fp32 mm and linear up to 2048": {"value": 4e11},
-        f"{cpu_identity()} | bf16 mm and linear up to 2048": {"value": 3e12}}))
+        f"{cpu_identity()} | bf16 mm and linear up to 2048": {"value": 3e12},
+        f"{cpu_identity()} | fp16 mm and linear up to 2048": {"value": 0.5}}))
     assert peak_flops("cpu", torch.bfloat16, tmp_path) == Peak(3e12, "bf16", "measured", cpu_model_name())
+    assert peak_flops("cpu", "fp16", tmp_path).flops_per_s == 0.5  # no run's rate given: any positive figure is read
     assert peak_flops("cpu", "float32", tmp_path).flops_per_s == 4e11
     assert peak_flops("cpu", "tf32", tmp_path).dtype == "fp32"  # TF32 is a GPU mode
     # a GPU's figure comes from the datasheet table (torch.cuda stood in for: no GPU here)
@@ -361,3 +363,74 @@ def test_flop_shape_reads_the_key_value_width_and_the_head_of_each_kind_of_confi
     gpt2 = GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=50, n_positions=16, bos_token_id=0, eos_token_id=0)
     shape = flop_shape(GPT2LMHeadModel(gpt2))
     assert shape.kv_width == 32 and isinstance(shape.kv_width, int) and shape.head_params == 1_600  # tied: once
+
+
+def test_the_size_timed_doubles_until_a_call_is_long_enough_and_a_slow_layout_is_dropped() -> None:
+    from rlbench.measure.flops import next_matmul_size
+
+    # n = 256 of up to 2,048: the fastest call (linear, 0.01 s) is under 0.2 s, so 512 next; mm took
+    # 0.035 s, over 3 x 0.01 = 0.03: dropped (a layout 3x slower is not the peak's)
+    assert next_matmul_size(256, 2048, {"mm": 0.035, "linear": 0.01}, 0.2) == (["linear"], 512)
+    # exactly 3x the fastest is dropped too (0.75 = 3 x 0.25, exact in binary); at 0.25 s >= 0.2 s, n is timed
+    assert next_matmul_size(256, 2048, {"mm": 0.75, "linear": 0.25}, 0.2) == (["linear"], None)
+    # a call of exactly min_seconds is long enough; under 3x the fastest, both layouts stay
+    assert next_matmul_size(512, 2048, {"mm": 0.2, "linear": 0.3}, 0.2) == (["mm", "linear"], None)
+    # max_n reached: n is timed however fast its calls
+    assert next_matmul_size(2048, 2048, {"mm": 0.01, "linear": 0.02}, 0.2) == (["mm", "linear"], None)
+    # the default: a call of 0.15 s is too short (under 0.2 s), one of 0.2 s long enough
+    assert next_matmul_size(1024, 2048, {"mm": 0.15})[1] == 2048
+    assert next_matmul_size(1024, 2048, {"mm": 0.2})[1] is None
+
+
+def test_the_rounds_at_the_size_chosen_by_hand() -> None:
+    from rlbench.measure.flops import more_matmul_calls
+
+    # at least reps rounds, however long they took
+    assert more_matmul_calls(2, 5.0, 3, 1.0) and not more_matmul_calls(3, 5.0, 3, 1.0)
+    # then on while under min_total_seconds: 0.9 s of 1.0 goes on, 1.0 s stops
+    assert more_matmul_calls(3, 0.9, 3, 1.0) and not more_matmul_calls(3, 1.0, 3, 1.0)
+    # up to 50 rounds: 49 goes on, 50 stops, however short they were
+    assert more_matmul_calls(49, 0.1, 3, 1.0) and not more_matmul_calls(50, 0.1, 3, 1.0)
+    # the default min_total_seconds is 1.0
+    assert more_matmul_calls(3, 0.9, 3) and not more_matmul_calls(3, 1.0, 3)
+
+
+def test_a_matmul_rate_is_2n_cubed_over_the_fastest_call() -> None:
+    from rlbench.measure.flops import MatmulTiming
+
+    # n = 256: 2 x 256^3 = 33,554,432 FLOPs over the fastest of 1.0 and 0.5 s: 67,108,864 FLOP/s (exact)
+    assert MatmulTiming(256, ("mm",), 1, (1.0, 0.5)).flops_per_s == 67_108_864.0
+
+
+def test_the_sizes_and_rounds_timed() -> None:
+    """Real matmuls under settings whose outcome no machine's speed changes: min_seconds 0 (any call is
+    long enough) or infinite (none is), min_total_seconds 0 (reps rounds) or 60 s (50 rounds of a 64 x 64
+    matmul take milliseconds)."""
+    from rlbench.measure.flops import time_matmul
+
+    # max_n under the first size (256): n = 64; min_seconds 0 stops there; 2 rounds
+    timing = time_matmul("fp32", 64, 2, min_seconds=0.0, min_total_seconds=0.0)
+    assert (timing.n, timing.calls) == (64, 2) and set(timing.layouts) <= {"mm", "linear"} and timing.layouts
+    # one call per layout in the size choice, then one per kept layout per round; none takes 10 s
+    assert len(timing.seconds) == 2 + 2 * len(timing.layouts) and all(0 <= s < 10 for s in timing.seconds)
+    assert timing.flops_per_s == 2 * 64**3 / min(timing.seconds)
+    # min_seconds 0 at max_n 2,048: the first size, 256, is timed
+    assert time_matmul("fp32", 2048, 1, min_seconds=0.0, min_total_seconds=0.0).n == 256
+    # no call long enough: 256, then 512 = max_n
+    assert time_matmul("fp32", 512, 1, min_seconds=float("inf"), min_total_seconds=0.0).n == 512
+    # 1 round asked for, 60 s to fill: 50 rounds
+    assert time_matmul("fp32", 64, 1, min_seconds=0.0, min_total_seconds=60.0).calls == 50
+
+
+def test_the_bytes_read_are_the_fp32_elements_of_the_size_asked() -> None:
+    from rlbench.measure.flops import read_elements
+
+    # 4 bytes per fp32 element: 1 GiB is 2^28 of them; 7 bytes hold 1 whole one, 8 two; under 4 bytes, one
+    assert (read_elements(2**30), read_elements(7), read_elements(8), read_elements(3)) == (2**28, 1, 2, 1)
+
+
+def test_a_shape_without_a_head_counts_every_parameter_as_the_body() -> None:
+    # FlopShape(N=100, L=1, d=4), head left out (0): log-probs of one row, prompt 3, 2 completion tokens.
+    # Tokens run: 3 + 1 = 4; attended positions x 2: 3 x 4 + 1 x (6 + 1 + 1) = 20.
+    # 2 x 100 x 4 + 2 x 1 x 4 x 20 = 800 + 160 = 960 (a head of 1 would give 792 + 2 x 1 x 2 + 160 = 956)
+    assert pass_flops(FlopShape(100, 1, 4), [3], [2], 1, "logprobs") == 960

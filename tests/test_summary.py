@@ -6,14 +6,17 @@ optimizers, a real Budget and PhaseStats filled with recorded probe readings."""
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from rlbench.cache import cache_root
 from rlbench.config import load_suite
 from rlbench.measure.budget import Budget
+from rlbench.measure.flops import CPU_PEAK_CACHE_FILE, cpu_identity
 from rlbench.measure.hacking import PAIRED_INTERVAL, STDERR_SUM
 from rlbench.measure.phases import PhaseStats
 from rlbench.measure.summary import heldout_witness, summarize_run
@@ -98,12 +101,14 @@ def suite(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _recorded_matmul_rate(monkeypatch, tmp_path):
-    """The CPU's fp32 peak as measured once on a machine (2e10 FLOP/s), instead of timing a 2048 x 2048
-    matmul again under a shared CPU (10-20 s): the MFU below is then a figure worked by hand. A cache of
-    this test's own, so a peak another test measured and cached is not read instead."""
+def _recorded_rates(monkeypatch, tmp_path):
+    """The CPU's fp32 peak and read bandwidth as measured once on a machine (2e10 FLOP/s, 1e9 bytes/s),
+    instead of timing a 2048 x 2048 matmul and 1 GiB reads again under a shared CPU (10-20 s): the MFU
+    and the roofline below are then figures worked by hand. A cache of this test's own, so a peak
+    another test measured and cached is not read instead."""
     monkeypatch.setenv("RLBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("rlbench.measure.flops.measure_matmul_flops", lambda *args, **kwargs: 2e10)
+    monkeypatch.setattr("rlbench.measure.flops.measure_read_bandwidth", lambda *args, **kwargs: 1e9)
 
 
 @pytest.fixture
@@ -177,6 +182,7 @@ def test_accuracy_and_its_metrics_by_hand(summary):
     assert (metrics["eval/accuracy_before"]["value"], metrics["eval/accuracy_before"]["stderr"]) == (0.3, 0.019)
     assert metrics["eval/accuracy_delta"]["stderr"] == 0.04
     assert (metrics["eval/pass@4"]["value"], metrics["eval/pass@4"]["stderr"]) == (0.6, 0.035)
+    assert metrics["eval/pass@4"]["stderr_kind"] == "binomial"  # the after-evaluation's own binomial error
     assert metrics["eval/mean_length"]["value"] == 18.0 and "stderr" not in metrics["eval/mean_length"]
     assert "eval/accuracy_stderr_binomial" not in metrics and "eval/pass@4_stderr_binomial" not in metrics
 
@@ -325,3 +331,52 @@ def test_the_engine_s_workspace_at_the_peak_call_is_attributed(suite):
     r = out["memory"]["reconciliation"]["cpu"]
     assert (r["engine_processes_bytes"], r["engine_workspace_bytes"]) == (1300, 300)
     assert (r["static_bytes"], r["attributed_bytes"], r["other_bytes"]) == (1180, 8380, 320)
+
+
+def test_each_phase_against_its_floor_by_hand(summary, suite):
+    # FLOPs counted, no bytes: each floor is the compute bound over the 2e10 peak. generate 1e9 / 2e10 =
+    # 0.05 s, measured 2 s: ratio 40; update 3e9 / 2e10 = 0.15 s, measured 4 s: ratio 26.67; reference and
+    # eval counted nothing: not listed. The CPU's read bandwidth is given beside it (recorded: 1e9 bytes/s).
+    roofline = summary["roofline"]
+    assert set(roofline) == {"generate", "update"} and summary["read_bytes_per_s"] == 1e9
+    for phase, floor, measured in (("generate", 0.05, 2.0), ("update", 0.15, 4.0)):
+        assert roofline[phase]["compute_s"] == roofline[phase]["floor_s"] == pytest.approx(floor, rel=1e-12)
+        assert (roofline[phase]["memory_s"], roofline[phase]["bound"], roofline[phase]["measured_s"]) \
+            == (None, "compute", measured)
+        assert roofline[phase]["ratio"] == pytest.approx(measured / floor, rel=1e-12)
+    # bytes counted, no FLOPs: generate reads 5e8 bytes at 1e9 bytes/s, a 0.5 s memory floor; 2 s measured:
+    # ratio 4 (all exact in binary)
+    run = FinishedRun(suite)
+    run.budget.flops_by_phase, run.budget.bytes_by_phase = {}, {"generate": 5 * 10**8}
+    out = summarize_run(run, RecordedProbe(), {})
+    assert out["roofline"] == {"generate": {"compute_s": None, "memory_s": 0.5, "floor_s": 0.5, "bound": "memory",
+                                            "measured_s": 2.0, "ratio": 4.0}}
+    assert out["read_bytes_per_s"] == 1e9
+
+
+def test_a_run_with_no_step_or_nothing_counted_has_no_roofline(suite):
+    # bytes counted by a first step that never finished: no step, no roofline (nor bandwidth, nor peak)
+    run = FinishedRun(suite)
+    run.budget.steps, run.budget.bytes_by_phase = 0, {"generate": 5 * 10**8}
+    out = summarize_run(run, RecordedProbe(), {})
+    assert "roofline" not in out and "read_bytes_per_s" not in out and "mfu_peak" not in out
+    run = FinishedRun(suite)
+    run.budget.flops_by_phase = {}  # two steps, neither FLOPs nor bytes counted
+    assert "roofline" not in summarize_run(run, RecordedProbe(), {})
+
+
+def test_a_cached_peak_below_the_rate_the_run_reached_is_measured_again(suite):
+    # The run reached (1e9 + 3e9) FLOPs / 10 s = 4e8 FLOP/s (exact): a cached fp32 peak of 4e8 stands; one
+    # of 3.9e8 was measured under load, so it is measured again (the recorded 2e10).
+    path, key = cache_root() / CPU_PEAK_CACHE_FILE, f"{cpu_identity()} | fp32 mm and linear up to 2048"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for cached, peak in ((4e8, 4e8), (3.9e8, 2e10)):
+        path.write_text(json.dumps({key: {"value": cached}}))
+        assert summarize_run(FinishedRun(suite), RecordedProbe(), {})["mfu_peak"]["flops_per_s"] == peak
+    # A run that took no measurable time reached 4e9 FLOPs over 1 ns (its rates are over 1 ns) = 4e18
+    # FLOP/s: a cached 6e18 stands, its entry untouched (over 0.5 ns it would be 8e18: measured again).
+    run = FinishedRun(suite)
+    run.budget.seconds = 0.0
+    path.write_text(json.dumps({key: {"value": 6e18}}))
+    assert summarize_run(run, RecordedProbe(), {})["mfu_peak"]["flops_per_s"] == 6e18
+    assert json.loads(path.read_text())[key] == {"value": 6e18}

@@ -1,47 +1,34 @@
 """Model FLOPs per token, MFU, and the peak FLOP/s that MFU divides by.
 
 MFU (model FLOPs utilization) is defined in PaLM (Chowdhery et al. 2022, appendix B,
-https://arxiv.org/abs/2204.02311): the FLOPs the model's math needs per second, over the device's
-peak FLOP/s. Recomputation and other work the hardware does on top are not model FLOPs.
+https://arxiv.org/abs/2204.02311): the FLOPs the model's math needs per second, over the device's peak FLOP/s.
+Recomputation and other work the hardware does on top are not model FLOPs.
 
-Per token, a dense decoder-only transformer with N matmul parameters, L layers, hidden size d
-(= heads x head dim) and T attended positions needs (PaLM appendix B):
+Per token, a dense decoder-only transformer with N matmul parameters, L layers, hidden size d (= heads x head
+dim) and T attended positions needs (PaLM appendix B):
 
     forward:                  2N + 4LdT    (2 FLOPs per multiply-add; per layer QK^T and
                                             attention-weights x V each cost 2dT)
     trained (fwd + bwd):      6N + 12LdT   (the backward pass costs twice the forward)
 
-Conventions, as in PaLM and nanoGPT: N excludes input embedding tables (a lookup does no
-arithmetic) but includes the output projection (the LM head), counted once even when it is tied
-to the input embedding; `flop_params` computes it. The attention term ignores the causal mask
-(it counts all T positions, as PaLM does), and T is the number of positions a token attends to:
-the sequence length for a training sequence; for tokens generated with a KV cache, the mean
-context length (prompt + half the completion).
+Conventions, as in PaLM and nanoGPT: N excludes input embedding tables (a lookup does no arithmetic) but
+includes the output projection (the LM head), once even when tied to the input embedding (`flop_params`). T
+counts all positions a token attends to (PaLM ignores the causal mask): a training sequence's length; for
+tokens generated with a KV cache, the mean context length (prompt + half the completion).
 
-Run accounting (`pass_flops`, used by budget.flops and by MFU) counts the model FLOPs each pass
-computes, as rlbench runs it (a convention that keeps MFU <= 1: never a token the code does not
-run). Per group of G completions sharing a prompt of P real tokens, each completion with C real
-tokens: the prompt runs once per group where the pass shares it (generation's prefill, the packed
-log-prob passes), each completion's first C - 1 tokens run per row (the last token predicts
-nothing), the output head (LM or scalar head: `FlopShape.head_params`) only where its output is
-used (generation: the prompt's last position once per group, then each fed token; log-probs and
-values: the C positions predicting completion tokens), and attention is causal: the token at
-position i attends to i positions (a KV-cache decoder's work; PaLM counts the full square).
-Padding and recomputation (micro-batch re-forwards, checkpointed chunks) are not model FLOPs. Integer arithmetic
-throughout: exact and the same on every machine. (An earlier count charged each completion its
-prompt, with full-square attention: a bf16-mixed step on an AVX2 CPU read MFU 1.06; see
-docs/methodology.md.)
+Run accounting (`pass_flops`, used by budget.flops and by MFU) counts the model FLOPs each pass computes, as
+rlbench runs it (a convention that keeps MFU <= 1: never a token the code does not run): a group's prompt
+once where the pass shares it, each completion's first C - 1 tokens, the output head only where its output is
+used, causal attention (position i attends to i positions; PaLM counts the full square); padding and
+recomputation are not model FLOPs. Integer arithmetic: exact on every machine. (An earlier count charged each
+completion its prompt, with full-square attention: a bf16-mixed AVX2 step read MFU 1.06; docs/methodology.md.)
 
-Peaks, per compute dtype (MFU divides by the peak of the dtype the matmuls run in: bf16 under
-bf16-mixed, where an AMX CPU's bf16 peak is about 7x its fp32 one and an AVX2 CPU's is far below
-it): `gpu_peak_flops` looks a GPU up in a table of datasheet figures (dense, no sparsity);
-`cpu_peak_flops` measures a matmul in the dtype once per machine and caches it; `peak_flops` picks
-one and says which (value, dtype, measured or datasheet: the report's `mfu_peak`).
-`cpu_read_bandwidth` measures the memory read bandwidth once and caches it beside the peaks (the
-floor of a phase that streams its weights). The cache key is the CPU's identity (model, vendor,
-ISA features, torch's kernels and threads, `cpu_identity`): a cache copied to another machine never
-lends it this one's figures.
-"""
+Peaks, per compute dtype (MFU divides by the peak of the dtype the matmuls run in: bf16 under bf16-mixed, where
+an AMX CPU's bf16 peak is about 7x its fp32 one and an AVX2 CPU's is far below it): `gpu_peak_flops` (datasheet
+figures, dense), `cpu_peak_flops` (a matmul, measured once per machine and cached), and `peak_flops`, which
+picks one and says which (the report's `mfu_peak`). `cpu_read_bandwidth`, cached beside them, is the floor of
+a phase that streams its weights. The cache key is the CPU's identity (`cpu_identity`): a cache copied to
+another machine never lends it this one's figures."""
 
 from __future__ import annotations
 
@@ -78,26 +65,21 @@ def model_flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: fl
 
 
 def flop_params(model: Any) -> int:
-    """N for model_flops_per_token: all parameters but embedding tables, plus a tied LM head once.
-
-    An nn.Embedding weight is excluded unless an nn.Linear uses the same Parameter (a tied output
-    projection, a real matmul per token); each Parameter object is counted once.
-    """
+    """N for model_flops_per_token: all parameters but embedding tables, plus a tied LM head once. An
+    nn.Embedding weight is excluded unless an nn.Linear uses the same Parameter (a tied output projection, a
+    real matmul per token); each Parameter object is counted once."""
     import torch
 
     linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    embedding_only = {
-        id(m.weight)
-        for m in model.modules()
-        if isinstance(m, torch.nn.Embedding) and id(m.weight) not in linear_weights
-    }
+    embedding_only = {id(m.weight) for m in model.modules()
+                      if isinstance(m, torch.nn.Embedding) and id(m.weight) not in linear_weights}
     return sum(p.numel() for p in model.parameters() if id(p) not in embedding_only)
 
 
 @dataclass(frozen=True)
 class FlopShape:
-    """What the FLOP count needs of a model: N, L and d; the output head's share of N; the width
-    of a position's keys (or values) in one layer, for the bytes a decoder streams."""
+    """What the FLOP count needs of a model: N, L and d; the output head's share of N; the width of a
+    position's keys (or values) in one layer, for the bytes a decoder streams."""
 
     n_params: int
     n_layers: int
@@ -107,8 +89,8 @@ class FlopShape:
 
 
 def flop_shape(model: Any) -> FlopShape:
-    """N (flop_params), layers, hidden size, head parameters and key/value width of a causal LM or
-    of a scalar-head model (its backbone's config; its `head` is the output projection)."""
+    """N (flop_params), layers, hidden size, head parameters and key/value width of a causal LM or of a
+    scalar-head model (its backbone's config; its `head` is the output projection)."""
     config = getattr(model, "config", None) or model.backbone.config
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else getattr(model, "head", None)
     head_params = 0 if head is None else sum(p.numel() for p in head.parameters())
@@ -168,9 +150,9 @@ CPU_DTYPES = ("fp32", "bf16", "fp16")
 
 
 def cpu_identity() -> str:
-    """What a cached CPU measurement belongs to: the CPU (model, vendor, ISA features), the kernels
-    torch uses on it (capability, ISA limits), the torch build and its threads. A cache copied to
-    another machine, or read under other threads or kernels, measures afresh."""
+    """What a cached CPU measurement belongs to: the CPU (model, vendor, ISA features), the kernels torch
+    uses on it (capability, ISA limits), the torch build and its threads. A cache copied to another
+    machine, or read under other threads or kernels, measures afresh."""
     import torch
 
     from rlbench.environment import cpu_capability, cpu_features, cpu_vendor, numeric_env
@@ -181,70 +163,107 @@ def cpu_identity() -> str:
             f"threads {torch.get_num_threads()}")
 
 
-def measure_matmul_flops(dtype: str, max_n: int, reps: int, min_seconds: float = 0.2,
-                         min_total_seconds: float = 1.0) -> float:
-    """FLOP/s of the fastest n x n matmul in `dtype` (2n^3 FLOPs each) of at least `reps` timed calls
-    per layout, after one warm-up call each, and more (up to 50) until min_total_seconds have passed:
-    on a shared machine the best of many calls is the one least slowed by other processes, and a
-    peak measured low would let a run's MFU pass 1.
+MATMUL_FIRST_N = 256  # the first size timed (or max_n, if smaller)
+MIN_CALL_SECONDS = 0.2  # a call this long runs at its kernels' steady rate: the size timed stops doubling
+MIN_TOTAL_SECONDS = 1.0  # rounds at the chosen size go on (up to MAX_TIMED_CALLS) until this much has passed
+MAX_TIMED_CALLS = 50
 
-    Two layouts, as a model computes them: `a @ b` (torch.mm) and `x @ w.T` (F.linear, weights
-    stored transposed), which torch sends to different kernels: on an AVX2 CPU without bf16 units
-    the bf16 linear ran 3-7x faster than the bf16 mm (measured under load, 2 cores). The peak is
-    the best of both, so no run's model FLOP/s can pass it for a layout it was not measured in.
-    n starts at 256 and doubles up to max_n while a call takes under min_seconds: large enough for
-    the kernels' steady rate, small enough that a dtype this CPU has no units for (bf16 on AVX2:
-    tens of times slower than fp32) is measured in seconds, not minutes.
-    """
+
+def next_matmul_size(n: int, max_n: int, seconds: dict[str, float],
+                     min_seconds: float = MIN_CALL_SECONDS) -> tuple[list[str], int | None]:
+    """After one timed call of each layout at size n (`seconds`): the layouts kept, those under 3x the
+    fastest (a layout 3x slower is not the peak's), and the next size to time, 2n, or None to time n (it
+    reached max_n, or its fastest call took min_seconds: the kernels' steady rate)."""
+    best = min(seconds.values())
+    kept = [name for name, s in seconds.items() if s < 3 * best]
+    return kept, None if n >= max_n or best >= min_seconds else 2 * n
+
+
+def more_matmul_calls(calls: int, elapsed: float, reps: int, min_total_seconds: float = MIN_TOTAL_SECONDS) -> bool:
+    """Whether to time another round at the chosen size, after `calls` rounds in `elapsed` seconds: until
+    `reps` rounds, and on while under min_total_seconds, up to MAX_TIMED_CALLS."""
+    return calls < reps or (elapsed < min_total_seconds and calls < MAX_TIMED_CALLS)
+
+
+@dataclass(frozen=True)
+class MatmulTiming:
+    """What time_matmul timed: size n, the layouts kept, the rounds, every call's seconds at n."""
+
+    n: int
+    layouts: tuple[str, ...]
+    calls: int
+    seconds: tuple[float, ...]
+
+    @property
+    def flops_per_s(self) -> float:
+        return 2 * self.n**3 / min(self.seconds)  # n^3 multiply-adds, 2 FLOPs each, over the fastest call
+
+
+def _seconds(call: Any, *args: Any) -> float:
+    start = time.perf_counter()
+    call(*args)
+    return time.perf_counter() - start
+
+
+def time_matmul(dtype: str, max_n: int, reps: int, min_seconds: float = MIN_CALL_SECONDS,
+                min_total_seconds: float = MIN_TOTAL_SECONDS) -> MatmulTiming:
+    """Time n x n matmuls in `dtype` in two layouts, as a model computes them: `a @ b` (torch.mm) and
+    `x @ w.T` (F.linear), which torch sends to different kernels (on an AVX2 CPU without bf16 units the bf16
+    linear ran 3-7x faster than the bf16 mm, under load). n doubles from MATMUL_FIRST_N (next_matmul_size,
+    one call per layout after a warm-up) to the kernels' steady rate, yet a dtype this CPU has no units for
+    is timed in seconds; then rounds of the layouts kept (more_matmul_calls): the fastest is the least slowed."""
     import torch
     import torch.nn.functional as F
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    layouts = [torch.mm, F.linear]
-    n = min(256, max_n)
+    layouts = {"mm": torch.mm, "linear": F.linear}
+    n, kept = min(MATMUL_FIRST_N, max_n), list(layouts)
     while True:
-        a = torch.randn(n, n).to(torch_dtype)
-        b = torch.randn(n, n).to(torch_dtype)
+        a, b = torch.randn(n, n).to(torch_dtype), torch.randn(n, n).to(torch_dtype)
         seconds = {}
-        for layout in layouts:
-            layout(a, b)  # warm-up: thread pool start, first-touch of the output, kernel selection
-            start = time.perf_counter()
-            layout(a, b)
-            seconds[layout] = time.perf_counter() - start
-        best = min(seconds.values())
-        layouts = [f for f in layouts if seconds[f] < 3 * best]  # a layout 3x slower is not the peak's
-        if n >= max_n or best >= min_seconds:
+        for name in kept:
+            layouts[name](a, b)  # warm-up: thread pool start, first-touch of the output, kernel selection
+            seconds[name] = _seconds(layouts[name], a, b)
+        kept, following = next_matmul_size(n, max_n, seconds, min_seconds)
+        if following is None:
             break
-        n *= 2
-    began, calls = time.perf_counter(), 0
-    while calls < reps or (time.perf_counter() - began < min_total_seconds and calls < 50):
+        n = following
+    timed, calls, began = list(seconds.values()), 0, time.perf_counter()
+    while more_matmul_calls(calls, time.perf_counter() - began, reps, min_total_seconds):
         calls += 1
-        for layout in layouts:
-            start = time.perf_counter()
-            layout(a, b)
-            best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+        timed += [_seconds(layouts[name], a, b) for name in kept]
+    return MatmulTiming(n, tuple(kept), calls, tuple(timed))
+
+
+def measure_matmul_flops(dtype: str, max_n: int, reps: int, min_seconds: float = MIN_CALL_SECONDS,
+                         min_total_seconds: float = MIN_TOTAL_SECONDS) -> float:
+    """FLOP/s of the fastest matmul time_matmul timed, the best of both layouts: no run's model FLOP/s
+    can pass it for a layout it was not measured in (a peak measured low would let a run's MFU pass 1)."""
+    return time_matmul(dtype, max_n, reps, min_seconds, min_total_seconds).flops_per_s
+
+
+def read_elements(nbytes: int) -> int:
+    """fp32 elements in `nbytes` (at least one): what measure_read_bandwidth sums."""
+    return max(nbytes // 4, 1)
 
 
 def measure_read_bandwidth(nbytes: int, reps: int) -> float:
-    """Bytes per second read by the fastest of `reps` sums over an fp32 tensor of `nbytes` (with
-    torch's threads), after one warm-up. 1 GiB is larger than any CPU's last-level cache."""
+    """Bytes per second read by the fastest of `reps` sums over an fp32 tensor of `nbytes` (with torch's
+    threads), after one warm-up. 1 GiB is larger than any CPU's last-level cache."""
     import torch
 
-    x = torch.ones(max(nbytes // 4, 1), dtype=torch.float32)  # ones: the pages are written, so resident
+    x = torch.ones(read_elements(nbytes), dtype=torch.float32)  # ones: the pages are written, so resident
     x.sum()
     best = float("inf")
     for _ in range(reps):
-        start = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - start)
-    return x.numel() * 4 / best
+        best = min(best, _seconds(x.sum))
+    return x.numel() * x.element_size() / best
 
 
 def _cached(cache_dir: str | os.PathLike[str], key: str, measure: Any, at_least: float = 0.0, **details: Any) -> float:
     """The value cached under `key` in cache_dir/CPU_PEAK_CACHE_FILE, else `measure()` stored there
-    (atomically: a reader never sees half a file). A cached value below `at_least` (a rate a run
-    reached: it was measured while other processes ran) is measured again, and the larger kept."""
+    (atomically: a reader never sees half a file). A cached value below `at_least` (a rate a run reached:
+    it was measured while other processes ran) is measured again, and the larger kept."""
     path = Path(cache_dir) / CPU_PEAK_CACHE_FILE
     try:
         cache = json.loads(path.read_text())
@@ -277,9 +296,9 @@ def cpu_peak_flops(cache_dir: str | os.PathLike[str], dtype: str = "fp32", max_n
 
 
 def cpu_read_bandwidth(cache_dir: str | os.PathLike[str], nbytes: int = 2**30, reps: int = 3) -> float:
-    """This machine's memory read bandwidth in bytes per second (measure_read_bandwidth), measured
-    once and cached beside the peaks, under cpu_identity() and the size read: the floor of a phase
-    that streams its weights (decode) is its bytes over this figure."""
+    """This machine's memory read bandwidth in bytes per second (measure_read_bandwidth), measured once
+    and cached beside the peaks, under cpu_identity() and the size read: the floor of a phase that streams
+    its weights (decode) is its bytes over this figure."""
     key = f"{cpu_identity()} | read {nbytes} bytes"
     return _cached(cache_dir, key, lambda: measure_read_bandwidth(nbytes, reps), kind="read_bytes_per_s",
                    nbytes=nbytes, reps=reps)
@@ -288,10 +307,9 @@ def cpu_read_bandwidth(cache_dir: str | os.PathLike[str], nbytes: int = 2**30, r
 # ----------------------------------------------------------------------------------------- GPU
 
 _T = 1e12
-# Dense (no sparsity) peak FLOP/s from NVIDIA's datasheets, which print tensor-core figures with
-# 2:4 sparsity (twice these). bf16/fp16: tensor cores with fp32 accumulation; tf32: tensor cores
-# on fp32 inputs; fp32: the FP32 (CUDA) cores. Volta and Turing have no bf16 and no TF32 units:
-# their fp32 matmuls run on the FP32 cores, so "tf32" is their fp32 figure.
+# Dense (no sparsity) peak FLOP/s from NVIDIA's datasheets, which print tensor-core figures with 2:4 sparsity
+# (twice these). bf16/fp16: tensor cores with fp32 accumulation; tf32: tensor cores on fp32 inputs; fp32: the
+# FP32 (CUDA) cores. Volta and Turing have no bf16 and no TF32 units: "tf32" is their fp32 figure.
 GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
     "a100": {"bf16": 312 * _T, "fp16": 312 * _T, "tf32": 156 * _T, "fp32": 19.5 * _T},  # SXM and PCIe alike
     "h100-sxm": {"bf16": 989.5 * _T, "fp16": 989.5 * _T, "tf32": 494.5 * _T, "fp32": 67 * _T},
@@ -300,8 +318,7 @@ GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
     "h200-sxm": {"bf16": 989.5 * _T, "fp16": 989.5 * _T, "tf32": 494.5 * _T, "fp32": 67 * _T},
     "h200-nvl": {"bf16": 835.5 * _T, "fp16": 835.5 * _T, "tf32": 417.5 * _T, "fp32": 60 * _T},
     "l4": {"bf16": 121 * _T, "fp16": 121 * _T, "tf32": 60 * _T, "fp32": 30.3 * _T},
-    # A10G (AWS) figures are the A10 datasheet's.
-    "a10": {"bf16": 125 * _T, "fp16": 125 * _T, "tf32": 62.5 * _T, "fp32": 31.2 * _T},
+    "a10": {"bf16": 125 * _T, "fp16": 125 * _T, "tf32": 62.5 * _T, "fp32": 31.2 * _T},  # A10G (AWS) too
     "rtx-4090": {"bf16": 165.2 * _T, "fp16": 165.2 * _T, "tf32": 82.6 * _T, "fp32": 82.6 * _T},
     "v100-sxm": {"fp16": 125 * _T, "tf32": 15.7 * _T, "fp32": 15.7 * _T},
     "v100-pcie": {"fp16": 112 * _T, "tf32": 14 * _T, "fp32": 14 * _T},
@@ -309,20 +326,9 @@ GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
     "t4": {"fp16": 65 * _T, "tf32": 8.1 * _T, "fp32": 8.1 * _T},
 }
 
-_DTYPE_ALIASES = {
-    "bf16": "bf16",
-    "bfloat16": "bf16",
-    "torch.bfloat16": "bf16",
-    "fp16": "fp16",
-    "float16": "fp16",
-    "half": "fp16",
-    "torch.float16": "fp16",
-    "fp32": "fp32",
-    "float32": "fp32",
-    "float": "fp32",
-    "torch.float32": "fp32",
-    "tf32": "tf32",
-}
+_DTYPE_ALIASES = {**dict.fromkeys(("bf16", "bfloat16", "torch.bfloat16"), "bf16"), "tf32": "tf32",
+                  **dict.fromkeys(("fp16", "float16", "half", "torch.float16"), "fp16"),
+                  **dict.fromkeys(("fp32", "float32", "float", "torch.float32"), "fp32")}
 
 
 def gpu_chip(device_name: str) -> str | None:
@@ -330,10 +336,8 @@ def gpu_chip(device_name: str) -> str | None:
     name = device_name.lower()
     if "h200" in name:
         return "h200-nvl" if "nvl" in name else "h200-sxm"
-    if "h100" in name:
-        if "nvl" in name:
-            return "h100-nvl"
-        return "h100-pcie" if "pcie" in name else "h100-sxm"  # "NVIDIA H100 80GB HBM3" is the SXM part
+    if "h100" in name:  # "NVIDIA H100 80GB HBM3" is the SXM part
+        return "h100-nvl" if "nvl" in name else "h100-pcie" if "pcie" in name else "h100-sxm"
     if "a100" in name:
         return "a100"
     if re.search(r"\ba10g?\b", name):
@@ -353,11 +357,8 @@ def gpu_chip(device_name: str) -> str | None:
 
 def gpu_peak_flops(device_name: str, dtype: Any) -> float | None:
     """Dense peak FLOP/s of a known GPU for a compute dtype, None for an unknown GPU or unsupported dtype.
-
-    `dtype` is a torch dtype or one of "bf16", "fp16", "fp32", "tf32". torch.float32 means the FP32
-    cores; pass "tf32" when fp32 matmuls use TF32 (torch.backends.cuda.matmul.allow_tf32, or
-    torch.set_float32_matmul_precision("high")).
-    """
+    `dtype` is a torch dtype or one of "bf16", "fp16", "fp32", "tf32". torch.float32 means the FP32 cores; pass
+    "tf32" when fp32 matmuls use TF32 (torch.set_float32_matmul_precision("high") or its allow_tf32 flag)."""
     chip = gpu_chip(device_name)
     return None if chip is None else GPU_PEAK_FLOPS[chip].get(dtype_key(dtype))
 
@@ -384,8 +385,8 @@ class Peak:
 
 def peak_flops(device: Any, dtype: Any, cache_dir: str | os.PathLike[str], at_least: float = 0.0) -> Peak | None:
     """The peak of `device` (a torch.device or 'cpu'/'cuda') in compute dtype `dtype`: a CUDA GPU's
-    datasheet figure (None for a GPU or dtype not in the table), a CPU's measured and cached one,
-    measured again below `at_least` (tf32 is a GPU mode: on a CPU it is fp32)."""
+    datasheet figure (None for a GPU or dtype not in the table), a CPU's measured and cached one, measured
+    again below `at_least` (tf32 is a GPU mode: on a CPU it is fp32)."""
     import torch
 
     device = torch.device(device)
