@@ -35,6 +35,7 @@ _NOT_PURE = {torch.Tag.dynamic_output_shape, torch.Tag.data_dependent_output, to
 _pure: dict[Any, bool] = {}
 _memo: dict[tuple, Any] = {}
 enabled = True
+stats = {"hits": 0, "calls": 0}  # operators answered from the memo, and all it was asked
 _UNFIT = object()  # a key whose outputs cannot be made from metadata
 
 
@@ -144,6 +145,7 @@ def empty_like(mode: FakeTensorMode, tensor: torch.Tensor) -> FakeTensor:
 def call(mode: FakeTensorMode, func: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
     """`func(*args, **kwargs)` under `mode` (every tensor in them fake), from the memo when it can be."""
     key = memo_key(func, args, kwargs) if enabled else None
+    stats["calls"] += 1
     entry = _memo.get(key) if key is not None else None
     if entry is None or entry is _UNFIT:
         with mode:
@@ -154,6 +156,7 @@ def call(mode: FakeTensorMode, func: Any, args: tuple, kwargs: dict[str, Any]) -
             _memo[key] = _entry(out, args, kwargs)
         return out
     kind, meta = entry
+    stats["hits"] += 1
     inputs = _flat((*args, *kwargs.values())) if any(m[0] is not None for m in meta) else []
     with in_kernel_invocation_manager(mode):
         empties = []
