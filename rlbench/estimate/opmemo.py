@@ -142,7 +142,7 @@ def empty_like(mode: FakeTensorMode, tensor: torch.Tensor) -> FakeTensor:
     return FakeTensor(mode, empty, tensor.device)
 
 
-def call(mode: FakeTensorMode, func: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+def memo_call(mode: FakeTensorMode, func: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
     """`func(*args, **kwargs)` under `mode` (every tensor in them fake), from the memo when it can be."""
     key = memo_key(func, args, kwargs) if enabled else None
     stats["calls"] += 1

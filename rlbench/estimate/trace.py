@@ -62,7 +62,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from rlbench.estimate import opmemo
+from rlbench.estimate.opmemo import empty_like, memo_call
 
 ROLES = ("policy", "reference", "reward", "value", "rollout", "other")
 KINDS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache", "gathered")
@@ -303,7 +303,7 @@ class PhaseTracker(HooklessMemTracker):
             if func is torch.ops.aten._local_scalar_dense.default:
                 return True if args[0].dtype == torch.bool else 1  # a logged loss, a norm: any value does
             args, kwargs = self._twins(args), dict(zip(kwargs, self._twins(tuple(kwargs.values()))))
-            out = opmemo.call(self.fake_mode, func, args, kwargs)
+            out = memo_call(self.fake_mode, func, args, kwargs)
             if func in SAMPLING_OPS:  # a token sampled from fake logits: never EOS (the worst case)
                 return torch.full(out.shape, self.worst_token, dtype=torch.long, device=out.device)
             return out
@@ -329,7 +329,7 @@ class PhaseTracker(HooklessMemTracker):
             if isinstance(v, torch.Tensor) and not isinstance(v, FakeTensor):  # real, or meta
                 fake = self._fakes.get(v)
                 if fake is None:
-                    fake = opmemo.empty_like(self.fake_mode, v)
+                    fake = empty_like(self.fake_mode, v)
                     self._fakes[v] = fake
                 return fake
             if isinstance(v, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in v):
