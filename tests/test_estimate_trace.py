@@ -5,6 +5,7 @@ heads without an LM head, LoRA's free reference, gradient checkpointing)."""
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from rlbench.estimate import estimate_suite, opmemo
 from rlbench.estimate.predict import assemble
 from rlbench.estimate.simulate import trace_run
 from rlbench.estimate.source import config_from_dict
+from rlbench.estimate.standins import FastForwardDecoder
 from rlbench.estimate.trace import PhaseTracker
 from tests.test_estimate import MIB, TINY_CONFIG, TINY_SUITE, suite_file
 
@@ -97,11 +99,24 @@ def test_three_and_four_layers_extrapolate_to_five_exactly(tmp_path):
         assert line.phases[name].by_role == phase.by_role
 
 
-def test_decode_fast_forward_equals_every_step(tmp_path):
-    suite = load_suite(suite_file(tmp_path, TINY_SUITE.replace("max_new_tokens: 4", "max_new_tokens: 7")))
+@pytest.mark.parametrize("checkpointing", ["false", "true"])  # the lean decoder; the module's own, and its cache
+def test_decode_fast_forward_equals_every_step(tmp_path, checkpointing):
+    suite = load_suite(suite_file(tmp_path, TINY_SUITE.replace("max_new_tokens: 4", "max_new_tokens: 7")),
+                       [f"model.gradient_checkpointing={checkpointing}"])
     config, algo, cpu = config_from_dict(dict(TINY_CONFIG, num_hidden_layers=2)), suite.algorithms[0], torch.device("cpu")
-    skipped = assemble("x", algo, [trace_run(suite, algo, config, 2, 10, cpu, skip_decode=True)], 2)
-    every = assemble("x", algo, [trace_run(suite, algo, config, 2, 10, cpu, skip_decode=False)], 2)
+    made = []
+    init = FastForwardDecoder.__init__
+
+    def traced(skip: bool):
+        made.clear()
+        with mock.patch.object(FastForwardDecoder, "__init__", lambda self, *a, **k: (init(self, *a, **k),
+                                                                                       made.append(self))[0]):
+            trace = trace_run(suite, algo, config, 2, 10, cpu, skip_decode=skip)
+        return assemble("x", algo, [trace], 2), {(d.calls, d.ran) for d in made}
+
+    (skipped, fast), (every, slow) = traced(True), traced(False)
+    # 7 new tokens: sample() steps the decoder 6 times; fast-forwarded, the first and the last run.
+    assert fast == {(6, 2)} and slow == {(6, 6)}, (fast, slow)
     for name in ("generate", "eval"):
         assert skipped.phases[name].peak_bytes == every.phases[name].peak_bytes
         assert skipped.phases[name].by_role == every.phases[name].by_role
