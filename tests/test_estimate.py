@@ -1,7 +1,9 @@
-"""`rlbench estimate` against a real run on the embedded model: static bytes exact, each phase's
-rise call by call, the JSON's phases by role and kind, the printed table. The suites and helpers
-here are shared by the other estimate test files (test_estimate_trace.py: the tracker and what the
-traced run shows; test_estimate_cli.py: the command line, fits and the GPU check script)."""
+"""`rlbench estimate` against what rlbench builds and runs: a real run on the embedded model (static
+bytes exact, each phase's rise call by call, the JSON's phases by role and kind, the printed table),
+and the roles as rlbench loads them (scalar heads without an LM head, LoRA's free reference). The
+suites and helpers here are shared by the other estimate test files (test_estimate_trace.py: the
+tracker and what the traced run shows; test_estimate_cli.py: the command line, fits and the GPU
+check script)."""
 
 from __future__ import annotations
 
@@ -200,3 +202,54 @@ def test_estimate_prints_a_table_per_algorithm_with_the_verdict(small_pair):
     text = console.export_text()
     assert "grpo_zero: predicted peak of live tensors per phase (MiB)" in text
     assert "process peak" in text and "L4 (22.5 GiB): fits with a 20% margin" in text and "KV" in text
+
+
+# ---- roles as rlbench builds them -------------------------------------------------------------------
+
+ROLES_SUITE = """
+name: roles
+model: {name: MODEL, dtype: float32, sft: {steps: 0}}
+task: {name: synthetic, max_steps: 1, train_size: 64}
+algorithms:
+  - name: ppo
+    params: {ppo_epochs: 1, num_minibatches: 1}
+  - name: grpo_zero
+    label: no_reference
+    params: {beta: 0.0}
+budget: {steps: 1}
+rollout: {completions_per_step: 4, group_size: 2, max_new_tokens: 4}
+eval: {size: 2, batch_size: 2}
+"""
+
+
+def test_reward_and_value_roles_have_a_scalar_head_and_no_lm_head(tmp_path):
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(dict(TINY_CONFIG, num_hidden_layers=2)))
+    suite = load_suite(suite_file(tmp_path, ROLES_SUITE.replace("MODEL", str(config_path))))
+    ppo, no_reference = estimate_suite(suite, device="cpu", prompt_tokens=8).algorithms
+    vocab, hidden = TINY_CONFIG["vocab_size"], TINY_CONFIG["hidden_size"]
+    policy = ppo.static["policy"]["weights"]
+    head = (hidden + 1) * 4  # the scalar head: one weight row and a bias, fp32
+    assert ppo.static["reward"]["weights"] == policy - vocab * hidden * 4 + head
+    assert ppo.static["value"]["weights"] == ppo.static["reward"]["weights"]  # value_init: the reward model
+    # fp32 AdamW: two moments per parameter and a 4-byte step per tensor (2 layers of 9, embedding, norm, head's 2).
+    params = vocab * hidden + 2 * (2 * 32 * 32 + 2 * 32 * 16 + 3 * 32 * 64 + 2 * 32) + hidden + hidden + 1
+    assert ppo.static["value"]["gradients"] == 4 * params
+    assert ppo.static["value"]["optimizer"] == 2 * 4 * params + 4 * 22
+    assert ppo.static["reward"]["gradients"] == 0 and ppo.static["reference"]["weights"] == policy
+    assert set(ppo.roles) == {"policy", "value", "reference", "reward"}
+    assert no_reference.roles == ("policy",) and "ref_logprobs" not in no_reference.phases
+
+
+def test_lora_reference_costs_nothing(tmp_path):
+    pytest.importorskip("peft")
+    from rlbench.models.embedded import build_embedded
+
+    model, _ = build_embedded(0)
+    base = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    suite = load_suite(suite_file(tmp_path, TINY_SUITE), ["model.lora.r=4"])
+    lora = estimate_suite(suite, device="cpu", prompt_tokens=20).algorithms[0]
+    assert lora.error is None and lora.static["reference"]["total"] == 0
+    adapters = lora.static["policy"]["weights"] - base
+    # r=4 on q, k, v, o of 4 layers, width 128: A is 4 x 128 and B 128 x 4, fp32.
+    assert adapters == 4 * 4 * (4 * 128 + 128 * 4) * 4 and lora.static["policy"]["gradients"] == adapters
