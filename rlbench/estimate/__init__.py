@@ -18,7 +18,8 @@ paths a run takes.
 Per rank (`--ranks N`, or a suite's `distributed:` block): the same run as one rank of an FSDP2
 run sees it, every role sharded over N ranks, on PyTorch's fake process group (`ranks`).
 
-Modules: `trace` (the tracker: fake/real execution, labels, region peaks), `simulate` and `standins` (one run on
+Modules: `trace` (the tracker: fake/real execution, labels, region peaks), `opmemo` (its fast path past
+FakeTensorMode: fake outputs remembered by input metadata), `simulate` and `standins` (one run on
 fake tensors), `ranks` (one rank of an FSDP2 run), `predict` (depth extrapolation, per-phase
 figures), `source` (configs and prompt lengths), `gpus` (the cards and the margin), `fit` (fits /
 does not fit, the largest value that fits), `sizing` (smallest rank count, largest step),

@@ -7,10 +7,10 @@ precision (fp32, bf16-mixed) x rank count (1, 2, 4, 8), the per-rank process pea
 `rlbench estimate --ranks N` predicts at one stated step (`SETTINGS`), and the smallest of those
 rank counts whose peak fits an 80 GB card (H100-80GB, with the 20% margin and the device overhead
 of `rlbench.estimate.fit`). Every figure is an estimate on fake tensors: nothing is loaded; a
-cell (three algorithms at one rank count) takes more than 5 minutes of CPU at this step (512 new tokens,
-4 micro-batches, checkpointing: more operations to trace than the schema's default step), the
-whole table several hours on one core; `--cache` keeps finished cells, so an interrupted table
-resumes, and `--models` with `--merge` shares it between processes.
+cell (three algorithms at one rank count) took 236 s of CPU for the 7B shape on one rank at this
+step (512 new tokens, micro-batches of 8, checkpointing; measured on a shared AVX2 machine), more
+on several ranks; `--cache` keeps finished cells, so an interrupted table resumes, and `--models`
+with `--merge` shares it between processes.
 """
 
 from __future__ import annotations
@@ -143,8 +143,10 @@ def markdown(cells: dict[str, Any], seconds: float) -> str:
                 lines.append(f"| {name} | {precision} | {algo} | " + " | ".join(row) + f" | {gpus} |")
     missing = sum(1 for m in MODELS for p in PRECISIONS for n in RANKS if f"{m}|{p}|{n}" not in cells)
     if missing:
+        cpu = sorted(c["cpu_seconds"] for c in cells.values() if "cpu_seconds" in c)
+        took = f"the {len(cpu)} estimated took {cpu[0]:.0f} to {cpu[-1]:.0f} s of CPU each" if cpu else "none estimated"
         note = (f"**Incomplete:** `-` marks {missing} of {len(MODELS) * len(PRECISIONS) * len(RANKS)} (model, "
-                "precision, rank count) cells not estimated yet (each takes more than 5 minutes of CPU on this machine; see "
+                f"precision, rank count) cells not estimated yet ({took} on this machine; see "
                 "docs/results/ranks.md). The command resumes from `--cache` and fills them.")
         lines[4:4] = [note, ""]
     lines += ["", "Per-rank figures for one model and rank count, with every phase by role and kind: "

@@ -51,12 +51,14 @@ class FastForwardDecoder:
     """Wraps the decoder `rlbench.rollout.hf.sample` uses. The first and the last decode steps run
     for real; the steps between return the previous logits and only advance the decoder's position
     (the lean decoder preallocates its cache for every new token; a module decoder's cache is
-    grown to the length it would have reached). Also labels the decoder's caches as KV cache."""
+    grown to the length it would have reached). Also labels the decoder's caches as KV cache.
+    Whether the steps can be skipped is decided at the first step: a module decoder makes its cache
+    in `prefill` (none there, as with `use_cache=False`: every step runs)."""
 
     def __init__(self, decoder: Any, tracker: PhaseTracker, max_new_tokens: int, skip: bool) -> None:
         self.decoder, self.tracker, self.max_new_tokens = decoder, tracker, max_new_tokens
-        self.skip = skip and (hasattr(decoder, "steps") or _module_cache_layers(decoder) is not None)
-        self.calls, self.skipped, self.logits = 0, 0, None
+        self.skip = skip
+        self.calls, self.skipped, self.ran, self.logits = 0, 0, 0, None  # ran: steps run for real
 
     def _label_cache(self) -> None:
         for tensor in _cache_tensors(self.decoder):
@@ -70,6 +72,8 @@ class FastForwardDecoder:
 
     def step(self, tokens: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
         self.calls += 1
+        if self.calls == 1:
+            self.skip = self.skip and (hasattr(self.decoder, "steps") or _module_cache_layers(self.decoder) is not None)
         last = self.max_new_tokens - 1  # sample() calls step at most max_new_tokens - 1 times
         if self.skip and 1 < self.calls < last:
             self.skipped += 1
@@ -78,8 +82,10 @@ class FastForwardDecoder:
             return self.logits
         if self.skipped and not hasattr(self.decoder, "steps"):
             _grow_module_cache(self.decoder, self.skipped)
+            self._label_cache()  # the grown cache is KV cache, as the one it replaces was
             self.skipped = 0
         self.logits = self.decoder.step(tokens, alive)
+        self.ran += 1
         self._label_cache()
         return self.logits
 

@@ -62,6 +62,8 @@ from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from rlbench.estimate.opmemo import empty_like, memo_call
+
 ROLES = ("policy", "reference", "reward", "value", "rollout", "other")
 KINDS = ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache", "gathered")
 Label = _RefType("Label", {f"{r}/{k}": f"{r}/{k}" for r in ROLES for k in KINDS})
@@ -301,8 +303,7 @@ class PhaseTracker(HooklessMemTracker):
             if func is torch.ops.aten._local_scalar_dense.default:
                 return True if args[0].dtype == torch.bool else 1  # a logged loss, a norm: any value does
             args, kwargs = self._twins(args), dict(zip(kwargs, self._twins(tuple(kwargs.values()))))
-            with self.fake_mode:
-                out = func(*args, **kwargs)
+            out = memo_call(self.fake_mode, func, args, kwargs)
             if func in SAMPLING_OPS:  # a token sampled from fake logits: never EOS (the worst case)
                 return torch.full(out.shape, self.worst_token, dtype=torch.long, device=out.device)
             return out
@@ -328,8 +329,7 @@ class PhaseTracker(HooklessMemTracker):
             if isinstance(v, torch.Tensor) and not isinstance(v, FakeTensor):  # real, or meta
                 fake = self._fakes.get(v)
                 if fake is None:
-                    with self.fake_mode:
-                        fake = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device)
+                    fake = empty_like(self.fake_mode, v)
                     self._fakes[v] = fake
                 return fake
             if isinstance(v, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in v):
