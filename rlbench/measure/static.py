@@ -30,9 +30,13 @@ import torch
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The shard this rank holds, for a DTensor (FSDP2); the tensor itself otherwise."""
+    """The shard this rank holds, for a DTensor (FSDP2), read without an autograd node; the tensor
+    itself otherwise."""
     to_local = getattr(tensor, "to_local", None)
-    return to_local() if callable(to_local) else tensor
+    if not callable(to_local):
+        return tensor
+    with torch.no_grad():
+        return to_local()
 
 
 def _storage_keys(storage: torch.UntypedStorage, device: torch.device) -> tuple[tuple[str, int], ...]:

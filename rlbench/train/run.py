@@ -150,9 +150,8 @@ class Run:
         """Every role's static bytes (weights, master weights, gradients, optimizer state, buffers)."""
         from rlbench.measure.static import role_static_bytes
 
-        with torch.no_grad():  # a sharded weight's local shard without an autograd node (DTensor.to_local)
-            return sum(role_static_bytes(model, optimizer, self.precision.compute_dtype)["total"]
-                       for model, optimizer in self.role_models().values())
+        return sum(role_static_bytes(model, optimizer, self.precision.compute_dtype)["total"]
+                   for model, optimizer in self.role_models().values())
 
     # -- one step -------------------------------------------------------------------------------
     def next_prompts(self) -> list[Problem]:
