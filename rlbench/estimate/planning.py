@@ -7,9 +7,9 @@ precision (fp32, bf16-mixed) x rank count (1, 2, 4, 8), the per-rank process pea
 `rlbench estimate --ranks N` predicts at one stated step (`SETTINGS`), and the smallest of those
 rank counts whose peak fits an 80 GB card (H100-80GB, with the 20% margin and the device overhead
 of `rlbench.estimate.fit`). Every figure is an estimate on fake tensors: nothing is loaded; a
-cell (three algorithms at one rank count) took 236 s of CPU for the 7B shape on one rank at this
-step (512 new tokens, micro-batches of 8, checkpointing; measured on a shared AVX2 machine), more
-on several ranks; `--cache` keeps finished cells, so an interrupted table resumes, and `--models`
+cell (three algorithms at one rank count) takes minutes of CPU at this step (512 new tokens,
+micro-batches of 8, checkpointing; the measured times are in docs/results/ranks.md); `--cache`
+keeps finished cells, so an interrupted table resumes, and `--models`
 with `--merge` shares it between processes.
 """
 
