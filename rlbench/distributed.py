@@ -188,19 +188,28 @@ class Dist:
     @contextmanager
     def rollout_context(self, model: nn.Module) -> Iterator[None]:
         """Every FSDP unit of `model` gathered once for the whole block, resharded after it: the lean
-        decoder then reads plain tensors, and no token costs a collective."""
+        decoder then reads plain tensors, and no token costs a collective. A policy that samples
+        through its own module (gradient checkpointing on, an architecture the lean decoder does not
+        reproduce) runs FSDP2's forward hooks, whose post-forward would reshard each layer after its
+        first forward and all-gather it again at every token (and ranks that stop at different
+        lengths would then wait on each other): so each unit also keeps its weights gathered after
+        forward for the block (`set_reshard_after_forward(False)`, as PyTorch suggests for evals),
+        and gets its own setting back after it."""
         if not self.active:
             yield
             return
         from torch.distributed.fsdp import FSDPModule
 
         units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        kept = [_reshard_setting(unit) for unit in units]
         for unit in units:
             unit.unshard()
+            unit.set_reshard_after_forward(False, recurse=False)
         try:
             yield
         finally:
-            for unit in units:
+            for unit, setting in zip(units, kept):
+                _restore_reshard_setting(unit, setting)
                 unit.reshard()
 
     def gather_batch(self, batch: Batch, parts: dict[str, list[float]], pad_id: int) -> tuple[Batch, dict]:
@@ -288,6 +297,26 @@ class Dist:
         with self.rollout_context(model):
             result = evaluate(mine) if mine else {}
         return merge_evals(self._all_gather_objects(result))
+
+
+def _reshard_setting(unit: Any) -> tuple[bool | None, list[Any]]:
+    """What `set_reshard_after_forward` changes on one FSDP2 unit (its state's automatic choice and
+    each parameter group's post-forward mesh), to put back exactly: the root's automatic "keep
+    gathered after forward" is decided at its first forward, which may fall inside the block."""
+    state = unit._get_fsdp_state()
+    return (getattr(state, "_auto_reshard_after_forward", None),
+            [group.post_forward_mesh_info for group in state._fsdp_param_groups])
+
+
+def _restore_reshard_setting(unit: Any, setting: tuple[bool | None, list[Any]]) -> None:
+    state = unit._get_fsdp_state()
+    auto, meshes = setting
+    if auto is not None:
+        state._auto_reshard_after_forward = auto
+    for group, mesh in zip(state._fsdp_param_groups, meshes):
+        # a root whose first forward fell inside the block keeps its weights after forward, as that
+        # forward would have decided outside it
+        group.post_forward_mesh_info = None if auto and getattr(state, "_is_root", False) else mesh
 
 
 def merge_evals(results: list[dict[str, Any]]) -> dict[str, Any]:

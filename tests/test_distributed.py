@@ -315,3 +315,32 @@ def test_evaluations_of_slices_merge_into_one():
     assert merged["eval/accuracy"] == pytest.approx(5 / 16) and merged["eval/size"] == 16
     assert merged["eval/completion_length"] == pytest.approx(5.5)
     assert merged["eval/accuracy_stderr_binomial"] == pytest.approx(((5 / 16) * (11 / 16) / 16) ** 0.5)
+
+
+def test_the_rollout_block_keeps_every_unit_gathered_through_module_forwards():
+    # A policy that samples through its module (checkpointing on) runs FSDP2's hooks: without the
+    # block's setting, each layer's post-forward reshards it, and every later token all-gathers it
+    # again. Traced on PyTorch's fake process group of 2 ranks (real tensors, no data exchanged).
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from rlbench.distributed import Dist
+    from rlbench.estimate.ranks import fake_process_group
+
+    def sharded(module):
+        return [isinstance(p, DTensor) for p in module.parameters()]
+
+    with fake_process_group(2):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+        for layer in model:
+            fully_shard(layer)
+        fully_shard(model, reshard_after_forward=True)
+        dist = Dist(rank=0, world=2, backend="fake")
+        with torch.no_grad(), dist.rollout_context(model):
+            for _ in range(2):  # two tokens
+                model(torch.ones(1, 4))
+                assert not any(sharded(model)), "a unit was resharded by its forward inside the block"
+        assert all(sharded(model))
+        out = model(torch.ones(1, 4))  # outside the block, each layer's own setting again
+        assert all(sharded(model[0])) and all(sharded(model[1])), "a layer kept its weights after forward"
+        out.sum().backward()
