@@ -253,3 +253,29 @@ def test_lora_reference_costs_nothing(tmp_path):
     adapters = lora.static["policy"]["weights"] - base
     # r=4 on q, k, v, o of 4 layers, width 128: A is 4 x 128 and B 128 x 4, fp32.
     assert adapters == 4 * 4 * (4 * 128 + 128 * 4) * 4 and lora.static["policy"]["gradients"] == adapters
+
+
+def test_a_region_whose_two_traced_peaks_are_different_moments_is_named():
+    # Gathered weights grow by a layer's 30 MiB, as they should; activations fall by 20 MiB with a
+    # layer more, which no one moment of a region does: the line would take it 23 layers on (the
+    # 4 -> 5 -> 28 extrapolation) and the phase's figure with it.
+    from rlbench.estimate.predict import crossed_phases
+    from rlbench.estimate.simulate import Trace
+    from rlbench.estimate.trace import Peak
+
+    mib = 2**20
+
+    def trace(depth: int, eval_parts: dict[str, int], update_parts: dict[str, int]) -> Trace:
+        peaks = {("eval", 1, 0, "last"): Peak(sum(eval_parts.values()), eval_parts),
+                 ("update", 1, 1, "middle"): Peak(sum(update_parts.values()), update_parts)}
+        return Trace(depth, {}, {}, peaks, Peak(), ("policy",))
+
+    low = trace(4, {"policy/gathered": 60 * mib, "policy/activations": 40 * mib},
+                {"policy/gradients": 10 * mib, "policy/activations": 50 * mib})
+    high = trace(5, {"policy/gathered": 90 * mib, "policy/activations": 20 * mib},
+                 {"policy/gradients": 12 * mib, "policy/activations": 50 * mib - mib // 2})  # under 1 MiB: rounding
+    [note] = crossed_phases([low, high])
+    assert note.startswith("eval: its peaks at 4 and 5 layers are different moments (policy/activations 40.0 -> 20.0")
+    assert crossed_phases([low, trace(5, {"policy/gathered": 90 * mib, "policy/activations": 40 * mib},
+                                      {"policy/gradients": 12 * mib, "policy/activations": 50 * mib})]) == []
+    assert crossed_phases([high]) == []  # one trace (every layer traced): nothing to compare

@@ -246,12 +246,14 @@ SHORT_CONFIG = {"model_type": "llama", "vocab_size": 96, "hidden_size": 32, "int
                 "eos_token_id": 2}
 
 
-@pytest.mark.parametrize("algo", ["grpo_zero"])
-def test_per_rank_figures_from_two_short_traces_equal_the_full_trace(tmp_path, algo, monkeypatch):
+@pytest.mark.parametrize("algo,checkpointing", [("grpo_zero", False), ("grpo_zero", True)])
+def test_per_rank_figures_from_two_short_traces_equal_the_full_trace(tmp_path, algo, checkpointing, monkeypatch):
     """FSDP2 over 2 ranks: every figure of every phase (peak, rise, transient, by role and kind) and
     every role's static state, extrapolated from the estimate's 4- and 5-layer traces, equals the
     6-layer trace's to the byte (each decoder layer is one FSDP2 unit of like shards: what a layer adds is
     the same at every depth, and the gathered unit's transient and the head's are the same).
+    With gradient checkpointing on (the planning table's step), the policy samples through its
+    module, under FSDP2's forward hooks, and the same holds.
     One step per trace (about 4 s each here, 7 s with the steady-state second step):
     benchmarks/estimate_depth_vs_full.py holds the two-step traces at the real shapes' depths."""
     import torch
@@ -264,7 +266,7 @@ def test_per_rank_figures_from_two_short_traces_equal_the_full_trace(tmp_path, a
     monkeypatch.setattr(simulate, "STEPS", 1)
 
     (tmp_path / "config.json").write_text(json.dumps(SHORT_CONFIG))
-    suite = load_suite(_short(tmp_path, algo))
+    suite = load_suite(_short(tmp_path, algo, checkpointing))
     config, cpu = config_from_dict(SHORT_CONFIG), torch.device("cpu")
     [spec] = suite.algorithms
     full = assemble("x", spec, [trace_run(suite, spec, config, 6, 10, cpu, ranks=2)], 6)
@@ -284,7 +286,10 @@ def test_per_rank_figures_from_two_short_traces_equal_the_full_trace(tmp_path, a
             assert got.by_role == phase.by_role and got.peak_bytes == phase.peak_bytes, name
 
 
-def _short(tmp_path: Path, algo: str) -> Path:
+def _short(tmp_path: Path, algo: str, checkpointing: bool = False) -> Path:
     path = tmp_path / "short.yaml"
-    path.write_text(SHORT.replace("MODEL", str(tmp_path / "config.json")).replace("ALGO", algo))
+    text = SHORT.replace("MODEL", str(tmp_path / "config.json")).replace("ALGO", algo)
+    if checkpointing:
+        text = text.replace("sft: {steps: 0}", "sft: {steps: 0}, gradient_checkpointing: true")
+    path.write_text(text)
     return path

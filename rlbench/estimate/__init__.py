@@ -101,6 +101,7 @@ def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int |
     algorithms = [estimate_algorithm(suite, algo, model.config, prompt_tokens, traced_on, exact, prompt_lengths, ranks)
                   for algo in suite.algorithms]
     notes = [depth_note(algorithms, model.config.num_hidden_layers, exact)]
+    notes += [f"{a.label}: {note}" for a in algorithms for note in a.notes]
     if ranks > 1:
         notes.append(f"per rank: every role sharded with FSDP2 over {ranks} ranks as rlbench run shards it (traced as "
                      f"rank 0 of {ranks} on PyTorch's fake process group; each rank samples 1/{ranks} of the step's "
