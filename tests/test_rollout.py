@@ -280,3 +280,37 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     kept = top_p_filter(logits, 0.7).isfinite()
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.7, 0.5 + 0.3 reaches it
     assert top_p_filter(logits, 1.0).isfinite().all()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_module_decoder_s_prefill_makes_only_the_last_position_s_logits(arch):
+    # Sampling reads the next token's logits; the whole prompt's ([prompts, tokens, vocabulary])
+    # were the largest tensor of a module decoder's prefill.
+    model = ARCHITECTURES[arch]().eval()
+    ids, mask = _grouped_prompts(group=3)
+    shapes = []
+    model.lm_head.register_forward_hook(lambda module, args, output: shapes.append(tuple(output.shape)))
+    decoder = make_decoder(model, ids, mask, 3, 4, lean=False)
+    with torch.no_grad():
+        first = decoder.prefill()
+        full = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits[:, -1]
+    assert shapes[0] == (ids.shape[0] // 3, 1, model.config.vocab_size)
+    assert_close(first, full)  # the same next-token logits as the whole forward's last position
+
+
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_the_module_path_makes_logits_only_where_a_completion_token_is_predicted(group_size):
+    # [N, P + T, V] before: the prompt's positions too, none of which predicts a completion token.
+    model = _qwen2_gqa_with_biases().eval()
+    ids, mask = _grouped_prompts(group=3)
+    completion = torch.arange(10, 10 + 4 * ids.shape[0]).reshape(ids.shape[0], 4) % model.config.vocab_size
+    input_ids, attention = torch.cat([ids, completion], 1), torch.cat([mask, torch.ones_like(completion)], 1)
+    shapes = []
+    model.lm_head.register_forward_hook(lambda module, args, output: shapes.append(tuple(output.shape[:2])))
+    with torch.no_grad():
+        logits = completion_logits(model, input_ids, attention, ids.shape[1], group_size=group_size, lean=False)
+        whole = model(input_ids=input_ids, attention_mask=attention,
+                      position_ids=position_ids_from_mask(attention)).logits[:, ids.shape[1] - 1: -1]
+    n = ids.shape[0]
+    assert shapes[0] == ((n, 5) if group_size == 1 else (n // 3, 1))  # T + 1 positions; a shared prompt's last
+    assert_close(logits, whole)

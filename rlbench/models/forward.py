@@ -24,6 +24,7 @@ the same matrix products).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -42,17 +43,29 @@ def recomputes_in_backward(model: torch.nn.Module) -> bool:
     return model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
+def takes_argument(model: torch.nn.Module, argument: str) -> bool:
+    """Whether `model`'s forward names `argument` (a wrapper taking **kwargs may not pass it on)."""
+    try:
+        return argument in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _module_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                               prompt_width: int, group_size: int) -> torch.Tensor:
     positions = position_ids_from_mask(attention_mask)
+    # Only the positions that predict a completion token need logits: a model that can
+    # (transformers' `logits_to_keep`) makes only those, not the prompt's too.
+    keeps = takes_argument(model, "logits_to_keep")
     if group_size == 1 or input_ids.shape[1] == prompt_width or recomputes_in_backward(model):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
-        return logits[:, prompt_width - 1: -1]
+        keep = {"logits_to_keep": input_ids.shape[1] - prompt_width + 1} if keeps else {}
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **keep).logits
+        return logits[:, -(input_ids.shape[1] - prompt_width + 1): -1]
     n, p = input_ids.shape[0], prompt_width
     assert n % group_size == 0, f"{n} rows do not split into groups of {group_size}"
     heads = slice(0, n, group_size)
     prefix = model(input_ids=input_ids[heads, :p], attention_mask=attention_mask[heads, :p],
-                   position_ids=positions[heads, :p], use_cache=True)
+                   position_ids=positions[heads, :p], use_cache=True, **({"logits_to_keep": 1} if keeps else {}))
     cache = prefix.past_key_values
     assert cache is not None, f"{type(model).__name__} returned no key/value cache for the shared prompts"
     cache.batch_repeat_interleave(group_size)
