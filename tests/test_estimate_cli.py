@@ -26,6 +26,7 @@ from tests.test_estimate import ROOT, TINY_CONFIG, TINY_SUITE, rlbench, suite_fi
     (["--headroom", "max_new_tokens"], "--headroom: needs a card"),
     (["--dtype", "float8"], "--dtype: must be one of"),
     (["no/such/suite.yaml"], "suite: no such file"),
+    (["--jobs", "0"], "--jobs: must be 1 to 256, got 0"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message):
     proc = rlbench("estimate", *args)

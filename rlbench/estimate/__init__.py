@@ -73,22 +73,24 @@ class SuiteEstimate:
 
 def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int | None = None,
                    exact: bool = False, model: Any = None, prompt_lengths: dict[str, int] | None = None,
-                   ranks: int = 1, prompt_note: str = "given") -> SuiteEstimate:
+                   ranks: int = 1, prompt_note: str = "given", pool: Any = None) -> SuiteEstimate:
     """Predict every algorithm of `suite` (see the module docstring). `model` reuses a resolved
     `source.ModelSource` (the headroom search estimates one model many times). `prompt_lengths`
     (prompt text -> tokens, `check.run_prompt_lengths`) traces the prompts a run drew, each at its
     own length, instead of every prompt at the widest: to compare with that run. `ranks` > 1: one
     rank of an FSDP2 run over that many ranks (`ranks.py`; `ranks.check_ranks` first). `prompt_note`
-    says where a given `prompt_tokens` came from."""
+    says where a given `prompt_tokens` came from. `pool` (`parallel.TracePool`) traces side by side."""
     import time
 
     import torch
 
     from rlbench.device import default_device
+    from rlbench.estimate.parallel import SERIAL
     from rlbench.estimate.predict import estimate_algorithm
     from rlbench.estimate.source import longest_prompt, resolve_model
 
     start = time.perf_counter()
+    pool = pool or SERIAL
     model = model or resolve_model(suite.model.name, suite.model.trust_remote_code)
     if prompt_lengths:
         prompt_tokens = max(prompt_lengths.values())
@@ -98,8 +100,8 @@ def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int |
     else:
         note = prompt_note
     traced_on = torch.device(device) if device else default_device()
-    algorithms = [estimate_algorithm(suite, algo, model.config, prompt_tokens, traced_on, exact, prompt_lengths, ranks)
-                  for algo in suite.algorithms]
+    algorithms = pool.each(lambda algo: estimate_algorithm(suite, algo, model.config, prompt_tokens, traced_on, exact,
+                                                           prompt_lengths, ranks, pool), suite.algorithms)
     notes = [depth_note(algorithms, model.config.num_hidden_layers, exact)]
     notes += [f"{a.label}: {note}" for a in algorithms for note in a.notes]
     if ranks > 1:

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-tokens", type=int, metavar="N", help="prompt length to assume (default: the task's "
                                                                        "longest prompt, else model.max_prompt_tokens)")
     parser.add_argument("--device", help="trace on cpu or cuda kernels (default: cuda when present)")
+    parser.add_argument("--jobs", type=int, metavar="N", help="traces side by side in N worker processes (default: "
+                                                           "this machine's cores, at most 6); 1 traces in this process")
     parser.add_argument("--exact", action="store_true", help="trace every decoder layer and decode step instead of "
                                                             "4 and 5 layers and the first and last steps (slower)")
 
@@ -116,8 +118,11 @@ def estimate_command(args: argparse.Namespace, console: Console) -> int:
             raise UserError("--device: cuda asked for, but this machine has no CUDA device; use --device cpu")
     if args.prompt_tokens is not None and args.prompt_tokens < 1:
         raise UserError(f"--prompt-tokens: must be at least 1, got {args.prompt_tokens}")
+    if args.jobs is not None and not 1 <= args.jobs <= 256:
+        raise UserError(f"--jobs: must be 1 to 256, got {args.jobs}")
 
     from rlbench.estimate import estimate_suite
+    from rlbench.estimate.parallel import TracePool, default_jobs
     from rlbench.estimate.predict import estimate_algorithm
     from rlbench.estimate.source import context_length, longest_prompt, resolve_model
     from rlbench.estimate.view import as_json, print_estimate
@@ -126,24 +131,28 @@ def estimate_command(args: argparse.Namespace, console: Console) -> int:
     context = context_length(model.config)
     prompt_tokens, note = (args.prompt_tokens, "given") if args.prompt_tokens else longest_prompt(suite, model.tokenizer)
     limits(suite, context, prompt_tokens)
-    estimate = estimate_suite(suite, args.device, prompt_tokens, args.exact, model, ranks=ranks, prompt_note=note)
-    _precision_advice(suite, estimate.device)
-    import torch
+    with TracePool(args.jobs or default_jobs()) as pool:
+        estimate = estimate_suite(suite, args.device, prompt_tokens, args.exact, model, ranks=ranks, prompt_note=note,
+                                  pool=pool)
+        _precision_advice(suite, estimate.device)
+        import torch
 
-    device = torch.device(estimate.device)
+        device = torch.device(estimate.device)
 
-    def estimate_at(s: Suite, algo: object, n: int) -> object:
-        return estimate_algorithm(s, algo, model.config, estimate.prompt_tokens, device, args.exact, ranks=n)
+        def estimate_at(s: Suite, algo: object, n: int) -> object:
+            return estimate_algorithm(s, algo, model.config, estimate.prompt_tokens, device, args.exact, ranks=n,
+                                      pool=pool)
 
-    found = sizing = None
-    if args.headroom is not None:
-        found = headroom(suite, args.headroom, card[0], lambda s, a: estimate_at(s, a, ranks), context,
-                         estimate.prompt_tokens, ranks)
-    if card is not None and not args.headroom:
-        from rlbench.estimate.sizing import size_suite
+        found = sizing = None
+        if args.headroom is not None:
+            found = headroom(suite, args.headroom, card[0], lambda s, a: estimate_at(s, a, ranks), context,
+                             estimate.prompt_tokens, ranks)
+        if card is not None and not args.headroom:
+            from rlbench.estimate.sizing import size_suite
 
-        sizing = size_suite(suite, card[0], ranks, estimate.algorithms, estimate_at, context, estimate.prompt_tokens)
-        estimate.seconds = time.perf_counter() - started
+            sizing = size_suite(suite, card[0], ranks, estimate.algorithms, estimate_at, context,
+                                estimate.prompt_tokens, pool)
+            estimate.seconds = time.perf_counter() - started
     if args.json:
         print(json.dumps(as_json(estimate, card, found, args.headroom, sizing), indent=2))
     else:

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from rlbench.config import AlgorithmConfig, Suite
-from rlbench.estimate.simulate import Trace, TraceFailed, trace_run
+from rlbench.estimate.parallel import SERIAL, TracePool
+from rlbench.estimate.simulate import Trace, TraceFailed
 from rlbench.estimate.trace import KINDS, Peak
 from rlbench.measure.summary import PHASE_ROLE
 
@@ -175,14 +176,16 @@ def trace_depths(depth: int, exact: bool) -> tuple[int, ...]:
 
 def estimate_algorithm(suite: Suite, algo: AlgorithmConfig, config: Any, prompt_tokens: int,
                        device: torch.device, exact: bool = False,
-                       prompt_lengths: dict[str, int] | None = None, ranks: int = 1) -> AlgorithmEstimate:
+                       prompt_lengths: dict[str, int] | None = None, ranks: int = 1,
+                       pool: TracePool = SERIAL) -> AlgorithmEstimate:
     """Trace `algo` of `suite` on a model of `config` and predict each phase at the full depth
     (`prompt_lengths`: a run's own prompts, see `rlbench.estimate.simulate.trace_run`); `ranks` > 1:
-    per rank, every role sharded with FSDP2 over that many ranks (`rlbench.estimate.ranks`)."""
+    per rank, every role sharded with FSDP2 over that many ranks (`rlbench.estimate.ranks`); `pool`
+    traces the depths side by side (`rlbench.estimate.parallel`)."""
     depth = config.num_hidden_layers
     try:
-        traces = [trace_run(suite, algo, config, d, prompt_tokens, device, not exact, prompt_lengths, ranks)
-                  for d in trace_depths(depth, exact)]
+        traces = pool.run([(suite, algo, config, d, prompt_tokens, device, not exact, prompt_lengths, ranks)
+                           for d in trace_depths(depth, exact)])
     except TraceFailed as failed:
         return AlgorithmEstimate(algo.label or algo.name, algo.name, (), {}, {}, (), error=str(failed))
     estimate = assemble(algo.label or algo.name, algo, traces, depth)

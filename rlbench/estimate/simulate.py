@@ -96,6 +96,16 @@ class TraceFailed(Exception):
         where = f"in {phase}" if phase else "while loading"
         super().__init__(f"{where}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
 
+    def __reduce__(self) -> tuple:  # from a worker process (`rlbench.estimate.parallel`): phase and message
+        return _trace_failed, (self.phase, str(self))
+
+
+def _trace_failed(phase: str | None, message: str) -> TraceFailed:
+    failed = TraceFailed.__new__(TraceFailed)
+    Exception.__init__(failed, message)
+    failed.phase, failed.error = phase, None
+    return failed
+
 
 @dataclass
 class Trace:

@@ -27,6 +27,7 @@ from typing import Any
 from rlbench.config import AlgorithmConfig, Suite
 from rlbench.estimate.fit import largest_under, search_limit, search_step, verdict, with_value
 from rlbench.estimate.gpus import usable_bytes
+from rlbench.estimate.parallel import SERIAL, TracePool
 from rlbench.estimate.ranks import rank_errors
 
 RANK_COUNTS = (1, 2, 4, 8, 16, 32, 64)
@@ -106,8 +107,9 @@ def static_floor(estimate: Any, ranks: int) -> int:
 
 
 def size_suite(suite: Suite, total_gib: float, ranks: int, estimates: list[Any], estimate_at: EstimateAt,
-               context: int | None = None, prompt_tokens: int = 0) -> dict[str, dict[str, Any]]:
-    """Per algorithm label, `size_algorithm`'s answers (`estimates`: the suite's, in its order)."""
-    return {algo.label or algo.name: size_algorithm(suite, i, total_gib, ranks, estimates[i], estimate_at,
-                                                     context, prompt_tokens)
-            for i, algo in enumerate(suite.algorithms)}
+               context: int | None = None, prompt_tokens: int = 0, pool: TracePool = SERIAL) -> dict[str, dict[str, Any]]:
+    """Per algorithm label, `size_algorithm`'s answers (`estimates`: the suite's, in its order);
+    with a `pool` of worker processes the algorithms are sized side by side."""
+    answers = pool.each(lambda i: size_algorithm(suite, i, total_gib, ranks, estimates[i], estimate_at, context,
+                                                 prompt_tokens), range(len(suite.algorithms)))
+    return {algo.label or algo.name: answer for algo, answer in zip(suite.algorithms, answers)}

@@ -1,0 +1,55 @@
+"""Traces side by side (rlbench/estimate/parallel.py): the same figures as one after another."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+
+from rlbench.config import load_suite
+from rlbench.estimate import estimate_suite
+from rlbench.estimate.parallel import TracePool, default_jobs
+from rlbench.estimate.simulate import TraceFailed
+from rlbench.estimate.source import resolve_model
+
+# A tiny Llama of 8 layers (more than the estimate traces whole, so each estimate is two traces).
+CONFIG = {"model_type": "llama", "vocab_size": 96, "hidden_size": 32, "intermediate_size": 64,
+          "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
+          "max_position_embeddings": 256, "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1,
+          "eos_token_id": 2}
+SUITE = """
+name: parallel
+model: {name: MODEL, dtype: float32, sft: {steps: 0}}
+task: {name: synthetic, train_size: 64, max_steps: 1}
+algorithms:
+  - name: grpo_zero
+  - name: grpo
+budget: {steps: 1}
+rollout: {engine: hf, completions_per_step: 8, group_size: 4, max_new_tokens: 4}
+eval: {size: 2, batch_size: 2}
+"""
+
+
+def test_traces_in_worker_processes_give_every_figure_of_the_serial_estimate(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    (tmp_path / "suite.yaml").write_text(SUITE.replace("MODEL", str(tmp_path / "config.json")))
+    suite = load_suite(tmp_path / "suite.yaml")
+    model = resolve_model(str(tmp_path / "config.json"))
+    serial = estimate_suite(suite, "cpu", 10, model=model)
+    with TracePool(2) as pool:
+        side_by_side = estimate_suite(suite, "cpu", 10, model=model, pool=pool)
+    assert [a.traced_depths for a in serial.algorithms] == [(4, 5), (4, 5)]
+    assert [a.as_dict() for a in side_by_side.algorithms] == [a.as_dict() for a in serial.algorithms]
+
+
+def test_a_failed_trace_crosses_from_a_worker_with_its_phase_and_message():
+    failed = TraceFailed("update", ValueError("shapes differ\nsecond line"))
+    back = pickle.loads(pickle.dumps(failed))
+    assert (back.phase, str(back)) == ("update", "in update: ValueError: shapes differ")
+
+
+def test_the_pool_refuses_no_workers_and_defaults_to_at_most_six():
+    with pytest.raises(ValueError):
+        TracePool(0)
+    assert 1 <= default_jobs() <= 6
