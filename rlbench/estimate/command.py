@@ -146,7 +146,7 @@ def estimate_command(args: argparse.Namespace, console: Console) -> int:
         found = sizing = None
         if args.headroom is not None:
             found = headroom(suite, args.headroom, card[0], lambda s, a: estimate_at(s, a, ranks), context,
-                             estimate.prompt_tokens, ranks)
+                             estimate.prompt_tokens, ranks, pool)
         if card is not None and not args.headroom:
             from rlbench.estimate.sizing import size_suite
 

@@ -151,35 +151,38 @@ def search_limit(suite: Suite, name: str, algo: AlgorithmConfig, context: int | 
 
 
 def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[Suite, Any], Any],
-             context: int | None = None, prompt_tokens: int = 0, ranks: int = 1) -> dict[str, Any]:
+             context: int | None = None, prompt_tokens: int = 0, ranks: int = 1, pool: Any = None) -> dict[str, Any]:
     """Per algorithm label, the largest value of rollout setting `name` that fits `total_gib`
     (`capped`: the search stopped at its limit, `search_limit`, still fitting).
 
-    `estimate_one(suite, algo)` returns an AlgorithmEstimate for one algorithm of a suite.
+    `estimate_one(suite, algo)` returns an AlgorithmEstimate for one algorithm of a suite; `pool`
+    (`parallel.TracePool`) searches the algorithms side by side.
     """
+    from rlbench.estimate.parallel import SERIAL
+
     if name not in HEADROOM_FIELDS:
         raise UserError(f"--headroom: unknown setting '{name}'; choose one of {', '.join(HEADROOM_FIELDS)}")
-    out: dict[str, Any] = {}
-    for index, algo in enumerate(suite.algorithms):
+
+    def search(index: int) -> dict[str, Any]:
+        algo = suite.algorithms[index]
         group = step_shape(algorithm_params(algo), suite.rollout).group_size
         step = search_step(suite, name, algo, ranks)
         if name == "group_size" and group != suite.rollout.group_size:
-            out[algo.label or algo.name] = {"value": None, "note": f"its own group_size ({group}) is fixed"}
-            continue
+            return {"value": None, "note": f"its own group_size ({group}) is fixed"}
         if name == "group_size" and ranks > 1:
-            out[algo.label or algo.name] = {"value": None, "note": "group_size is searched on one rank only"}
-            continue
+            return {"value": None, "note": "group_size is searched on one rank only"}
 
-        def fits(value: int, index: int = index, algo: AlgorithmConfig = algo) -> bool:
+        def fits(value: int) -> bool:
             changed = with_value(suite, name, value, algo)
             estimate = estimate_one(changed, changed.algorithms[index])
             return not estimate.error and verdict(estimate, changed, total_gib)["fits"]
 
         limit = search_limit(suite, name, algo, context, prompt_tokens)
         value, probes = largest_fitting(fits, getattr(suite.rollout, name), step, limit)
-        out[algo.label or algo.name] = {"value": value, "probes": probes, "step": step,
-                                        "capped": value is not None and value + step > limit}
-    return out
+        return {"value": value, "probes": probes, "step": step, "capped": value is not None and value + step > limit}
+
+    answers = (pool or SERIAL).each(search, range(len(suite.algorithms)))
+    return {algo.label or algo.name: answer for algo, answer in zip(suite.algorithms, answers)}
 
 
 def largest_under(required: Callable[[int], int | None], usable: int, start: int, step: int = 1,
