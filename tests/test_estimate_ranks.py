@@ -293,3 +293,21 @@ def _short(tmp_path: Path, algo: str, checkpointing: bool = False) -> Path:
         text = text.replace("sft: {steps: 0}", "sft: {steps: 0}, gradient_checkpointing: true")
     path.write_text(text)
     return path
+
+
+def test_the_planning_table_names_the_fewest_gpus_and_the_peak_phases():
+    from rlbench.estimate.planning import ALGORITHMS, markdown
+
+    gib = 2**30
+
+    def cell(peak_gib: float, fits: bool, phase: str) -> dict:
+        return {"peak_bytes": int(peak_gib * gib), "fits": fits, "peak_phase": phase, "error": None}
+
+    cells = {f"shape:qwen2.5-7b|bf16-mixed|{n}": {a: cell(200 / n, n >= 4, "eval" if n > 1 else "update")
+                                                   for a in ALGORITHMS} | {"seconds": 60.0, "cpu_seconds": 50.0}
+             for n in (1, 2, 4, 8)}
+    text = markdown(cells, 240.0)
+    assert "| qwen2.5-7b | bf16-mixed | grpo_zero | *200.0* | *100.0* | 50.0 | 25.0 | 4 |" in text
+    assert "| qwen2.5-0.5b | bf16-mixed | ppo | - | - | - | - | - |" in text  # not estimated: no count
+    assert "**Incomplete:** `-` marks 28 of 32" in text
+    assert "eval in 9, update in 3 of the 12 figures" in text

@@ -107,14 +107,16 @@ def markdown(cells: dict[str, Any], seconds: float) -> str:
         "Each figure is the per-rank process peak of `rlbench estimate --ranks 4` (and 1, 2, 8) (GiB): the largest phase peak of live "
         "tensors on one rank, every role sharded with FSDP2 over N ranks as `rlbench run` shards it (parameters, "
         "gradients and AdamW state sharded; each unit all-gathered while it computes; the whole policy gathered once "
-        "for generation), traced on fake tensors, a copy of the model cut to 4 and 5 decoder layers extrapolated to "
+        "for generation and evaluation), traced on fake tensors, a copy of the model cut to 4 and 5 decoder layers extrapolated to "
         "its real depth (memory is affine in the number of layers; `benchmarks/estimate_depth_vs_full.py` holds the "
         "extrapolation against a trace of every layer). The step: "
         f"{SETTINGS['completions_per_step']} completions (GRPO and GRPO-Zero: groups of {SETTINGS['group_size']}; "
         f"PPO: one per prompt), prompts of {PROMPT_TOKENS} tokens, every completion {SETTINGS['max_new_tokens']} new "
         f"tokens (the worst case), micro-batches of {SETTINGS['micro_batch_size']} rows, gradient checkpointing on, "
         "the hf engine, each algorithm's default parameters (PPO holds policy, reference, reward model and value "
-        "model; GRPO policy, reference and reward model; GRPO-Zero policy and reference).",
+        "model; GRPO policy, reference and reward model; GRPO-Zero policy and reference). The held-out evaluation "
+        "generates the schema's default batch of 256 problems (`eval.batch_size`), each rank its slice of it, "
+        "with the same lengths.",
         "",
         f"`GPUs`: the smallest of {', '.join(map(str, RANKS))} ranks whose per-rank peak, plus "
         f"{DEVICE_OVERHEAD_GIB:g} GiB of device overhead, stays under {1 - MARGIN:.0%} of an {GPU} ({gib:g} GiB "
@@ -149,6 +151,16 @@ def markdown(cells: dict[str, Any], seconds: float) -> str:
                 f"precision, rank count) cells not estimated yet ({took} on this machine; see "
                 "docs/results/ranks.md). The command resumes from `--cache` and fills them.")
         lines[4:4] = [note, ""]
+    phases: dict[str, int] = {}
+    for cell in cells.values():
+        for algo in ALGORITHMS:
+            phase = (cell.get(algo) or {}).get("peak_phase")
+            if phase:
+                phases[phase] = phases.get(phase, 0) + 1
+    if phases:
+        counted = ", ".join(f"{phase} in {n}" for phase, n in sorted(phases.items(), key=lambda item: -item[1]))
+        lines += ["", f"The phase at each figure's peak: {counted} of the {sum(phases.values())} figures (the evaluation "
+                  "batch is 8 times the step's 32 completions; a smaller `eval.batch_size` lowers those)."]
     lines += ["", "Per-rank figures for one model and rank count, with every phase by role and kind: "
               "`rlbench estimate --model shape:qwen2.5-7b --ranks 4 --set model.precision=bf16-mixed`; the smallest "
               "rank count and the largest batch for a card: `--gpu H100-80GB`.", ""]
