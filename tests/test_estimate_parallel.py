@@ -53,3 +53,39 @@ def test_the_pool_refuses_no_workers_and_defaults_to_at_most_six():
     with pytest.raises(ValueError):
         TracePool(0)
     assert 1 <= default_jobs() <= 6
+
+
+def test_ctrl_c_ends_an_estimate_and_its_workers_at_once():
+    # A worker finishes its trace before it looks at a signal: the estimate stops them instead.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "rlbench", "estimate", "--model", "shape:qwen2.5-7b",
+                             "--ranks", "8", "--jobs", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL), os.setpgrp()))
+    try:
+        workers = []
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+            time.sleep(0.5)
+        assert len(workers) == 2, "the two workers never started"
+        while min(sum(w.cpu_times()[:2]) for w in workers) < 10 and time.monotonic() < deadline:
+            time.sleep(0.5)  # until both are in their traces (imports take about 4 s of CPU; a trace, tens)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole foreground group
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted"
+    # Stopped, the workers end in about a second (2.2 s at the 7B shape here); left to finish their
+    # traces, as before, the estimate took 30.7 s there to exit.
+    assert took < 10, f"the estimate took {took:.1f} s to end after Ctrl-C"
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)

@@ -65,19 +65,31 @@ class TracePool:
         items = list(items)
         if self._pool is None or len(items) < 2:
             return [function(item) for item in items]
-        with ThreadPoolExecutor(len(items)) as threads:
+        threads = ThreadPoolExecutor(len(items))
+        try:
             return list(threads.map(function, items))
+        except BaseException:  # Ctrl-C or a failure: stop the workers rather than wait for their traces
+            self.close(stop=True)
+            raise
+        finally:
+            threads.shutdown(wait=False, cancel_futures=True)
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+    def close(self, stop: bool = False) -> None:
+        """Shut the workers down; `stop`: end the traces they are running too (an interrupted
+        estimate returns at once, where a worker would finish its trace first)."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if stop:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        pool.shutdown(wait=not stop, cancel_futures=True)
 
     def __enter__(self) -> TracePool:
         return self
 
-    def __exit__(self, *args: Any) -> None:
-        self.close()
+    def __exit__(self, kind: Any, *args: Any) -> None:
+        self.close(stop=kind is not None)
 
 
 SERIAL = TracePool(1)
