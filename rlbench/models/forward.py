@@ -43,29 +43,32 @@ def recomputes_in_backward(model: torch.nn.Module) -> bool:
     return model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
-def takes_argument(model: torch.nn.Module, argument: str) -> bool:
-    """Whether `model`'s forward names `argument` (a wrapper taking **kwargs may not pass it on)."""
+def keep_logits(model: torch.nn.Module, positions: int) -> dict[str, int]:
+    """The forward argument that makes logits for the last `positions` positions only (transformers'
+    `logits_to_keep`), where `model`'s forward names it (a wrapper taking **kwargs may not pass it
+    on); otherwise none, and the model makes them all."""
     try:
-        return argument in inspect.signature(model.forward).parameters
+        named = "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
-        return False
+        named = False
+    return {"logits_to_keep": positions} if named else {}
 
 
 def _module_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                               prompt_width: int, group_size: int) -> torch.Tensor:
     positions = position_ids_from_mask(attention_mask)
-    # Only the positions that predict a completion token need logits: a model that can
-    # (transformers' `logits_to_keep`) makes only those, not the prompt's too.
-    keeps = takes_argument(model, "logits_to_keep")
+    # Only the positions that predict a completion token need logits (P-1 .. the last): a model that
+    # can makes only those, not the prompt's too.
     if group_size == 1 or input_ids.shape[1] == prompt_width or recomputes_in_backward(model):
-        keep = {"logits_to_keep": input_ids.shape[1] - prompt_width + 1} if keeps else {}
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **keep).logits
-        return logits[:, -(input_ids.shape[1] - prompt_width + 1): -1]
+        kept = input_ids.shape[1] - prompt_width + 1
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                       **keep_logits(model, kept)).logits
+        return logits[:, -kept: -1]
     n, p = input_ids.shape[0], prompt_width
     assert n % group_size == 0, f"{n} rows do not split into groups of {group_size}"
     heads = slice(0, n, group_size)
     prefix = model(input_ids=input_ids[heads, :p], attention_mask=attention_mask[heads, :p],
-                   position_ids=positions[heads, :p], use_cache=True, **({"logits_to_keep": 1} if keeps else {}))
+                   position_ids=positions[heads, :p], use_cache=True, **keep_logits(model, 1))
     cache = prefix.past_key_values
     assert cache is not None, f"{type(model).__name__} returned no key/value cache for the shared prompts"
     cache.batch_repeat_interleave(group_size)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from rlbench.device import module_device
 from rlbench.models.batching import left_pad, position_ids_from_mask
-from rlbench.models.forward import takes_argument
+from rlbench.models.forward import keep_logits
 from rlbench.models.lean_llama import LlamaDecoder, cast_linears, llama_parts
 from rlbench.rollout import EngineOptions, Rollout, SamplingParams
 
@@ -59,12 +59,11 @@ class ModuleDecoder:
 
     def prefill(self) -> torch.Tensor:
         heads = slice(0, self.prompt_ids.shape[0], self.group)  # each distinct prompt once
-        # Only the last position's logits are read: a model that can (transformers' `logits_to_keep`)
-        # makes only those, not [prompts, prompt tokens, vocabulary] (64 prompts of 256 tokens at
-        # Qwen2.5's 151,936 entries: 9.3 GiB in float32).
-        keep = {"logits_to_keep": 1} if takes_argument(self.model, "logits_to_keep") else {}
+        # Only the last position's logits are read: a model that can makes only those, not
+        # [prompts, prompt tokens, vocabulary] (64 prompts of 256 tokens at Qwen2.5's 151,936
+        # entries: 9.3 GiB in float32).
         out = self.model(input_ids=self.prompt_ids[heads], attention_mask=self.attention[heads],
-                         position_ids=self.positions[heads], use_cache=True, **keep)
+                         position_ids=self.positions[heads], use_cache=True, **keep_logits(self.model, 1))
         self.cache, logits = out.past_key_values, out.logits[:, -1]
         if self.group > 1:  # repeat each prompt's cache for its group
             self.cache.batch_repeat_interleave(self.group)
