@@ -9,12 +9,10 @@ import pytest
 
 from rlbench.estimate.parallel import TracePool, default_jobs
 from rlbench.estimate.simulate import TraceFailed
+from tests.test_estimate import TINY_CONFIG, rlbench, suite_file
 
-# A tiny Llama of 8 layers (more than the estimate traces whole, so each estimate is two traces).
-CONFIG = {"model_type": "llama", "vocab_size": 96, "hidden_size": 32, "intermediate_size": 64,
-          "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
-          "max_position_embeddings": 256, "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1,
-          "eos_token_id": 2}
+# TINY_CONFIG: a tiny Llama of 8 layers, more than the estimate traces whole, so each estimate is
+# two traces.
 SUITE = """
 name: parallel
 model: {name: MODEL, dtype: float32, sft: {steps: 0}}
@@ -40,16 +38,11 @@ def test_traces_in_worker_processes_give_every_figure_of_the_serial_estimate(tmp
     # Through the command, each in its own process: a pool of spawned workers leaves multiprocessing's
     # resource tracker running beside its parent, which would count as a child process of this one
     # in the tests of the process-tree probe.
-    import subprocess
-    import sys
-
-    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
-    (tmp_path / "suite.yaml").write_text(SUITE.replace("MODEL", str(tmp_path / "config.json")))
+    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    path = suite_file(tmp_path, SUITE.replace("MODEL", str(tmp_path / "config.json")))
     documents = []
     for jobs in ("1", "2"):
-        proc = subprocess.run([sys.executable, "-m", "rlbench", "estimate", str(tmp_path / "suite.yaml"), "--json",
-                               "--prompt-tokens", "10", "--device", "cpu", "--jobs", jobs],
-                              capture_output=True, text=True, timeout=600)
+        proc = rlbench("estimate", str(path), "--json", "--prompt-tokens", "10", "--device", "cpu", "--jobs", jobs)
         assert proc.returncode == 0, proc.stderr[-2000:]
         documents.append(json.loads(proc.stdout))
     serial, side_by_side = documents

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlbench.config import Suite
+from rlbench.estimate.parallel import SERIAL, TracePool
 
 __all__ = ["SuiteEstimate", "estimate_suite"]
 
@@ -73,7 +74,7 @@ class SuiteEstimate:
 
 def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int | None = None,
                    exact: bool = False, model: Any = None, prompt_lengths: dict[str, int] | None = None,
-                   ranks: int = 1, prompt_note: str = "given", pool: Any = None) -> SuiteEstimate:
+                   ranks: int = 1, prompt_note: str = "given", pool: TracePool = SERIAL) -> SuiteEstimate:
     """Predict every algorithm of `suite` (see the module docstring). `model` reuses a resolved
     `source.ModelSource` (the headroom search estimates one model many times). `prompt_lengths`
     (prompt text -> tokens, `check.run_prompt_lengths`) traces the prompts a run drew, each at its
@@ -85,12 +86,10 @@ def estimate_suite(suite: Suite, device: str | None = None, prompt_tokens: int |
     import torch
 
     from rlbench.device import default_device
-    from rlbench.estimate.parallel import SERIAL
     from rlbench.estimate.predict import estimate_algorithm
     from rlbench.estimate.source import longest_prompt, resolve_model
 
     start = time.perf_counter()
-    pool = pool or SERIAL
     model = model or resolve_model(suite.model.name, suite.model.trust_remote_code)
     if prompt_lengths:
         prompt_tokens = max(prompt_lengths.values())

@@ -24,6 +24,7 @@ from typing import Any
 from rlbench.config import AlgorithmConfig, Suite, algorithm_params, step_shape
 from rlbench.errors import UserError
 from rlbench.estimate.gpus import GPUS, MARGIN, gpu_gib, usable_bytes
+from rlbench.estimate.parallel import SERIAL, TracePool
 
 GIB = 2**30
 DEVICE_OVERHEAD_GIB = 1.0
@@ -151,15 +152,14 @@ def search_limit(suite: Suite, name: str, algo: AlgorithmConfig, context: int | 
 
 
 def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[Suite, Any], Any],
-             context: int | None = None, prompt_tokens: int = 0, ranks: int = 1, pool: Any = None) -> dict[str, Any]:
+             context: int | None = None, prompt_tokens: int = 0, ranks: int = 1,
+             pool: TracePool = SERIAL) -> dict[str, Any]:
     """Per algorithm label, the largest value of rollout setting `name` that fits `total_gib`
     (`capped`: the search stopped at its limit, `search_limit`, still fitting).
 
     `estimate_one(suite, algo)` returns an AlgorithmEstimate for one algorithm of a suite; `pool`
     (`parallel.TracePool`) searches the algorithms side by side.
     """
-    from rlbench.estimate.parallel import SERIAL
-
     if name not in HEADROOM_FIELDS:
         raise UserError(f"--headroom: unknown setting '{name}'; choose one of {', '.join(HEADROOM_FIELDS)}")
 
@@ -181,7 +181,7 @@ def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[
         value, probes = largest_fitting(fits, getattr(suite.rollout, name), step, limit)
         return {"value": value, "probes": probes, "step": step, "capped": value is not None and value + step > limit}
 
-    answers = (pool or SERIAL).each(search, range(len(suite.algorithms)))
+    answers = pool.each(search, range(len(suite.algorithms)))
     return {algo.label or algo.name: answer for algo, answer in zip(suite.algorithms, answers)}
 
 
