@@ -91,6 +91,25 @@ def test_the_line_search_finds_what_bisection_finds_in_fewer_estimates():
     assert value == 64 and probes <= 4  # 8, then 16 times larger at most per probe, capped at 64
 
 
+def test_the_search_follows_each_phase_when_the_peak_phase_changes_with_the_batch():
+    # an eval that does not grow with completions_per_step holds the peak until the update overtakes it:
+    # the line through the peaks of two eval-bound probes is flat, and doubling then bisecting takes a dozen
+    usable, step = 80_000, 32
+
+    def phases(v: int) -> dict[str, int]:
+        return {"eval": 60_000, "update": 10_000 + 45 * v + v // 9, "generate": 20_000 + 30 * v}
+
+    def peak(v: int) -> int:
+        return max(phases(v).values())
+
+    expected, bisected = largest_fitting(lambda v: peak(v) <= usable, 64, step, 16384)
+    got, probes, by_line = largest_under(phases, usable, 64, step, 16384, trust_line=True)
+    assert got == expected == 1536  # the update's line: 10,000 + 45.1 v <= 80,000 at v <= 1,551
+    assert probes == 3 and by_line  # the suite's batch, twice it, the update's line
+    _, probes_by_peak, _ = largest_under(peak, usable, 64, step, 16384, trust_line=True)
+    assert probes_by_peak >= 3 * probes  # the largest alone: about as many as bisection (11)
+
+
 def test_sizing_finds_the_smallest_power_of_two_and_the_largest_step(tmp_path):
     suite = load_suite(tiny_suite(tmp_path), ["distributed.nproc_per_node=1", "rollout.completions_per_step=16"])
     per_completion, static = 100 * MIB, 12 * GIB

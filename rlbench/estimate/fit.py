@@ -35,6 +35,8 @@ HEADROOM_FIELDS = ("completions_per_step", "max_new_tokens", "group_size")
 MAX_COMPLETIONS = 16384
 MAX_VALUE = MAX_COMPLETIONS
 MAX_SEQUENCE_TOKENS = 1 << 20  # the context assumed of a model whose config names none
+Need = int | dict[str, int] | None  # bytes, or bytes per part (the largest counts); None: the estimate failed
+INF = float("inf")
 
 
 def card_gib(gpu_gib_: float | None, gpu: str | None) -> tuple[float, str] | None:
@@ -185,26 +187,29 @@ def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[
     return {algo.label or algo.name: answer for algo, answer in zip(suite.algorithms, answers)}
 
 
-def largest_under(required: Callable[[int], int | None], usable: int, start: int, step: int = 1,
+def largest_under(required: Callable[[int], Need], usable: int, start: int, step: int = 1,
                   limit: int = MAX_VALUE, trust_line: bool = False) -> tuple[int | None, int, bool]:
     """The largest multiple of `step` up to `limit` whose `required(value)` bytes (monotone in value;
     None: the estimate failed, as not fitting) stay within `usable`; (None if not even `step` does,
-    probes made, whether the line settled it). The next value tried is where the line through the
-    two nearest probes meets `usable` (memory grows about linearly with the batch), kept inside the
-    bracket and halving it at least every other probe, so a handful of estimates settle what
-    bisection takes a dozen for. `trust_line`: a value the line chose that fits, and past which
-    the line through it and the nearest other probe leaves no multiple that fits, is the answer
-    (the next multiple's bytes predicted, not traced: one estimate instead of two or three)."""
+    probes made, whether the line settled it).
+
+    `required` gives one figure, or one per part (a phase's peak with the device overhead): the
+    card must hold the largest. Each part grows about linearly with the batch, while their maximum
+    need not (an eval that does not grow with completions_per_step holds the peak until the update
+    overtakes it), so the next value tried is where the first part's line, through the two nearest
+    probes, meets `usable`; kept inside the bracket and halving it at least every other probe, so a
+    handful of estimates settle what bisection takes a dozen for. `trust_line`: a value the lines
+    chose that fits, and past which they leave no multiple that fits, is the answer (the next
+    multiple's bytes predicted, not traced: one estimate instead of two or three)."""
     top = max(1, limit // step)
-    seen: dict[int, float] = {}
+    seen: dict[int, dict[str, float]] = {}
     lo: int | None = None  # the largest multiple known to fit
     hi: int | None = None  # the smallest known not to
 
     def probe(k: int) -> None:
         nonlocal lo, hi
-        value = required(k * step)
-        seen[k] = float("inf") if value is None else value
-        if seen[k] <= usable:
+        seen[k] = _parts(required(k * step))
+        if max(seen[k].values()) <= usable:
             lo = k if lo is None else max(lo, k)
         else:
             hi = k if hi is None else min(hi, k)
@@ -219,13 +224,11 @@ def largest_under(required: Callable[[int], int | None], usable: int, start: int
         if lo is not None and hi is not None and hi - lo <= 1:
             return lo * step, len(seen), False
         low, high = (lo if lo is not None else max(1, hi // 16)), (hi if hi is not None else min(top, lo * 16))
-        finite = sorted((k, r) for k, r in seen.items() if r != float("inf"))
+        finite = sorted((k, parts) for k, parts in seen.items() if INF not in parts.values())
         guess, by_line = None, False
         if not halve and len(finite) >= 2:
-            (ka, ra), (kb, rb) = _nearest(finite, lo, hi)
-            if rb != ra:
-                guess = int(ka + (usable - ra) * (kb - ka) / (rb - ra))
-                by_line = (lo or 0) < guess < (hi or top + 1)
+            guess = _crossing(*_nearest(finite, lo, hi), usable)
+            by_line = guess is not None and (lo or 0) < guess < (hi or top + 1)
         if guess is None or not (lo or 0) < guess < (hi or top + 1):
             guess = (low + high) // 2 if lo is not None and hi is not None else (lo * 2 if lo is not None else hi // 2)
         guess = max(1, min(top, guess))
@@ -241,17 +244,35 @@ def largest_under(required: Callable[[int], int | None], usable: int, start: int
             halve = by_line and lo == guess
 
 
-def _line_exceeds(seen: dict[int, float], k: int, usable: int) -> bool:
-    """Whether the line through probe `k` and the nearest other finite probe puts `k + 1` over `usable`."""
-    others = [j for j, r in seen.items() if j != k and r != float("inf")]
+def _parts(value: Need) -> dict[str, float]:
+    if value is None:
+        return {"": INF}
+    return {k: float(v) for k, v in value.items()} if isinstance(value, dict) else {"": float(value)}
+
+
+def _crossing(a: tuple[int, dict[str, float]], b: tuple[int, dict[str, float]], usable: int) -> int | None:
+    """Where the first part's line through probes `a` and `b` reaches `usable` (None: no part grows)."""
+    (ka, pa), (kb, pb) = a, b
+    found = []
+    for key in pa.keys() & pb.keys():
+        slope = (pb[key] - pa[key]) / (kb - ka)
+        if slope > 0:
+            found.append(ka + (usable - pa[key]) / slope)
+    return int(min(found)) if found else None
+
+
+def _line_exceeds(seen: dict[int, dict[str, float]], k: int, usable: int) -> bool:
+    """Whether the lines through probe `k` and the nearest other finite probe put a part of `k + 1` over `usable`."""
+    others = [j for j, parts in seen.items() if j != k and INF not in parts.values()]
     if not others:
         return False
     j = min(others, key=lambda j: abs(j - k))
-    slope = (seen[k] - seen[j]) / (k - j)
-    return slope > 0 and seen[k] + slope > usable
+    return any(seen[k][key] + max(0.0, (seen[k][key] - seen[j][key]) / (k - j)) > usable
+               for key in seen[k].keys() & seen[j].keys())
 
 
-def _nearest(points: list[tuple[int, float]], lo: int | None, hi: int | None) -> tuple[tuple[int, float], ...]:
+def _nearest(points: list[tuple[int, dict[str, float]]], lo: int | None,
+             hi: int | None) -> tuple[tuple[int, dict[str, float]], ...]:
     """The two probes nearest the bracket's ends (the bracket's own ends when both are known)."""
     by_k = dict(points)
     if lo in by_k and hi in by_k:

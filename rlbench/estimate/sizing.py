@@ -13,8 +13,10 @@ Per algorithm, for a card of `total_gib` (`rlbench.estimate.gpus`, with its 20% 
 What keeps it to a few estimates: a rank count whose share of the one-process static state
 (weights, gradients, AdamW state: at least 1/N of it on each rank, FSDP2's shards padded up) plus
 the device overhead already exceeds the card is skipped without a trace; and the batch search
-trusts the line through its probes once a value the line chose fits and the line leaves no larger
-one (`largest_under(trust_line=True)`: the next value's figure predicted, `batch_by_line`).
+follows each phase's line through its probes (the peak phase may change with the batch: an eval
+that does not grow with it holds the peak until the update overtakes it) and trusts the lines once
+a value they chose fits and they leave no larger one (`largest_under(trust_line=True)`: the next
+value's figure predicted, `batch_by_line`).
 
     answers = size_suite(suite, 79.6, 1, estimates, lambda s, a, n: estimate_algorithm(..., ranks=n))
 """
@@ -78,7 +80,7 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
 
     at_n = by_ranks[n]  # the estimate at the suite's own batch on n ranks, already made
 
-    def required(value: int) -> int | None:
+    def required(value: int) -> dict[str, int] | None:
         changed = with_value(suite, "completions_per_step", value, algo)
         if rank_errors(changed, n):
             return None
@@ -86,7 +88,7 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
             found = at_n
         else:
             found = estimate_at(changed, changed.algorithms[index], n)
-        return None if found.error else verdict(found, changed, total_gib)["required_bytes"]
+        return None if found.error else phase_needs(found, changed, total_gib)
 
     step = search_step(suite, "completions_per_step", algo, n)
     limit = search_limit(suite, "completions_per_step", algo, context, prompt_tokens)
@@ -95,6 +97,13 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
     out.update(largest_completions_per_step=value, completions_step=step, probes=probes, batch_by_line=by_line,
                capped=value is not None and value + step > limit)
     return out
+
+
+def phase_needs(estimate: Any, suite: Suite, total_gib: float) -> dict[str, int]:
+    """What the card must hold in each phase (its peak, the device overhead and vLLM's share): each
+    grows about linearly with the batch, the largest of them need not."""
+    fixed = verdict(estimate, suite, total_gib)["required_bytes"] - estimate.process_peak_bytes
+    return {name: phase.peak_bytes + fixed for name, phase in estimate.phases.items()}
 
 
 def static_floor(estimate: Any, ranks: int) -> int:
