@@ -62,6 +62,22 @@ def test_the_pool_refuses_no_workers_and_defaults_to_at_most_six():
     assert 1 <= default_jobs() <= 6
 
 
+def test_the_pool_tells_its_listener_of_each_trace_as_it_starts_and_ends(tmp_path):
+    from rlbench.config import load_suite
+    from rlbench.estimate import estimate_suite
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    suite = load_suite(suite_file(tmp_path, SUITE.replace("MODEL", str(tmp_path / "config.json"))))
+    heard = []
+    pool = TracePool(1, lambda done, started, what: heard.append((done, started, what)))
+    estimate_suite(suite, "cpu", prompt_tokens=10, pool=pool)
+    # two algorithms, each traced at 4 and 5 layers, one after another
+    assert [(done, started) for done, started, _ in heard] == [(0, 1), (1, 1), (1, 2), (2, 2), (2, 3), (3, 3),
+                                                               (3, 4), (4, 4)]
+    assert heard[0][2] == "grpo_zero on 1 rank, 8 completions, 4 layers"
+    assert heard[-1][2] == "grpo on 1 rank, 8 completions, 5 layers"
+
+
 def test_ctrl_c_ends_an_estimate_and_its_workers_at_once():
     # A worker finishes its trace before it looks at a signal: the estimate stops them instead.
     import os

@@ -6,6 +6,8 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -93,6 +95,23 @@ def _precision_advice(suite: Suite, device: str) -> None:
         Console(stderr=True, soft_wrap=True).print(f"note: {advice}", markup=False, highlight=False)
 
 
+@contextmanager
+def trace_progress() -> Iterator[Callable[[int, int, str], None] | None]:
+    """A spinner on stderr while the traces run (traces done of those started, the latest, the time
+    taken), gone when they end; None where stderr is no terminal (a pipe, a log, CI)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    columns = (SpinnerColumn(), TextColumn("[bold]tracing"), TextColumn("{task.completed}/{task.total} traces"),
+               TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("tracing", total=0, info="")
+        yield lambda done, started, what: progress.update(task, completed=done, total=started, info=f"latest: {what}")
+
+
 def estimate_command(args: argparse.Namespace, console: Console) -> int:
     from rlbench.estimate.fit import HEADROOM_FIELDS, card_gib, headroom, limits
     from rlbench.estimate.ranks import check_ranks, suite_ranks
@@ -131,7 +150,7 @@ def estimate_command(args: argparse.Namespace, console: Console) -> int:
     context = context_length(model.config)
     prompt_tokens, note = (args.prompt_tokens, "given") if args.prompt_tokens else longest_prompt(suite, model.tokenizer)
     limits(suite, context, prompt_tokens)
-    with TracePool(args.jobs or default_jobs()) as pool:
+    with trace_progress() as listener, TracePool(args.jobs or default_jobs(), listener) as pool:
         estimate = estimate_suite(suite, args.device, prompt_tokens, args.exact, model, ranks=ranks, prompt_note=note,
                                   pool=pool)
         _precision_advice(suite, estimate.device)

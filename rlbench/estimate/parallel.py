@@ -11,12 +11,17 @@ the callers that hold several estimates at once (`estimate_suite`, `size_suite`)
 threads, each thread only submitting and waiting: no tracing happens on a thread, so the
 dispatch modes a trace pushes never meet another trace's. Every figure is the one a serial run
 gives (tested): a trace depends only on its arguments.
+
+A `listener(done, started, what)` hears of every trace as it starts and ends (`what`: the
+algorithm, ranks, completions and layers of the latest to start): `rlbench estimate` draws it as a
+spinner on the terminal, since a sizing search traces dozens of runs.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -25,6 +30,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_JOBS = 6  # three algorithms x two depths: what one estimate of a suite can use at once
+Listener = Callable[[int, int, str], None]  # (traces done, traces started, the latest started)
 
 
 def default_jobs() -> int:
@@ -36,6 +42,14 @@ def default_jobs() -> int:
     return max(1, min(MAX_JOBS, cores))
 
 
+def describe(args: tuple) -> str:
+    """One trace, in words, from `simulate.trace_run`'s arguments."""
+    suite, algo, _, depth = args[:4]
+    ranks = args[8] if len(args) > 8 else 1
+    return (f"{algo.label or algo.name} on {ranks} rank{'s' if ranks > 1 else ''}, "
+            f"{suite.rollout.completions_per_step} completions, {depth} layers")
+
+
 def _trace(args: tuple) -> Any:
     from rlbench.estimate.simulate import trace_run
 
@@ -45,19 +59,39 @@ def _trace(args: tuple) -> Any:
 class TracePool:
     """`simulate.trace_run` calls, in this process (`jobs` 1) or in `jobs` worker processes."""
 
-    def __init__(self, jobs: int = 1) -> None:
+    def __init__(self, jobs: int = 1, listener: Listener | None = None) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
-        self.jobs = jobs
+        self.jobs, self.listener = jobs, listener
+        self.started = self.done = 0
+        self._latest = ""
+        self._counts = threading.Lock()
         self._pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
                       if jobs > 1 else None)
 
     def run(self, calls: list[tuple]) -> list[Any]:
         """Each call's Trace, in order; the first call's `TraceFailed` (or other error) is raised."""
         if self._pool is None:
-            return [_trace(args) for args in calls]
+            traces = []
+            for args in calls:
+                self._count(started=1, what=describe(args))
+                traces.append(_trace(args))
+                self._count(done=1)
+            return traces
+        self._count(started=len(calls), what=describe(calls[-1]))
         futures: list[Future] = [self._pool.submit(_trace, args) for args in calls]
+        for future in futures:
+            future.add_done_callback(lambda _: self._count(done=1))
         return [future.result() for future in futures]
+
+    def _count(self, started: int = 0, done: int = 0, what: str | None = None) -> None:
+        with self._counts:
+            self.started += started
+            self.done += done
+            self._latest = what or self._latest
+            counts = self.done, self.started, self._latest
+        if self.listener is not None:
+            self.listener(*counts)
 
     def each(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`function` over `items`, in order: on threads when traces run in workers (each thread
