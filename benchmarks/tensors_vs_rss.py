@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
     class Probe:
         name = primary = "cpu"
+        measures_advantages = False
 
         def __init__(self, tensors: LiveTensors) -> None:
             self.cpu, self.tensors, self.calls = CpuProbe(), tensors, []
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
                 yield {"cpu": mem}
             self.calls.append((name, mem.peak_bytes - mem.start_bytes, self.tensors.peak - start,
                                self.tensors.total() - start))
+
+        def loading(self, role: str) -> nullcontext:
+            return nullcontext()
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", nargs="?", help="suite YAML (default: the estimate comparison's suite)")
