@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -54,6 +55,23 @@ def keep_logits(model: torch.nn.Module, positions: int) -> dict[str, int]:
     return {"logits_to_keep": positions} if named else {}
 
 
+def cache_kwargs(model: torch.nn.Module, cache: object) -> dict[str, object]:
+    """The forward argument that passes a key/value cache: `cache` where the model's forward names
+    it (transformers 5.2x, which warns at every call given the older name), else `past_key_values`."""
+    try:
+        named = "cache" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        named = False
+    return {"cache" if named else "past_key_values": cache}
+
+
+def returned_cache(out: Any) -> Any:
+    """The key/value cache a forward returned, under either name (reading `past_key_values` of a
+    transformers 5.2x output warns)."""
+    cache = out.get("cache") if "cache" in out else None
+    return cache if cache is not None else out.get("past_key_values")
+
+
 def _module_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                               prompt_width: int, group_size: int) -> torch.Tensor:
     positions = position_ids_from_mask(attention_mask)
@@ -61,7 +79,7 @@ def _module_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, a
     # can makes only those, not the prompt's too.
     if group_size == 1 or input_ids.shape[1] == prompt_width or recomputes_in_backward(model):
         kept = input_ids.shape[1] - prompt_width + 1
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False,
                        **keep_logits(model, kept)).logits
         return logits[:, -kept: -1]
     n, p = input_ids.shape[0], prompt_width
@@ -69,11 +87,11 @@ def _module_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, a
     heads = slice(0, n, group_size)
     prefix = model(input_ids=input_ids[heads, :p], attention_mask=attention_mask[heads, :p],
                    position_ids=positions[heads, :p], use_cache=True, **keep_logits(model, 1))
-    cache = prefix.past_key_values
+    cache = returned_cache(prefix)
     assert cache is not None, f"{type(model).__name__} returned no key/value cache for the shared prompts"
     cache.batch_repeat_interleave(group_size)
     rest = model(input_ids=input_ids[:, p:-1], attention_mask=attention_mask[:, :-1],
-                 position_ids=positions[:, p:-1], past_key_values=cache, use_cache=True).logits
+                 position_ids=positions[:, p:-1], use_cache=True, **cache_kwargs(model, cache)).logits
     first = prefix.logits[:, -1:].repeat_interleave(group_size, dim=0)
     return torch.cat([first, rest], dim=1)
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from rlbench.device import module_device
 from rlbench.models.batching import left_pad, position_ids_from_mask
-from rlbench.models.forward import keep_logits
+from rlbench.models.forward import cache_kwargs, keep_logits, returned_cache
 from rlbench.models.lean_llama import LlamaDecoder, cast_linears, llama_parts
 from rlbench.rollout import EngineOptions, Rollout, SamplingParams
 
@@ -64,7 +64,7 @@ class ModuleDecoder:
         # entries: 9.3 GiB in float32).
         out = self.model(input_ids=self.prompt_ids[heads], attention_mask=self.attention[heads],
                          position_ids=self.positions[heads], use_cache=True, **keep_logits(self.model, 1))
-        self.cache, logits = out.past_key_values, out.logits[:, -1]
+        self.cache, logits = returned_cache(out), out.logits[:, -1]
         if self.group > 1:  # repeat each prompt's cache for its group
             self.cache.batch_repeat_interleave(self.group)
             logits = logits.repeat_interleave(self.group, dim=0)
@@ -74,8 +74,8 @@ class ModuleDecoder:
         """Feed one token per row [N] (`alive` is not used: every row is run); the next logits [N, V]."""
         self.attention = torch.cat([self.attention, self.attention.new_ones((len(tokens), 1))], dim=-1)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.attention, position_ids=self.next_position,
-                         past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                         use_cache=True, **cache_kwargs(self.model, self.cache))
+        self.cache = returned_cache(out)
         self.next_position = self.next_position + 1
         return out.logits[:, -1]
 
