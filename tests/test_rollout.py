@@ -7,6 +7,8 @@ of rows per product, a key/value cache instead of the whole sequence): tolerance
 tests/tolerances.py.
 """
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -298,6 +300,18 @@ def test_the_module_decoder_s_prefill_makes_only_the_last_position_s_logits(arch
     # The same next-token logits as the whole forward's last position: one row per prompt against
     # every row, so every product may be reordered: k is the decoder chain, forward, at the largest |logit|.
     assert_reordered_close(first, full, llama_chain_terms(model.config, ids.shape[1], backward=False))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_module_paths_pass_the_cache_under_the_forward_s_own_name(arch):
+    # transformers 5.2x renamed past_key_values to cache and warns at every call given the old name
+    # (and at every read of an output's past_key_values): once per token of every module decoder.
+    model = ARCHITECTURES[arch]().eval()
+    ids, mask = _grouped_prompts(group=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values", category=FutureWarning)
+        sample(model, ids, mask, SamplingParams(4, greedy=True), eos_id=2, pad_id=0, lean=False, group=3)
+        completion_logits(model, ids, mask, ids.shape[1] - 2, group_size=3, lean=False)
 
 
 @pytest.mark.parametrize("group_size", [1, 3])
