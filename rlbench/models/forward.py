@@ -57,9 +57,12 @@ def keep_logits(model: torch.nn.Module, positions: int) -> dict[str, int]:
 
 def cache_kwargs(model: torch.nn.Module, cache: object) -> dict[str, object]:
     """The forward argument that passes a key/value cache: `cache` where the model's forward names
-    it (transformers 5.2x, which warns at every call given the older name), else `past_key_values`."""
+    it (transformers 5.2x, which warns at every call given the older name), else `past_key_values`.
+    A LoRA model (peft) passes its keyword arguments on to the model it wraps, whose forward decides."""
+    base = getattr(model, "get_base_model", None)
+    forward = base().forward if callable(base) else model.forward
     try:
-        named = "cache" in inspect.signature(model.forward).parameters
+        named = "cache" in inspect.signature(forward).parameters
     except (TypeError, ValueError):
         named = False
     return {"cache" if named else "past_key_values": cache}

@@ -195,6 +195,10 @@ class AdapterDisabledReference(nn.Module):
     def config(self):
         return self.policy.config
 
+    def get_base_model(self) -> nn.Module:
+        """The transformers model its forward runs, as a peft model names it (keyword arguments go to it)."""
+        return self.policy.get_base_model()
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         was_training = self.policy.training
         self.policy.eval()
