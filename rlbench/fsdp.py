@@ -49,14 +49,25 @@ class Ranks(Protocol):
         ...
 
 
-def load_sharded(dist: Ranks, role: str, path: str | Path, cfg: ModelConfig, precision: Precision) -> nn.Module:
-    """`role` ("policy", "reference", "reward", "value") from `path`, sharded over `dist`'s ranks."""
+def load_sharded(dist: Ranks, role: str, path: str | Path, cfg: ModelConfig, precision: Precision,
+                 fill: bool = True) -> nn.Module:
+    """`role` ("policy", "reference", "reward", "value") from `path`, sharded over `dist`'s ranks.
+    `fill=False`: the shards allocated and left unfilled (what the load leaves on a rank, without
+    rank 0's full copy and the broadcast, both gone by then: the estimate's traced ranks, whose
+    values are never read)."""
     import torch.distributed as c10d
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     from rlbench.models.loading import load_causal_lm, load_scalar_model
 
     scalar, trainable = role in SCALAR_ROLES, role in TRAINED_ROLES
+    if not fill:
+        model = meta_model(path, cfg, precision, scalar, trainable)
+        if not trainable:
+            model.requires_grad_(False)
+        shard(dist, model, frozen=not trainable)
+        model.to_empty(device=dist.device)
+        return model.train(trainable)
     full = None
     if dist.rank == 0:
         full = (load_scalar_model if scalar else load_causal_lm)(path, cfg, precision, "cpu", trainable=trainable)
