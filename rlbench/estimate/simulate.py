@@ -1,8 +1,9 @@
 """One run of an algorithm, as `rlbench run`'s worker would do it, on fake tensors.
 
-`trace_run` builds the real `rlbench.train.Run` and calls its real `step()` twice (the first step
-creates the gradients and optimizer state, the second is the steady state every later step
-repeats), then its real `evaluate()`, under a `PhaseTracker`. The run is built from the parts a
+`trace_run` builds the real `rlbench.train.Run`, gives it the state a run holds between steps
+(`warm_optimizers`: each trained role's AdamW state and gradients, as after an update), calls its
+real `step()` once, the steady state every later step repeats, then its real `evaluate()`, under a
+`PhaseTracker`. The run is built from the parts a
 worker's run gets (`rlbench.train.run_parts`), four of them replaced before it is constructed
 (`dataclasses.replace`; the run itself is never patched):
 
@@ -12,9 +13,8 @@ worker's run gets (`rlbench.train.run_parts`), four of them replaced before it i
   (`FastForwardDecoder`: its cache is allocated for all tokens up front, and the last step, whose
   attention is the widest, is run for real), or for vLLM `SeparateEngine`, which holds what vLLM
   reserves outside the trace (the stand-ins are in `rlbench.estimate.standins`);
-- the update schedule: as many optimisation passes as it takes to see an optimizer step with
-  gradients and state already there (1 pass when there are several minibatches, else 2): memory
-  repeats from there;
+- the update schedule: one pass over the minibatches (from the steady state, every optimizer step
+  already has its state and the gradients of the step before: memory repeats from there);
 - the device: the one traced on.
 
 Beyond that, only the I/O boundary: `from_pretrained` of the transformers Auto classes builds the
@@ -51,7 +51,7 @@ from rlbench.measure.summary import PHASE_ROLE
 from rlbench.rollout import EngineFactory
 from rlbench.train import Run, make_algorithm, run_parts
 
-STEPS = 2
+STEPS = 1  # from the steady state (`warm_optimizers`): every later step repeats it
 
 
 class TracedProbe:
@@ -193,8 +193,46 @@ def traced_engine(engine: str, tracker: PhaseTracker, max_new_tokens: int, skip:
 
 
 def fewer_passes(schedule: Any) -> Any:
-    """The update schedule with as few passes as still show every memory state (see above)."""
-    return dataclasses.replace(schedule, passes=1 if schedule.num_minibatches > 1 else min(schedule.passes, 2))
+    """The update schedule with one pass over its minibatches: from the steady state
+    (`warm_optimizers`), every pass after it repeats it."""
+    return dataclasses.replace(schedule, passes=1)
+
+
+def warm_units(run: Run) -> None:
+    """Each FSDP2 unit of every role gathered once and resharded, as a run's first step leaves them:
+    FSDP2 keeps a unit's all-gather buffer between gatherings (its storage resized to nothing), and
+    the tracker knows it then as the unit's gathered weights of its layer
+    (`rlbench.estimate.ranks.label_sharded`) from the moment a later gathering starts, the
+    prefetched one included."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for model, _ in run.role_models().values():
+        for unit in model.modules():
+            if isinstance(unit, FSDPModule):
+                unit.unshard()
+                unit.reshard()
+
+
+def warm_optimizers(run: Run, tracker: PhaseTracker) -> None:
+    """The state a run holds between steps, made before its first: every trained role's optimizer
+    state, as an optimizer step with zero gradients makes it (what `torch.distributed.checkpoint`
+    does to restore an optimizer, `_init_optim_state`), and its gradients, which the update leaves
+    allocated until the next one sets them to None (a zero gradient per trained parameter: the
+    same tensors, sharded as FSDP2 reduce-scatters them)."""
+    for role, (_, optimizer) in run.role_models().items():
+        if optimizer is None:
+            continue
+        with tracker.acting_as(role):
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+            for param in params:
+                param.grad = torch.zeros_like(param)
+                tracker.relabel(param.grad, role, "gradients")
+            rates = [group["lr"] for group in optimizer.param_groups]
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0
+            optimizer.step()
+            for group, rate in zip(optimizer.param_groups, rates):
+                group["lr"] = rate
 
 
 def traced_suite(suite: Suite, algo: AlgorithmConfig, own_task: bool = False) -> Suite:
@@ -210,7 +248,7 @@ def traced_suite(suite: Suite, algo: AlgorithmConfig, own_task: bool = False) ->
 def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prompt_tokens: int,
               device: torch.device, skip_decode: bool = True, prompt_lengths: dict[str, int] | None = None,
               ranks: int = 1) -> Trace:
-    """Trace two steps and the evaluation of `algo` with `config` cut to `depth` decoder layers;
+    """Trace a steady-state step and the evaluation of `algo` with `config` cut to `depth` decoder layers;
     with `prompt_lengths` (prompt text -> tokens, `rlbench.estimate.check.run_prompt_lengths`) on the
     suite's own task, each prompt at its own length; `ranks` > 1: rank 0 of an FSDP2 run of that
     many ranks (`rlbench.estimate.ranks`)."""
@@ -255,6 +293,9 @@ def trace_run(suite: Suite, algo: AlgorithmConfig, config: Any, depth: int, prom
             elif role in ("policy", "value"):
                 tracker.grads_as(model, role)
         try:
+            if dist is not None:
+                warm_units(run)
+            warm_optimizers(run, tracker)
             for _ in range(STEPS):
                 run.step()
             run.evaluate(load_problems(run_suite.task, "eval", min(suite.eval.size, suite.eval.batch_size), 0))

@@ -191,6 +191,15 @@ class PhaseTracker(HooklessMemTracker):
             self._new_pass("forward")
 
     @contextmanager
+    def acting_as(self, role: str) -> Iterator[None]:
+        """What is made in the block outside any phase is `role`'s (no region peaks are kept)."""
+        previous, self.phase_role = self.phase_role, role
+        try:
+            yield
+        finally:
+            self.phase_role = previous
+
+    @contextmanager
     def loading(self, role: str) -> Iterator[None]:
         self.loading_role = role
         try:
