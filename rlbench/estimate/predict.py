@@ -37,8 +37,8 @@ PHASE_ORDER = ("generate", "old_logprobs", "score", "ref_logprobs", "values", "a
 class PhaseEstimate:
     """One phase: its role, the highest live bytes in any of its calls (`peak_bytes`), the largest
     rise above a call's start (`rise_bytes`), the largest such rise net of the static state the call
-    created and left (`transient_bytes`: the first update makes the gradients and AdamW state), and
-    what was alive at the peak, by role and kind."""
+    created and left (`transient_bytes`; the traced step starts from the steady state, so an update
+    creates none), and what was alive at the peak, by role and kind."""
 
     role: str
     calls: int
