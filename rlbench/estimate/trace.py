@@ -21,7 +21,10 @@ found through the optimizer hooks) that also executes every operation itself:
   tied embedding and LM head, the LM head applied a chunk at a time), autograd sums them in place
   into the buffer it alone holds, but never for a tensor subclass, so on fake tensors (and under
   MemTracker on real ones) it makes a new tensor for every sum: one gradient more at that instant. An `add` of two like tensors in the backward pass, one of which dies before the next
-  operator (the buffer it replaced), is counted as that in-place sum (`_settle_sum`).
+  operator (the buffer it replaced), is counted as that in-place sum (`_settle_sum`), unless the
+  sum so far is a view: autograd does not write into a storage another tensor shares, so a tied
+  LM head's gradient (a transposed product) arriving before the embedding's is summed into a new
+  tensor, in a run as here (`benchmarks/tied_gradient_sum.py`).
 
 Each storage carries a label `role/kind` (kinds: weights, gradients, optimizer, activations,
 logits, kv_cache, and gathered: the full parameters FSDP2 all-gathers for a unit while it computes). New storages are labelled by context: weights while a role loads, optimizer
@@ -278,7 +281,10 @@ class PhaseTracker(HooklessMemTracker):
         return result
 
     def _may_sum_in_place(self, func, args, kwargs, result) -> bool:  # type: ignore[no-untyped-def]
-        """An add autograd may do in place: two like, dense tensors summed in the backward pass."""
+        """An add autograd may do in place: two like, dense tensors summed in the backward pass, the
+        first (the sum so far) no view (a view's storage is its base's too, which autograd does not
+        write into: the LM head's gradient of a tied weight, a transposed product, when it arrives
+        before the embedding's)."""
         if func is not torch.ops.aten.add.Tensor or kwargs.get("alpha", 1) != 1 or self.phase_name is None:
             return False
         if torch.is_grad_enabled() or torch._C._current_autograd_node() is None or self._in_opt:
@@ -286,7 +292,7 @@ class PhaseTracker(HooklessMemTracker):
         a, b = args[:2]
         return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and isinstance(result, torch.Tensor)
                 and a.shape == b.shape == result.shape and a.dtype == b.dtype == result.dtype
-                and a.is_contiguous() and b.is_contiguous() and a.numel() > 0)
+                and a.is_contiguous() and b.is_contiguous() and a.numel() > 0 and not a._is_view())
 
     def _settle_sum(self) -> None:
         """Count the pending add's instant: in place (less the new tensor) when one of its operands
