@@ -8,16 +8,18 @@ out three ways:
 
 - `chunks+embedding`: an LM head applied to three checkpointed chunks of tokens, and an embedding
   beside them (the layout `tests/test_estimate_trace.py` holds the tracer to);
-- `head+embedding`: the head and the embedding as two separate branches of the loss;
+- `head+embedding`: the head and the embedding as two separate branches of the loss, the
+  embedding made last (its gradient arrives first);
 - `embedding->head`: the embedding's output feeds the head, as a tied-embedding language model's
   stack does (Qwen2.5-0.5B ties them).
 
 Per layout, in a fresh process: the resident high-water mark of the backward pass above its start,
 in units of W (2 W: the sum so far and the newest gradient, summed in place; 3 W: a new tensor for
 the sum), or with `--profile` the summing operators the profiler saw (aten::add_ in place,
-aten::add not). `rlbench estimate` counts every such sum in place (`rlbench/estimate/trace.py`,
-`_settle_sum`); where a run sums out of place and that moment is the phase's peak, the estimate is
-one gradient low (docs/results/estimate.md, "Gradient checkpointing at 0.5B").
+aten::add not). Autograd sums in place where the sum so far is no view; the head's gradient, a
+transposed product, reaches the buffer first where the embedding feeds the head. `rlbench estimate`
+counts the sums the same way (`rlbench/estimate/trace.py`, `_may_sum_in_place`; docs/results/estimate.md,
+"Gradient checkpointing at 0.5B, and a tied gradient's sum").
 """
 
 from __future__ import annotations
