@@ -115,6 +115,20 @@ def test_a_tied_head_s_gradient_arriving_first_is_summed_out_of_place():
     assert 2 * weight_bytes <= rise(False) <= 2 * weight_bytes + 3 * MIB
 
 
+def test_the_traced_step_starts_from_the_steady_state(tmp_path):
+    # One step is traced, from what a run holds between steps: the policy's AdamW state (two fp32
+    # moments per parameter and a step count per tensor) and its gradients, as an update leaves them.
+    suite = load_suite(suite_file(tmp_path, TINY_SUITE))
+    config, algo = config_from_dict(dict(TINY_CONFIG, num_hidden_layers=2)), suite.algorithms[0]
+    trace = trace_run(suite, algo, config, 2, 10, torch.device("cpu"))
+    start = trace.starts[("generate", 1)].parts
+    grads = start["policy/gradients"]  # one per trained parameter: the weights but the rotary buffer
+    assert 0.99 * start["policy/weights"] <= grads < start["policy/weights"]
+    assert 2 * grads < start["policy/optimizer"] <= 2 * grads + 4 * 64
+    assert ("generate", 2) not in trace.starts  # one step
+    assert trace.end.parts["policy/optimizer"] == start["policy/optimizer"]  # the update leaves it as it found it
+
+
 # ---- extrapolation over depth and the decode fast-forward are exact ---------------------------------
 
 
