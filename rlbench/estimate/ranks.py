@@ -3,17 +3,19 @@
 `rlbench run` with a `distributed:` block shards every role with FSDP2 (rlbench/fsdp.py) over
 torchrun ranks. The estimate traces that same path in one process: the fake process group
 (`torch.testing._internal.distributed.fake_pg`, backend "fake") has the world size of the run and
-answers every collective without communicating, so `fully_shard`, the meta-device load filled from
-rank 0, the all-gathered units of forward, backward and generation, the reduce-scattered gradients
-and the sharded AdamW state are rlbench's and FSDP2's own code, run on fake tensors under the
-estimate's tracker. `SimulatedRanks` is the run's `Dist` part (a `RunParts` field, replaced as the
+answers every collective without communicating, so `fully_shard`, the meta-device load, the
+all-gathered units of forward, backward and generation, the reduce-scattered gradients and the
+sharded AdamW state are rlbench's and FSDP2's own code, run on fake tensors under the estimate's
+tracker. The load stops at the allocated shards (`load_sharded(..., fill=False)`): rank 0's full
+copy and the broadcast that fills every rank's shards from it are gone when the load returns, and
+no phase reads a value. `SimulatedRanks` is the run's `Dist` part (a `RunParts` field, replaced as the
 estimate replaces its probe and engine): FSDP2's collectives go through the fake group; rlbench's
 own gathers of the step's batch, which must return real ids and masks to the code that reads them,
 return every rank's rows as copies of rank 0's (in the worst case every rank's rows are as wide).
 
 All ranks hold the same: FSDP2 pads every shard to the same size, and in the worst case every
 rank's prompts and completions are as long; rank 0 alone holds a full copy while loading, which is
-no phase. So rank 0's trace is every rank's.
+no phase (and not traced). So rank 0's trace is every rank's.
 
 Why not `FSDPMemTracker` (torch.distributed._tools.fsdp2_mem_tracker) itself: it tracks one
 forward and backward per iteration of a root module (a second call of the root raises), which a
