@@ -144,6 +144,25 @@ def test_rank_counts_whose_static_share_cannot_fit_are_not_traced(tmp_path):
     assert asked == [(8, 64), (8, 128), (8, 1632)]  # 8 ranks at the suite's batch, twice that, the line's answer
 
 
+def test_headroom_follows_each_phase_and_finds_what_bisection_finds(tmp_path):
+    from rlbench.estimate.fit import headroom
+
+    suite = load_suite(tiny_suite(tmp_path), ["distributed.nproc_per_node=1", "rollout.completions_per_step=16"])
+    asked = []
+
+    def estimate_one(s, algo):  # an eval flat in the batch, an update growing with it
+        c = s.rollout.completions_per_step
+        asked.append(c)
+        phases = {"eval": PhaseEstimate("policy", 1, 6 * GIB, 0, 0, 0, {}),
+                  "update": PhaseEstimate("policy", 1, 4 * GIB + c * 5 * MIB, 0, 0, 0, {})}
+        return AlgorithmEstimate("grpo_zero", "grpo_zero", ("policy",), {}, phases, (4,))
+
+    [answer] = headroom(suite, "completions_per_step", 10.0, estimate_one).values()
+    # 8 GiB usable of 10, 1 GiB of it overhead: 4 GiB + c x 5 MiB <= 7 GiB at c <= 614.4, whole groups of 4: 612
+    assert answer["value"] == 612 and answer["probes"] == len(asked) <= 4
+    assert asked[:2] == [16, 32]  # the suite's value, then twice it: both eval-bound, the update's line after
+
+
 def test_the_note_says_how_the_figures_were_made():
     from rlbench.estimate import depth_note
 

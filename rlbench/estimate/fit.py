@@ -8,8 +8,9 @@ fragmentation), plus, for the vllm engine, the share of the card vLLM reserves
 `gpus.MARGIN` (20%).
 
 `headroom(suite, "completions_per_step", gib)` finds, per algorithm, the largest value of a rollout
-setting whose estimate fits: it doubles from the suite's value until it does not fit (or halves
-until it does), then bisects, each probe a full estimate on fake tensors, never past
+setting whose estimate fits: from the suite's value it goes where the first phase's line through
+its probes meets the card (`largest_under`), doubling or halving until it has two, each probe a
+full estimate on fake tensors, never past
 `MAX_COMPLETIONS` completions or the model's context (`limits`). completions_per_step moves in
 whole groups (split evenly over the ranks); group_size moves with the number of prompts per step
 held fixed (more completions per prompt), as a user raising G would.
@@ -81,6 +82,13 @@ def verdict(algorithm: Any, suite: Suite, total_gib: float) -> dict[str, Any]:
     return {"fits": needed <= usable, "required_bytes": needed, "device_bytes": int(total_gib * GIB),
             "usable_bytes": usable, "margin": MARGIN, "margin_bytes": int(usable - needed),
             "free_fraction": 1 - needed / (total_gib * GIB), "device_overhead_bytes": int(DEVICE_OVERHEAD_GIB * GIB)}
+
+
+def phase_needs(estimate: Any, suite: Suite, total_gib: float) -> dict[str, int]:
+    """What the card must hold in each phase (its peak, the device overhead and vLLM's share): each
+    grows about linearly with a rollout setting, the largest of them need not."""
+    fixed = required_bytes(estimate, suite, total_gib) - estimate.process_peak_bytes
+    return {name: phase.peak_bytes + fixed for name, phase in estimate.phases.items()}
 
 
 def with_value(suite: Suite, name: str, value: int, algo: AlgorithmConfig) -> Suite:
@@ -174,13 +182,13 @@ def headroom(suite: Suite, name: str, total_gib: float, estimate_one: Callable[[
         if name == "group_size" and ranks > 1:
             return {"value": None, "note": "group_size is searched on one rank only"}
 
-        def fits(value: int) -> bool:
+        def required(value: int) -> dict[str, int] | None:
             changed = with_value(suite, name, value, algo)
             estimate = estimate_one(changed, changed.algorithms[index])
-            return not estimate.error and verdict(estimate, changed, total_gib)["fits"]
+            return None if estimate.error else phase_needs(estimate, changed, total_gib)
 
         limit = search_limit(suite, name, algo, context, prompt_tokens)
-        value, probes = largest_fitting(fits, getattr(suite.rollout, name), step, limit)
+        value, probes, _ = largest_under(required, usable_bytes(total_gib), getattr(suite.rollout, name), step, limit)
         return {"value": value, "probes": probes, "step": step, "capped": value is not None and value + step > limit}
 
     answers = pool.each(search, range(len(suite.algorithms)))
@@ -215,7 +223,7 @@ def largest_under(required: Callable[[int], Need], usable: int, start: int, step
             hi = k if hi is None else min(hi, k)
 
     probe(min(top, max(1, start // step)))
-    halve = False
+    halve, confirm = False, None
     while True:
         if lo == top:
             return top * step, len(seen), False
@@ -226,7 +234,9 @@ def largest_under(required: Callable[[int], Need], usable: int, start: int, step
         low, high = (lo if lo is not None else max(1, hi // 16)), (hi if hi is not None else min(top, lo * 16))
         finite = sorted((k, parts) for k, parts in seen.items() if INF not in parts.values())
         guess, by_line = None, False
-        if not halve and len(finite) >= 2:
+        if confirm is not None:  # the multiple past a value the lines chose, which they put over the card
+            guess, confirm = confirm, None
+        elif not halve and len(finite) >= 2:
             guess = _crossing(*_nearest(finite, lo, hi), usable)
             by_line = guess is not None and (lo or 0) < guess < (hi or top + 1)
         if guess is None or not (lo or 0) < guess < (hi or top + 1):
@@ -236,8 +246,10 @@ def largest_under(required: Callable[[int], Need], usable: int, start: int, step
             guess, by_line = (low + high + 1) // 2, False
         width = (hi or top + 1) - (lo or 0)
         probe(guess)
-        if trust_line and by_line and lo == guess < top and _line_exceeds(seen, guess, usable):
-            return guess * step, len(seen), True
+        if by_line and lo == guess < top and _line_exceeds(seen, guess, usable):
+            if trust_line:
+                return guess * step, len(seen), True
+            confirm = guess + 1  # traced next, rather than doubling past it
         if hi is not None:  # the bracket did not halve: bisect next time
             halve = (hi or top + 1) - (lo or 0) > width // 2
         else:  # no value known too large yet: the line's next guess, unless it just undershot (then double)

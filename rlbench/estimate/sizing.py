@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rlbench.config import AlgorithmConfig, Suite
-from rlbench.estimate.fit import largest_under, search_limit, search_step, verdict, with_value
+from rlbench.estimate.fit import largest_under, phase_needs, search_limit, search_step, verdict, with_value
 from rlbench.estimate.gpus import usable_bytes
 from rlbench.estimate.parallel import SERIAL, TracePool
 from rlbench.estimate.ranks import rank_errors
@@ -97,13 +97,6 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
     out.update(largest_completions_per_step=value, completions_step=step, probes=probes, batch_by_line=by_line,
                capped=value is not None and value + step > limit)
     return out
-
-
-def phase_needs(estimate: Any, suite: Suite, total_gib: float) -> dict[str, int]:
-    """What the card must hold in each phase (its peak, the device overhead and vLLM's share): each
-    grows about linearly with the batch, the largest of them need not."""
-    fixed = verdict(estimate, suite, total_gib)["required_bytes"] - estimate.process_peak_bytes
-    return {name: phase.peak_bytes + fixed for name, phase in estimate.phases.items()}
 
 
 def static_floor(estimate: Any, ranks: int) -> int:
