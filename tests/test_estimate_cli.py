@@ -11,7 +11,7 @@ import pytest
 
 from rlbench.config import load_suite
 from rlbench.errors import UserError
-from rlbench.estimate.fit import CARDS, card_gib, largest_fitting, with_value
+from rlbench.estimate.fit import CARDS, card_gib, largest_under, with_value
 from rlbench.estimate.source import config_from_dict
 from tests.test_estimate import ROOT, TINY_CONFIG, TINY_SUITE, rlbench, suite_file
 
@@ -51,11 +51,13 @@ def test_cards_and_the_largest_value_that_fits():
     assert card_gib(None, "H100") == (CARDS["h100-80gb"], "H100-80GB") and card_gib(80, None)[0] == 80
     with pytest.raises(UserError):
         card_gib(0, None)
-    fits_below_100 = lambda v: v <= 100  # noqa: E731 - a monotone stand-in for "the estimate fits"
-    assert largest_fitting(fits_below_100, 8) == (100, largest_fitting(fits_below_100, 8)[1])
-    assert largest_fitting(fits_below_100, 512)[0] == 100  # searched downwards from a value that does not fit
-    assert largest_fitting(fits_below_100, 8, step=4)[0] == 100 and largest_fitting(fits_below_100, 8, step=3)[0] == 99
-    assert largest_fitting(lambda v: False, 8)[0] is None
+    def value(v: int) -> int:  # a monotone stand-in for an estimate's bytes: up to 100 fits
+        return v
+
+    assert largest_under(value, 100, 8)[0] == 100
+    assert largest_under(value, 100, 512)[0] == 100  # searched downwards from a value that does not fit
+    assert largest_under(value, 100, 8, step=4)[0] == 100 and largest_under(value, 100, 8, step=3)[0] == 99
+    assert largest_under(lambda v: None, 100, 8)[0] is None  # every estimate failed
 
 
 def test_headroom_settings_change_the_suite_as_a_user_would(tmp_path):

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import pytest
 from rlbench.cli import main
 from rlbench.config import load_suite
 from rlbench.errors import UserError
-from rlbench.estimate.fit import largest_fitting, largest_under, verdict
+from rlbench.estimate.fit import MAX_VALUE, largest_under, verdict
 from rlbench.estimate.gpus import GPUS, MARGIN, gpu_gib
 from rlbench.estimate.predict import AlgorithmEstimate, PhaseEstimate
 from rlbench.estimate.ranks import rank_errors, suite_ranks
@@ -62,6 +63,47 @@ def test_gpu_table_knows_the_common_cards_by_any_spelling():
         gpu_gib("tpu9000")
 
 
+def bisect_largest(fits: Callable[[int], bool], start: int, step: int = 1,
+                   limit: int = MAX_VALUE) -> tuple[int | None, int]:
+    """The reference the line search is held to, doubling then bisection: the largest multiple of
+    `step` up to `limit` for which `fits` holds (monotone: fits(v) implies fits(u) for u < v),
+    searched from `start`; (None if not even `step` fits, probes made)."""
+    probes = 0
+
+    def check(v: int) -> bool:
+        nonlocal probes
+        probes += 1
+        return fits(v * step)
+
+    top = max(1, limit // step)
+    k = min(top, max(1, start // step))
+    if check(k):
+        low, high = k, None
+        while high is None:
+            if low == top:
+                return low * step, probes
+            if check(min(low * 2, top)):
+                low = min(low * 2, top)
+            else:
+                high = min(low * 2, top)
+    else:
+        high, low = k, None
+        while low is None:
+            if high == 1:
+                return None, probes
+            if check(high // 2):
+                low = high // 2
+            else:
+                high //= 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        if check(mid):
+            low = mid
+        else:
+            high = mid
+    return low * step, probes
+
+
 def estimate_of(peak: int, label: str = "grpo_zero") -> AlgorithmEstimate:
     phase = PhaseEstimate("policy", 1, peak, 0, 0, 0, {"policy": {"weights": peak}})
     return AlgorithmEstimate(label, label, ("policy",), {"policy": {"total": peak}}, {"update": phase}, (4,))
@@ -83,7 +125,7 @@ def test_the_line_search_finds_what_bisection_finds_in_fewer_estimates():
             return base + slope * v + v // 7  # monotone, nearly linear (memory against the batch)
 
         got, probes, _ = largest_under(required, usable, start, step, 16384)
-        expected, bisected = largest_fitting(lambda v, u=usable: required(v) <= u, start, step, 16384)
+        expected, bisected = bisect_largest(lambda v, u=usable: required(v) <= u, start, step, 16384)
         assert got == expected
         assert probes <= bisected
     # capped: everything fits, the search stops at its limit instead of climbing on
@@ -102,7 +144,7 @@ def test_the_search_follows_each_phase_when_the_peak_phase_changes_with_the_batc
     def peak(v: int) -> int:
         return max(phases(v).values())
 
-    expected, bisected = largest_fitting(lambda v: peak(v) <= usable, 64, step, 16384)
+    expected, bisected = bisect_largest(lambda v: peak(v) <= usable, 64, step, 16384)
     got, probes, by_line = largest_under(phases, usable, 64, step, 16384, trust_line=True)
     assert got == expected == 1536  # the update's line: 10,000 + 45.1 v <= 80,000 at v <= 1,551
     assert probes == 3 and by_line  # the suite's batch, twice it, the update's line

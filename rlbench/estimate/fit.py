@@ -102,46 +102,6 @@ def with_value(suite: Suite, name: str, value: int, algo: AlgorithmConfig) -> Su
     return dataclasses.replace(suite, rollout=rollout)
 
 
-def largest_fitting(fits: Callable[[int], bool], start: int, step: int = 1,
-                    limit: int = MAX_VALUE) -> tuple[int | None, int]:
-    """The largest multiple of `step` up to `limit` for which `fits` holds (monotone: fits(v) implies
-    fits(u) for u < v), searched from `start`; (None if not even `step` fits, probes made)."""
-    probes = 0
-
-    def check(v: int) -> bool:
-        nonlocal probes
-        probes += 1
-        return fits(v * step)
-
-    top = max(1, limit // step)
-    k = min(top, max(1, start // step))
-    if check(k):
-        low, high = k, None
-        while high is None:
-            if low == top:
-                return low * step, probes
-            if check(min(low * 2, top)):
-                low = min(low * 2, top)
-            else:
-                high = min(low * 2, top)
-    else:
-        high, low = k, None
-        while low is None:
-            if high == 1:
-                return None, probes
-            if check(high // 2):
-                low = high // 2
-            else:
-                high //= 2
-    while high - low > 1:
-        mid = (low + high) // 2
-        if check(mid):
-            low = mid
-        else:
-            high = mid
-    return low * step, probes
-
-
 def search_step(suite: Suite, name: str, algo: AlgorithmConfig, ranks: int = 1) -> int:
     """The unit `name` moves in for `algo`: completions_per_step in whole groups, as many as split
     evenly over `ranks` ranks and the update's minibatches; the others one at a time."""
