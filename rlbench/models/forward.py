@@ -44,28 +44,26 @@ def recomputes_in_backward(model: torch.nn.Module) -> bool:
     return model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
+def _forward_names(forward: Callable, argument: str) -> bool:
+    try:
+        return argument in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def keep_logits(model: torch.nn.Module, positions: int) -> dict[str, int]:
     """The forward argument that makes logits for the last `positions` positions only (transformers'
     `logits_to_keep`), where `model`'s forward names it (a wrapper taking **kwargs may not pass it
     on); otherwise none, and the model makes them all."""
-    try:
-        named = "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        named = False
-    return {"logits_to_keep": positions} if named else {}
+    return {"logits_to_keep": positions} if _forward_names(model.forward, "logits_to_keep") else {}
 
 
-def cache_kwargs(model: torch.nn.Module, cache: object) -> dict[str, object]:
+def cache_argument(model: torch.nn.Module) -> str:
     """The forward argument that passes a key/value cache: `cache` where the model's forward names
     it (transformers 5.2x, which warns at every call given the older name), else `past_key_values`.
     A LoRA model (peft) passes its keyword arguments on to the model it wraps, whose forward decides."""
     base = getattr(model, "get_base_model", None)
-    forward = base().forward if callable(base) else model.forward
-    try:
-        named = "cache" in inspect.signature(forward).parameters
-    except (TypeError, ValueError):
-        named = False
-    return {"cache" if named else "past_key_values": cache}
+    return "cache" if _forward_names(base().forward if callable(base) else model.forward, "cache") else "past_key_values"
 
 
 def returned_cache(out: Any) -> Any:
@@ -94,7 +92,7 @@ def _module_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, a
     assert cache is not None, f"{type(model).__name__} returned no key/value cache for the shared prompts"
     cache.batch_repeat_interleave(group_size)
     rest = model(input_ids=input_ids[:, p:-1], attention_mask=attention_mask[:, :-1],
-                 position_ids=positions[:, p:-1], use_cache=True, **cache_kwargs(model, cache)).logits
+                 position_ids=positions[:, p:-1], use_cache=True, **{cache_argument(model): cache}).logits
     first = prefix.logits[:, -1:].repeat_interleave(group_size, dim=0)
     return torch.cat([first, rest], dim=1)
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from rlbench.device import module_device
 from rlbench.models.batching import left_pad, position_ids_from_mask
-from rlbench.models.forward import cache_kwargs, keep_logits, returned_cache
+from rlbench.models.forward import cache_argument, keep_logits, returned_cache
 from rlbench.models.lean_llama import LlamaDecoder, cast_linears, llama_parts
 from rlbench.rollout import EngineOptions, Rollout, SamplingParams
 
@@ -55,7 +55,7 @@ class ModuleDecoder:
         self.model, self.group = model, group
         self.prompt_ids, self.attention, self.positions = prompt_ids, prompt_mask, prompt_positions
         self.next_position = prompt_positions[:, -1:] + 1
-        self.cache = None
+        self.cache, self.cache_name = None, cache_argument(model)  # the name asked once, not at every token
 
     def prefill(self) -> torch.Tensor:
         heads = slice(0, self.prompt_ids.shape[0], self.group)  # each distinct prompt once
@@ -74,7 +74,7 @@ class ModuleDecoder:
         """Feed one token per row [N] (`alive` is not used: every row is run); the next logits [N, V]."""
         self.attention = torch.cat([self.attention, self.attention.new_ones((len(tokens), 1))], dim=-1)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.attention, position_ids=self.next_position,
-                         use_cache=True, **cache_kwargs(self.model, self.cache))
+                         use_cache=True, **{self.cache_name: self.cache})
         self.cache = returned_cache(out)
         self.next_position = self.next_position + 1
         return out.logits[:, -1]
