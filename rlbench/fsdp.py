@@ -61,21 +61,16 @@ def load_sharded(dist: Ranks, role: str, path: str | Path, cfg: ModelConfig, pre
     from rlbench.models.loading import load_causal_lm, load_scalar_model
 
     scalar, trainable = role in SCALAR_ROLES, role in TRAINED_ROLES
-    if not fill:
-        model = meta_model(path, cfg, precision, scalar, trainable)
-        if not trainable:
-            model.requires_grad_(False)
-        shard(dist, model, frozen=not trainable)
-        model.to_empty(device=dist.device)
-        return model.train(trainable)
     full = None
-    if dist.rank == 0:
+    if fill and dist.rank == 0:
         full = (load_scalar_model if scalar else load_causal_lm)(path, cfg, precision, "cpu", trainable=trainable)
     model = meta_model(path, cfg, precision, scalar, trainable)
     if not trainable:
         model.requires_grad_(False)
     shard(dist, model, frozen=not trainable)
     model.to_empty(device=dist.device)
+    if not fill:
+        return model.train(trainable)
     state = full.state_dict() if full is not None else {}
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     persistent = set(model.state_dict())
