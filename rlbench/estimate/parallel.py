@@ -33,13 +33,17 @@ MAX_JOBS = 6  # three algorithms x two depths: what one estimate of a suite can 
 Listener = Callable[[int, int, str], None]  # (traces done, traces started, the latest started)
 
 
+def cores() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_jobs() -> int:
     """The cores this process may use, up to `MAX_JOBS`."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_JOBS, cores))
+    return max(1, min(MAX_JOBS, cores()))
 
 
 def describe(args: tuple) -> str:
