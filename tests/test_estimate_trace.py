@@ -180,6 +180,27 @@ def test_operator_memo_changes_no_figure(tmp_path):
         (plain.peaks, plain.starts, plain.ends, plain.end)
 
 
+def test_operator_memo_answers_splits_and_in_place_operators():
+    # FSDP2 splits every weight into its ranks' shards, and the update copies and adds in place: a
+    # split's outputs are views of its input's storage, an in-place operator returns its own argument;
+    # one that changes its argument's metadata (resize_) or writes an out= argument never comes from the memo.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode, aten = FakeTensorMode(), torch.ops.aten
+    with mode:
+        x, y = torch.empty(12, 4), torch.empty(12, 4)
+    assert [opmemo.memo_kind(f) for f in (aten.split.Tensor, aten.copy_.default, aten.resize_.default,
+                                          aten.split_with_sizes_copy.out)] == ["pure", "self", None, None]
+    for _ in range(2):  # the second call of each from the memo
+        hits = opmemo.stats["hits"]
+        parts = opmemo.memo_call(mode, aten.split.Tensor, (x, 5, 0), {})
+        assert [tuple(p.shape) for p in parts] == [(5, 4), (5, 4), (2, 4)]
+        assert [p.storage_offset() for p in parts] == [0, 20, 40]
+        assert all(p.untyped_storage()._cdata == x.untyped_storage()._cdata for p in parts)
+        assert opmemo.memo_call(mode, aten.copy_.default, (y, x), {}) is y
+    assert opmemo.stats["hits"] == hits + 2
+
+
 def test_gradient_checkpointing_lowers_the_update(tmp_path):
     # PPO (one completion per prompt, and a value model), and GRPO-Zero with groups of 4, which a run
     # takes too (the checkpointed module keeps no cache, so its update runs every row in full).

@@ -14,7 +14,10 @@ the input's storage for a view) wrapped as a `FakeTensor`.
 Memoised: ATen operators that write nothing (no in-place or out= operator: their schemas mark the
 write), return tensors, and have no data-dependent output shape or random values; and only when
 every output is a fake tensor either of a fresh storage of exactly its extent, at offset 0, or over
-the storage of one of its inputs (a view). Anything else goes to the fake mode every time.
+the storage of one of its inputs (a view). And in-place operators that write only their first
+argument and return it (`copy_`, `add_`, `zero_`: the version counter is bumped above the
+dispatch mode, and on fake tensors nothing else happens), when the first call left that argument's
+metadata as it was. Anything else goes to the fake mode every time.
 `tests/test_estimate_trace.py` holds a traced run with the memo against one without it: every
 region peak, phase start and end is identical.
 """
@@ -32,27 +35,35 @@ MAX_ENTRIES = 200_000  # a few hundred bytes each; cleared when full
 SCALARS = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format, torch.layout)
 _NOT_PURE = {torch.Tag.dynamic_output_shape, torch.Tag.data_dependent_output, torch.Tag.inplace_view,
              torch.Tag.nondeterministic_seeded}
-_pure: dict[Any, bool] = {}
+_kinds: dict[Any, str | None] = {}
 _memo: dict[tuple, Any] = {}
 enabled = True
 stats = {"hits": 0, "calls": 0}  # operators answered from the memo, and all it was asked
 _UNFIT = object()  # a key whose outputs cannot be made from metadata
+_SELF = object()  # a key whose operator returned its first argument, in place
 
 
-def memoisable(func: Any) -> bool:
-    """Whether `func` (an ATen OpOverload) only reads its inputs and returns tensors: new ones, or
-    views of its inputs (no in-place or out= operator, no data-dependent output shape)."""
-    known = _pure.get(func)
-    if known is None:
-        schema = getattr(func, "_schema", None)
-        known = (isinstance(func, torch._ops.OpOverload) and func.namespace == "aten" and schema is not None
-                 and not any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
-                 and not any(a.alias_info is not None for a in schema.arguments if a.kwarg_only)
-                 and (func.is_view or not any(r.alias_info is not None for r in schema.returns))
-                 and not (_NOT_PURE & set(func.tags)) and len(schema.returns) > 0
-                 and all(str(r.type) in ("Tensor", "Tensor[]") for r in schema.returns))
-        _pure[func] = known
-    return known
+def memo_kind(func: Any) -> str | None:
+    """How the memo answers `func` (an ATen OpOverload): "pure", it only reads its inputs and returns
+    tensors, new ones or views of its inputs; "self", it writes its first argument in place and
+    returns it; None, not at all (out= operators, several written arguments, data-dependent shapes,
+    random values, operators that change a tensor's metadata)."""
+    if func in _kinds:
+        return _kinds[func]
+    schema = getattr(func, "_schema", None)
+    found = None
+    if (isinstance(func, torch._ops.OpOverload) and func.namespace == "aten" and schema is not None
+            and not (_NOT_PURE & set(func.tags)) and len(schema.returns) > 0
+            and not any(a.alias_info is not None for a in schema.arguments if a.kwarg_only)
+            and all(str(r.type) in ("Tensor", "List[Tensor]") for r in schema.returns)):
+        written = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+        if not written and (func.is_view or not any(r.alias_info is not None for r in schema.returns)):
+            found = "pure"
+        elif written == [0] and len(schema.returns) == 1 and str(schema.returns[0].type) == "Tensor" \
+                and schema.returns[0].alias_info is not None and schema.returns[0].alias_info.is_write:
+            found = "self"
+    _kinds[func] = found
+    return found
 
 
 def _key_of(value: Any) -> Any:
@@ -70,7 +81,7 @@ def _key_of(value: Any) -> Any:
 
 def memo_key(func: Any, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
     """The memo's key for `func(*args, **kwargs)`, None when it is not memoised."""
-    if not memoisable(func):
+    if memo_kind(func) is None:
         return None
     parts = [func, torch.get_default_dtype(), torch.is_inference_mode_enabled()]
     for value in args:
@@ -117,6 +128,12 @@ def _entry(out: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
     return (None if single else type(out), tuple(meta))
 
 
+def _metadata(tensor: torch.Tensor) -> tuple:
+    """What an in-place operator that changes only values leaves as it was."""
+    return (tensor.untyped_storage()._cdata, tuple(tensor.shape), tensor.stride(), tensor.storage_offset(),
+            tensor.dtype, tensor.device, tensor.requires_grad)
+
+
 def _flat(values: tuple) -> list[Any]:
     return [x for v in values for x in (v if isinstance(v, (list, tuple)) else (v,))]
 
@@ -147,13 +164,20 @@ def memo_call(mode: FakeTensorMode, func: Any, args: tuple, kwargs: dict[str, An
     key = memo_key(func, args, kwargs) if enabled else None
     stats["calls"] += 1
     entry = _memo.get(key) if key is not None else None
+    if entry is _SELF:
+        stats["hits"] += 1
+        return args[0]
     if entry is None or entry is _UNFIT:
+        before = _metadata(args[0]) if key is not None and entry is None and memo_kind(func) == "self" else None
         with mode:
             out = func(*args, **kwargs)
         if key is not None and entry is None:
             if len(_memo) >= MAX_ENTRIES:
                 _memo.clear()
-            _memo[key] = _entry(out, args, kwargs)
+            if before is None:
+                _memo[key] = _entry(out, args, kwargs)
+            else:
+                _memo[key] = _SELF if out is args[0] and _metadata(args[0]) == before else _UNFIT
         return out
     kind, meta = entry
     stats["hits"] += 1
