@@ -186,6 +186,62 @@ def test_rank_counts_whose_static_share_cannot_fit_are_not_traced(tmp_path):
     assert asked == [(8, 64), (8, 128), (8, 1632)]  # 8 ranks at the suite's batch, twice that, the line's answer
 
 
+def estimate_with(static: int, work: int, eval_work: int) -> AlgorithmEstimate:
+    """An estimate whose update holds `work` bytes of activations over `static` bytes of weights, and
+    whose eval `eval_work`."""
+    phases = {name: PhaseEstimate("policy", 1, static + held, held, held, static,
+                                  {"policy": {"weights": static, "activations": held}})
+              for name, held in (("update", work), ("eval", eval_work))}
+    return AlgorithmEstimate("grpo_zero", "grpo_zero", ("policy",), {"policy": {"total": static}}, phases, (4,))
+
+
+def test_a_batch_whose_per_rank_step_ran_at_fewer_ranks_is_not_traced_again(tmp_path):
+    # 128 completions on 8 ranks run, per rank, the step 64 do on 4: the search takes that step's work
+    # from the 4-rank estimate on the 8-rank static state, the eval (the suite's problems, whatever
+    # the batch) from the 8-rank estimate, and traces only the answer.
+    suite = load_suite(tiny_suite(tmp_path), ["distributed.nproc_per_node=1", "rollout.completions_per_step=64"])
+    static, per_completion, eval_all = 16 * GIB, 256 * MIB, 4 * GIB
+    asked = []
+
+    def estimate_at(s, algo, ranks):
+        asked.append((ranks, s.rollout.completions_per_step))
+        return estimate_with(static // ranks, per_completion * s.rollout.completions_per_step // ranks,
+                             eval_all // ranks)
+
+    [answer] = size_suite(suite, 10.0, 1, [estimate_at(suite, None, 1)], estimate_at).values()
+    # 8 GiB usable, 1 GiB of it overhead; 2 ranks: 8 GiB static, not traced; 4 ranks: 4 + 4 GiB, over;
+    # 8 ranks: 2 + 2 GiB; then 2 GiB + c * 32 MiB <= 7 GiB: c <= 160, in steps of 32
+    assert answer["smallest_ranks"] == 8 and answer["largest_completions_per_step"] == 160
+    assert asked == [(1, 64), (4, 64), (8, 64), (8, 160)]  # 128 on 8 ranks: not traced
+    assert answer["batch_from_ranks"] == {128: 4}
+
+
+def test_a_per_rank_step_is_the_same_on_any_rank_count(tmp_path):
+    # The claim `twin_needs` rests on, traced: 64 completions on 4 ranks against 32 on 2 (16 per rank),
+    # every phase's need; all that differs is the batch the advantages gather to every rank (token
+    # ids, masks and log-probs of every completion: bounded by 8 bytes x 8 tensors per token).
+    import torch
+
+    from rlbench.estimate.fit import phase_needs, with_value
+    from rlbench.estimate.predict import estimate_algorithm
+    from rlbench.estimate.sizing import twin_needs
+    from rlbench.estimate.source import resolve_model
+
+    suite = load_suite(tiny_suite(tmp_path), ["distributed.nproc_per_node=1"])
+    config, algo = resolve_model(suite.model.name, False).config, suite.algorithms[0]
+
+    def at(ranks: int, completions: int):
+        changed = with_value(suite, "completions_per_step", completions, algo)
+        return changed, estimate_algorithm(changed, changed.algorithms[0], config, 10, torch.device("cpu"), ranks=ranks)
+
+    (_, four), (_, two), (doubled, real) = at(4, 32), at(2, 32), at(4, 64)
+    want, got = phase_needs(real, doubled, 10.0), twin_needs(four, two, doubled, 10.0)
+    gathered = 32 * (10 + doubled.rollout.max_new_tokens) * 8 * 8  # the 32 completions more, per token
+    assert set(got) == set(want) and got["eval"] == want["eval"]
+    for name in want:
+        assert 0 <= want[name] - got[name] <= gathered, (name, want[name] - got[name])
+
+
 def test_headroom_follows_each_phase_and_finds_what_bisection_finds(tmp_path):
     from rlbench.estimate.fit import headroom
 

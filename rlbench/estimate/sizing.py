@@ -16,7 +16,10 @@ the device overhead already exceeds the card is skipped without a trace; and the
 follows each phase's line through its probes (the peak phase may change with the batch: an eval
 that does not grow with it holds the peak until the update overtakes it) and trusts the lines once
 a value they chose fits and they leave no larger one (`largest_under(trust_line=True)`: the next
-value's figure predicted, `batch_by_line`).
+value's figure predicted, `batch_by_line`); and a batch whose per-rank step a smaller rank count
+already traced (twice the suite's batch on N ranks is, per rank, the suite's batch on N/2) takes that
+step's work from there and its static state from N's own estimate (`twin_needs`,
+`batch_from_ranks`): an answer resting on such a probe is traced on its own.
 
     answers = size_suite(suite, 79.6, 1, estimates, lambda s, a, n: estimate_algorithm(..., ranks=n))
 """
@@ -30,9 +33,11 @@ from rlbench.config import AlgorithmConfig, Suite
 from rlbench.estimate.fit import largest_under, phase_needs, search_limit, search_step, verdict, with_value
 from rlbench.estimate.gpus import usable_bytes
 from rlbench.estimate.parallel import SERIAL, TracePool
+from rlbench.estimate.predict import STATIC_KINDS
 from rlbench.estimate.ranks import rank_errors
 
 RANK_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+BATCH_FREE_PHASES = ("eval",)  # phases whose work is the suite's, not the step's batch
 
 EstimateAt = Callable[[Suite, AlgorithmConfig, int], Any]  # (suite, algorithm, ranks) -> AlgorithmEstimate
 
@@ -79,24 +84,71 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
         return out
 
     at_n = by_ranks[n]  # the estimate at the suite's own batch on n ranks, already made
+    needs: dict[int, dict[str, int] | None] = {}  # per value searched, what the card must hold per phase
+    twins: dict[int, int] = {}  # value -> the rank count whose estimate gave its needs (`twin_needs`)
+    traced: set[int] = set()  # values whose needs must come from their own estimate
 
     def required(value: int) -> dict[str, int] | None:
+        if value in needs:
+            return needs[value]
         changed = with_value(suite, "completions_per_step", value, algo)
         if rank_errors(changed, n):
-            return None
-        if value == suite.rollout.completions_per_step and at_n is not None:
-            found = at_n
+            found = None
+        elif value == suite.rollout.completions_per_step:
+            found = phase_needs(at_n, changed, total_gib)
+        elif value not in traced and (m := twin_count(by_ranks, n, value, suite.rollout.completions_per_step)):
+            found, twins[value] = twin_needs(at_n, by_ranks[m], changed, total_gib), m
         else:
-            found = estimate_at(changed, changed.algorithms[index], n)
-        return None if found.error else phase_needs(found, changed, total_gib)
+            estimate = estimate_at(changed, changed.algorithms[index], n)
+            found = None if estimate.error else phase_needs(estimate, changed, total_gib)
+        needs[value] = found
+        return found
 
     step = search_step(suite, "completions_per_step", algo, n)
     limit = search_limit(suite, "completions_per_step", algo, context, prompt_tokens)
-    value, probes, by_line = largest_under(required, usable_bytes(total_gib), suite.rollout.completions_per_step,
-                                           step, limit, trust_line=True)
+    while True:  # an answer resting on a twin's needs is traced on its own, and the search goes on from there
+        value, probes, by_line = largest_under(required, usable_bytes(total_gib), suite.rollout.completions_per_step,
+                                               step, limit, trust_line=True)
+        if value not in twins or value in traced:
+            break
+        traced.add(value)
+        needs.pop(value)
     out.update(largest_completions_per_step=value, completions_step=step, probes=probes, batch_by_line=by_line,
-               capped=value is not None and value + step > limit)
+               capped=value is not None and value + step > limit,
+               batch_from_ranks={v: m for v, m in twins.items() if v not in traced})
     return out
+
+
+def twin_count(by_ranks: dict[int, Any], n: int, value: int, start: int) -> int | None:
+    """A rank count below `n` (2 or more) whose estimate at `start` completions runs, per rank, the
+    step `n` ranks run at `value` (value / n == start / m), None if none was made."""
+    return next((m for m, found in sorted(by_ranks.items()) if 2 <= m < n and not found.error
+                 and value * m == start * n), None)
+
+
+def twin_needs(at_n: Any, twin: Any, suite: Suite, total_gib: float) -> dict[str, int]:
+    """What the card must hold per phase at n ranks and a batch whose per-rank step `twin` (at m
+    ranks) already ran: its phases' work (their peak less the static state held then) on `at_n`'s
+    static state, which the batch does not change; the eval, whose problems are the suite's and do
+    not grow with the batch, as at `at_n`. FSDP2 makes each rank's step of the same per-rank batch
+    the same on any count of 2 or more (a unit gathers whole; the shards are 1/N): on the 7B shape,
+    PPO at 16 ranks and 128 completions so made against its own estimate, every phase within
+    0.3 MiB of up to 57 GiB, a little low: the batch the advantages gather to every rank (token
+    ids, masks and log-probs of every completion) grows with the whole step."""
+    fixed = phase_needs(at_n, suite, total_gib)
+    out = {}
+    for name, phase in at_n.phases.items():
+        own = twin.phases.get(name)
+        if name in BATCH_FREE_PHASES or own is None:
+            out[name] = fixed[name]
+        else:
+            out[name] = fixed[name] - phase.peak_bytes + _static(phase) + own.peak_bytes - _static(own)
+    return out
+
+
+def _static(phase: Any) -> int:
+    """A phase's static state at its peak (weights, gradients, optimizer state of every role)."""
+    return sum(v for kinds in phase.by_role.values() for k, v in kinds.items() if k in STATIC_KINDS)
 
 
 def static_floor(estimate: Any, ranks: int) -> int:
