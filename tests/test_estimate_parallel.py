@@ -42,7 +42,8 @@ def test_traces_in_worker_processes_give_every_figure_of_the_serial_estimate(tmp
     path = suite_file(tmp_path, SUITE.replace("MODEL", str(tmp_path / "config.json")))
     documents = []
     for jobs in ("1", "2"):
-        proc = rlbench("estimate", str(path), "--json", "--prompt-tokens", "10", "--device", "cpu", "--jobs", jobs)
+        proc = rlbench("estimate", str(path), "--json", "--prompt-tokens", "10", "--device", "cpu", "--jobs", jobs,
+                       "--no-cache")
         assert proc.returncode == 0, proc.stderr[-2000:]
         documents.append(json.loads(proc.stdout))
     serial, side_by_side = documents

@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="trace on cpu or cuda kernels (default: cuda when present)")
     parser.add_argument("--jobs", type=int, metavar="N", help="traces side by side in N worker processes (default: "
                                                            "this machine's cores, at most 6); 1 traces in this process")
+    parser.add_argument("--no-cache", action="store_true", help="trace every run again instead of reading back traces "
+                                                               "of the same settings and code ($RLBENCH_CACHE/traces)")
     parser.add_argument("--exact", action="store_true", help="trace every decoder layer and decode step instead of "
                                                             "4 and 5 layers and the first and last steps (slower)")
 
@@ -150,7 +152,7 @@ def estimate_command(args: argparse.Namespace, console: Console) -> int:
     context = context_length(model.config)
     prompt_tokens, note = (args.prompt_tokens, "given") if args.prompt_tokens else longest_prompt(suite, model.tokenizer)
     limits(suite, context, prompt_tokens)
-    with trace_progress() as listener, TracePool(args.jobs or default_jobs(), listener) as pool:
+    with trace_progress() as listener, TracePool(args.jobs or default_jobs(), listener, keep=not args.no_cache) as pool:
         estimate = estimate_suite(suite, args.device, prompt_tokens, args.exact, model, ranks=ranks, prompt_note=note,
                                   pool=pool)
         _precision_advice(suite, estimate.device)
@@ -172,6 +174,11 @@ def estimate_command(args: argparse.Namespace, console: Console) -> int:
             sizing = size_suite(suite, card[0], ranks, estimate.algorithms, estimate_at, context,
                                 estimate.prompt_tokens, pool)
             estimate.seconds = time.perf_counter() - started
+    if pool.read:
+        from rlbench.cache import cache_root
+
+        estimate.notes.append(f"{pool.read} of {pool.read + pool.done} traces read back from {cache_root() / 'traces'} "
+                              "(made before with the same settings and code; --no-cache traces them again)")
     if args.json:
         print(json.dumps(as_json(estimate, card, found, args.headroom, sizing), indent=2))
     else:

@@ -12,6 +12,9 @@ threads, each thread only submitting and waiting: no tracing happens on a thread
 dispatch modes a trace pushes never meet another trace's. Every figure is the one a serial run
 gives (tested): a trace depends only on its arguments.
 
+With `keep`, a trace already made with the same arguments and code is read from the cache instead
+(`rlbench.estimate.tracecache`; `read` counts them).
+
 A `listener(done, started, what)` hears of every trace as it starts and ends (`what`: the
 algorithm, ranks, completions and layers of the latest to start): `rlbench estimate` draws it as a
 spinner on the terminal, since a sizing search traces dozens of runs.
@@ -63,18 +66,34 @@ def _trace(args: tuple) -> Any:
 class TracePool:
     """`simulate.trace_run` calls, in this process (`jobs` 1) or in `jobs` worker processes."""
 
-    def __init__(self, jobs: int = 1, listener: Listener | None = None) -> None:
+    def __init__(self, jobs: int = 1, listener: Listener | None = None, keep: bool = False) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
-        self.jobs, self.listener = jobs, listener
-        self.started = self.done = 0
+        self.jobs, self.listener, self.keep = jobs, listener, keep
+        self.started = self.done = self.read = 0
         self._latest = ""
         self._counts = threading.Lock()
         self._pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
                       if jobs > 1 else None)
 
     def run(self, calls: list[tuple]) -> list[Any]:
-        """Each call's Trace, in order; the first call's `TraceFailed` (or other error) is raised."""
+        """Each call's Trace, in order; the first call's `TraceFailed` (or other error) is raised.
+        With `keep`, traces kept on disk are read back and new ones kept (`tracecache`)."""
+        if not self.keep:
+            return self._traced(calls)
+        from rlbench.estimate import tracecache
+
+        found = [tracecache.load(args) for args in calls]
+        todo = [args for args, trace in zip(calls, found) if trace is None]
+        with self._counts:
+            self.read += len(calls) - len(todo)
+        traced = self._traced(todo) if todo else []
+        for args, trace in zip(todo, traced):
+            tracecache.store(args, trace)
+        fresh = iter(traced)
+        return [trace if trace is not None else next(fresh) for trace in found]
+
+    def _traced(self, calls: list[tuple]) -> list[Any]:
         if self._pool is None:
             traces = []
             for args in calls:
