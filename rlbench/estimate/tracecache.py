@@ -4,8 +4,9 @@ whose rank counts an earlier one traced) is read back instead of traced.
 
 The key (`key`) is `rlbench.cache.stage_key` of the trace's arguments (suite, algorithm, model
 config, depth, prompt tokens, device, decode fast-forward, prompt lengths, ranks) and a digest of
-rlbench's own source files; stage_key adds the torch and transformers versions and the machine's
-kernels. So any change to rlbench, torch or transformers traces again. An entry is
+rlbench's own source files and the versions of the packages it runs with (peft's for a LoRA
+policy); stage_key adds the machine's kernels. So any change to rlbench or to those packages traces
+again. An entry is
 `$RLBENCH_CACHE/traces/<key>/trace.json`, written whole or not at all (`cache.cached_dir`). A trace
 that failed is not kept; an entry that fails its check is dropped and traced again; a cache that
 cannot be written only goes unused. `rlbench estimate --no-cache` traces every run.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rlbench.cache import cache_root, cached_dir, check_contents, is_complete, stage_key
+from rlbench.environment import package_versions
 from rlbench.errors import UserError
 from rlbench.estimate.simulate import Trace
 from rlbench.estimate.trace import Peak
@@ -42,13 +44,18 @@ def source_digest() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def _packages() -> dict[str, str | None]:
+    return package_versions()
+
+
 def key(args: tuple) -> str:
     """The cache key of `simulate.trace_run(*args)`."""
     suite, algo, config, depth, prompt_tokens, device, skip_decode, prompt_lengths, ranks = args
     payload = {"suite": dataclasses.asdict(suite), "algorithm": dataclasses.asdict(algo),
                "config": config.to_dict(), "depth": depth, "prompt_tokens": prompt_tokens, "device": str(device),
                "skip_decode": skip_decode, "prompt_lengths": prompt_lengths, "ranks": ranks,
-               "rlbench": source_digest()}
+               "rlbench": source_digest(), "packages": _packages()}
     return stage_key(payload)
 
 
