@@ -97,7 +97,8 @@ def size_algorithm(suite: Suite, index: int, total_gib: float, ranks: int, estim
         elif value == suite.rollout.completions_per_step:
             found = phase_needs(at_n, changed, total_gib)
         elif value not in traced and (m := twin_count(by_ranks, n, value, suite.rollout.completions_per_step)):
-            found, twins[value] = twin_needs(at_n, by_ranks[m], changed, total_gib), m
+            found = twin_needs(at_n, by_ranks[m], changed, total_gib)
+            twins[value] = m
         else:
             estimate = estimate_at(changed, changed.algorithms[index], n)
             found = None if estimate.error else phase_needs(estimate, changed, total_gib)
