@@ -33,27 +33,27 @@ def _args(tmp_path, ranks: int = 1, depth: int = 2) -> tuple:
 def test_a_kept_trace_reads_back_equal_and_only_under_its_own_arguments(tmp_path, monkeypatch):
     args = _args(tmp_path)
     trace = trace_run(*args)
-    assert tracecache.load(args) is None
-    tracecache.store(args, trace)
-    assert tracecache.load(args) == trace  # every region's peak, start and end, with their parts
+    assert tracecache.load(tracecache.key(args)) is None
+    tracecache.store(tracecache.key(args), trace)
+    assert tracecache.load(tracecache.key(args)) == trace  # every region's peak, start and end, with their parts
     other = [_args(tmp_path, ranks=2), _args(tmp_path, depth=3),
              (dataclasses.replace(args[0], rollout=dataclasses.replace(args[0].rollout, max_new_tokens=5)), *args[1:])]
-    assert len({tracecache.key(a) for a in [args, *other]}) == 4 and all(tracecache.load(a) is None for a in other)
+    assert len({tracecache.key(a) for a in [args, *other]}) == 4 and all(tracecache.load(tracecache.key(a)) is None for a in other)
     monkeypatch.setattr(tracecache, "source_digest", lambda: "rlbench changed")
-    assert tracecache.load(args) is None  # another rlbench traces again
+    assert tracecache.load(tracecache.key(args)) is None  # another rlbench traces again
 
 
 def test_a_damaged_entry_is_dropped_and_a_pool_without_keep_reads_nothing(tmp_path):
     args = _args(tmp_path)
     trace = trace_run(*args)
-    tracecache.store(args, trace)
+    tracecache.store(tracecache.key(args), trace)
     assert TracePool(1).run([args]) == [trace] and TracePool(1).read == 0
     kept = TracePool(1, keep=True)
     assert kept.run([args]) == [trace] and (kept.read, kept.done) == (1, 0)
-    entry = tracecache.cache_root() / tracecache.KIND / tracecache.key(args)
+    entry = tracecache.folder() / tracecache.key(args)
     text = (entry / tracecache.FILE).read_text()
     (entry / tracecache.FILE).write_text(text.replace('"depth": 2', '"depth": 7'))  # the same size, another trace
-    assert tracecache.load(args) is None and not entry.exists()
+    assert tracecache.load(tracecache.key(args)) is None and not entry.exists()
 
 
 def test_the_command_reads_back_what_it_traced_and_prints_the_same(tmp_path):
@@ -68,6 +68,6 @@ def test_the_command_reads_back_what_it_traced_and_prints_the_same(tmp_path):
     (_, first_notes, traced), (_, notes, read), (_, fresh_notes, retraced) = documents
     assert traced == read == retraced
     [note] = [n for n in notes if n not in first_notes]
-    assert re.fullmatch(rf"(\d+) of \1 traces read back from {re.escape(str(tracecache.cache_root() / 'traces'))} "
+    assert re.fullmatch(rf"(\d+) of \1 traces read back from {re.escape(str(tracecache.folder()))} "
                         r"\(made before with the same settings and code; --no-cache traces them again\)", note), note
     assert fresh_notes == first_notes

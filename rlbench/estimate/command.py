@@ -175,9 +175,9 @@ def estimate_command(args: argparse.Namespace, console: Console) -> int:
                                 estimate.prompt_tokens, pool)
             estimate.seconds = time.perf_counter() - started
     if pool.read:
-        from rlbench.cache import cache_root
+        from rlbench.estimate.tracecache import folder
 
-        estimate.notes.append(f"{pool.read} of {pool.read + pool.done} traces read back from {cache_root() / 'traces'} "
+        estimate.notes.append(f"{pool.read} of {pool.read + pool.done} traces read back from {folder()} "
                               "(made before with the same settings and code; --no-cache traces them again)")
     if args.json:
         print(json.dumps(as_json(estimate, card, found, args.headroom, sizing), indent=2))

@@ -83,13 +83,14 @@ class TracePool:
             return self._traced(calls)
         from rlbench.estimate import tracecache
 
-        found = [tracecache.load(args) for args in calls]
-        todo = [args for args, trace in zip(calls, found) if trace is None]
+        keys = [tracecache.key(args) for args in calls]
+        found = [tracecache.load(key) for key in keys]
+        todo = [(key, args) for key, args, trace in zip(keys, calls, found) if trace is None]
         with self._counts:
             self.read += len(calls) - len(todo)
-        traced = self._traced(todo) if todo else []
-        for args, trace in zip(todo, traced):
-            tracecache.store(args, trace)
+        traced = self._traced([args for _, args in todo]) if todo else []
+        for (key, _), trace in zip(todo, traced):
+            tracecache.store(key, trace)
         fresh = iter(traced)
         return [trace if trace is not None else next(fresh) for trace in found]
 

@@ -11,7 +11,7 @@ again. An entry is
 that failed is not kept; an entry that fails its check is dropped and traced again; a cache that
 cannot be written only goes unused. `rlbench estimate --no-cache` traces every run.
 
-    trace = load(args) or trace_run(*args); store(args, trace)
+    found = key(args); trace = load(found) or trace_run(*args); store(found, trace)
 """
 
 from __future__ import annotations
@@ -59,9 +59,14 @@ def key(args: tuple) -> str:
     return stage_key(payload)
 
 
-def load(args: tuple) -> Trace | None:
-    """The kept trace of these arguments, None when there is none (or it fails its check)."""
-    entry = cache_root() / KIND / key(args)
+def folder() -> Path:
+    """Where the kept traces are."""
+    return cache_root() / KIND
+
+
+def load(found: str) -> Trace | None:
+    """The trace kept under key `found`, None when there is none (or it fails its check)."""
+    entry = folder() / found
     if not is_complete(entry):
         return None
     try:
@@ -72,11 +77,11 @@ def load(args: tuple) -> Trace | None:
         return None
 
 
-def store(args: tuple, trace: Trace) -> None:
-    """Keep `trace` under its arguments' key (nothing when the cache cannot be written)."""
+def store(found: str, trace: Trace) -> None:
+    """Keep `trace` under key `found` (nothing when the cache cannot be written)."""
     text = json.dumps(_to_json(trace))
     try:
-        cached_dir(KIND, key(args), lambda tmp: (tmp / FILE).write_text(text))
+        cached_dir(KIND, found, lambda tmp: (tmp / FILE).write_text(text))
     except (UserError, OSError):
         pass
 
